@@ -1,0 +1,41 @@
+"""`python -m embedserver`: validate settings, configure logging, serve with uvicorn."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import uvicorn
+from pydantic import ValidationError
+
+from embedserver.settings import Settings
+
+
+def main() -> None:
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        lines = [f"  {'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors()]
+        print("embedserver: invalid configuration\n" + "\n".join(lines), file=sys.stderr)
+        raise SystemExit(2) from None
+    level = "DEBUG" if settings.dev_mode else settings.log_level
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.dev_mode:
+        # Reload needs an import string; the factory re-reads the same environment.
+        uvicorn.run("embedserver.app:create_app", factory=True, reload=True, host=settings.host,
+                    port=settings.port, log_level="debug")
+        return
+    from embedserver.app import create_app
+
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=level.lower(),
+        access_log=settings.log_level == "DEBUG",
+        timeout_graceful_shutdown=30,
+    )
+
+
+if __name__ == "__main__":
+    main()
