@@ -27,6 +27,8 @@ def main() -> None:
         return
     from embedserver.app import create_app
 
+    from embedserver.device import hard_exit
+
     uvicorn.run(
         create_app(settings),
         host=settings.host,
@@ -35,6 +37,7 @@ def main() -> None:
         access_log=settings.log_level == "DEBUG",
         timeout_graceful_shutdown=30,
     )
+    hard_exit(0)
 
 
 if __name__ == "__main__":

@@ -116,8 +116,6 @@ class ModelRegistry:
                 slot.load_task = asyncio.create_task(self._load(slot), name=f"load-{spec.name}")
             # shield: one caller giving up must not cancel the load that others wait for.
             await asyncio.shield(slot.load_task)
-            if slot.status == "failed":
-                raise _unavailable(slot)
 
     async def _load(self, slot: ModelSlot) -> None:
         name = slot.spec.name
@@ -128,7 +126,11 @@ class ModelRegistry:
                     await slot.worker.stop()
                 engine = slot.engine
                 if engine is None:
-                    await self._make_room(slot)
+                    try:
+                        await self._make_room(slot)
+                    except ModelUnavailable:
+                        slot.status = "unloaded"  # no room right now: not a failure of the model itself
+                        raise
                     loop = asyncio.get_running_loop()
                     engine = await loop.run_in_executor(self._executor, self._load_and_warm, slot.spec)
                 worker = BatchWorker(
@@ -140,12 +142,15 @@ class ModelRegistry:
                 self._metrics.model_load_seconds.labels(name).observe(time.perf_counter() - started)
                 self._metrics.models_loaded.set(self._loaded_count())
                 log.info("model %s ready (dim %d) in %.1fs", name, engine.dimension, time.perf_counter() - started)
+        except ModelUnavailable:
+            raise
         except Exception as exc:
             slot.failures += 1
             slot.status, slot.error, slot.engine, slot.worker = "failed", _reason(exc), None, None
             slot.retry_at = time.monotonic() + min(_BACKOFF_MAX_S, _BACKOFF_MIN_S * 2 ** (slot.failures - 1))
             self._metrics.model_loads.labels(name, "error").inc()
             log.error("model %s failed to load: %s", name, slot.error)
+            raise _unavailable(slot) from exc
         finally:
             slot.load_task = None
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 _DEFAULT_CATALOG = Path(__file__).resolve().parent.parent / "config" / "models.toml"
 
@@ -25,7 +25,8 @@ class Settings(BaseSettings):
     dev_mode: bool = False
 
     enable_cors: bool = False
-    cors_origins: list[str] = Field(default_factory=list)
+    # Comma-separated (or a JSON list); NoDecode lets the validator below see the raw string.
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     catalog_file: Path = _DEFAULT_CATALOG
     # Alias -> source overrides, e.g. MODEL_SOURCES='{"small": "/mnt/mirror/Qwen3-Embedding-0.6B"}'.

@@ -104,3 +104,20 @@ async def started(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 async def client(make_settings: Callable[..., Settings]) -> AsyncIterator[httpx.AsyncClient]:
     async for c in started(create_app(make_settings())):
         yield c
+
+
+_exit_status = 0
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    global _exit_status
+    _exit_status = int(exitstatus)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    # MLX may abort at interpreter exit after being used off the main thread (see device.hard_exit); the
+    # report is written by now, so leave with pytest's own status instead of a spurious 134.
+    from embedserver.device import hard_exit
+
+    hard_exit(_exit_status)

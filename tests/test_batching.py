@@ -1,0 +1,136 @@
+"""Batch collection as a pure function, and the worker's behaviour with a scripted embed function."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from embedserver.batching import BatchLimits, BatchWorker, WorkItem, plan_batches
+from embedserver.errors import InferenceError, Overloaded
+from embedserver.metrics import Metrics
+
+
+def _items(*lengths: int) -> list[WorkItem]:
+    loop = asyncio.new_event_loop()
+    try:
+        return [WorkItem(list(range(1, n + 1)), loop.create_future()) for n in lengths]
+    finally:
+        loop.close()
+
+
+@pytest.mark.parametrize(
+    ("lengths", "max_size", "max_tokens", "expected"),
+    [
+        ([5, 3, 9, 1], 8, 10_000, [[1, 3, 5, 9]]),  # sorted by length
+        ([1, 2, 3, 4, 5], 2, 10_000, [[1, 2], [3, 4], [5]]),  # count cap
+        # token cap: padded cost = bucket(longest) x count; 16 x 2 = 32 fits, 48 x ... does not
+        ([10, 10, 40, 40], 8, 64, [[10, 10], [40], [40]]),
+        ([500], 8, 64, [[500]]),  # a single text always forms a batch
+        ([], 8, 64, []),
+    ],
+)
+def test_plan_batches(lengths: list[int], max_size: int, max_tokens: int, expected: list[list[int]]) -> None:
+    batches = plan_batches(_items(*lengths), max_size=max_size, max_tokens=max_tokens)
+    assert [[len(item.ids) for item in batch] for batch in batches] == expected
+
+
+def test_plan_batches_keeps_every_item_once() -> None:
+    items = _items(*np.random.default_rng(0).integers(1, 300, size=200).tolist())
+    batches = plan_batches(items, max_size=16, max_tokens=2048)
+    flat = [item for batch in batches for item in batch]
+    assert sorted(map(id, flat)) == sorted(map(id, items))
+    assert all(len(b) <= 16 for b in batches)
+
+
+class Scripted:
+    """embed() stand-in: vector = [len(seq), first id]; raises for sequences starting with 666, NaN for 777."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def __call__(self, batch: list[list[int]]) -> np.ndarray:
+        self.calls.append(len(batch))
+        if any(seq[0] == 666 for seq in batch):
+            raise RuntimeError("poison")
+        out = np.array([[len(seq), seq[0]] for seq in batch], dtype=np.float32)
+        out[[seq[0] == 777 for seq in batch]] = np.nan
+        return out
+
+
+@pytest.fixture
+async def worker() -> BatchWorker:
+    limits = BatchLimits(max_size=8, max_tokens=4096, wait_s=0.005, max_queue=20)
+    w = BatchWorker("m", Scripted(), limits=limits, metrics=Metrics(), executor=ThreadPoolExecutor(1))
+    w.start()
+    yield w  # type: ignore[misc]
+    await w.stop()
+
+
+async def test_results_match_their_inputs(worker: BatchWorker) -> None:
+    futures = worker.submit([[1, 2, 3], [4], [5, 6]])
+    results = await asyncio.gather(*futures)
+    assert [r.tolist() for r in results] == [[3, 1], [1, 4], [2, 5]]
+
+
+async def test_one_bad_input_fails_only_itself(worker: BatchWorker) -> None:
+    futures = worker.submit([[1], [666], [2, 2]])
+    results = await asyncio.gather(*futures, return_exceptions=True)
+    assert results[0].tolist() == [1, 1] and results[2].tolist() == [2, 2]  # type: ignore[union-attr]
+    assert isinstance(results[1], RuntimeError)
+    # and the worker keeps serving
+    assert (await worker.submit([[9]])[0]).tolist() == [1, 9]
+
+
+async def test_non_finite_embedding_is_an_error_not_a_result(worker: BatchWorker) -> None:
+    results = await asyncio.gather(*worker.submit([[777], [3]]), return_exceptions=True)
+    assert isinstance(results[0], InferenceError)
+    assert results[1].tolist() == [1, 3]  # type: ignore[union-attr]
+
+
+async def test_full_queue_answers_overloaded_at_once(worker: BatchWorker) -> None:
+    with pytest.raises(Overloaded) as info:
+        worker.submit([[1]] * 21)
+    assert info.value.status == 429 and info.value.headers["Retry-After"]
+
+
+async def test_cancelled_items_are_skipped() -> None:
+    embed = Scripted()
+    limits = BatchLimits(max_size=8, max_tokens=4096, wait_s=0.05, max_queue=20)
+    metrics = Metrics()
+    w = BatchWorker("m", embed, limits=limits, metrics=metrics, executor=ThreadPoolExecutor(1))
+    w.start()
+    futures = w.submit([[1], [2], [3]])
+    futures[1].cancel()  # the caller went away while queued
+    await asyncio.gather(futures[0], futures[2])
+    await w.stop()
+    assert embed.calls == [2]
+    assert metrics.registry.get_sample_value("embedserver_dropped_total", {"model": "m"}) == 1
+
+
+async def test_concurrent_submissions_share_forward_passes() -> None:
+    embed = Scripted()
+    limits = BatchLimits(max_size=64, max_tokens=100_000, wait_s=0.01, max_queue=1000)
+    w = BatchWorker("m", embed, limits=limits, metrics=Metrics(), executor=ThreadPoolExecutor(1))
+    w.start()
+
+    async def one(i: int) -> np.ndarray:
+        return await w.submit([[i + 1]])[0]
+
+    results = await asyncio.gather(*(one(i) for i in range(32)))
+    await w.stop()
+    assert [r.tolist()[1] for r in results] == [i + 1 for i in range(32)]
+    assert len(embed.calls) < 32
+
+
+async def test_stop_fails_what_is_still_queued() -> None:
+    limits = BatchLimits(max_size=8, max_tokens=4096, wait_s=10, max_queue=20)
+    w = BatchWorker("m", Scripted(), limits=limits, metrics=Metrics(), executor=ThreadPoolExecutor(1))
+    w.start()
+    future = w.submit([[1]])[0]
+    await asyncio.sleep(0.01)
+    await w.stop()
+    with pytest.raises(Exception, match="unloaded"):
+        await future
