@@ -2,7 +2,7 @@
 
 Entries hold the raw pooled vector (before Matryoshka truncation and normalization), so one entry serves every
 `dimensions` and `normalize` a client asks for. Keys hash everything else that changes the vector: the model
-and its revision, pooling, instruction, truncation length and the text itself. Used from the event loop only.
+and its revision, pooling, instruction, truncation (on/off and length) and the text itself. Used from the event loop only.
 """
 
 from __future__ import annotations
@@ -20,9 +20,11 @@ class CachedEmbedding:
     tokens: int
 
 
-def cache_key(*, model: str, revision: str, pooling: str, instruction: str | None, max_length: int, text: str) -> bytes:
+def cache_key(
+    *, model: str, revision: str, pooling: str, instruction: str | None, max_length: int, truncate: bool, text: str
+) -> bytes:
     digest = hashlib.blake2b(digest_size=20)
-    for part in (model, revision, pooling, instruction or "", str(max_length), text):
+    for part in (model, revision, pooling, instruction or "", f"{max_length}:{truncate}", text):
         encoded = part.encode("utf-8", "surrogatepass")
         # Length-prefix each part so ("ab", "c") and ("a", "bc") never collide.
         digest.update(len(encoded).to_bytes(8, "little"))

@@ -115,7 +115,7 @@ class EmbeddingService:
         model = engine.name
         keys = [
             cache_key(model=engine.source, revision=engine.revision, pooling=engine.pooling,
-                      instruction=instruction, max_length=max_length, text=text)
+                      instruction=instruction, max_length=max_length, truncate=truncate, text=text)
             for text in texts
         ]
         results: dict[bytes, tuple[np.ndarray, int]] = {}

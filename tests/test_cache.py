@@ -5,7 +5,8 @@ import pytest
 
 from embedserver.cache import EmbeddingCache, cache_key
 
-BASE = {"model": "m", "revision": "r1", "pooling": "last", "instruction": None, "max_length": 512, "text": "hi"}
+BASE = {"model": "m", "revision": "r1", "pooling": "last", "instruction": None, "max_length": 512, "truncate": True,
+        "text": "hi"}
 
 
 def _vec(n: int = 4) -> np.ndarray:
@@ -58,7 +59,7 @@ def test_disabled_cache_stores_nothing() -> None:
 
 @pytest.mark.parametrize(
     "change",
-    [{"model": "other"}, {"revision": "r2"}, {"pooling": "mean"}, {"instruction": "task"}, {"max_length": 256},
+    [{"model": "other"}, {"revision": "r2"}, {"pooling": "mean"}, {"instruction": "task"}, {"max_length": 256}, {"truncate": False},
      {"text": "hi "}],
 )
 def test_key_depends_on_everything_that_changes_the_vector(change: dict[str, object]) -> None:
