@@ -22,11 +22,16 @@ def main() -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if settings.dev_mode:
         # Reload needs an import string; the factory re-reads the same environment.
-        uvicorn.run("embedserver.app:create_app", factory=True, reload=True, host=settings.host,
-                    port=settings.port, log_level="debug")
+        uvicorn.run(
+            "embedserver.app:create_app",
+            factory=True,
+            reload=True,
+            host=settings.host,
+            port=settings.port,
+            log_level="debug",
+        )
         return
     from embedserver.app import create_app
-
     from embedserver.device import hard_exit
 
     uvicorn.run(

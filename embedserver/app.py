@@ -10,11 +10,11 @@ from functools import partial
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from embedserver.api.responses import JSON
 
 from embedserver import __version__, device
 from embedserver.api import errors
 from embedserver.api.middleware import RequestMetrics
+from embedserver.api.responses import JSON
 from embedserver.api.routes_native import router as native_router
 from embedserver.api.routes_openai import router as openai_router
 from embedserver.api.routes_ops import router as ops_router

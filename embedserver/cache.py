@@ -21,7 +21,14 @@ class CachedEmbedding:
 
 
 def cache_key(
-    *, model: str, revision: str, pooling: str, instruction: str | None, max_length: int, truncate: bool, text: str
+    *,
+    model: str,
+    revision: str,
+    pooling: str,
+    instruction: str | None,
+    max_length: int,
+    truncate: bool,
+    text: str,
 ) -> bytes:
     digest = hashlib.blake2b(digest_size=20)
     for part in (model, revision, pooling, instruction or "", f"{max_length}:{truncate}", text):

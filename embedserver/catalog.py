@@ -49,7 +49,8 @@ class Catalog:
         key = self._index.get(name.strip().lower())
         if key is None:
             raise ModelNotFound(
-                f"model {name!r} is not served here; available: {', '.join(sorted(self.models))}", param="model"
+                f"model {name!r} is not served here; available: {', '.join(sorted(self.models))}",
+                param="model",
             )
         return self.models[key]
 
@@ -62,7 +63,9 @@ def load_catalog(path: Path, overrides: dict[str, str] | None = None) -> Catalog
     models: dict[str, ModelSpec] = {}
     for name, entry in data.get("models", {}).items():
         models[name] = _spec(name, entry, path)
-    catalog = Catalog(models, default=data.get("default", next(iter(models), "")), fallback=data.get("fallback"))
+    catalog = Catalog(
+        models, default=data.get("default", next(iter(models), "")), fallback=data.get("fallback")
+    )
     for alias, source in (overrides or {}).items():
         spec = catalog.resolve(alias)
         # The old source stays an alias, so clients that name the hub id still reach the mirror.

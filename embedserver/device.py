@@ -12,6 +12,7 @@ import resource
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
+from importlib.metadata import version
 from typing import Any, Literal
 
 import mlx.core as mx
@@ -66,7 +67,7 @@ def info() -> dict[str, Any]:
     return {
         "backend": backend(),
         "device": str(mx.default_device()),
-        "mlx_version": mx.__version__,
+        "mlx_version": version("mlx"),
         "blas": blas_info.library,
         "blas_optimized": blas_info.optimized,
     }

@@ -9,6 +9,7 @@ import hashlib
 import importlib.util
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,10 @@ log = logging.getLogger(__name__)
 
 _HUB_FILES = ["*.json", "*.safetensors", "*.txt", "1_Pooling/*"]
 _DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
-_ARCHITECTURES: dict[str, type[Qwen3Encoder] | type[BertEncoder]] = {"qwen3": Qwen3Encoder, "bert": BertEncoder}
+_ARCHITECTURES: dict[str, type[Qwen3Encoder] | type[BertEncoder]] = {
+    "qwen3": Qwen3Encoder,
+    "bert": BertEncoder,
+}
 # Decoder models pool the end-of-text token, appended when the tokenizer does not append it itself.
 _END_TOKENS = {"qwen3": "<|endoftext|>"}
 
@@ -56,14 +60,26 @@ def resolve_source(source: str) -> tuple[Path, str]:
 
 
 def _from_hub(repo_id: str) -> tuple[Path, str]:
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
+    # huggingface_hub reads its environment once, at import; read it again so a change is honoured.
+    offline = (
+        os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"} or constants.HF_HUB_OFFLINE
+    )
     try:
-        # Honours HF_HUB_OFFLINE and HF_HOME / HF_HUB_CACHE: offline, only the local cache is used.
-        directory = Path(snapshot_download(repo_id, allow_patterns=_HUB_FILES))
+        directory = Path(
+            snapshot_download(
+                repo_id,
+                allow_patterns=_HUB_FILES,
+                cache_dir=os.environ.get("HF_HUB_CACHE") or None,
+                local_files_only=offline,
+            )
+        )
     except LocalEntryNotFoundError as exc:
-        raise ModelLoadError(f"{repo_id} is not in the local Hugging Face cache and the hub cannot be reached") from exc
+        raise ModelLoadError(
+            f"{repo_id} is not in the local Hugging Face cache and the hub cannot be reached"
+        ) from exc
     except (HfHubHTTPError, OSError, ValueError) as exc:
         raise ModelLoadError(f"could not download {repo_id}: {exc}") from exc
     # Snapshot directories are named by commit hash.
@@ -96,7 +112,9 @@ def load_engine(spec: ModelSpec, *, dtype: str = "auto") -> Engine:
     pooling = _pooling(spec, directory, encoder)
     max_length = min(spec.max_tokens, int(config.get("max_position_embeddings", spec.max_tokens)))
     if spec.dimension is not None and spec.dimension != encoder.hidden_size:
-        log.warning("%s: catalog says dimension %d, the model has %d", spec.name, spec.dimension, encoder.hidden_size)
+        log.warning(
+            "%s: catalog says dimension %d, the model has %d", spec.name, spec.dimension, encoder.hidden_size
+        )
     return Engine(
         name=spec.name,
         source=spec.source,
@@ -132,14 +150,16 @@ def _load_weights(encoder: Encoder, directory: Path, config: dict[str, Any], tar
     if quant and target is not None:
         weights = _dequantize(weights, quant)
     elif quant:
-        nn.quantize(
+        nn.quantize(  # type: ignore[attr-defined]
             encoder,
             group_size=quant["group_size"],
             bits=quant["bits"],
             class_predicate=lambda path, _module: f"{path}.scales" in weights,
         )
     if target is not None:
-        weights = {k: v.astype(target) if mx.issubdtype(v.dtype, mx.floating) else v for k, v in weights.items()}
+        weights = {
+            k: v.astype(target) if mx.issubdtype(v.dtype, mx.floating) else v for k, v in weights.items()
+        }
     try:
         encoder.load_weights(list(weights.items()), strict=True)
     except ValueError as exc:

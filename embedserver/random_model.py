@@ -19,12 +19,30 @@ from typing import Literal
 
 import numpy as np
 
-TINY = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-        "head_dim": 16, "intermediate_size": 128}
-QWEN3_0_6B = {"hidden_size": 1024, "num_hidden_layers": 28, "num_attention_heads": 16, "num_key_value_heads": 8,
-              "head_dim": 128, "intermediate_size": 3072}
-QWEN3_4B = {"hidden_size": 2560, "num_hidden_layers": 36, "num_attention_heads": 32, "num_key_value_heads": 8,
-            "head_dim": 128, "intermediate_size": 9728}
+TINY = {
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+    "intermediate_size": 128,
+}
+QWEN3_0_6B = {
+    "hidden_size": 1024,
+    "num_hidden_layers": 28,
+    "num_attention_heads": 16,
+    "num_key_value_heads": 8,
+    "head_dim": 128,
+    "intermediate_size": 3072,
+}
+QWEN3_4B = {
+    "hidden_size": 2560,
+    "num_hidden_layers": 36,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "head_dim": 128,
+    "intermediate_size": 9728,
+}
 SHAPES = {"tiny": TINY, "0.6b": QWEN3_0_6B, "4b": QWEN3_4B}
 VOCAB_SIZE = 151669
 END_OF_TEXT = "<|endoftext|>"
@@ -67,7 +85,9 @@ def write_random_qwen3(
     weights = _random_weights(dims, seed, std)
     if layout == "mlx":
         weights = {f"model.{k}": v for k, v in weights.items()}
-    arrays = {k: mx.array(v).astype(mx.bfloat16 if dtype == "bfloat16" else mx.float32) for k, v in weights.items()}
+    arrays = {
+        k: mx.array(v).astype(mx.bfloat16 if dtype == "bfloat16" else mx.float32) for k, v in weights.items()
+    }
     config = {
         "architectures": ["Qwen3ForCausalLM"],
         "model_type": "qwen3",
@@ -90,27 +110,49 @@ def write_random_qwen3(
             base = key.removesuffix(".weight")
             arrays[key], arrays[f"{base}.scales"], arrays[f"{base}.biases"] = w, scales, biases
         config["quantization"] = {"group_size": group, "bits": quantize_bits}
-    mx.save_safetensors(str(directory / "model.safetensors"), arrays, metadata={"format": "pt" if layout == "hf" else "mlx"})
+    mx.save_safetensors(
+        str(directory / "model.safetensors"), arrays, metadata={"format": "pt" if layout == "hf" else "mlx"}
+    )
     (directory / "config.json").write_text(json.dumps(config, indent=2))
     _write_tokenizer(directory, append_end_of_text=layout == "hf")
     if layout == "hf":
         pooling = directory / "1_Pooling"
         pooling.mkdir(exist_ok=True)
-        (pooling / "config.json").write_text(json.dumps({
-            "word_embedding_dimension": dims.hidden_size,
-            "pooling_mode_cls_token": False,
-            "pooling_mode_mean_tokens": False,
-            "pooling_mode_max_tokens": False,
-            "pooling_mode_mean_sqrt_len_tokens": False,
-            "pooling_mode_weightedmean_tokens": False,
-            "pooling_mode_lasttoken": True,
-            "include_prompt": True,
-        }, indent=2))
-        (directory / "modules.json").write_text(json.dumps([
-            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-            {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
-        ], indent=2))
+        (pooling / "config.json").write_text(
+            json.dumps(
+                {
+                    "word_embedding_dimension": dims.hidden_size,
+                    "pooling_mode_cls_token": False,
+                    "pooling_mode_mean_tokens": False,
+                    "pooling_mode_max_tokens": False,
+                    "pooling_mode_mean_sqrt_len_tokens": False,
+                    "pooling_mode_weightedmean_tokens": False,
+                    "pooling_mode_lasttoken": True,
+                    "include_prompt": True,
+                },
+                indent=2,
+            )
+        )
+        (directory / "modules.json").write_text(
+            json.dumps(
+                [
+                    {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+                    {
+                        "idx": 1,
+                        "name": "1",
+                        "path": "1_Pooling",
+                        "type": "sentence_transformers.models.Pooling",
+                    },
+                    {
+                        "idx": 2,
+                        "name": "2",
+                        "path": "2_Normalize",
+                        "type": "sentence_transformers.models.Normalize",
+                    },
+                ],
+                indent=2,
+            )
+        )
     return directory
 
 
@@ -158,12 +200,18 @@ def _write_tokenizer(directory: Path, *, append_end_of_text: bool) -> None:
                 tokenizer["post_processor"],
                 {
                     "type": "TemplateProcessing",
-                    "single": [{"Sequence": {"id": "A", "type_id": 0}},
-                               {"SpecialToken": {"id": END_OF_TEXT, "type_id": 0}}],
-                    "pair": [{"Sequence": {"id": "A", "type_id": 0}},
-                             {"Sequence": {"id": "B", "type_id": 1}},
-                             {"SpecialToken": {"id": END_OF_TEXT, "type_id": 1}}],
-                    "special_tokens": {END_OF_TEXT: {"id": END_OF_TEXT, "ids": [end_id], "tokens": [END_OF_TEXT]}},
+                    "single": [
+                        {"Sequence": {"id": "A", "type_id": 0}},
+                        {"SpecialToken": {"id": END_OF_TEXT, "type_id": 0}},
+                    ],
+                    "pair": [
+                        {"Sequence": {"id": "A", "type_id": 0}},
+                        {"Sequence": {"id": "B", "type_id": 1}},
+                        {"SpecialToken": {"id": END_OF_TEXT, "type_id": 1}},
+                    ],
+                    "special_tokens": {
+                        END_OF_TEXT: {"id": END_OF_TEXT, "ids": [end_id], "tokens": [END_OF_TEXT]}
+                    },
                 },
             ],
         }
@@ -173,7 +221,9 @@ def _write_tokenizer(directory: Path, *, append_end_of_text: bool) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("directory", type=Path)
     parser.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
     parser.add_argument("--layout", choices=["hf", "mlx"], default="hf")
@@ -181,8 +231,14 @@ def main() -> None:
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--quantize-bits", type=int, choices=[4, 8])
     args = parser.parse_args()
-    write_random_qwen3(args.directory, shape=args.shape, seed=args.seed, layout=args.layout,
-                       quantize_bits=args.quantize_bits, dtype=args.dtype)
+    write_random_qwen3(
+        args.directory,
+        shape=args.shape,
+        seed=args.seed,
+        layout=args.layout,
+        quantize_bits=args.quantize_bits,
+        dtype=args.dtype,
+    )
     print(args.directory)
 
 

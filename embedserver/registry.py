@@ -53,7 +53,11 @@ class ModelSlot:
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"status": self.status, "source": self.spec.source}
         if self.engine is not None:
-            out |= {"dimension": self.engine.dimension, "pooling": self.engine.pooling, "revision": self.engine.revision}
+            out |= {
+                "dimension": self.engine.dimension,
+                "pooling": self.engine.pooling,
+                "revision": self.engine.revision,
+            }
         if self.worker is not None and not self.worker.alive and self.status == "ready":
             out["status"] = "worker_failed"
             out["error"] = self.worker.failure
@@ -137,11 +141,19 @@ class ModelRegistry:
                     name, engine.embed, limits=self._limits, metrics=self._metrics, executor=self._executor
                 )
                 worker.start()
-                slot.engine, slot.worker, slot.status, slot.error, slot.failures = engine, worker, "ready", None, 0
+                slot.engine, slot.worker, slot.status, slot.error, slot.failures = (
+                    engine,
+                    worker,
+                    "ready",
+                    None,
+                    0,
+                )
                 self._metrics.model_loads.labels(name, "ok").inc()
                 self._metrics.model_load_seconds.labels(name).observe(time.perf_counter() - started)
                 self._metrics.models_loaded.set(self._loaded_count())
-                log.info("model %s ready (dim %d) in %.1fs", name, engine.dimension, time.perf_counter() - started)
+                log.info(
+                    "model %s ready (dim %d) in %.1fs", name, engine.dimension, time.perf_counter() - started
+                )
         except ModelUnavailable:
             raise
         except Exception as exc:
@@ -206,5 +218,7 @@ def _reason(exc: BaseException) -> str:
 def _unavailable(slot: ModelSlot) -> ModelUnavailable:
     retry = max(1, int(slot.retry_at - time.monotonic()))
     return ModelUnavailable(
-        f"model {slot.spec.name} is unavailable: {slot.error}", param="model", headers={"Retry-After": str(retry)}
+        f"model {slot.spec.name} is unavailable: {slot.error}",
+        param="model",
+        headers={"Retry-After": str(retry)},
     )

@@ -13,12 +13,16 @@ class _Options(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: StrictStr | None = Field(None, description="Catalog name or alias; the default model when omitted")
-    dimensions: StrictInt | None = Field(None, description="Matryoshka: keep the first N dimensions, renormalized")
+    dimensions: StrictInt | None = Field(
+        None, description="Matryoshka: keep the first N dimensions, renormalized"
+    )
     instruction: StrictStr | None = Field(None, description="Task instruction for queries (Qwen3-Embedding)")
     input_type: Literal["query", "document"] | None = Field(
         None, description="'query' applies the model's default instruction; documents get none"
     )
-    truncate: StrictBool | None = Field(None, description="Cut texts over the token limit (server default: on)")
+    truncate: StrictBool | None = Field(
+        None, description="Cut texts over the token limit (server default: on)"
+    )
 
 
 class EmbeddingRequest(_Options):

@@ -46,7 +46,9 @@ def format_query(task: str, text: str) -> str:
 
 
 class EmbeddingService:
-    def __init__(self, settings: Settings, registry: ModelRegistry, cache: EmbeddingCache, metrics: Metrics) -> None:
+    def __init__(
+        self, settings: Settings, registry: ModelRegistry, cache: EmbeddingCache, metrics: Metrics
+    ) -> None:
         self.settings = settings
         self.registry = registry
         self.cache = cache
@@ -72,8 +74,13 @@ class EmbeddingService:
                     engine, worker, texts, instruction, max_length, truncate
                 )
             else:
-                ids = [engine.tokenizer.fit(engine.tokenizer.wrap_ids(seq), max_length, truncate=truncate, index=i)
-                       for i, seq in enumerate(call.inputs) if not isinstance(seq, str)]
+                ids = [
+                    engine.tokenizer.fit(
+                        engine.tokenizer.wrap_ids(seq), max_length, truncate=truncate, index=i
+                    )
+                    for i, seq in enumerate(call.inputs)
+                    if not isinstance(seq, str)
+                ]
                 raw = await self._run(worker, ids)
                 tokens, cached = sum(len(s) for s in ids), [False] * len(ids)
         vectors = finish(raw, dimensions=call.dimensions, normalize=call.normalize)
@@ -110,12 +117,21 @@ class EmbeddingService:
         engine: Engine,
         worker: BatchWorker,
         texts: list[str],
-        instruction: str | None, max_length: int, truncate: bool
+        instruction: str | None,
+        max_length: int,
+        truncate: bool,
     ) -> tuple[np.ndarray, int, list[bool]]:
         model = engine.name
         keys = [
-            cache_key(model=engine.source, revision=engine.revision, pooling=engine.pooling,
-                      instruction=instruction, max_length=max_length, truncate=truncate, text=text)
+            cache_key(
+                model=engine.source,
+                revision=engine.revision,
+                pooling=engine.pooling,
+                instruction=instruction,
+                max_length=max_length,
+                truncate=truncate,
+                text=text,
+            )
             for text in texts
         ]
         results: dict[bytes, tuple[np.ndarray, int]] = {}

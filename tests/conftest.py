@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,7 @@ def make_settings(catalog_file: Path, monkeypatch: pytest.MonkeyPatch) -> Callab
     return make
 
 
+@asynccontextmanager
 async def started(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     """Run the app's lifespan, wait for the default model, and hand out a client bound to it."""
     async with app.router.lifespan_context(app):
@@ -102,7 +104,7 @@ async def started(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 
 @pytest.fixture
 async def client(make_settings: Callable[..., Settings]) -> AsyncIterator[httpx.AsyncClient]:
-    async for c in started(create_app(make_settings())):
+    async with started(create_app(make_settings())) as c:
         yield c
 
 

@@ -28,7 +28,9 @@ def _assert_openai_error(response: httpx.Response, status: int, param: str | Non
 
 
 async def test_openai_embeddings_shape_and_norm(client: httpx.AsyncClient) -> None:
-    r = await client.post("/v1/embeddings", json={"input": ["hello", "a longer second text"], "model": "tiny"})
+    r = await client.post(
+        "/v1/embeddings", json={"input": ["hello", "a longer second text"], "model": "tiny"}
+    )
     assert r.status_code == 200
     body = r.json()
     assert body["object"] == "list" and body["model"] == "tiny"
@@ -52,7 +54,7 @@ async def test_batch_equals_single_through_the_api(make_settings: Any) -> None:
 
     texts = ["short", "a considerably longer text " * 12, "中文文本", "mid length text here"]
     # Cache off, so every single request really runs alone through the model.
-    async for c in started(create_app(make_settings(cache_max_entries=0))):
+    async with started(create_app(make_settings(cache_max_entries=0))) as c:
         batch = _vectors((await c.post("/v1/embeddings", json={"input": texts})).json())
         singles = [np.array((await c.post("/embed", json={"text": t})).json()["embedding"]) for t in texts]
         metrics = (await c.get("/metrics")).text
@@ -86,7 +88,9 @@ async def test_token_id_inputs_equal_the_text(client: httpx.AsyncClient) -> None
 
 async def test_dimensions_truncate_then_renormalize(client: httpx.AsyncClient) -> None:
     full = _vectors((await client.post("/v1/embeddings", json={"input": "matryoshka"})).json())[0]
-    short = _vectors((await client.post("/v1/embeddings", json={"input": "matryoshka", "dimensions": 32})).json())[0]
+    short = _vectors(
+        (await client.post("/v1/embeddings", json={"input": "matryoshka", "dimensions": 32})).json()
+    )[0]
     assert short.shape == (32,)
     assert np.linalg.norm(short) == pytest.approx(1.0, abs=1e-5)
     assert np.allclose(short, full[:32] / np.linalg.norm(full[:32]), atol=1e-5)
@@ -99,7 +103,9 @@ async def test_dimensions_out_of_range_is_400(client: httpx.AsyncClient, dimensi
 
 
 async def test_normalize_false_returns_the_raw_pooled_vector(client: httpx.AsyncClient) -> None:
-    raw = np.array((await client.post("/embed", json={"text": "raw", "normalize": False})).json()["embedding"])
+    raw = np.array(
+        (await client.post("/embed", json={"text": "raw", "normalize": False})).json()["embedding"]
+    )
     unit = np.array((await client.post("/embed", json={"text": "raw"})).json()["embedding"])
     assert abs(np.linalg.norm(raw) - 1.0) > 1e-3
     assert np.allclose(raw / np.linalg.norm(raw), unit, atol=1e-5)
@@ -112,8 +118,11 @@ async def test_query_instructions_follow_the_model_card(client: httpx.AsyncClien
         return _vectors(r.json())[0]
 
     query = await embed(input_type="query")
-    manual = _vectors((await client.post(
-        "/v1/embeddings", json={"input": f"Instruct: {QUERY_TASK}\nQuery:what is mlx"})).json())[0]
+    manual = _vectors(
+        (
+            await client.post("/v1/embeddings", json={"input": f"Instruct: {QUERY_TASK}\nQuery:what is mlx"})
+        ).json()
+    )[0]
     assert np.allclose(query, manual, atol=1e-6)
     assert np.allclose(await embed(instruction=QUERY_TASK), query, atol=1e-6)
     document = await embed(input_type="document")
@@ -143,12 +152,16 @@ async def test_instruction_on_a_model_without_one_is_400(client: httpx.AsyncClie
         {"input": "x", "model": 5},
     ],
 )
-async def test_bad_openai_input_is_400_in_openai_shape(client: httpx.AsyncClient, payload: dict[str, Any]) -> None:
+async def test_bad_openai_input_is_400_in_openai_shape(
+    client: httpx.AsyncClient, payload: dict[str, Any]
+) -> None:
     _assert_openai_error(await client.post("/v1/embeddings", json=payload), 400)
 
 
 async def test_malformed_json_is_400(client: httpx.AsyncClient) -> None:
-    r = await client.post("/v1/embeddings", content=b'{"input": ', headers={"content-type": "application/json"})
+    r = await client.post(
+        "/v1/embeddings", content=b'{"input": ', headers={"content-type": "application/json"}
+    )
     assert "not valid JSON" in _assert_openai_error(r, 400)["message"]
 
 
@@ -160,7 +173,7 @@ async def test_unknown_model_is_404(client: httpx.AsyncClient) -> None:
 async def test_too_many_inputs_is_400(make_settings: Any) -> None:
     from embedserver.app import create_app
 
-    async for c in started(create_app(make_settings(max_request_inputs=3))):
+    async with started(create_app(make_settings(max_request_inputs=3))) as c:
         r = await c.post("/v1/embeddings", json={"input": ["a", "b", "c", "d"]})
         assert "limit of 3" in _assert_openai_error(r, 400, "input")["message"]
         assert (await c.post("/v1/embeddings", json={"input": ["a", "b", "c"]})).status_code == 200
@@ -199,10 +212,18 @@ async def test_native_embed_and_batch(client: httpx.AsyncClient) -> None:
 
 @pytest.mark.parametrize(
     ("path", "payload"),
-    [("/embed", {"text": ""}), ("/embed", {"text": 5}), ("/embed", {}), ("/embed_batch", {"texts": []}),
-     ("/embed_batch", {"texts": ["a", None]}), ("/embed_batch", {"texts": "a"})],
+    [
+        ("/embed", {"text": ""}),
+        ("/embed", {"text": 5}),
+        ("/embed", {}),
+        ("/embed_batch", {"texts": []}),
+        ("/embed_batch", {"texts": ["a", None]}),
+        ("/embed_batch", {"texts": "a"}),
+    ],
 )
-async def test_native_validation_errors_are_422(client: httpx.AsyncClient, path: str, payload: dict[str, Any]) -> None:
+async def test_native_validation_errors_are_422(
+    client: httpx.AsyncClient, path: str, payload: dict[str, Any]
+) -> None:
     _assert_openai_error(await client.post(path, json=payload), 422)
 
 
@@ -260,11 +281,20 @@ async def test_metrics_expose_every_stage(client: httpx.AsyncClient) -> None:
     r = await client.get("/metrics")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
     for name in [
-        "embedserver_requests_total", "embedserver_request_duration_seconds", "embedserver_queue_depth",
-        "embedserver_queue_wait_seconds", "embedserver_tokenization_seconds", "embedserver_inference_seconds",
-        "embedserver_batch_size", "embedserver_batch_tokens", "embedserver_padding_ratio",
-        "embedserver_cache_hits_total", "embedserver_cache_misses_total", "embedserver_model_loads_total",
-        "embedserver_model_evictions_total", "embedserver_tokens_total",
+        "embedserver_requests_total",
+        "embedserver_request_duration_seconds",
+        "embedserver_queue_depth",
+        "embedserver_queue_wait_seconds",
+        "embedserver_tokenization_seconds",
+        "embedserver_inference_seconds",
+        "embedserver_batch_size",
+        "embedserver_batch_tokens",
+        "embedserver_padding_ratio",
+        "embedserver_cache_hits_total",
+        "embedserver_cache_misses_total",
+        "embedserver_model_loads_total",
+        "embedserver_model_evictions_total",
+        "embedserver_tokens_total",
     ]:
         assert name in r.text, name
     assert _sample(r.text, 'embedserver_requests_total{endpoint="/v1/embeddings",status="200"}') >= 1

@@ -5,8 +5,15 @@ import pytest
 
 from embedserver.cache import EmbeddingCache, cache_key
 
-BASE = {"model": "m", "revision": "r1", "pooling": "last", "instruction": None, "max_length": 512, "truncate": True,
-        "text": "hi"}
+BASE = {
+    "model": "m",
+    "revision": "r1",
+    "pooling": "last",
+    "instruction": None,
+    "max_length": 512,
+    "truncate": True,
+    "text": "hi",
+}
 
 
 def _vec(n: int = 4) -> np.ndarray:
@@ -59,8 +66,15 @@ def test_disabled_cache_stores_nothing() -> None:
 
 @pytest.mark.parametrize(
     "change",
-    [{"model": "other"}, {"revision": "r2"}, {"pooling": "mean"}, {"instruction": "task"}, {"max_length": 256}, {"truncate": False},
-     {"text": "hi "}],
+    [
+        {"model": "other"},
+        {"revision": "r2"},
+        {"pooling": "mean"},
+        {"instruction": "task"},
+        {"max_length": 256},
+        {"truncate": False},
+        {"text": "hi "},
+    ],
 )
 def test_key_depends_on_everything_that_changes_the_vector(change: dict[str, object]) -> None:
     assert cache_key(**BASE) != cache_key(**{**BASE, **change})  # type: ignore[arg-type]

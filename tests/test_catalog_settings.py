@@ -15,8 +15,15 @@ SHIPPED = Path(__file__).resolve().parent.parent / "config" / "models.toml"
 def test_shipped_catalog_resolves_every_alias() -> None:
     catalog = load_catalog(SHIPPED)
     assert catalog.default == "small" and catalog.fallback == "minilm"
-    for name, expected in [("small", "small"), ("0.6B", "small"), ("4b", "medium"), ("8b", "large"),
-                           ("Qwen/Qwen3-Embedding-8B", "large"), ("LARGE", "large"), ("all-minilm-l6-v2", "minilm")]:
+    for name, expected in [
+        ("small", "small"),
+        ("0.6B", "small"),
+        ("4b", "medium"),
+        ("8b", "large"),
+        ("Qwen/Qwen3-Embedding-8B", "large"),
+        ("LARGE", "large"),
+        ("all-minilm-l6-v2", "minilm"),
+    ]:
         assert catalog.resolve(name).name == expected
     assert catalog.resolve("large").dimension == 4096
 
@@ -71,7 +78,9 @@ def test_settings_read_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"CATALOG_FILE": "/nonexistent.toml"}, "does not exist"),
     ],
 )
-def test_bad_settings_fail_clearly(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], message: str) -> None:
+def test_bad_settings_fail_clearly(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], message: str
+) -> None:
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     with pytest.raises(ValidationError, match=message):

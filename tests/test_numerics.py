@@ -63,7 +63,9 @@ def test_end_of_text_is_appended_exactly_once(tiny_qwen3: Path, tiny_qwen3_mlx: 
             assert seq[-1] == END_OF_TEXT and seq[-2] != END_OF_TEXT
 
 
-def test_mlx_layout_gives_the_same_embeddings(qwen3: Engine, tiny_qwen3_mlx: Path, reference: dict[str, Any]) -> None:
+def test_mlx_layout_gives_the_same_embeddings(
+    qwen3: Engine, tiny_qwen3_mlx: Path, reference: dict[str, Any]
+) -> None:
     mlx_engine = _engine(tiny_qwen3_mlx)
     texts = reference["texts"]
     assert mlx_engine.pooling == "last"  # no 1_Pooling: a decoder defaults to last-token pooling
@@ -73,7 +75,9 @@ def test_mlx_layout_gives_the_same_embeddings(qwen3: Engine, tiny_qwen3_mlx: Pat
     assert np.allclose(a, b, atol=1e-5)
 
 
-def test_quantized_checkpoint_loads_and_batches_consistently(tiny_qwen3_q4: Path, reference: dict[str, Any]) -> None:
+def test_quantized_checkpoint_loads_and_batches_consistently(
+    tiny_qwen3_q4: Path, reference: dict[str, Any]
+) -> None:
     engine = _engine(tiny_qwen3_q4)
     batched, alone = _batched_and_alone(engine, reference["texts"])
     assert np.isfinite(batched).all()
@@ -114,6 +118,8 @@ def test_minilm_batched_equals_alone(minilm: Engine, reference: dict[str, Any]) 
 
 
 def test_minilm_similarity_is_meaningful(minilm: Engine) -> None:
-    dog, puppy, car = _normalized(minilm.embed(minilm.tokenizer.encode_batch(["dog", "puppy", "a car engine"])))
+    dog, puppy, car = _normalized(
+        minilm.embed(minilm.tokenizer.encode_batch(["dog", "puppy", "a car engine"]))
+    )
     assert dog @ puppy == pytest.approx(0.80, abs=0.01)
     assert dog @ puppy > dog @ car

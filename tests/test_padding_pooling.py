@@ -11,7 +11,9 @@ from embedserver.pooling import pool
 from embedserver.vectors import finish, to_base64
 
 
-@pytest.mark.parametrize(("length", "bucket"), [(1, 16), (16, 16), (17, 32), (256, 256), (257, 320), (8192, 8192)])
+@pytest.mark.parametrize(
+    ("length", "bucket"), [(1, 16), (16, 16), (17, 32), (256, 256), (257, 320), (8192, 8192)]
+)
 def test_bucket_length(length: int, bucket: int) -> None:
     assert bucket_length(length) == bucket
 

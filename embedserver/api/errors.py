@@ -11,15 +11,17 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from embedserver.api.responses import JSON
 from starlette.exceptions import HTTPException
 
+from embedserver.api.responses import JSON
 from embedserver.errors import APIError, InvalidRequest
 
 log = logging.getLogger(__name__)
 
 
-def error_body(message: str, type_: str, *, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+def error_body(
+    message: str, type_: str, *, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
@@ -29,7 +31,9 @@ def install(app: FastAPI) -> None:
         status = exc.status
         if isinstance(exc, InvalidRequest) and not request.url.path.startswith("/v1/"):
             status = 422  # the native API answers every input error with 422, as its clients expect
-        return JSON(error_body(exc.message, exc.type, param=exc.param, code=exc.code), status, headers=exc.headers)
+        return JSON(
+            error_body(exc.message, exc.type, param=exc.param, code=exc.code), status, headers=exc.headers
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSON:
@@ -42,7 +46,9 @@ def install(app: FastAPI) -> None:
         type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
         return JSON(
-            error_body(str(exc.detail), type_, code=code), exc.status_code, headers=getattr(exc, "headers", None)
+            error_body(str(exc.detail), type_, code=code),
+            exc.status_code,
+            headers=getattr(exc, "headers", None),
         )
 
     @app.exception_handler(Exception)

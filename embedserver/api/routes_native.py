@@ -6,8 +6,8 @@ import time
 from typing import Any
 
 from fastapi import APIRouter, Request
-from embedserver.api.responses import JSON
 
+from embedserver.api.responses import JSON
 from embedserver.api.state import service_of
 from embedserver.schemas import EmbedBatchRequest, EmbedRequest
 from embedserver.service import EmbedCall, EmbedOutcome
@@ -44,7 +44,11 @@ async def embed(body: EmbedRequest, request: Request) -> JSON:
     started = time.perf_counter()
     outcome = await _embed(request, body, [body.text])
     return JSON(
-        {"embedding": outcome.vectors[0], "cached": outcome.cached[0], **_common(outcome, body.normalize, started)}
+        {
+            "embedding": outcome.vectors[0],
+            "cached": outcome.cached[0],
+            **_common(outcome, body.normalize, started),
+        }
     )
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from embedserver.api.responses import JSON
 
+from embedserver.api.responses import JSON
 from embedserver.api.routes_ops import model_cards
 from embedserver.api.state import service_of
 from embedserver.schemas import EmbeddingRequest
@@ -20,11 +20,16 @@ router = APIRouter()
 async def create_embeddings(body: EmbeddingRequest, request: Request) -> JSON:
     raw = body.input
     # One text or one token-id list is a request of one input.
-    if isinstance(raw, str) or (raw and isinstance(raw[0], int)):
-        raw = [raw]  # type: ignore[list-item]
+    inputs: list[str] | list[list[int]]
+    if isinstance(raw, str):
+        inputs = [raw]
+    elif raw and isinstance(raw[0], int):
+        inputs = [raw]  # type: ignore[list-item]
+    else:
+        inputs = raw  # type: ignore[assignment]
     outcome = await service_of(request).embed(
         EmbedCall(
-            inputs=raw,  # type: ignore[arg-type]
+            inputs=inputs,
             model=body.model,
             instruction=body.instruction,
             input_type=body.input_type,

@@ -6,10 +6,10 @@ import time
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from embedserver.api.responses import JSON
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from embedserver import __version__, device
+from embedserver.api.responses import JSON
 from embedserver.api.state import state_of
 
 router = APIRouter()

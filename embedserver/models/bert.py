@@ -20,7 +20,11 @@ class _Embeddings(nn.Module):
 
     def __call__(self, ids: mx.array) -> mx.array:
         positions = mx.arange(ids.shape[1])[None, :]
-        h = self.word_embeddings(ids) + self.position_embeddings(positions) + self.token_type_embeddings.weight[0]
+        h = (
+            self.word_embeddings(ids)
+            + self.position_embeddings(positions)
+            + self.token_type_embeddings.weight[0]
+        )
         return self.LayerNorm(h)
 
 

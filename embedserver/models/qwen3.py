@@ -30,7 +30,7 @@ class Qwen3Encoder(nn.Module):
         model = self.model
         h = model.embed_tokens(ids)
         for layer in model.layers:
-            h = layer(h, "causal", None)
+            h = layer(h, "causal", None)  # type: ignore[arg-type]  # mlx-lm passes "causal" on to SDPA
         return model.norm(h)
 
     @staticmethod

@@ -1,0 +1,43 @@
+VENV ?= .venv
+PY := $(VENV)/bin/python
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: install install-dev run dev health test test-fast lint format clean reference
+
+install:  ## install the server with the right MLX backend for this machine
+	scripts/install.sh
+
+install-dev:  ## install with test and lint tools
+	scripts/install.sh dev
+
+run: install  ## serve on $(HOST):$(PORT) (MODEL_NAME, PORT, ... from the environment or .env)
+	HOST=$(HOST) PORT=$(PORT) $(PY) -m embedserver
+
+dev: install-dev  ## serve with auto-reload and DEBUG logs
+	DEV_MODE=true HOST=$(HOST) PORT=$(PORT) $(PY) -m embedserver
+
+health:  ## ask a running server how it is
+	@curl -sf http://$(HOST):$(PORT)/health | $(PY) -m json.tool
+
+test: install-dev  ## the whole test suite
+	$(PY) -m pytest -q
+
+test-fast:  ## tests without starting server processes
+	$(PY) -m pytest -q -m "not slow"
+
+lint:  ## ruff and mypy (strict)
+	$(PY) -m ruff check embedserver tests scripts
+	$(PY) -m ruff format --check embedserver tests scripts
+	$(PY) -m mypy
+
+format:
+	$(PY) -m ruff format embedserver tests scripts
+	$(PY) -m ruff check --fix embedserver tests scripts
+
+reference:  ## regenerate tests/fixtures/reference.json (needs torch: pip install torch==2.13.0)
+	$(PY) scripts/make_reference.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
