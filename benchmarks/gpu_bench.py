@@ -22,9 +22,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import embedserver  # noqa: E402,F401  (BLAS preload before MLX)
-from benchmarks.loadgen import run_load  # noqa: E402
-from embedserver.random_model import write_random_qwen3  # noqa: E402
+import embedserver  # noqa: F401  (BLAS preload before MLX)
+from benchmarks.loadgen import run_load
+from embedserver.random_model import write_random_qwen3
 
 
 def log(*parts: Any) -> None:
@@ -120,7 +120,6 @@ def bench_engine(model_dir: Path, texts: list[str]) -> dict[str, Any]:
     log(f"engine on texts: {out['texts_256']:,} tok/s; one text {out['single_text_ms']} ms")
     vectors = engine.embed(encoded[:8])
     out["_vectors"] = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).tolist()
-    del engine
     gc.collect()
     mx.clear_cache()
     return out
@@ -141,9 +140,10 @@ def bench_sentence_transformers(model_dir: Path, texts: list[str]) -> dict[str, 
         dt = time.perf_counter() - t
         out[f"batch_{batch}_texts_per_s"] = round(len(texts) / dt, 1)
         out[f"batch_{batch}_tokens_per_s"] = round(len(texts) * 128 / dt)
-        log(f"sentence-transformers batch {batch}: {len(texts) / dt:,.0f} texts/s, {len(texts) * 128 / dt:,.0f} tok/s")
+        log(
+            f"sentence-transformers batch {batch}: {len(texts) / dt:,.0f} texts/s, {len(texts) * 128 / dt:,.0f} tok/s"
+        )
     out["_vectors"] = model.encode(texts[:8], normalize_embeddings=True).tolist()
-    del model
     gc.collect()
     torch.cuda.empty_cache()
     return out
@@ -171,7 +171,9 @@ def bench_server(model_dir: Path, texts: list[str], duration: float, out_dir: Pa
         "LOG_LEVEL": "WARNING",
     }
     log_file = (out_dir / "server.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "embedserver"], env=env, stdout=log_file, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "embedserver"], env=env, stdout=log_file, stderr=subprocess.STDOUT
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(600):
@@ -181,11 +183,19 @@ def bench_server(model_dir: Path, texts: list[str], duration: float, out_dir: Pa
             except httpx.TransportError:
                 pass
             time.sleep(0.2)
-        bodies = [json.dumps({"input": t, "model": str(model_dir), "encoding_format": "base64"}).encode() for t in texts]
+        bodies = [
+            json.dumps({"input": t, "model": str(model_dir), "encoding_format": "base64"}).encode()
+            for t in texts
+        ]
         results = []
         for concurrency in (1, 8, 32, 128, 256):
-            r = run_load(f"{url}/v1/embeddings", bodies, concurrency, duration if concurrency > 1 else duration / 2,
-                         processes=min(8, max(1, concurrency // 16)))
+            r = run_load(
+                f"{url}/v1/embeddings",
+                bodies,
+                concurrency,
+                duration if concurrency > 1 else duration / 2,
+                processes=min(8, max(1, concurrency // 16)),
+            )
             results.append(r.summary())
             log("server", r.summary())
         metrics = httpx.get(f"{url}/metrics").text
@@ -214,8 +224,9 @@ def main() -> None:
     try:
         import subprocess as sp
 
-        results["gpu"] = sp.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
-                                text=True).stdout.strip()
+        results["gpu"] = sp.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True
+        ).stdout.strip()
     except OSError:
         results["gpu"] = "unknown"
     if "engine" not in skip:

@@ -35,7 +35,9 @@ class LoadResult:
         }
 
 
-async def _clients(url: str, bodies: list[bytes], concurrency: int, duration: float, offset: int) -> tuple[int, int, int, list[float]]:
+async def _clients(
+    url: str, bodies: list[bytes], concurrency: int, duration: float, offset: int
+) -> tuple[int, int, int, list[float]]:
     import aiohttp
 
     done = errors = tokens = 0
@@ -74,20 +76,16 @@ def _worker(args: tuple[str, list[bytes], int, float, int]) -> tuple[int, int, i
     return asyncio.run(_clients(*args))
 
 
-def run_load(url: str, bodies: list[bytes], concurrency: int, duration: float, processes: int = 4) -> LoadResult:
+def run_load(
+    url: str, bodies: list[bytes], concurrency: int, duration: float, processes: int = 4
+) -> LoadResult:
     processes = max(1, min(processes, concurrency))
     shares = [concurrency // processes + (1 if p < concurrency % processes else 0) for p in range(processes)]
-    jobs = []
-    offset = 0
-    for share in shares:
-        jobs.append((url, bodies, share, duration, offset * 7919))
-        offset += 1
-    started = time.perf_counter()
+    # Different starting texts per process, so processes do not send the same text at the same time.
+    jobs = [(url, bodies, share, duration, index * 7919) for index, share in enumerate(shares)]
     with mp.get_context("spawn").Pool(processes) as pool:
         parts = pool.map(_worker, jobs)
-    elapsed = time.perf_counter() - started
-    # Each worker ran for `duration`; spawn start-up is outside that window, so use the requested duration.
-    del elapsed
+    # Each worker ran for `duration` (process start-up is outside that window).
     return LoadResult(
         concurrency=concurrency,
         seconds=duration,

@@ -1,10 +1,12 @@
 """Dynamic micro-batching: one worker per model turns queued texts into padded batches.
 
 Handlers enqueue one `WorkItem` per text (client batches are split, so requests of any size share batches
-fairly). The worker wakes on the first item, waits up to BATCH_WAIT_MS for more, takes what is queued, drops
-items whose caller is gone, sorts by length and cuts batches by count and padded-token budget
-(`plan_batches`, a pure function). Forward passes run on the MLX thread; up to two batches are handed to it at
-once, so the next one is ready the moment the current one ends.
+fairly). The worker wakes on the first item. When the MLX thread is idle it cuts a batch at once (waiting
+would only add latency); while a batch runs it lets the next one fill for up to BATCH_WAIT_MS. It takes what
+is queued, drops items whose caller is gone, sorts by length and cuts batches by count and padded-token
+budget (`plan_batches`, a pure function). Forward passes run on the MLX thread; up to two batches are handed
+to it at once, so the next one is ready the moment the current one ends, and under load each batch gathers
+what arrived during the previous one.
 """
 
 from __future__ import annotations
@@ -77,6 +79,7 @@ class BatchWorker:
         self._slots = asyncio.Semaphore(2)
         self._running: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
+        self._planned: list[list[WorkItem]] = []  # cut but not yet handed to the MLX thread
         self.failure: str | None = None
 
     # --- handler side -------------------------------------------------------------------------------------
@@ -99,7 +102,7 @@ class BatchWorker:
 
     @property
     def busy(self) -> bool:
-        return bool(self._queue) or bool(self._running)
+        return bool(self._queue) or bool(self._running) or any(self._planned)
 
     @property
     def alive(self) -> bool:
@@ -120,15 +123,28 @@ class BatchWorker:
     async def _run(self) -> None:
         try:
             while True:
-                await self._collect()
-                window = self._take_window()
-                for batch in plan_batches(
-                    window, max_size=self._limits.max_size, max_tokens=self._limits.max_tokens
-                ):
-                    await self._slots.acquire()
+                while not self._queue:
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                # Hold a slot before cutting the batch: texts arriving while both slots are busy still join.
+                await self._slots.acquire()
+                if self._running:
+                    # The MLX thread is busy anyway: waiting for the batch to fill costs no latency.
+                    await self._fill()
+                batches = plan_batches(
+                    self._take_window(), max_size=self._limits.max_size, max_tokens=self._limits.max_tokens
+                )
+                if not batches:
+                    self._slots.release()
+                self._planned = batches  # failed by stop() if cancelled before dispatch
+                for index, batch in enumerate(batches):
+                    if index:
+                        await self._slots.acquire()
                     task = asyncio.create_task(self._run_batch(batch))
                     self._running.add(task)
                     task.add_done_callback(self._running.discard)
+                    batches[index] = []
+                self._planned = []
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug in the worker itself: fail what waits rather than hang it
@@ -137,11 +153,8 @@ class BatchWorker:
             self._fail_queued(ModelUnavailable(f"model {self.model} worker failed; retry"))
             raise
 
-    async def _collect(self) -> None:
-        """Sleep until work arrives, then give others up to wait_s to join, unless a batch is already full."""
-        while not self._queue:
-            self._wakeup.clear()
-            await self._wakeup.wait()
+    async def _fill(self) -> None:
+        """Give other texts up to wait_s to join, unless a full batch is already waiting."""
         deadline = time.perf_counter() + self._limits.wait_s
         while len(self._queue) < self._limits.max_size:
             remaining = deadline - time.perf_counter()
@@ -217,6 +230,10 @@ class BatchWorker:
         return vectors
 
     def _fail_queued(self, exc: Exception) -> None:
+        for batch in self._planned:
+            for item in batch:
+                _set_exception(item, exc)
+        self._planned = []
         while self._queue:
             _set_exception(self._queue.popleft(), exc)
         self._metrics.queue_depth.labels(self.model).set(0)

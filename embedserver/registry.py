@@ -23,6 +23,7 @@ from embedserver.catalog import Catalog, ModelSpec
 from embedserver.engine import Engine
 from embedserver.errors import ModelUnavailable
 from embedserver.metrics import Metrics
+from embedserver.tokenize_batcher import TokenizeBatcher
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ class ModelSlot:
     status: Status = "unloaded"
     engine: Engine | None = None
     worker: BatchWorker | None = None
+    tokenize: TokenizeBatcher | None = None
     error: str | None = None
     leases: int = 0
     last_used: float = 0.0
@@ -141,13 +143,8 @@ class ModelRegistry:
                     name, engine.embed, limits=self._limits, metrics=self._metrics, executor=self._executor
                 )
                 worker.start()
-                slot.engine, slot.worker, slot.status, slot.error, slot.failures = (
-                    engine,
-                    worker,
-                    "ready",
-                    None,
-                    0,
-                )
+                slot.engine, slot.worker, slot.tokenize = engine, worker, TokenizeBatcher(engine.tokenizer)
+                slot.status, slot.error, slot.failures = "ready", None, 0
                 self._metrics.model_loads.labels(name, "ok").inc()
                 self._metrics.model_load_seconds.labels(name).observe(time.perf_counter() - started)
                 self._metrics.models_loaded.set(self._loaded_count())
@@ -192,7 +189,7 @@ class ModelRegistry:
         log.info("evicting model %s (least recently used)", slot.spec.name)
         if slot.worker is not None:
             await slot.worker.stop()
-        slot.engine, slot.worker, slot.status = None, None, "unloaded"
+        slot.engine, slot.worker, slot.tokenize, slot.status = None, None, None, "unloaded"
         self._metrics.model_evictions.labels(slot.spec.name).inc()
         self._metrics.models_loaded.set(self._loaded_count())
         await asyncio.get_running_loop().run_in_executor(self._executor, _free_memory)

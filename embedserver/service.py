@@ -8,7 +8,6 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
-import anyio
 import numpy as np
 
 from embedserver.batching import BatchWorker
@@ -18,6 +17,7 @@ from embedserver.errors import InvalidRequest
 from embedserver.metrics import Metrics
 from embedserver.registry import ModelRegistry
 from embedserver.settings import Settings
+from embedserver.tokenize_batcher import TokenizeBatcher
 from embedserver.vectors import finish
 
 
@@ -57,8 +57,8 @@ class EmbeddingService:
     async def embed(self, call: EmbedCall) -> EmbedOutcome:
         self._check_inputs(call.inputs)
         async with self.registry.acquire(call.model) as slot:
-            engine, worker = slot.engine, slot.worker
-            assert engine is not None and worker is not None
+            engine, worker, tokenize = slot.engine, slot.worker, slot.tokenize
+            assert engine is not None and worker is not None and tokenize is not None
             if call.dimensions is not None and not 1 <= call.dimensions <= engine.dimension:
                 raise InvalidRequest(
                     f"dimensions must be between 1 and {engine.dimension} for model {engine.name}, "
@@ -71,7 +71,7 @@ class EmbeddingService:
             if isinstance(call.inputs[0], str):
                 texts = [str(t) for t in call.inputs]
                 raw, tokens, cached = await self._embed_texts(
-                    engine, worker, texts, instruction, max_length, truncate
+                    engine, worker, tokenize, texts, instruction, max_length, truncate
                 )
             else:
                 ids = [
@@ -116,6 +116,7 @@ class EmbeddingService:
         self,
         engine: Engine,
         worker: BatchWorker,
+        tokenize: TokenizeBatcher,
         texts: list[str],
         instruction: str | None,
         max_length: int,
@@ -150,7 +151,7 @@ class EmbeddingService:
         if misses:
             started = time.perf_counter()
             prompts = [format_query(instruction, t) if instruction else t for t, _ in misses.values()]
-            encoded = await anyio.to_thread.run_sync(engine.tokenizer.encode_batch, prompts)
+            encoded = await tokenize.encode(prompts)
             self.metrics.tokenize_seconds.labels(model).observe(time.perf_counter() - started)
             sequences = [
                 engine.tokenizer.fit(ids, max_length, truncate=truncate, index=index)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -126,11 +127,26 @@ async def test_concurrent_submissions_share_forward_passes() -> None:
 
 
 async def test_stop_fails_what_is_still_queued() -> None:
-    limits = BatchLimits(max_size=8, max_tokens=4096, wait_s=10, max_queue=20)
+    def slow(batch: list[list[int]]) -> np.ndarray:
+        time.sleep(0.2)
+        return np.ones((len(batch), 2), dtype=np.float32)
+
+    limits = BatchLimits(max_size=1, max_tokens=4096, wait_s=0, max_queue=20)
+    w = BatchWorker("m", slow, limits=limits, metrics=Metrics(), executor=ThreadPoolExecutor(1))
+    w.start()
+    futures = w.submit([[1], [2], [3]])  # two go to the MLX thread, the third waits for a slot
+    await asyncio.sleep(0.05)
+    await w.stop()
+    assert (await futures[0]).tolist() == [1, 1] and (await futures[1]).tolist() == [1, 1]
+    with pytest.raises(Exception, match="unloaded"):
+        await futures[2]
+
+
+async def test_idle_worker_does_not_wait_for_a_batch_to_fill() -> None:
+    limits = BatchLimits(max_size=64, max_tokens=4096, wait_s=5.0, max_queue=20)
     w = BatchWorker("m", Scripted(), limits=limits, metrics=Metrics(), executor=ThreadPoolExecutor(1))
     w.start()
-    future = w.submit([[1]])[0]
-    await asyncio.sleep(0.01)
+    started = time.perf_counter()
+    await w.submit([[1]])[0]
+    assert time.perf_counter() - started < 1.0  # not the 5 s BATCH_WAIT_MS
     await w.stop()
-    with pytest.raises(Exception, match="unloaded"):
-        await future
