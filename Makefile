@@ -5,22 +5,33 @@ PORT ?= 8000
 
 .PHONY: install install-dev run dev health test test-fast lint format clean reference
 
+# Stamps: `make run` and `make test` reinstall only when the project's requirements change.
+$(VENV)/.installed: pyproject.toml scripts/install.sh
+	scripts/install.sh
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml scripts/install.sh
+	scripts/install.sh dev
+	touch $@ $(VENV)/.installed
+
 install:  ## install the server with the right MLX backend for this machine
 	scripts/install.sh
+	touch $(VENV)/.installed
 
 install-dev:  ## install with test and lint tools
 	scripts/install.sh dev
+	touch $(VENV)/.installed-dev $(VENV)/.installed
 
-run: install  ## serve on $(HOST):$(PORT) (MODEL_NAME, PORT, ... from the environment or .env)
+run: $(VENV)/.installed  ## serve on $(HOST):$(PORT) (MODEL_NAME, PORT, ... from the environment or .env)
 	HOST=$(HOST) PORT=$(PORT) $(PY) -m embedserver
 
-dev: install-dev  ## serve with auto-reload and DEBUG logs
+dev: $(VENV)/.installed-dev  ## serve with auto-reload and DEBUG logs
 	DEV_MODE=true HOST=$(HOST) PORT=$(PORT) $(PY) -m embedserver
 
 health:  ## ask a running server how it is
 	@curl -sf http://$(HOST):$(PORT)/health | $(PY) -m json.tool
 
-test: install-dev  ## the whole test suite
+test: $(VENV)/.installed-dev  ## the whole test suite
 	$(PY) -m pytest -q
 
 test-fast:  ## tests without starting server processes

@@ -12,7 +12,7 @@ for _ in $(seq 300); do curl -sf localhost:$port/health > /dev/null && break; sl
 python3 benchmarks/loadgen.py "http://127.0.0.1:$port/v1/embeddings" "$model" "$conc" $((secs + 6)) > "$out/profile_load.txt" &
 load=$!
 sleep 4
-py-spy record --pid $server -d "$secs" --threads --nonblocking --format raw -r 200 -o "$out/profile.raw" > /dev/null 2>&1 || true
+py-spy record --pid $server -d "$secs" --threads --nonblocking ${PYSPY_FLAGS:-} --format raw -r 200 -o "$out/profile.raw" > /dev/null 2>&1 || true
 wait $load
 kill -TERM $server; wait $server || true
 cat "$out/profile_load.txt"

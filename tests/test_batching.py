@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -150,3 +151,23 @@ async def test_idle_worker_does_not_wait_for_a_batch_to_fill() -> None:
     await w.submit([[1]])[0]
     assert time.perf_counter() - started < 1.0  # not the 5 s BATCH_WAIT_MS
     await w.stop()
+
+
+async def test_tokenize_rounds_gather_concurrent_requests(tiny_qwen3: Path) -> None:
+    from embedserver.tokenization import TextTokenizer
+    from embedserver.tokenize_batcher import TokenizeBatcher
+
+    tokenizer = TextTokenizer(tiny_qwen3 / "tokenizer.json", end_token="<|endoftext|>")
+    calls: list[int] = []
+    original = tokenizer.encode_batch
+
+    def counting(texts: list[str]) -> list[list[int]]:
+        calls.append(len(texts))
+        return original(texts)
+
+    tokenizer.encode_batch = counting  # type: ignore[method-assign]
+    batcher = TokenizeBatcher(tokenizer)
+    requests = [[f"text {i}", f"second {i}"] for i in range(20)]
+    results = await asyncio.gather(*(batcher.encode(texts) for texts in requests))
+    assert results == [original(texts) for texts in requests]  # each caller gets its own texts, in order
+    assert sum(calls) == 40 and len(calls) < 20  # but in shared rounds
