@@ -3,7 +3,7 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install install-dev run dev health test test-fast lint format clean reference
+.PHONY: install install-dev run dev health test test-fast lint format clean reference loadtest
 
 # Stamps: `make run` and `make test` reinstall only when the project's requirements change.
 $(VENV)/.installed: pyproject.toml scripts/install.sh
@@ -45,6 +45,10 @@ lint:  ## ruff and mypy (strict)
 format:
 	$(PY) -m ruff format embedserver tests scripts
 	$(PY) -m ruff check --fix embedserver tests scripts
+
+loadtest:  ## locust against a running server on $(HOST):$(PORT): 32 users, 60 s, fails on any 5xx
+	$(VENV)/bin/pip install -q -e ".[load]"
+	$(VENV)/bin/locust -f loadtests/locustfile.py --host http://$(HOST):$(PORT) --headless -u 32 -r 8 -t 60s --only-summary
 
 reference:  ## regenerate tests/fixtures/reference.json (needs torch: pip install torch==2.13.0)
 	$(PY) scripts/make_reference.py
