@@ -6,10 +6,10 @@ from __future__ import annotations
 import threading
 import time
 
+import mlx.core as mx
 import numpy as np
 
 import embedserver  # noqa: F401
-import mlx.core as mx
 
 a = mx.random.normal((4096, 4096)).astype(mx.bfloat16)
 mx.eval(a)
@@ -42,8 +42,12 @@ def via_synchronize() -> None:
     mx.synchronize()
 
 
-for name, fn in [("eval", via_eval), ("numpy", via_numpy), ("async+eval", via_async_then_eval),
-                 ("async+synchronize", via_synchronize)]:
+for name, fn in [
+    ("eval", via_eval),
+    ("numpy", via_numpy),
+    ("async+eval", via_async_then_eval),
+    ("async+synchronize", via_synchronize),
+]:
     fn()
     counts = []
     for _ in range(3):
@@ -55,8 +59,10 @@ for name, fn in [("eval", via_eval), ("numpy", via_numpy), ("async+eval", via_as
             n += 1
             time.sleep(0)
         counts.append((n, time.perf_counter() - start))
-    print(f"{name:18s} main-thread iterations per second while waiting: "
-          f"{np.mean([n / dt for n, dt in counts]):>12,.0f}  (wait {np.mean([dt for _, dt in counts]) * 1000:.0f} ms)")
+    print(
+        f"{name:18s} main-thread iterations per second while waiting: "
+        f"{np.mean([n / dt for n, dt in counts]):>12,.0f}  (wait {np.mean([dt for _, dt in counts]) * 1000:.0f} ms)"
+    )
 start = time.perf_counter()
 n = 0
 while time.perf_counter() - start < 0.5:

@@ -104,7 +104,12 @@ if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from benchmarks.gpu_bench import make_texts
 
-    url, model_dir, concurrency, seconds = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+    url, model_dir, concurrency, seconds = (
+        sys.argv[1],
+        Path(sys.argv[2]),
+        int(sys.argv[3]),
+        float(sys.argv[4]),
+    )
     texts = make_texts(model_dir / "tokenizer.json", 512, 128)
     bodies = [json.dumps({"input": t, "encoding_format": "base64"}).encode() for t in texts]
     result = run_load(url, bodies, concurrency, seconds, processes=min(8, max(1, concurrency // 16)))
