@@ -38,13 +38,13 @@ test-fast:  ## tests without starting server processes
 	$(PY) -m pytest -q -m "not slow"
 
 lint:  ## ruff and mypy (strict)
-	$(PY) -m ruff check embedserver tests scripts
-	$(PY) -m ruff format --check embedserver tests scripts
+	$(PY) -m ruff check embedserver tests scripts benchmarks loadtests
+	$(PY) -m ruff format --check embedserver tests scripts benchmarks loadtests
 	$(PY) -m mypy
 
 format:
-	$(PY) -m ruff format embedserver tests scripts
-	$(PY) -m ruff check --fix embedserver tests scripts
+	$(PY) -m ruff format embedserver tests scripts benchmarks loadtests
+	$(PY) -m ruff check --fix embedserver tests scripts benchmarks loadtests
 
 loadtest:  ## locust against a running server on $(HOST):$(PORT): 32 users, 60 s, fails on any 5xx
 	$(VENV)/bin/pip install -q -e ".[load]"

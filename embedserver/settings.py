@@ -43,6 +43,12 @@ class Settings(BaseSettings):
     max_request_inputs: int = Field(2048, ge=1)
     truncate: bool = True
 
+    max_body_bytes: int = Field(2 * 1024 * 1024, ge=1024)
+    # One key or several (comma-separated). When set, every endpoint but /health, /ready and (unless
+    # METRICS_REQUIRE_KEY) /metrics needs `Authorization: Bearer <key>`.
+    api_key: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    metrics_require_key: bool = False
+
     cache_max_entries: int = Field(50_000, ge=0)
     cache_max_bytes: int = Field(256 * 1024 * 1024, ge=0)
 
@@ -51,9 +57,9 @@ class Settings(BaseSettings):
     def _upper(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins", "api_key", mode="before")
     @classmethod
-    def _split_origins(cls, value: object) -> object:
+    def _split_list(cls, value: object) -> object:
         # Accept a plain comma-separated list as well as JSON.
         if isinstance(value, str) and not value.lstrip().startswith("["):
             return [item.strip() for item in value.split(",") if item.strip()]

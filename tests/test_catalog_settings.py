@@ -85,3 +85,8 @@ def test_bad_settings_fail_clearly(
         monkeypatch.setenv(key, value)
     with pytest.raises(ValidationError, match=message):
         Settings(_env_file=None)  # type: ignore[call-arg]
+
+
+def test_api_keys_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("API_KEY", "alpha, beta")
+    assert Settings(_env_file=None).api_key == ["alpha", "beta"]  # type: ignore[call-arg]

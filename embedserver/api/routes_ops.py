@@ -38,6 +38,16 @@ async def health(request: Request) -> JSON:
     return JSON(body, 200 if ready else 503)
 
 
+@router.get("/ready", response_class=JSON)
+async def ready(request: Request) -> JSON:
+    """Readiness for a load balancer: 200 only when the default model can serve right now."""
+    registry = state_of(request).service.registry
+    slot = registry.slots().get(registry.default)
+    status = slot.describe()["status"] if slot is not None else "unloaded"
+    ok = status == "ready"
+    return JSON({"ready": ok, "default_model": registry.default, "status": status}, 200 if ok else 503)
+
+
 def model_cards(request: Request) -> list[dict[str, Any]]:
     state = state_of(request)
     registry = state.service.registry
