@@ -16,10 +16,35 @@ from typing import Any
 
 from locust import HttpUser, between, events, task
 
-WORDS = (
-    "embedding server batch model token query passage vector search index latency throughput cache metal cuda "
-    "retrieval document ranking semantic cluster neural network language context window attention layer"
-).split()
+WORDS = [
+    "embedding",
+    "server",
+    "batch",
+    "model",
+    "token",
+    "query",
+    "passage",
+    "vector",
+    "search",
+    "index",
+    "latency",
+    "throughput",
+    "cache",
+    "metal",
+    "cuda",
+    "retrieval",
+    "document",
+    "ranking",
+    "semantic",
+    "cluster",
+    "neural",
+    "network",
+    "language",
+    "context",
+    "window",
+    "attention",
+    "layer",
+]
 _rng = random.Random(0)
 
 
