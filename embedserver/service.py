@@ -4,6 +4,7 @@ Matryoshka and normalization). Knows nothing of HTTP; returns numpy vectors."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from dataclasses import dataclass
 from typing import Literal
@@ -19,6 +20,9 @@ from embedserver.registry import ModelRegistry
 from embedserver.settings import Settings
 from embedserver.tokenize_batcher import TokenizeBatcher
 from embedserver.vectors import finish
+
+# JSON may carry "\ud800"-style escapes that decode to lone surrogates: not text, and not encodable to UTF-8.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,11 @@ class EmbeddingService:
             if isinstance(item, str):
                 if not item.strip():
                     raise InvalidRequest(f"input[{index}] is empty or whitespace only", param="input")
+                if _SURROGATE.search(item):
+                    raise InvalidRequest(
+                        f"input[{index}] contains an unpaired UTF-16 surrogate, which is not valid Unicode text",
+                        param="input",
+                    )
             elif not item:
                 raise InvalidRequest(f"input[{index}] is an empty token list", param="input")
 
@@ -105,8 +114,11 @@ class EmbeddingService:
         if call.instruction is not None:
             if engine.query_task is None:
                 raise InvalidRequest(f"model {engine.name} does not take instructions", param="instruction")
-            if not call.instruction.strip():
-                raise InvalidRequest("instruction must not be empty", param="instruction")
+            if not call.instruction.strip() or _SURROGATE.search(call.instruction):
+                raise InvalidRequest(
+                    "instruction must be non-empty valid Unicode text (no unpaired surrogates)",
+                    param="instruction",
+                )
             return call.instruction
         if call.input_type == "query":
             return engine.query_task  # None for models trained without instructions: queries embed as-is
