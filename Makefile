@@ -3,7 +3,7 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install install-dev run dev health test test-fast lint format clean reference loadtest
+.PHONY: install install-dev run dev health test test-fast lint format clean reference loadtest benchmark benchmark-full
 
 # Stamps: `make run` and `make test` reinstall only when the project's requirements change.
 $(VENV)/.installed: pyproject.toml scripts/install.sh
@@ -45,6 +45,15 @@ lint:  ## ruff and mypy (strict)
 format:
 	$(PY) -m ruff format embedserver tests scripts benchmarks loadtests
 	$(PY) -m ruff check --fix embedserver tests scripts benchmarks loadtests
+
+benchmark:  ## quick HTTP benchmark (spawns a server with MODEL_NAME): latency, throughput at 1/8/32 clients
+	$(VENV)/bin/pip install -q -e ".[load]"
+	$(PY) tests/benchmark.py --quick
+
+benchmark-full:  ## full benchmark: 1-256 clients, JSON and PNG under results/
+	$(VENV)/bin/pip install -q -e ".[load]"
+	mkdir -p results
+	$(PY) tests/benchmark.py --iterations 200 --workers 8 --json results/benchmark.json --plot results/benchmark.png
 
 loadtest:  ## locust against a running server on $(HOST):$(PORT): 32 users, 60 s, fails on any 5xx
 	$(VENV)/bin/pip install -q -e ".[load]"
