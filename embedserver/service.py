@@ -16,9 +16,8 @@ from embedserver.cache import EmbeddingCache, cache_key
 from embedserver.engine import Engine
 from embedserver.errors import InvalidRequest
 from embedserver.metrics import Metrics
-from embedserver.registry import ModelRegistry
+from embedserver.registry import ModelRegistry, ModelSlot
 from embedserver.settings import Settings
-from embedserver.tokenize_batcher import TokenizeBatcher
 from embedserver.vectors import finish
 
 # JSON may carry "\ud800"-style escapes that decode to lone surrogates: not text, and not encodable to UTF-8.
@@ -61,8 +60,8 @@ class EmbeddingService:
     async def embed(self, call: EmbedCall) -> EmbedOutcome:
         self._check_inputs(call.inputs)
         async with self.registry.acquire(call.model) as slot:
-            engine, worker, tokenize = slot.engine, slot.worker, slot.tokenize
-            assert engine is not None and worker is not None and tokenize is not None
+            engine, worker = slot.engine, slot.worker
+            assert engine is not None and worker is not None
             if call.dimensions is not None and not 1 <= call.dimensions <= engine.dimension:
                 raise InvalidRequest(
                     f"dimensions must be between 1 and {engine.dimension} for model {engine.name}, "
@@ -73,17 +72,14 @@ class EmbeddingService:
             truncate = self.settings.truncate if call.truncate is None else call.truncate
             max_length = min(engine.max_length, self.settings.max_text_length)
             if isinstance(call.inputs[0], str):
-                texts = [str(t) for t in call.inputs]
-                raw, tokens, cached = await self._embed_texts(
-                    engine, worker, tokenize, texts, instruction, max_length, truncate
-                )
+                texts = call.inputs
+                raw, tokens, cached = await self._embed_texts(slot, texts, instruction, max_length, truncate)
             else:
                 ids = [
                     engine.tokenizer.fit(
                         engine.tokenizer.wrap_ids(seq), max_length, truncate=truncate, index=i
                     )
                     for i, seq in enumerate(call.inputs)
-                    if not isinstance(seq, str)
                 ]
                 raw = await self._run(worker, ids)
                 tokens, cached = sum(len(s) for s in ids), [False] * len(ids)
@@ -125,15 +121,10 @@ class EmbeddingService:
         return None
 
     async def _embed_texts(
-        self,
-        engine: Engine,
-        worker: BatchWorker,
-        tokenize: TokenizeBatcher,
-        texts: list[str],
-        instruction: str | None,
-        max_length: int,
-        truncate: bool,
+        self, slot: ModelSlot, texts: list[str], instruction: str | None, max_length: int, truncate: bool
     ) -> tuple[np.ndarray, int, list[bool]]:
+        engine, worker, tokenize = slot.engine, slot.worker, slot.tokenize
+        assert engine is not None and worker is not None and tokenize is not None
         model = engine.name
         keys = [
             cache_key(
