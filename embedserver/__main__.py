@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import sys
+from types import FrameType
 
 import uvicorn
 from pydantic import ValidationError
 
+from embedserver.service import EmbeddingService
 from embedserver.settings import Settings
 
 
@@ -34,15 +36,30 @@ def main() -> None:
     from embedserver.app import create_app
     from embedserver.device import hard_exit
 
-    uvicorn.run(
-        create_app(settings),
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
         host=settings.host,
         port=settings.port,
         log_level=level.lower(),
         access_log=settings.log_level == "DEBUG",
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=settings.shutdown_grace_s,
     )
+    _DrainingServer(config, app.state.server.service).run()
     hard_exit(0)
+
+
+class _DrainingServer(uvicorn.Server):
+    """On SIGTERM/SIGINT, first turn readiness off and refuse new embedding requests (503), then let uvicorn
+    stop listening and finish the accepted requests within SHUTDOWN_GRACE_S."""
+
+    def __init__(self, config: uvicorn.Config, service: EmbeddingService) -> None:
+        super().__init__(config)
+        self._service = service
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self._service.draining = True
+        super().handle_exit(sig, frame)
 
 
 if __name__ == "__main__":

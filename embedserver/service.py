@@ -14,7 +14,7 @@ import numpy as np
 from embedserver.batching import BatchWorker
 from embedserver.cache import EmbeddingCache, cache_key
 from embedserver.engine import Engine
-from embedserver.errors import InvalidRequest
+from embedserver.errors import InvalidRequest, ModelUnavailable
 from embedserver.metrics import Metrics
 from embedserver.registry import ModelRegistry, ModelSlot
 from embedserver.settings import Settings
@@ -56,8 +56,13 @@ class EmbeddingService:
         self.registry = registry
         self.cache = cache
         self.metrics = metrics
+        self.draining = False  # set on SIGTERM: accepted work finishes, new work is refused
 
     async def embed(self, call: EmbedCall) -> EmbedOutcome:
+        if self.draining:
+            raise ModelUnavailable(
+                "the server is shutting down; retry on another instance", code="shutting_down"
+            )
         self._check_inputs(call.inputs)
         async with self.registry.acquire(call.model) as slot:
             engine, worker = slot.engine, slot.worker

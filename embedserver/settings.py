@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     max_request_inputs: int = Field(2048, ge=1)
     truncate: bool = True
 
+    # On SIGTERM: accepted requests get this long to finish before the process exits.
+    shutdown_grace_s: int = Field(30, ge=0, le=3600)
     max_body_bytes: int = Field(2 * 1024 * 1024, ge=1024)
     # One key or several (comma-separated). When set, every endpoint but /health, /ready and (unless
     # METRICS_REQUIRE_KEY) /metrics needs `Authorization: Bearer <key>`.

@@ -97,3 +97,17 @@ async def test_ready_is_503_until_the_default_model_serves(make_settings: Callab
             "default_model": "missing",
             "status": "failed",
         }
+
+
+async def test_draining_turns_readiness_off_and_refuses_new_work(client: httpx.AsyncClient) -> None:
+    from embedserver.api.state import ServerState
+
+    transport = client._transport
+    assert isinstance(transport, httpx.ASGITransport)
+    state: ServerState = transport.app.state.server  # type: ignore[attr-defined]
+    state.service.draining = True  # what SIGTERM does (embedserver.__main__._DrainingServer)
+    r = await client.get("/ready")
+    assert r.status_code == 503 and r.json()["status"] == "draining"
+    r = await client.post("/v1/embeddings", json={"input": "late"})
+    assert _error(r, 503)["code"] == "shutting_down"
+    assert (await client.get("/health")).status_code == 200  # alive, just not taking work

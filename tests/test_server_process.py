@@ -25,10 +25,8 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def server(catalog_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def _start(catalog_file: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = _free_port()
-    log = tmp_path_factory.mktemp("server") / "server.log"
     env = {
         **os.environ,
         "PORT": str(port),
@@ -42,25 +40,55 @@ def server(catalog_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
             [sys.executable, "-m", "embedserver"], env=env, stdout=out, stderr=subprocess.STDOUT
         )
     url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"server exited early:\n{log.read_text()}"
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    pytest.fail(f"server did not become healthy:\n{log.read_text()}")
+
+
+def _stop(proc: subprocess.Popen[bytes], log: Path) -> None:
+    proc.send_signal(signal.SIGTERM)
+    code = proc.wait(timeout=60)
+    # uvicorn re-raises SIGTERM after a clean shutdown, so -15 (shell: 143) is a clean exit too.
+    assert code in (0, -signal.SIGTERM), f"server exit status {code}:\n{log.read_text()}"
+    assert "Application shutdown complete" in log.read_text()
+
+
+@pytest.fixture(scope="module")
+def server(catalog_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    proc, url = _start(catalog_file, log)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, f"server exited early:\n{log.read_text()}"
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        else:
-            pytest.fail(f"server did not become healthy:\n{log.read_text()}")
         yield url
     finally:
-        proc.send_signal(signal.SIGTERM)
-        code = proc.wait(timeout=60)
-        # uvicorn re-raises SIGTERM after a clean shutdown, so -15 (shell: 143) is a clean exit too.
-        assert code in (0, -signal.SIGTERM), f"server exit status {code}:\n{log.read_text()}"
-        assert "Application shutdown complete" in log.read_text()
+        _stop(proc, log)
+
+
+def test_sigterm_lets_accepted_requests_finish(catalog_file: Path, tmp_path: Path) -> None:
+    import threading
+
+    log = tmp_path / "server.log"
+    proc, url = _start(catalog_file, log)
+    texts = [f"a request accepted before shutdown, text {i} " * 20 for i in range(1500)]
+    result: dict[str, httpx.Response] = {}
+
+    def send() -> None:
+        result["response"] = httpx.post(f"{url}/v1/embeddings", json={"input": texts}, timeout=120)
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    time.sleep(1.0)  # the request is inside the server, its batches running
+    _stop(proc, log)
+    sender.join(timeout=120)
+    response = result["response"]
+    assert response.status_code == 200 and len(response.json()["data"]) == 1500
 
 
 def test_openai_client_gets_the_servers_embeddings(server: str) -> None:

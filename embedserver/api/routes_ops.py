@@ -41,9 +41,12 @@ async def health(request: Request) -> JSON:
 @router.get("/ready", response_class=JSON)
 async def ready(request: Request) -> JSON:
     """Readiness for a load balancer: 200 only when the default model can serve right now."""
-    registry = state_of(request).service.registry
+    service = state_of(request).service
+    registry = service.registry
     slot = registry.slots().get(registry.default)
     status = slot.describe()["status"] if slot is not None else "unloaded"
+    if service.draining:
+        status = "draining"
     ok = status == "ready"
     return JSON({"ready": ok, "default_model": registry.default, "status": status}, 200 if ok else 503)
 
