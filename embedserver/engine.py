@@ -12,7 +12,7 @@ from typing import Protocol
 import mlx.core as mx
 import numpy as np
 
-from embedserver.padding import pad_right
+from embedserver.padding import batch_buckets, length_buckets, pad_right
 from embedserver.pooling import Pooling, pool
 from embedserver.tokenization import TextTokenizer
 
@@ -45,16 +45,27 @@ class Engine:
     def dimension(self) -> int:
         return self.encoder.hidden_size
 
+    # Pad batch sizes to a few buckets (see padding.py); on for GPUs, where a new shape is expensive.
+    bucket_rows: bool = False
+
     def embed(self, batch: Sequence[Sequence[int]]) -> np.ndarray:
         """Pooled float32 vectors [len(batch), dimension] for token-id sequences of any lengths."""
-        ids, lengths = pad_right(batch, self.tokenizer.pad_id)
+        ids, lengths = pad_right(batch, self.tokenizer.pad_id, bucket_rows=self.bucket_rows)
         lengths_mx = mx.array(lengths)
         hidden = self.encoder(mx.array(ids), lengths_mx)
         pooled = pool(hidden, lengths_mx, self.pooling).astype(mx.float32)
         mx.eval(pooled)
-        return np.array(pooled, copy=False)
+        return np.array(pooled, copy=False)[: len(batch)]
 
-    def warmup(self) -> None:
-        """Run a few shapes once so kernel set-up does not land on the first requests."""
-        for length in (8, 64):
-            self.embed([[self.tokenizer.pad_id] * length] * 2)
+    def warmup(self, *, max_batch: int = 2, max_tokens: int = 128, max_length: int = 64) -> int:
+        """Run every bucketed shape up to the limits once, so kernel set-up (tens of ms a shape on CUDA) does
+        not land on requests. Returns how many shapes ran."""
+        shapes = [
+            (rows, length)
+            for length in length_buckets(max_length)
+            for rows in batch_buckets(max_batch)
+            if rows * length <= max(max_tokens, length)
+        ]
+        for rows, length in shapes:
+            self.embed([[self.tokenizer.pad_id] * length] * rows)
+        return len(shapes)

@@ -14,12 +14,67 @@ def bucket_length(length: int) -> int:
     return -(-length // step) * step
 
 
-def pad_right(batch: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """Token ids [B, L] (right-padded with `pad_id`) and the real lengths [B]."""
+# Batch sizes that reach the model: powers of two and the halfway points between them, so at most a third of
+# the rows are filler. On CUDA the first forward pass at a new shape costs 60-100 ms more than the next ones
+# (0.6B model, H100: benchmarks/shape_cost.py), so the server must see few shapes, warmed at load.
+_BATCH_BUCKETS = (
+    1,
+    2,
+    4,
+    8,
+    12,
+    16,
+    24,
+    32,
+    48,
+    64,
+    96,
+    128,
+    192,
+    256,
+    384,
+    512,
+    768,
+    1024,
+    1536,
+    2048,
+    3072,
+    4096,
+)
+
+
+def bucket_batch(size: int) -> int:
+    """The smallest batch bucket that holds `size` rows."""
+    for bucket in _BATCH_BUCKETS:
+        if bucket >= size:
+            return bucket
+    return size
+
+
+def batch_buckets(limit: int) -> list[int]:
+    """Every bucket a batch of at most `limit` rows can be padded to."""
+    return sorted({bucket_batch(size) for size in range(1, limit + 1)})
+
+
+def length_buckets(limit: int) -> list[int]:
+    """Every bucketed length up to `limit` tokens."""
+    return sorted({bucket_length(length) for length in range(1, limit + 1)})
+
+
+def pad_right(
+    batch: Sequence[Sequence[int]], pad_id: int, *, bucket_rows: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids [B', L] (right-padded with `pad_id`) and the lengths [B'].
+
+    With `bucket_rows`, B' is the batch bucket and the extra rows are one pad token each (results for them
+    are discarded); otherwise B' = len(batch).
+    """
     if not batch or any(len(ids) == 0 for ids in batch):
         raise ValueError("every sequence needs at least one token")
-    lengths = np.fromiter((len(ids) for ids in batch), dtype=np.int32, count=len(batch))
-    ids = np.full((len(batch), bucket_length(int(lengths.max()))), pad_id, dtype=np.int32)
+    rows = bucket_batch(len(batch)) if bucket_rows else len(batch)
+    lengths = np.ones(rows, dtype=np.int32)
+    lengths[: len(batch)] = [len(ids) for ids in batch]
+    ids = np.full((rows, bucket_length(int(lengths.max()))), pad_id, dtype=np.int32)
     for row, seq in enumerate(batch):
         ids[row, : len(seq)] = seq
     return ids, lengths

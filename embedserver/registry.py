@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import mlx.core as mx
 
+from embedserver import device
 from embedserver.batching import BatchLimits, BatchWorker
 from embedserver.catalog import Catalog, ModelSpec
 from embedserver.engine import Engine
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 Loader = Callable[[ModelSpec], Engine]
 Status = Literal["unloaded", "loading", "ready", "failed"]
 
+# Warm every bucketed shape up to this many tokens per text at load (longer texts pay their first-use cost).
+_WARM_LENGTH = 512
 _BACKOFF_MIN_S = 1.0
 _BACKOFF_MAX_S = 60.0
 
@@ -165,7 +168,16 @@ class ModelRegistry:
 
     def _load_and_warm(self, spec: ModelSpec) -> Engine:
         engine = self._loader(spec)
-        engine.warmup()
+        if device.backend() == "cpu":
+            # New shapes cost nothing extra on CPU: a token warm-up, and exact batch sizes (no filler rows).
+            engine.warmup()
+        else:
+            engine.bucket_rows = True
+            started = time.perf_counter()
+            shapes = engine.warmup(
+                max_batch=self._limits.max_size, max_tokens=self._limits.max_tokens, max_length=_WARM_LENGTH
+            )
+            log.info("%s: warmed %d shapes in %.1fs", spec.name, shapes, time.perf_counter() - started)
         return engine
 
     def _loaded_count(self) -> int:

@@ -123,3 +123,14 @@ def test_minilm_similarity_is_meaningful(minilm: Engine) -> None:
     )
     assert dog @ puppy == pytest.approx(0.80, abs=0.01)
     assert dog @ puppy > dog @ car
+
+
+def test_filler_rows_change_nothing(tiny_qwen3: Path, reference: dict[str, Any]) -> None:
+    engine = _engine(tiny_qwen3)
+    ids = engine.tokenizer.encode_batch(reference["texts"][:5])  # 5 rows: padded to 8 when bucketing
+    exact = engine.embed(ids)
+    engine.bucket_rows = True
+    bucketed = engine.embed(ids)
+    assert bucketed.shape == exact.shape == (5, 64)
+    assert np.allclose(bucketed, exact, atol=1e-5)
+    assert engine.warmup(max_batch=8, max_tokens=256, max_length=32) == 8  # (1, 2, 4, 8) x (16, 32)

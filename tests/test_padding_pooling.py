@@ -6,7 +6,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from embedserver.padding import bucket_length, pad_right
+from embedserver.padding import bucket_batch, bucket_length, pad_right
 from embedserver.pooling import pool
 from embedserver.vectors import finish, to_base64
 
@@ -73,3 +73,15 @@ def test_base64_is_little_endian_float32() -> None:
     vector = np.array([1.5, -2.25, 3.0], dtype=np.float32)
     decoded = np.frombuffer(base64.b64decode(to_base64(vector)), dtype="<f4")
     assert decoded.tolist() == [1.5, -2.25, 3.0]
+
+
+@pytest.mark.parametrize(("size", "bucket"), [(1, 1), (3, 4), (9, 12), (13, 16), (57, 64), (65, 96), (256, 256)])
+def test_bucket_batch(size: int, bucket: int) -> None:
+    assert bucket_batch(size) == bucket
+    assert bucket <= max(1, size) * 1.5  # filler rows stay under a third of the batch
+
+
+def test_pad_right_can_fill_rows_to_the_bucket() -> None:
+    ids, lengths = pad_right([[5, 6, 7], [8], [9, 9]], pad_id=0, bucket_rows=True)
+    assert ids.shape == (4, 16) and lengths.tolist() == [3, 1, 2, 1]
+    assert (ids[3] == 0).all()
