@@ -75,7 +75,9 @@ def test_base64_is_little_endian_float32() -> None:
     assert decoded.tolist() == [1.5, -2.25, 3.0]
 
 
-@pytest.mark.parametrize(("size", "bucket"), [(1, 1), (3, 4), (9, 12), (13, 16), (57, 64), (65, 96), (256, 256)])
+@pytest.mark.parametrize(
+    ("size", "bucket"), [(1, 1), (3, 4), (9, 12), (13, 16), (57, 64), (65, 96), (256, 256)]
+)
 def test_bucket_batch(size: int, bucket: int) -> None:
     assert bucket_batch(size) == bucket
     assert bucket <= max(1, size) * 1.5  # filler rows stay under a third of the batch
