@@ -56,6 +56,7 @@ def create_app(settings: Settings | None = None, *, loader: Loader | None = None
         loader=loader or partial(load_engine, dtype=settings.dtype),
         executor=device.mlx_executor,
         metrics=metrics,
+        tokenize_rounds=settings.tokenizer_rounds,
     )
     cache = EmbeddingCache(settings.cache_max_entries, settings.cache_max_bytes)
     state = ServerState(service=EmbeddingService(settings, registry, cache, metrics), metrics=metrics)

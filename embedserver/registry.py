@@ -82,8 +82,10 @@ class ModelRegistry:
         loader: Loader,
         executor: Executor,
         metrics: Metrics,
+        tokenize_rounds: int = 1,
     ) -> None:
         self.catalog = catalog
+        self._tokenize_rounds = tokenize_rounds
         self.default = default
         self.max_models = max_models
         self._limits = limits
@@ -146,7 +148,8 @@ class ModelRegistry:
                     name, engine.embed, limits=self._limits, metrics=self._metrics, executor=self._executor
                 )
                 worker.start()
-                slot.engine, slot.worker, slot.tokenize = engine, worker, TokenizeBatcher(engine.tokenizer)
+                slot.engine, slot.worker = engine, worker
+                slot.tokenize = TokenizeBatcher(engine.tokenizer, rounds=self._tokenize_rounds)
                 slot.status, slot.error, slot.failures = "ready", None, 0
                 self._metrics.model_loads.labels(name, "ok").inc()
                 self._metrics.model_load_seconds.labels(name).observe(time.perf_counter() - started)

@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     batch_wait_ms: float = Field(5.0, ge=0, le=1000)
     max_queue_texts: int = Field(8192, ge=1)
 
+    # Tokenization rounds that may run at once per model (each round is one parallel encode_batch call).
+    tokenizer_rounds: int = Field(2, ge=1, le=16)
+
     max_text_length: int = Field(8192, ge=8)
     max_request_inputs: int = Field(2048, ge=1)
     truncate: bool = True

@@ -153,7 +153,8 @@ async def test_idle_worker_does_not_wait_for_a_batch_to_fill() -> None:
     await w.stop()
 
 
-async def test_tokenize_rounds_gather_concurrent_requests(tiny_qwen3: Path) -> None:
+@pytest.mark.parametrize("rounds", [1, 3])
+async def test_tokenize_rounds_gather_concurrent_requests(tiny_qwen3: Path, rounds: int) -> None:
     from embedserver.tokenization import TextTokenizer
     from embedserver.tokenize_batcher import TokenizeBatcher
 
@@ -166,7 +167,7 @@ async def test_tokenize_rounds_gather_concurrent_requests(tiny_qwen3: Path) -> N
         return original(texts)
 
     tokenizer.encode_batch = counting  # type: ignore[method-assign]
-    batcher = TokenizeBatcher(tokenizer)
+    batcher = TokenizeBatcher(tokenizer, rounds=rounds)
     requests = [[f"text {i}", f"second {i}"] for i in range(20)]
     results = await asyncio.gather(*(batcher.encode(texts) for texts in requests))
     assert results == [original(texts) for texts in requests]  # each caller gets its own texts, in order
