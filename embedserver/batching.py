@@ -131,12 +131,16 @@ class BatchWorker:
                 if self._running:
                     # The MLX thread is busy anyway: waiting for the batch to fill costs no latency.
                     await self._fill()
+                # Items taken off the queue stay reachable until dispatched, so a crash or stop() fails them
+                # instead of leaving their callers waiting forever.
+                window = self._take_window()
+                self._planned = [window]
                 batches = plan_batches(
-                    self._take_window(), max_size=self._limits.max_size, max_tokens=self._limits.max_tokens
+                    window, max_size=self._limits.max_size, max_tokens=self._limits.max_tokens
                 )
                 if not batches:
                     self._slots.release()
-                self._planned = batches  # failed by stop() if cancelled before dispatch
+                self._planned = batches
                 for index, batch in enumerate(batches):
                     if index:
                         await self._slots.acquire()

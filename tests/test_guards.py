@@ -111,3 +111,30 @@ async def test_draining_turns_readiness_off_and_refuses_new_work(client: httpx.A
     r = await client.post("/v1/embeddings", json={"input": "late"})
     assert _error(r, 503)["code"] == "shutting_down"
     assert (await client.get("/health")).status_code == 200  # alive, just not taking work
+
+
+async def test_dead_worker_fails_its_requests_with_503_and_is_restarted(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import embedserver.batching as batching
+
+    real = batching.plan_batches
+    calls = {"n": 0}
+
+    def broken_once(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("bug in the batch planner")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(batching, "plan_batches", broken_once)
+    r = await client.post("/v1/embeddings", json={"input": "first"})
+    assert _error(r, 503)["code"] == "model_unavailable"
+    health = (await client.get("/health")).json()
+    assert health["models"]["tiny"]["status"] == "worker_failed" and "bug in the batch planner" in (
+        health["models"]["tiny"]["error"]
+    )
+    assert (await client.get("/ready")).status_code == 503
+    r = await client.post("/v1/embeddings", json={"input": "second"})  # the next request restarts the worker
+    assert r.status_code == 200
+    assert (await client.get("/ready")).status_code == 200
