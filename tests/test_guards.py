@@ -131,8 +131,9 @@ async def test_dead_worker_fails_its_requests_with_503_and_is_restarted(
     r = await client.post("/v1/embeddings", json={"input": "first"})
     assert _error(r, 503)["code"] == "model_unavailable"
     health = (await client.get("/health")).json()
-    assert health["models"]["tiny"]["status"] == "worker_failed" and "bug in the batch planner" in (
-        health["models"]["tiny"]["error"]
+    assert (
+        health["models"]["tiny"]["status"] == "worker_failed"
+        and "bug in the batch planner" in (health["models"]["tiny"]["error"])
     )
     assert (await client.get("/ready")).status_code == 503
     r = await client.post("/v1/embeddings", json={"input": "second"})  # the next request restarts the worker
