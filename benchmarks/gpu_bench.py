@@ -10,9 +10,6 @@ import argparse
 import gc
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import embedserver  # noqa: F401  (BLAS preload before MLX)
 from benchmarks.loadgen import run_load
+from benchmarks.server_process import running_server
 from embedserver.random_model import write_random_qwen3
 
 
@@ -149,20 +147,11 @@ def bench_sentence_transformers(model_dir: Path, texts: list[str]) -> dict[str, 
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def bench_server(model_dir: Path, texts: list[str], duration: float, out_dir: Path) -> dict[str, Any]:
     import httpx
 
-    port = _free_port()
     env = {
-        **os.environ,
         "MODEL_NAME": str(model_dir),
-        "PORT": str(port),
         "MAX_BATCH_SIZE": "256",
         "MAX_BATCH_TOKENS": "65536",
         "MAX_QUEUE_TEXTS": "100000",
@@ -170,19 +159,7 @@ def bench_server(model_dir: Path, texts: list[str], duration: float, out_dir: Pa
         "CACHE_MAX_ENTRIES": "0",  # measure compute, not the cache
         "LOG_LEVEL": "WARNING",
     }
-    log_file = (out_dir / "server.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "embedserver"], env=env, stdout=log_file, stderr=subprocess.STDOUT
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(600):
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
+    with running_server(env, out_dir / "server.log") as url:
         bodies = [
             json.dumps({"input": t, "model": str(model_dir), "encoding_format": "base64"}).encode()
             for t in texts
@@ -201,9 +178,6 @@ def bench_server(model_dir: Path, texts: list[str], duration: float, out_dir: Pa
         metrics = httpx.get(f"{url}/metrics").text
         (out_dir / "server_metrics.txt").write_text(metrics)
         return {"load": results}
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
 
 
 def main() -> None:

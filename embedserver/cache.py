@@ -73,7 +73,3 @@ class EmbeddingCache:
         while len(self._entries) > self.max_entries or self.bytes > self.max_bytes:
             _, evicted = self._entries.popitem(last=False)
             self.bytes -= evicted.vector.nbytes
-
-    def clear(self) -> None:
-        self._entries.clear()
-        self.bytes = 0

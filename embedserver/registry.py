@@ -95,9 +95,6 @@ class ModelRegistry:
         self._slots: dict[str, ModelSlot] = {}
         self._admin = asyncio.Lock()  # loads and evictions happen one at a time
 
-    def slot(self, name: str) -> ModelSlot | None:
-        return self._slots.get(self.catalog.resolve(name).name)
-
     def slots(self) -> dict[str, ModelSlot]:
         return dict(self._slots)
 

@@ -11,13 +11,10 @@ import argparse
 import json
 import os
 import random
-import signal
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -65,31 +62,11 @@ def percentiles(ms: list[float]) -> dict[str, float]:
     return {f"p{p}": round(float(np.percentile(a, p)), 2) for p in (50, 95, 99)} | {"n": len(ms)}
 
 
-@contextmanager
-def server(model: str | None) -> Iterator[str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "PORT": str(port), "LOG_LEVEL": "WARNING"}
-    if model:
-        env["MODEL_NAME"] = model
-    proc = subprocess.Popen([sys.executable, "-m", "embedserver"], env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise SystemExit("server exited during start-up")
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.3)
-        yield url
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
+def server(model: str | None) -> AbstractContextManager[str]:
+    """A server of our own (MODEL_NAME from --model or the environment)."""
+    from benchmarks.server_process import running_server
+
+    return running_server({"LOG_LEVEL": "WARNING", **({"MODEL_NAME": model} if model else {})})
 
 
 def single_latency(client: httpx.Client, model: str, iterations: int) -> dict[str, Any]:
