@@ -33,6 +33,7 @@ def main() -> None:
             log_level="debug",
         )
         return
+    from embedserver.api.protocol import with_header_deadline
     from embedserver.app import create_app
     from embedserver.device import hard_exit
 
@@ -44,6 +45,7 @@ def main() -> None:
         log_level=level.lower(),
         access_log=settings.log_level == "DEBUG",
         timeout_graceful_shutdown=settings.shutdown_grace_s,
+        http=with_header_deadline(settings.header_timeout_s),
     )
     _DrainingServer(config, app.state.server.service).run()
     hard_exit(0)

@@ -13,7 +13,8 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from embedserver import __version__, device
 from embedserver.api import errors
-from embedserver.api.guards import ApiKeys, BodyLimit
+from embedserver.api.body import RequestBody
+from embedserver.api.guards import ApiKeys
 from embedserver.api.middleware import RequestMetrics
 from embedserver.api.responses import JSON
 from embedserver.api.routes_native import router as native_router
@@ -83,8 +84,10 @@ def create_app(settings: Settings | None = None, *, loader: Loader | None = None
     app.include_router(openai_router)
     app.include_router(native_router)
     app.include_router(ops_router)
-    # The last added runs first: CORS, request metrics (so refusals are counted too), API keys, body limit.
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    # The last added runs first: CORS, request metrics (so refusals are counted too), API keys, body.
+    app.add_middleware(
+        RequestBody, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s, metrics=metrics
+    )
     if settings.api_key:
         open_paths = {"/health", "/ready"} | (set() if settings.metrics_require_key else {"/metrics"})
         app.add_middleware(ApiKeys, keys=settings.api_key, open_paths=open_paths)

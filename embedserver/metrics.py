@@ -83,6 +83,17 @@ class Metrics:
             ["model"],
             registry=r,
         )
+        self.disconnects = Counter(
+            "embedserver_client_disconnects_total",
+            "Requests whose client went away before the answer (stage: body, waiting)",
+            ["stage"],
+            registry=r,
+        )
+        self.timeouts = Counter(
+            "embedserver_body_timeouts_total",
+            "Requests refused with 408 because the body did not arrive within BODY_TIMEOUT_S",
+            registry=r,
+        )
         self.rejected = Counter(
             "embedserver_rejected_total",
             "Texts refused with 429 because the queue was full",

@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     # On SIGTERM: accepted requests get this long to finish before the process exits.
     shutdown_grace_s: int = Field(30, ge=0, le=3600)
     max_body_bytes: int = Field(2 * 1024 * 1024, ge=1024)
+    # Slow clients: request headers must arrive within HEADER_TIMEOUT_S of the connection opening (or of the
+    # request's first byte on a kept-alive one), the whole body within BODY_TIMEOUT_S of the headers.
+    header_timeout_s: float = Field(10.0, gt=0, le=600)
+    body_timeout_s: float = Field(30.0, gt=0, le=3600)
     # One key or several (comma-separated). When set, every endpoint but /health, /ready and (unless
     # METRICS_REQUIRE_KEY) /metrics needs `Authorization: Bearer <key>`.
     api_key: Annotated[list[str], NoDecode] = Field(default_factory=list)

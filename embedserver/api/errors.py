@@ -9,9 +9,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
+from starlette.types import Send
 
 from embedserver.api.responses import JSON
 from embedserver.errors import APIError, InvalidRequest
@@ -23,6 +25,30 @@ def error_body(
     message: str, type_: str, *, param: str | None = None, code: str | None = None
 ) -> dict[str, Any]:
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+async def send_error(
+    send: Send,
+    status: int,
+    message: str,
+    *,
+    code: str,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    """An error answered from ASGI middleware, before any route runs, in the same shape as the routes'."""
+    payload = orjson.dumps(error_body(message, "invalid_request_error", code=code))
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+                *(headers or []),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})
 
 
 def install(app: FastAPI) -> None:

@@ -19,7 +19,8 @@ class RequestMetrics:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        status = 500
+        # No answer at all means the client went away first (nginx's 499).
+        status = 499
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status
@@ -29,6 +30,9 @@ class RequestMetrics:
 
         try:
             await self.app(scope, receive, send_wrapper)
+        except Exception:
+            status = 500  # answered by Starlette's outermost error handler, after this middleware
+            raise
         finally:
             route = scope.get("route")
             # The route template, not the raw path, so unknown URLs cannot blow up label cardinality.
