@@ -81,6 +81,7 @@ class BatchWorker:
         self._task: asyncio.Task[None] | None = None
         self._planned: list[list[WorkItem]] = []  # cut but not yet handed to the MLX thread
         self.failure: str | None = None
+        self.on_death: Callable[[], None] | None = None  # the registry's restart hook
 
     # --- handler side -------------------------------------------------------------------------------------
     def submit(self, sequences: Sequence[list[int]]) -> list[asyncio.Future[np.ndarray]]:
@@ -155,6 +156,8 @@ class BatchWorker:
             log.exception("batch worker for %s died", self.model)
             self.failure = f"worker died: {exc!r}"
             self._fail_queued(ModelUnavailable(f"model {self.model} worker failed; retry"))
+            if self.on_death is not None:
+                self.on_death()
             raise
 
     async def _fill(self) -> None:

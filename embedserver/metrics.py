@@ -118,6 +118,9 @@ class Metrics:
             buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
             registry=r,
         )
+        self.worker_restarts = Counter(
+            "embedserver_worker_restarts_total", "Batch workers restarted after dying", ["model"], registry=r
+        )
         self.model_evictions = Counter(
             "embedserver_model_evictions_total", "Models unloaded to make room", ["model"], registry=r
         )

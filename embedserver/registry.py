@@ -35,6 +35,9 @@ Status = Literal["unloaded", "loading", "ready", "failed"]
 _WARM_LENGTH = 512
 _BACKOFF_MIN_S = 1.0
 _BACKOFF_MAX_S = 60.0
+# A dead batch worker is restarted on its own after this, doubling while it keeps dying within _DEATH_MEMORY_S.
+_RESTART_MIN_S = 0.5
+_DEATH_MEMORY_S = 300.0
 
 
 @dataclass(eq=False)
@@ -50,6 +53,8 @@ class ModelSlot:
     failures: int = 0
     retry_at: float = 0.0
     load_task: asyncio.Task[None] | None = None
+    worker_deaths: int = 0
+    last_death: float = 0.0
 
     @property
     def busy(self) -> bool:
@@ -94,6 +99,8 @@ class ModelRegistry:
         self._metrics = metrics
         self._slots: dict[str, ModelSlot] = {}
         self._admin = asyncio.Lock()  # loads and evictions happen one at a time
+        self._restart_timers: dict[str, asyncio.TimerHandle] = {}
+        self._restarts: set[asyncio.Task[None]] = set()
 
     def slots(self) -> dict[str, ModelSlot]:
         return dict(self._slots)
@@ -144,6 +151,7 @@ class ModelRegistry:
                 worker = BatchWorker(
                     name, engine.embed, limits=self._limits, metrics=self._metrics, executor=self._executor
                 )
+                worker.on_death = lambda: self._worker_died(slot)
                 worker.start()
                 slot.engine, slot.worker = engine, worker
                 slot.tokenize = TokenizeBatcher(engine.tokenizer, rounds=self._tokenize_rounds)
@@ -165,6 +173,32 @@ class ModelRegistry:
             raise _unavailable(slot) from exc
         finally:
             slot.load_task = None
+
+    def _worker_died(self, slot: ModelSlot) -> None:
+        """Restart a dead worker after a short backoff, without waiting for a request to ask for it."""
+        now = time.monotonic()
+        slot.worker_deaths = slot.worker_deaths + 1 if now - slot.last_death < _DEATH_MEMORY_S else 1
+        slot.last_death = now
+        delay = min(_BACKOFF_MAX_S, _RESTART_MIN_S * 2 ** (slot.worker_deaths - 1))
+        log.warning("worker for %s died; restarting it in %.1fs", slot.spec.name, delay)
+        timer = asyncio.get_running_loop().call_later(delay, self._restart, slot)
+        self._restart_timers[slot.spec.name] = timer
+
+    def _restart(self, slot: ModelSlot) -> None:
+        self._restart_timers.pop(slot.spec.name, None)
+        if slot.status != "ready" or slot.worker is None or slot.worker.alive:
+            return  # evicted, or a request restarted it first
+
+        async def restart() -> None:
+            try:
+                await self._ready(slot.spec)
+                self._metrics.worker_restarts.labels(slot.spec.name).inc()
+            except ModelUnavailable as exc:
+                log.error("restarting the worker for %s failed: %s", slot.spec.name, exc.message)
+
+        task = asyncio.create_task(restart(), name=f"restart-{slot.spec.name}")
+        self._restarts.add(task)
+        task.add_done_callback(self._restarts.discard)
 
     def _load_and_warm(self, spec: ModelSpec) -> Engine:
         engine = self._loader(spec)
@@ -207,6 +241,10 @@ class ModelRegistry:
         await asyncio.get_running_loop().run_in_executor(self._executor, _free_memory)
 
     async def close(self) -> None:
+        for timer in self._restart_timers.values():
+            timer.cancel()
+        for task in self._restarts:
+            task.cancel()
         for slot in self._slots.values():
             if slot.load_task is not None:
                 slot.load_task.cancel()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -113,7 +114,7 @@ async def test_draining_turns_readiness_off_and_refuses_new_work(client: httpx.A
     assert (await client.get("/health")).status_code == 200  # alive, just not taking work
 
 
-async def test_dead_worker_fails_its_requests_with_503_and_is_restarted(
+async def test_dead_worker_fails_its_requests_with_503_and_is_restarted_on_its_own(
     client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import embedserver.batching as batching
@@ -136,6 +137,13 @@ async def test_dead_worker_fails_its_requests_with_503_and_is_restarted(
         and "bug in the batch planner" in (health["models"]["tiny"]["error"])
     )
     assert (await client.get("/ready")).status_code == 503
-    r = await client.post("/v1/embeddings", json={"input": "second"})  # the next request restarts the worker
-    assert r.status_code == 200
+    # Restarted on its own, with no request asking for it.
+    for _ in range(50):
+        await asyncio.sleep(0.1)
+        if (await client.get("/ready")).status_code == 200:
+            break
     assert (await client.get("/ready")).status_code == 200
+    assert (await client.get("/health")).json()["models"]["tiny"]["status"] == "ready"
+    r = await client.post("/v1/embeddings", json={"input": "second"})
+    assert r.status_code == 200
+    assert 'embedserver_worker_restarts_total{model="tiny"} 1.0' in (await client.get("/metrics")).text

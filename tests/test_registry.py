@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from embedserver.app import create_app
 from embedserver.batching import BatchLimits
 from embedserver.catalog import Catalog, ModelSpec
 from embedserver.device import mlx_executor
@@ -16,6 +20,8 @@ from embedserver.errors import ModelUnavailable
 from embedserver.loader import ModelLoadError, load_engine
 from embedserver.metrics import Metrics
 from embedserver.registry import ModelRegistry
+from embedserver.settings import Settings
+from tests.conftest import started
 
 
 class CountingLoader:
@@ -99,3 +105,48 @@ async def test_failed_load_is_503_with_reason_and_retried_after_backoff(tiny_qwe
     assert (await registry.load("b")).status == "ready"
     assert (await registry.load("a")).status == "ready"  # other models were never affected
     await registry.close()
+
+
+async def test_eviction_waits_for_requests_in_flight(make_settings: Callable[..., Settings]) -> None:
+    """Through the API: a model whose batch is running cannot be evicted for another; the other gets 503 with
+    Retry-After, the running request completes unchanged, and once idle the model gives way."""
+    gate = threading.Event()
+    gate.set()
+
+    def loader(spec: ModelSpec) -> Engine:
+        engine = load_engine(spec)
+        if spec.name == "tiny-mlx":
+            embed = engine.embed
+
+            def held(sequences: list[list[int]]) -> np.ndarray:
+                gate.wait(timeout=60)
+                return embed(sequences)
+
+            engine.embed = held  # type: ignore[method-assign]
+        return engine
+
+    texts = [f"in flight {i}" for i in range(5)]
+    async with started(create_app(make_settings(max_models=2, cache_max_entries=0), loader=loader)) as client:
+        alone = (await client.post("/v1/embeddings", json={"model": "tiny-mlx", "input": texts})).json()
+        gate.clear()
+        try:
+            running = asyncio.create_task(
+                client.post(
+                    "/v1/embeddings",
+                    json={"model": "tiny-mlx", "input": texts},
+                )
+            )
+            await asyncio.sleep(0.3)
+            refused = await client.post("/v1/embeddings", json={"model": "minilm", "input": "x"})
+            assert refused.status_code == 503 and refused.headers["retry-after"]
+            assert "in use" in refused.json()["error"]["message"]
+        finally:
+            gate.set()
+        done = await running
+        assert done.status_code == 200
+        expected = [d["embedding"] for d in alone["data"]]
+        assert np.allclose([d["embedding"] for d in done.json()["data"]], expected, atol=1e-6)
+        later = await client.post("/v1/embeddings", json={"model": "minilm", "input": "x"})
+        assert later.status_code == 200
+        models = (await client.get("/health")).json()["models"]
+        assert models["tiny-mlx"]["status"] == "unloaded" and models["tiny"]["status"] == "ready"
