@@ -3,7 +3,7 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install install-dev run dev health test test-fast lint format clean reference loadtest benchmark benchmark-full
+.PHONY: install install-dev run dev health test test-fast lint format clean reference loadtest benchmark benchmark-full fuzz
 
 # Stamps: `make run` and `make test` reinstall only when the project's requirements change.
 $(VENV)/.installed: pyproject.toml scripts/install.sh
@@ -36,6 +36,9 @@ test: $(VENV)/.installed-dev  ## the whole test suite
 
 test-fast:  ## tests without starting server processes
 	$(PY) -m pytest -q -m "not slow"
+
+fuzz:  ## schemathesis against a running server on $(HOST):$(PORT), 500 examples per operation: fails on any 5xx
+	$(VENV)/bin/st run http://$(HOST):$(PORT)/openapi.json --checks not_a_server_error --max-examples 500 --report-dir results/schemathesis
 
 lint:  ## ruff and mypy (strict)
 	$(PY) -m ruff check embedserver tests scripts benchmarks loadtests

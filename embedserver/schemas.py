@@ -34,11 +34,14 @@ class EmbeddingRequest(_Options):
     normalize: StrictBool = True
 
 
+NonEmptyText = Annotated[StrictStr, Field(min_length=1)]
+
+
 class EmbedRequest(_Options):
-    text: StrictStr
+    text: NonEmptyText
     normalize: StrictBool = True
 
 
 class EmbedBatchRequest(_Options):
-    texts: list[StrictStr]
+    texts: Annotated[list[NonEmptyText], Field(min_length=1)]
     normalize: StrictBool = True
