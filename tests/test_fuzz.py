@@ -131,7 +131,9 @@ def test_any_openai_body_is_answered_without_a_server_error(
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(payload=st.binary(max_size=300) | st.text(max_size=300).map(lambda t: t.encode("utf-8", "surrogatepass")))
+@given(
+    payload=st.binary(max_size=300) | st.text(max_size=300).map(lambda t: t.encode("utf-8", "surrogatepass"))
+)
 def test_arbitrary_bytes_as_a_body_are_a_4xx(http: httpx.Client, payload: bytes) -> None:
     for path in ("/v1/embeddings", "/embed", "/embed_batch"):
         response = http.post(path, content=payload, headers={"content-type": "application/json"})
