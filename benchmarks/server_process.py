@@ -22,9 +22,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(env: dict[str, str], log: Path | None = None, timeout: float = 300) -> Iterator[str]:
-    """Start the server with `env` added to this environment, wait until /health is 200, yield its URL;
-    SIGTERM it afterwards."""
+def server_process(
+    env: dict[str, str], log: Path | None = None, timeout: float = 300
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """Start the server with `env` added to this environment, wait until /health is 200, yield its URL and
+    process; SIGTERM it afterwards."""
     port = free_port()
     out = log.open("wb") if log else None
     proc = subprocess.Popen(
@@ -47,9 +49,15 @@ def running_server(env: dict[str, str], log: Path | None = None, timeout: float 
             except httpx.TransportError:
                 pass
             time.sleep(0.2)
-        yield url
+        yield url, proc
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
         if out:
             out.close()
+
+
+@contextmanager
+def running_server(env: dict[str, str], log: Path | None = None, timeout: float = 300) -> Iterator[str]:
+    with server_process(env, log, timeout) as (url, _):
+        yield url

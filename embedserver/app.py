@@ -53,6 +53,7 @@ def create_app(settings: Settings | None = None, *, loader: Loader | None = None
             max_tokens=settings.max_batch_tokens,
             wait_s=settings.batch_wait_ms / 1000,
             max_queue=settings.max_queue_texts,
+            max_wait_s=settings.max_queue_wait_s,
         ),
         loader=loader or partial(load_engine, dtype=settings.dtype),
         executor=device.mlx_executor,

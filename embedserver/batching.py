@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -43,6 +45,8 @@ class BatchLimits:
     max_tokens: int
     wait_s: float
     max_queue: int
+    # Refuse new work when the backlog would take longer than this to clear at the recent rate (0: off).
+    max_wait_s: float = 0.0
     # How many batches' worth of queued items one planning round takes; bounded so a flood of short texts
     # cannot keep a long one waiting for more than a round.
     window_batches: int = 8
@@ -79,21 +83,42 @@ class BatchWorker:
         self._slots = asyncio.Semaphore(2)
         self._running: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
+        self._admitted = 0  # texts inside admit() blocks
+        self._rate = 0.0  # texts/s cleared under backlog (see _observe_rate); 0 until measured
+        self._last_done = 0.0
+        self._backlogged = False
         self._planned: list[list[WorkItem]] = []  # cut but not yet handed to the MLX thread
         self.failure: str | None = None
         self.on_death: Callable[[], None] | None = None  # the registry's restart hook
 
     # --- handler side -------------------------------------------------------------------------------------
+    @contextmanager
+    def admit(self, texts: int) -> Iterator[None]:
+        """Hold `texts` places in this model's backlog (texts being tokenized, queued or running) while the
+        block runs. A full backlog answers 429 at once, before the request costs any tokenization or queueing;
+        a request alone is always admitted, however large, so no request is refused forever."""
+        if self._admitted:
+            backlog = self._admitted + texts
+            wait = backlog / self._rate if self._rate else 0.0
+            limits = self._limits
+            if backlog > limits.max_queue or (limits.max_wait_s and wait > limits.max_wait_s):
+                self._metrics.rejected.labels(self.model).inc(texts)
+                raise Overloaded(
+                    f"model {self.model} has {self._admitted} texts in progress, about {wait:.1f} s of work "
+                    f"(limits: MAX_QUEUE_TEXTS {limits.max_queue}, MAX_QUEUE_WAIT_S {limits.max_wait_s:g}); "
+                    "retry later",
+                    headers={"Retry-After": str(max(1, math.ceil(min(wait, 60))))},
+                )
+        self._admitted += texts
+        try:
+            yield
+        finally:
+            self._admitted -= texts
+
     def submit(self, sequences: Sequence[list[int]]) -> list[asyncio.Future[np.ndarray]]:
-        """Queue sequences; their futures resolve to pooled vectors. 429 when the queue is full."""
+        """Queue sequences (admitted through `admit`); their futures resolve to pooled vectors."""
         if self._task is None or self._task.done():
             raise ModelUnavailable(f"model {self.model} is not serving: {self.failure or 'stopped'}")
-        if len(self._queue) + len(sequences) > self._limits.max_queue:
-            self._metrics.rejected.labels(self.model).inc(len(sequences))
-            raise Overloaded(
-                f"model {self.model} has {len(self._queue)} texts queued (limit {self._limits.max_queue}); retry later",
-                headers={"Retry-After": "1"},
-            )
         loop = asyncio.get_running_loop()
         items = [WorkItem(list(ids), loop.create_future()) for ids in sequences]
         self._queue.extend(items)
@@ -219,12 +244,12 @@ class BatchWorker:
     async def _forward(self, batch: list[WorkItem]) -> np.ndarray:
         loop = asyncio.get_running_loop()
         sequences = [item.ids for item in batch]
-        started = time.perf_counter()
-        vectors = await loop.run_in_executor(self._executor, self._embed, sequences)
+        vectors, seconds = await loop.run_in_executor(self._executor, self._timed_embed, sequences)
         m, model = self._metrics, self.model
         real = sum(len(s) for s in sequences)
         padded = bucket_length(max(len(s) for s in sequences)) * len(sequences)
-        m.inference_seconds.labels(model).observe(time.perf_counter() - started)
+        m.inference_seconds.labels(model).observe(seconds)
+        self._observe_rate(len(sequences))
         m.batches.labels(model).inc()
         m.batch_size.labels(model).observe(len(sequences))
         m.batch_tokens.labels(model).observe(padded)
@@ -235,6 +260,23 @@ class BatchWorker:
         if bad.any():
             raise InferenceError(f"model {model} produced non-finite values for {int(bad.sum())} text(s)")
         return vectors
+
+    def _observe_rate(self, texts: int) -> None:
+        """Texts per second of wall time while a backlog waits: what admission needs to know how long new
+        work would wait (the forward pass alone overstates it: tokenization, the event loop and other
+        processes share the machine). Idle gaps are not measured, so light load leaves the estimate alone."""
+        now = time.perf_counter()
+        if self._backlogged:
+            sample = texts / max(now - self._last_done, 1e-6)
+            self._rate = sample if not self._rate else 0.9 * self._rate + 0.1 * sample
+        self._last_done = now
+        self._backlogged = bool(self._queue) or len(self._running) > 1
+
+    def _timed_embed(self, sequences: list[list[int]]) -> tuple[np.ndarray, float]:
+        """On the MLX thread: the forward pass and its own duration (not the wait for the thread)."""
+        started = time.perf_counter()
+        vectors = self._embed(sequences)
+        return vectors, time.perf_counter() - started
 
     def _fail_queued(self, exc: Exception) -> None:
         for batch in self._planned:

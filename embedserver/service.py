@@ -73,23 +73,28 @@ class EmbeddingService:
                     f"got {call.dimensions}",
                     param="dimensions",
                 )
-            instruction = self._instruction(call, engine)
-            truncate = self.settings.truncate if call.truncate is None else call.truncate
-            max_length = min(engine.max_length, self.settings.max_text_length)
-            if isinstance(call.inputs[0], str):
-                texts = call.inputs
-                raw, tokens, cached = await self._embed_texts(slot, texts, instruction, max_length, truncate)
-            else:
-                ids = [
-                    engine.tokenizer.fit(
-                        engine.tokenizer.wrap_ids(seq), max_length, truncate=truncate, index=i
-                    )
-                    for i, seq in enumerate(call.inputs)
-                ]
-                raw = await self._run(worker, ids)
-                tokens, cached = sum(len(s) for s in ids), [False] * len(ids)
+            with worker.admit(len(call.inputs)):
+                raw, tokens, cached = await self._compute(slot, call)
         vectors = finish(raw, dimensions=call.dimensions, normalize=call.normalize)
         return EmbedOutcome(model=engine.name, vectors=vectors, tokens=tokens, cached=cached)
+
+    async def _compute(self, slot: ModelSlot, call: EmbedCall) -> tuple[np.ndarray, int, list[bool]]:
+        engine, worker = slot.engine, slot.worker
+        assert engine is not None and worker is not None
+        instruction = self._instruction(call, engine)
+        truncate = self.settings.truncate if call.truncate is None else call.truncate
+        max_length = min(engine.max_length, self.settings.max_text_length)
+        if isinstance(call.inputs[0], str):
+            texts = call.inputs
+            raw, tokens, cached = await self._embed_texts(slot, texts, instruction, max_length, truncate)
+        else:
+            ids = [
+                engine.tokenizer.fit(engine.tokenizer.wrap_ids(seq), max_length, truncate=truncate, index=i)
+                for i, seq in enumerate(call.inputs)
+            ]
+            raw = await self._run(worker, ids)
+            tokens, cached = sum(len(s) for s in ids), [False] * len(ids)
+        return raw, tokens, cached
 
     def _check_inputs(self, inputs: list[str] | list[list[int]]) -> None:
         if not inputs:

@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     max_batch_tokens: int = Field(16384, ge=16)
     batch_wait_ms: float = Field(5.0, ge=0, le=1000)
     max_queue_texts: int = Field(8192, ge=1)
+    # Past this many seconds of estimated backlog (texts in progress / recent texts per second), new requests
+    # get 429 at once instead of waiting: bounds the latency of what is accepted. 0 turns it off.
+    max_queue_wait_s: float = Field(5.0, ge=0)
 
     # Tokenization rounds that may run at once per model (each round is one parallel encode_batch call).
     tokenizer_rounds: int = Field(2, ge=1, le=16)

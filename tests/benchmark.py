@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import sys
 import time
 from collections.abc import Iterator
@@ -23,38 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-WORDS = [
-    "embedding",
-    "server",
-    "batch",
-    "model",
-    "token",
-    "query",
-    "passage",
-    "vector",
-    "search",
-    "index",
-    "latency",
-    "throughput",
-    "cache",
-    "retrieval",
-    "document",
-    "ranking",
-    "semantic",
-    "cluster",
-    "neural",
-    "network",
-    "language",
-    "context",
-    "window",
-    "attention",
-    "layer",
-]
-
-
-def texts(n: int, words: int, seed: int = 0) -> list[str]:
-    rng = random.Random(seed)
-    return [" ".join(rng.choice(WORDS) for _ in range(words)) + f" #{i}" for i in range(n)]
+from benchmarks.traffic import texts
 
 
 def percentiles(ms: list[float]) -> dict[str, float]:

@@ -92,10 +92,15 @@ async def test_non_finite_embedding_is_an_error_not_a_result(worker: BatchWorker
     assert results[1].tolist() == [1, 3]  # type: ignore[union-attr]
 
 
-async def test_full_queue_answers_overloaded_at_once(worker: BatchWorker) -> None:
-    with pytest.raises(Overloaded) as info:
-        worker.submit([[1]] * 21)
-    assert info.value.status == 429 and info.value.headers["Retry-After"]
+async def test_full_backlog_answers_overloaded_at_once(worker: BatchWorker) -> None:
+    with worker.admit(15):
+        with pytest.raises(Overloaded) as info, worker.admit(6):
+            pass
+        assert info.value.status == 429 and info.value.headers["Retry-After"]
+        with worker.admit(5):  # exactly full is fine
+            pass
+    with worker.admit(21):  # alone, a request over the limit still runs
+        pass
 
 
 async def test_cancelled_items_are_skipped() -> None:
