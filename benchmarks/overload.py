@@ -68,7 +68,7 @@ async def _overload(
             body = {"input": [unique_text(rng, 24, next(serial)) for _ in range(texts)]}
             answer = await post(session, url, body, tally, texts, timeout=120)
             if answer is not None and answer[0] == 429:
-                status, headers, payload = answer
+                _, headers, payload = answer
                 if not headers.get("Retry-After") or orjson.loads(payload)["error"]["code"] != "overloaded":
                     malformed += 1
 
