@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Server throughput under one load level for a few server configurations, each in a fresh server process.
-#   usage: benchmarks/server_matrix.sh OUT_DIR CONCURRENCY SECONDS "NAME:ENV=V,ENV=V" ...
+#   usage: benchmarks/server_matrix.sh OUT_DIR CONCURRENCY[,CONCURRENCY...] SECONDS "NAME:ENV=V,ENV=V" ...
 # A config whose name starts with "cached" is warmed first, so every request is a cache hit (the HTTP and
 # service ceiling without the model).
 set -euo pipefail
@@ -18,8 +18,11 @@ for config in "$@"; do
     server=$!
     for _ in $(seq 300); do curl -sf localhost:$port/health > /dev/null && break; sleep 0.2; done
     if [[ $name == cached* ]]; then python3 benchmarks/loadgen.py "http://127.0.0.1:$port/v1/embeddings" $model 64 3 > /dev/null; fi
-    printf '%s ' "$name"
-    python3 benchmarks/loadgen.py "http://127.0.0.1:$port/v1/embeddings" $model "$conc" "$secs"
+    grep -h "warmed" "$out/server-$name.log" || true
+    for c in ${conc//,/ }; do
+      printf '%s ' "$name"
+      python3 benchmarks/loadgen.py "http://127.0.0.1:$port/v1/embeddings" $model "$c" "$secs"
+    done
     curl -s localhost:$port/metrics > "$out/metrics-$name.txt"
     kill -TERM $server; wait $server || true
   )

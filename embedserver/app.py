@@ -59,6 +59,7 @@ def create_app(settings: Settings | None = None, *, loader: Loader | None = None
         executor=device.mlx_executor,
         metrics=metrics,
         tokenize_rounds=settings.tokenizer_rounds,
+        compile_forward=settings.compile,
     )
     cache = EmbeddingCache(settings.cache_max_entries, settings.cache_max_bytes)
     state = ServerState(service=EmbeddingService(settings, registry, cache, metrics), metrics=metrics)

@@ -47,13 +47,23 @@ class Engine:
 
     # Pad batch sizes to a few buckets (see padding.py); on for GPUs, where a new shape is expensive.
     bucket_rows: bool = False
+    # Run the forward pass as one mx.compile'd graph per shape (COMPILE): the Python side of a forward pass
+    # shrinks from hundreds of operation calls, each taking the GIL, to one call. Compiles on first use of a
+    # shape, so it is meant with bucketed shapes warmed at load.
+    compiled: bool = False
+
+    def __post_init__(self) -> None:
+        self._compiled_forward = mx.compile(self._forward)
+
+    def _forward(self, ids: mx.array, lengths: mx.array) -> mx.array:
+        hidden = self.encoder(ids, lengths)
+        return pool(hidden, lengths, self.pooling).astype(mx.float32)
 
     def embed(self, batch: Sequence[Sequence[int]]) -> np.ndarray:
         """Pooled float32 vectors [len(batch), dimension] for token-id sequences of any lengths."""
         ids, lengths = pad_right(batch, self.tokenizer.pad_id, bucket_rows=self.bucket_rows)
-        lengths_mx = mx.array(lengths)
-        hidden = self.encoder(mx.array(ids), lengths_mx)
-        pooled = pool(hidden, lengths_mx, self.pooling).astype(mx.float32)
+        forward = self._compiled_forward if self.compiled else self._forward
+        pooled = forward(mx.array(ids), mx.array(lengths))
         mx.eval(pooled)
         return np.array(pooled, copy=False)[: len(batch)]
 

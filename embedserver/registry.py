@@ -88,8 +88,10 @@ class ModelRegistry:
         executor: Executor,
         metrics: Metrics,
         tokenize_rounds: int = 1,
+        compile_forward: bool = False,
     ) -> None:
         self.catalog = catalog
+        self._compile = compile_forward
         self._tokenize_rounds = tokenize_rounds
         self.default = default
         self.max_models = max_models
@@ -207,6 +209,7 @@ class ModelRegistry:
             engine.warmup()
         else:
             engine.bucket_rows = True
+            engine.compiled = self._compile
             started = time.perf_counter()
             shapes = engine.warmup(
                 max_batch=self._limits.max_size, max_tokens=self._limits.max_tokens, max_length=_WARM_LENGTH

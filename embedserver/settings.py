@@ -33,6 +33,8 @@ class Settings(BaseSettings):
     model_sources: dict[str, str] = Field(default_factory=dict)
     max_models: int = Field(2, ge=1)
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    # mx.compile the forward pass per bucketed shape, all compiled at load (GPU backends only; see engine.py).
+    compile: bool = False
 
     max_batch_size: int = Field(64, ge=1, le=4096)
     max_batch_tokens: int = Field(16384, ge=16)
