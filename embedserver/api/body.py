@@ -4,10 +4,11 @@
   MAX_BODY_BYTES.
 - Time: the whole body must arrive within BODY_TIMEOUT_S (408 otherwise), so a client trickling bytes cannot
   hold a handler (headers have their own deadline: embedserver/api/protocol.py).
-- Disconnects: a client that goes away before its answer cancels its request; the batch worker then skips its
-  queued texts (embedserver_dropped_total) and the request is counted here by stage.
+- Disconnects: a client that goes away before its answer (noticed from 20 ms into the request on) cancels
+  its request; the batch worker then skips its queued texts (embedserver_dropped_total), and the request is
+  counted here by stage.
 
-Pure ASGI, one task per request beside the route's, so nothing is buffered twice.
+Pure ASGI, so nothing is buffered twice; a watcher task only for requests still running after 20 ms.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from embedserver.api.errors import send_error
 from embedserver.metrics import Metrics
 
 _CLOSE = [(b"connection", b"close")]
+_WATCH_AFTER_S = 0.02
 
 
 class _Refused(Exception):
@@ -85,8 +87,11 @@ class RequestBody:
         )
 
     async def _serve(self, scope: Scope, body: bytes, receive: Receive, send: Send) -> None:
+        # The route runs in this task (no second one per request); a watcher cancels it if the client leaves.
+        task = asyncio.current_task()
+        assert task is not None
         gone = asyncio.Event()
-        delivered = responded = False
+        delivered = responded = finished = left = False
 
         async def replay() -> Message:
             nonlocal delivered
@@ -101,22 +106,37 @@ class RequestBody:
             responded = True
             await send(message)
 
-        route = asyncio.ensure_future(self.app(scope, replay, tracked_send))
-        watch = asyncio.ensure_future(_disconnected(receive))
-        try:
-            await asyncio.wait({route, watch}, return_when=asyncio.FIRST_COMPLETED)
-            if not route.done():
-                gone.set()
-                if not responded:  # nobody will read the answer: stop computing it
-                    self.metrics.disconnects.labels("waiting").inc()
-                    route.cancel()
-                # Wait without re-raising the route's cancellation (ours) or swallowing one aimed at us.
-                await asyncio.wait({route})
+        def client_left(watch: asyncio.Future[None]) -> None:
+            nonlocal left
+            if finished or watch.cancelled() or watch.exception() is not None:
                 return
-            await route  # re-raises the route's own exception, if any
+            gone.set()
+            if not responded:  # nobody will read the answer: stop computing it
+                left = True
+                self.metrics.disconnects.labels("waiting").inc()
+                task.cancel()
+
+        watch: asyncio.Task[None] | None = None
+
+        def start_watching() -> None:
+            nonlocal watch
+            watch = asyncio.ensure_future(_disconnected(receive))
+            watch.add_done_callback(client_left)
+
+        # Most answers come back within milliseconds (cache hits, light load); only a request still running
+        # after _WATCH_AFTER_S gets a watcher task, so the fast path pays for one timer, not one task.
+        timer = asyncio.get_running_loop().call_later(_WATCH_AFTER_S, start_watching)
+        try:
+            await self.app(scope, replay, tracked_send)
+        except asyncio.CancelledError:
+            if left and task.uncancel() == 0:
+                return  # our own cancellation: the client is gone, there is no one to answer
+            raise
         finally:
-            watch.cancel()
-            route.cancel()
+            finished = True
+            timer.cancel()
+            if watch is not None:
+                watch.cancel()
 
 
 async def _disconnected(receive: Receive) -> None:

@@ -10,6 +10,7 @@ otherwise the client gets a 408 and the connection is closed. Bodies have their 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -30,36 +31,46 @@ def with_header_deadline(timeout_s: float) -> type[asyncio.Protocol]:
         b"content-length: " + str(len(payload)).encode() + b"\r\nconnection: close\r\n\r\n" + payload
     )
 
+    sweeping = False
+    interval = min(1.0, timeout_s / 4)
+
+    def sweep(loop: asyncio.AbstractEventLoop, connections: set[Any]) -> None:
+        now = loop.time()
+        for conn in list(connections):
+            since = getattr(conn, "_waiting_since", None)
+            if since is not None and now - since > timeout_s:
+                conn._expired()
+        loop.call_later(interval, sweep, loop, connections)
+
     class HeaderDeadlineProtocol(HttpToolsProtocol):
-        _header_timer: asyncio.TimerHandle | None = None
+        # When this connection began waiting for a request's headers; None while a request is being served
+        # or the connection idles between requests (uvicorn's keep-alive timeout covers that). One sweep a
+        # second over all connections, instead of a timer per request, keeps the hot path to two assignments.
+        _waiting_since: float | None = None
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            nonlocal sweeping
             super().connection_made(transport)
-            self._arm()
+            self._waiting_since = self.loop.time()
+            if not sweeping:
+                sweeping = True
+                self.loop.call_later(interval, sweep, self.loop, self.connections)
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
-            if self._header_timer is None:
-                self._arm()
+            if self._waiting_since is None:
+                self._waiting_since = self.loop.time()
 
         def on_headers_complete(self) -> None:
-            self._disarm()
+            self._waiting_since = None
             super().on_headers_complete()
 
         def connection_lost(self, exc: Exception | None) -> None:
-            self._disarm()
+            self._waiting_since = None
             super().connection_lost(exc)
 
-        def _arm(self) -> None:
-            self._header_timer = self.loop.call_later(timeout_s, self._expired)
-
-        def _disarm(self) -> None:
-            if self._header_timer is not None:
-                self._header_timer.cancel()
-                self._header_timer = None
-
         def _expired(self) -> None:
-            self._header_timer = None
+            self._waiting_since = None
             if not self.transport.is_closing():
                 self.transport.write(expired_response)
                 self.transport.close()

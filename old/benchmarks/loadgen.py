@@ -1,0 +1,116 @@
+"""HTTP load generator: C concurrent clients, each sending one request at a time, spread over worker
+processes so the client side is not the bottleneck. Used by the benchmarks; loopback only."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing as mp
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class LoadResult:
+    concurrency: int
+    seconds: float
+    requests: int
+    errors: int
+    tokens: int
+    latencies_ms: list[float]
+
+    def summary(self) -> dict[str, Any]:
+        lat = np.array(self.latencies_ms) if self.latencies_ms else np.array([np.nan])
+        return {
+            "concurrency": self.concurrency,
+            "requests": self.requests,
+            "errors": self.errors,
+            "requests_per_s": round(self.requests / self.seconds, 1),
+            "tokens_per_s": round(self.tokens / self.seconds, 1),
+            "p50_ms": round(float(np.percentile(lat, 50)), 2),
+            "p95_ms": round(float(np.percentile(lat, 95)), 2),
+            "p99_ms": round(float(np.percentile(lat, 99)), 2),
+        }
+
+
+async def _clients(
+    url: str, bodies: list[bytes], concurrency: int, duration: float, offset: int
+) -> tuple[int, int, int, list[float]]:
+    import aiohttp
+
+    done = errors = tokens = 0
+    latencies: list[float] = []
+    deadline = time.perf_counter() + duration
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def client(k: int) -> None:
+            nonlocal done, errors, tokens
+            i = offset + k
+            while time.perf_counter() < deadline:
+                body = bodies[i % len(bodies)]
+                i += concurrency
+                started = time.perf_counter()
+                async with session.post(url, data=body, headers={"content-type": "application/json"}) as r:
+                    payload = await r.json()
+                if r.status != 200:
+                    errors += 1
+                    continue
+                latencies.append((time.perf_counter() - started) * 1000)
+                done += 1
+                tokens += payload["usage"]["prompt_tokens"]
+
+        await asyncio.gather(*(client(k) for k in range(concurrency)))
+    return done, errors, tokens, latencies
+
+
+def _worker(args: tuple[str, list[bytes], int, float, int]) -> tuple[int, int, int, list[float]]:
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    return asyncio.run(_clients(*args))
+
+
+def run_load(
+    url: str, bodies: list[bytes], concurrency: int, duration: float, processes: int = 4
+) -> LoadResult:
+    processes = max(1, min(processes, concurrency))
+    shares = [concurrency // processes + (1 if p < concurrency % processes else 0) for p in range(processes)]
+    # Different starting texts per process, so processes do not send the same text at the same time.
+    jobs = [(url, bodies, share, duration, index * 7919) for index, share in enumerate(shares)]
+    with mp.get_context("spawn").Pool(processes) as pool:
+        parts = pool.map(_worker, jobs)
+    # Each worker ran for `duration` (process start-up is outside that window).
+    return LoadResult(
+        concurrency=concurrency,
+        seconds=duration,
+        requests=sum(p[0] for p in parts),
+        errors=sum(p[1] for p in parts),
+        tokens=sum(p[2] for p in parts),
+        latencies_ms=[x for p in parts for x in p[3]],
+    )
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from benchmarks.gpu_bench import make_texts
+
+    url, model_dir, concurrency, seconds = (
+        sys.argv[1],
+        Path(sys.argv[2]),
+        int(sys.argv[3]),
+        float(sys.argv[4]),
+    )
+    texts = make_texts(model_dir / "tokenizer.json", 512, 128)
+    bodies = [json.dumps({"input": t, "encoding_format": "base64"}).encode() for t in texts]
+    result = run_load(url, bodies, concurrency, seconds, processes=min(8, max(1, concurrency // 16)))
+    print(json.dumps(result.summary()))

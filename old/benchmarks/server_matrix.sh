@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Server throughput under one load level for a few server configurations, each in a fresh server process.
+#   usage: benchmarks/server_matrix.sh OUT_DIR CONCURRENCY SECONDS "NAME:ENV=V,ENV=V" ...
+# A config whose name starts with "cached" is warmed first, so every request is a cache hit (the HTTP and
+# service ceiling without the model).
+set -euo pipefail
+out=${1:?}; conc=${2:?}; secs=${3:?}; shift 3
+model=/tmp/embedserver-bench/qwen3-0.6b
+port=8766
+for config in "$@"; do
+  name=${config%%:*}; envs=${config#*:}
+  (
+    export MODEL_NAME=$model PORT=$port MAX_BATCH_SIZE=256 MAX_BATCH_TOKENS=65536 MAX_QUEUE_TEXTS=100000 \
+      CACHE_MAX_ENTRIES=0 LOG_LEVEL=WARNING
+    IFS=, read -ra pairs <<< "$envs"
+    for pair in "${pairs[@]}"; do [ -n "$pair" ] && export "$pair"; done
+    python3 -m embedserver > "$out/server-$name.log" 2>&1 &
+    server=$!
+    for _ in $(seq 300); do curl -sf localhost:$port/health > /dev/null && break; sleep 0.2; done
+    if [[ $name == cached* ]]; then python3 benchmarks/loadgen.py "http://127.0.0.1:$port/v1/embeddings" $model 64 3 > /dev/null; fi
+    printf '%s ' "$name"
+    python3 benchmarks/loadgen.py "http://127.0.0.1:$port/v1/embeddings" $model "$conc" "$secs"
+    curl -s localhost:$port/metrics > "$out/metrics-$name.txt"
+    kill -TERM $server; wait $server || true
+  )
+done

@@ -1,0 +1,1 @@
+"""HTTP layer: routes, error rendering and request metrics. Never touches MLX."""

@@ -1,0 +1,81 @@
+"""Every error leaves the server in OpenAI's shape: {"error": {"message", "type", "param", "code"}}.
+
+Validation errors answer 400 on the OpenAI API (as OpenAI does) and 422 on the native API (as its existing
+clients expect); the framework's default {"detail": ...} body is never sent.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+
+from embedserver.api.responses import JSON
+from embedserver.errors import APIError, InvalidRequest
+
+log = logging.getLogger(__name__)
+
+
+def error_body(
+    message: str, type_: str, *, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, exc: APIError) -> JSON:
+        status = exc.status
+        if isinstance(exc, InvalidRequest) and not request.url.path.startswith("/v1/"):
+            status = 422  # the native API answers every input error with 422, as its clients expect
+        return JSON(
+            error_body(exc.message, exc.type, param=exc.param, code=exc.code), status, headers=exc.headers
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSON:
+        status = 400 if request.url.path.startswith("/v1/") else 422
+        message, param = _describe(exc)
+        return JSON(error_body(message, "invalid_request_error", param=param), status)
+
+    @app.exception_handler(HTTPException)
+    async def _http(_: Request, exc: HTTPException) -> JSON:
+        type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        return JSON(
+            error_body(str(exc.detail), type_, code=code),
+            exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSON:
+        log.exception("unhandled error")
+        return JSON(error_body("internal server error", "server_error"), 500)
+
+
+def _describe(exc: RequestValidationError) -> tuple[str, str | None]:
+    """One line naming the field, e.g. "texts[2]: Input should be a valid string"."""
+    errors = exc.errors()
+    if not errors:
+        return "invalid request", None
+    first = errors[0]
+    if first.get("type") == "json_invalid":
+        return f"request body is not valid JSON: {first.get('ctx', {}).get('error', 'parse error')}", None
+    loc = [part for part in first.get("loc", ()) if part != "body"]
+    if not loc:
+        return f"request body: {first.get('msg', 'invalid')}", None
+    param = str(loc[0])
+    if param == "input":
+        # `input` is a union, and pydantic reports one error per member; say what is accepted instead.
+        return (
+            "input must be a non-empty string, a list of strings, a list of token ids, or a list of token-id lists",
+            "input",
+        )
+    field = param + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc[1:])
+    if first.get("type") == "missing":
+        return f"{field}: field required", param
+    return f"{field}: {first.get('msg', 'invalid value')}", param

@@ -1,0 +1,66 @@
+"""embedserver's native API: POST /embed and POST /embed_batch (validation errors answer 422 here)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from embedserver.api.responses import JSON
+from embedserver.api.state import service_of
+from embedserver.schemas import EmbedBatchRequest, EmbedRequest
+from embedserver.service import EmbedCall, EmbedOutcome
+
+router = APIRouter()
+
+
+async def _embed(request: Request, body: EmbedRequest | EmbedBatchRequest, texts: list[str]) -> EmbedOutcome:
+    return await service_of(request).embed(
+        EmbedCall(
+            inputs=texts,
+            model=body.model,
+            instruction=body.instruction,
+            input_type=body.input_type,
+            dimensions=body.dimensions,
+            normalize=body.normalize,
+            truncate=body.truncate,
+        )
+    )
+
+
+def _common(outcome: EmbedOutcome, normalized: bool, started: float) -> dict[str, Any]:
+    return {
+        "model": outcome.model,
+        "dim": int(outcome.vectors.shape[1]),
+        "normalized": normalized,
+        "tokens": outcome.tokens,
+        "processing_time_ms": round((time.perf_counter() - started) * 1000, 3),
+    }
+
+
+@router.post("/embed", response_class=JSON)
+async def embed(body: EmbedRequest, request: Request) -> JSON:
+    started = time.perf_counter()
+    outcome = await _embed(request, body, [body.text])
+    return JSON(
+        {
+            "embedding": outcome.vectors[0],
+            "cached": outcome.cached[0],
+            **_common(outcome, body.normalize, started),
+        }
+    )
+
+
+@router.post("/embed_batch", response_class=JSON)
+async def embed_batch(body: EmbedBatchRequest, request: Request) -> JSON:
+    started = time.perf_counter()
+    outcome = await _embed(request, body, body.texts)
+    return JSON(
+        {
+            "embeddings": outcome.vectors,
+            "count": len(body.texts),
+            "cached": outcome.cached,
+            **_common(outcome, body.normalize, started),
+        }
+    )

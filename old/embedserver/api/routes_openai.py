@@ -1,0 +1,58 @@
+"""OpenAI-compatible API: POST /v1/embeddings and GET /v1/models."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from embedserver.api.responses import JSON
+from embedserver.api.routes_ops import model_cards
+from embedserver.api.state import service_of
+from embedserver.schemas import EmbeddingRequest
+from embedserver.service import EmbedCall
+from embedserver.vectors import to_base64
+
+router = APIRouter()
+
+
+@router.post("/v1/embeddings", response_class=JSON)
+async def create_embeddings(body: EmbeddingRequest, request: Request) -> JSON:
+    raw = body.input
+    # One text or one token-id list is a request of one input.
+    inputs: list[str] | list[list[int]]
+    if isinstance(raw, str):
+        inputs = [raw]
+    elif raw and isinstance(raw[0], int):
+        inputs = [raw]  # type: ignore[list-item]
+    else:
+        inputs = raw  # type: ignore[assignment]
+    outcome = await service_of(request).embed(
+        EmbedCall(
+            inputs=inputs,
+            model=body.model,
+            instruction=body.instruction,
+            input_type=body.input_type,
+            dimensions=body.dimensions,
+            normalize=body.normalize,
+            truncate=body.truncate,
+        )
+    )
+    encode = to_base64 if body.encoding_format == "base64" else (lambda v: v)
+    data = [
+        {"object": "embedding", "index": index, "embedding": encode(vector)}
+        for index, vector in enumerate(outcome.vectors)
+    ]
+    return JSON(
+        {
+            "object": "list",
+            "data": data,
+            "model": outcome.model,
+            "usage": {"prompt_tokens": outcome.tokens, "total_tokens": outcome.tokens},
+        }
+    )
+
+
+@router.get("/v1/models", response_class=JSON)
+async def list_models(request: Request) -> dict[str, Any]:
+    return {"object": "list", "data": model_cards(request)}

@@ -1,0 +1,93 @@
+"""Operations: GET /health, GET /models, GET /metrics."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from embedserver import __version__, device
+from embedserver.api.responses import JSON
+from embedserver.api.state import state_of
+
+router = APIRouter()
+
+
+@router.get("/health", response_class=JSON)
+async def health(request: Request) -> JSON:
+    """200 when the default model can serve; 503 (same body) while it loads or when it failed."""
+    state = state_of(request)
+    registry = state.service.registry
+    slots = registry.slots()
+    default = slots.get(registry.default)
+    models = {name: slot.describe() for name, slot in slots.items()}
+    ready = default is not None and models[registry.default]["status"] == "ready"
+    body = {
+        "status": "ok" if ready else "unavailable",
+        "default_model": registry.default,
+        "embedding_dim": default.engine.dimension if default and default.engine else None,
+        "models": models,
+        "fallback": state.fallback,
+        "device": device.info(),
+        "memory": device.memory(),
+        "uptime_s": round(time.monotonic() - state.started, 3),
+        "version": __version__,
+    }
+    return JSON(body, 200 if ready else 503)
+
+
+@router.get("/ready", response_class=JSON)
+async def ready(request: Request) -> JSON:
+    """Readiness for a load balancer: 200 only when the default model can serve right now."""
+    service = state_of(request).service
+    registry = service.registry
+    slot = registry.slots().get(registry.default)
+    status = slot.describe()["status"] if slot is not None else "unloaded"
+    if service.draining:
+        status = "draining"
+    ok = status == "ready"
+    return JSON({"ready": ok, "default_model": registry.default, "status": status}, 200 if ok else 503)
+
+
+def model_cards(request: Request) -> list[dict[str, Any]]:
+    state = state_of(request)
+    registry = state.service.registry
+    slots = registry.slots()
+    cards = []
+    for name, spec in registry.catalog.models.items():
+        slot = slots.get(name)
+        engine = slot.engine if slot else None
+        cards.append(
+            {
+                "id": name,
+                "object": "model",
+                "created": 0,
+                "owned_by": "embedserver",
+                "source": spec.source,
+                "aliases": list(spec.aliases),
+                "dimension": engine.dimension if engine else spec.dimension,
+                "pooling": engine.pooling if engine else spec.pooling,
+                "loaded": engine is not None,
+                "status": slot.status if slot else "unloaded",
+                "default": name == registry.default,
+            }
+        )
+    return cards
+
+
+@router.get("/models", response_class=JSON)
+async def models(request: Request) -> dict[str, Any]:
+    state = state_of(request)
+    return {
+        "object": "list",
+        "data": model_cards(request),
+        "default": state.service.registry.default,
+        "fallback": state.fallback,
+    }
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    return Response(generate_latest(state_of(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,253 @@
+"""Dynamic micro-batching: one worker per model turns queued texts into padded batches.
+
+Handlers enqueue one `WorkItem` per text (client batches are split, so requests of any size share batches
+fairly). The worker wakes on the first item. When the MLX thread is idle it cuts a batch at once (waiting
+would only add latency); while a batch runs it lets the next one fill for up to BATCH_WAIT_MS. It takes what
+is queued, drops items whose caller is gone, sorts by length and cuts batches by count and padded-token
+budget (`plan_batches`, a pure function). Forward passes run on the MLX thread; up to two batches are handed
+to it at once, so the next one is ready the moment the current one ends, and under load each batch gathers
+what arrived during the previous one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from embedserver.errors import InferenceError, ModelUnavailable, Overloaded
+from embedserver.metrics import Metrics
+from embedserver.padding import bucket_length
+
+log = logging.getLogger(__name__)
+
+EmbedFn = Callable[[list[list[int]]], np.ndarray]
+
+
+@dataclass(eq=False)
+class WorkItem:
+    ids: list[int]
+    future: asyncio.Future[np.ndarray]
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    max_size: int
+    max_tokens: int
+    wait_s: float
+    max_queue: int
+    # How many batches' worth of queued items one planning round takes; bounded so a flood of short texts
+    # cannot keep a long one waiting for more than a round.
+    window_batches: int = 8
+
+
+def plan_batches(items: Sequence[WorkItem], *, max_size: int, max_tokens: int) -> list[list[WorkItem]]:
+    """Sort by length and cut into batches of at most `max_size` items whose padded size
+    (bucketed longest length × count) stays within `max_tokens`. A single item always forms a batch."""
+    batches: list[list[WorkItem]] = []
+    current: list[WorkItem] = []
+    for item in sorted(items, key=lambda it: len(it.ids)):
+        # Sorted ascending, so the newcomer is the longest and sets the padded length.
+        padded = bucket_length(len(item.ids)) * (len(current) + 1)
+        if current and (len(current) >= max_size or padded > max_tokens):
+            batches.append(current)
+            current = []
+        current.append(item)
+    if current:
+        batches.append(current)
+    return batches
+
+
+class BatchWorker:
+    def __init__(
+        self, model: str, embed: EmbedFn, *, limits: BatchLimits, metrics: Metrics, executor: Executor
+    ) -> None:
+        self.model = model
+        self._embed = embed
+        self._limits = limits
+        self._metrics = metrics
+        self._executor = executor
+        self._queue: deque[WorkItem] = deque()
+        self._wakeup = asyncio.Event()
+        self._slots = asyncio.Semaphore(2)
+        self._running: set[asyncio.Task[None]] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._planned: list[list[WorkItem]] = []  # cut but not yet handed to the MLX thread
+        self.failure: str | None = None
+
+    # --- handler side -------------------------------------------------------------------------------------
+    def submit(self, sequences: Sequence[list[int]]) -> list[asyncio.Future[np.ndarray]]:
+        """Queue sequences; their futures resolve to pooled vectors. 429 when the queue is full."""
+        if self._task is None or self._task.done():
+            raise ModelUnavailable(f"model {self.model} is not serving: {self.failure or 'stopped'}")
+        if len(self._queue) + len(sequences) > self._limits.max_queue:
+            self._metrics.rejected.labels(self.model).inc(len(sequences))
+            raise Overloaded(
+                f"model {self.model} has {len(self._queue)} texts queued (limit {self._limits.max_queue}); retry later",
+                headers={"Retry-After": "1"},
+            )
+        loop = asyncio.get_running_loop()
+        items = [WorkItem(list(ids), loop.create_future()) for ids in sequences]
+        self._queue.extend(items)
+        self._metrics.queue_depth.labels(self.model).set(len(self._queue))
+        self._wakeup.set()
+        return [item.future for item in items]
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._queue) or bool(self._running) or any(self._planned)
+
+    @property
+    def alive(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    # --- lifecycle ----------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"batcher-{self.model}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await asyncio.gather(*self._running, return_exceptions=True)
+        self._fail_queued(ModelUnavailable(f"model {self.model} was unloaded"))
+
+    # --- worker side --------------------------------------------------------------------------------------
+    async def _run(self) -> None:
+        try:
+            while True:
+                while not self._queue:
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                # Hold a slot before cutting the batch: texts arriving while both slots are busy still join.
+                await self._slots.acquire()
+                if self._running:
+                    # The MLX thread is busy anyway: waiting for the batch to fill costs no latency.
+                    await self._fill()
+                # Items taken off the queue stay reachable until dispatched, so a crash or stop() fails them
+                # instead of leaving their callers waiting forever.
+                window = self._take_window()
+                self._planned = [window]
+                batches = plan_batches(
+                    window, max_size=self._limits.max_size, max_tokens=self._limits.max_tokens
+                )
+                if not batches:
+                    self._slots.release()
+                self._planned = batches
+                for index, batch in enumerate(batches):
+                    if index:
+                        await self._slots.acquire()
+                    task = asyncio.create_task(self._run_batch(batch))
+                    self._running.add(task)
+                    task.add_done_callback(self._running.discard)
+                    batches[index] = []
+                self._planned = []
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug in the worker itself: fail what waits rather than hang it
+            log.exception("batch worker for %s died", self.model)
+            self.failure = f"worker died: {exc!r}"
+            self._fail_queued(ModelUnavailable(f"model {self.model} worker failed; retry"))
+            raise
+
+    async def _fill(self) -> None:
+        """Give other texts up to wait_s to join, unless a full batch is already waiting."""
+        deadline = time.perf_counter() + self._limits.wait_s
+        while len(self._queue) < self._limits.max_size:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                break
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except TimeoutError:
+                break
+
+    def _take_window(self) -> list[WorkItem]:
+        limit = self._limits.max_size * self._limits.window_batches
+        window: list[WorkItem] = []
+        dropped = 0
+        while self._queue and len(window) < limit:
+            item = self._queue.popleft()
+            if item.future.done():  # caller cancelled (client went away): nobody wants this result
+                dropped += 1
+            else:
+                window.append(item)
+        if dropped:
+            self._metrics.dropped.labels(self.model).inc(dropped)
+        self._metrics.queue_depth.labels(self.model).set(len(self._queue))
+        return window
+
+    async def _run_batch(self, batch: list[WorkItem]) -> None:
+        try:
+            batch = [item for item in batch if not item.future.done()]
+            if not batch:
+                return
+            started = time.perf_counter()
+            for item in batch:
+                self._metrics.queue_wait.labels(self.model).observe(started - item.enqueued)
+            try:
+                vectors = await self._forward(batch)
+            except Exception as exc:
+                self._metrics.batch_failures.labels(self.model).inc()
+                log.warning("batch of %d for %s failed (%r)", len(batch), self.model, exc)
+                if len(batch) == 1:
+                    _set_exception(batch[0], exc)
+                    return
+                # Retry each text alone, so one bad input fails only its own request.
+                for item in batch:
+                    try:
+                        _set_result(item, (await self._forward([item]))[0])
+                    except Exception as item_exc:
+                        _set_exception(item, item_exc)
+                return
+            for item, vector in zip(batch, vectors, strict=True):
+                _set_result(item, vector)
+        finally:
+            self._slots.release()
+
+    async def _forward(self, batch: list[WorkItem]) -> np.ndarray:
+        loop = asyncio.get_running_loop()
+        sequences = [item.ids for item in batch]
+        started = time.perf_counter()
+        vectors = await loop.run_in_executor(self._executor, self._embed, sequences)
+        m, model = self._metrics, self.model
+        real = sum(len(s) for s in sequences)
+        padded = bucket_length(max(len(s) for s in sequences)) * len(sequences)
+        m.inference_seconds.labels(model).observe(time.perf_counter() - started)
+        m.batches.labels(model).inc()
+        m.batch_size.labels(model).observe(len(sequences))
+        m.batch_tokens.labels(model).observe(padded)
+        m.padding_ratio.labels(model).observe(1 - real / padded)
+        m.tokens.labels(model).inc(real)
+        m.texts.labels(model).inc(len(sequences))
+        bad = ~np.isfinite(vectors).all(axis=1)
+        if bad.any():
+            raise InferenceError(f"model {model} produced non-finite values for {int(bad.sum())} text(s)")
+        return vectors
+
+    def _fail_queued(self, exc: Exception) -> None:
+        for batch in self._planned:
+            for item in batch:
+                _set_exception(item, exc)
+        self._planned = []
+        while self._queue:
+            _set_exception(self._queue.popleft(), exc)
+        self._metrics.queue_depth.labels(self.model).set(0)
+
+
+def _set_result(item: WorkItem, vector: np.ndarray) -> None:
+    if not item.future.done():
+        item.future.set_result(vector)
+
+
+def _set_exception(item: WorkItem, exc: BaseException) -> None:
+    if not item.future.done():
+        item.future.set_exception(exc)

@@ -1,0 +1,84 @@
+"""Put an optimized BLAS under MLX on Linux CPU.
+
+The `mlx-cpu` wheel links the reference (netlib) BLAS, which multiplies float32 matrices ~40x slower than
+OpenBLAS. libmlx resolves `cblas_sgemm` through the process's global symbol scope first, so loading an
+optimized library with RTLD_GLOBAL *before* MLX is imported makes MLX use it. `embedserver/__init__.py` calls
+`preload()` so that happens before any module imports MLX.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import os
+import sys
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+_CANDIDATES = (
+    "libopenblas.so.0",
+    "/usr/lib/x86_64-linux-gnu/libopenblas.so.0",
+    "/usr/lib/aarch64-linux-gnu/libopenblas.so.0",
+    "/usr/lib64/libopenblas.so.0",
+)
+_preloaded: str | None = None
+
+
+@dataclass(frozen=True)
+class BlasInfo:
+    library: str  # file that provides cblas_sgemm to MLX, or "" when unknown
+    optimized: bool
+    preloaded: str | None
+
+
+def preload() -> str | None:
+    """Load an optimized BLAS globally; returns its path, or None (not Linux, or none found)."""
+    global _preloaded
+    if _preloaded is not None or not sys.platform.startswith("linux"):
+        return _preloaded
+    override = os.environ.get("EMBEDSERVER_BLAS")
+    found = ctypes.util.find_library("openblas")
+    for name in (override, found, *_CANDIDATES):
+        if not name:
+            continue
+        try:
+            ctypes.CDLL(name, mode=ctypes.RTLD_GLOBAL)
+        except OSError:
+            continue
+        _preloaded = name
+        return name
+    return None
+
+
+class _DlInfo(ctypes.Structure):
+    _fields_ = (
+        ("dli_fname", ctypes.c_char_p),
+        ("dli_fbase", ctypes.c_void_p),
+        ("dli_sname", ctypes.c_char_p),
+        ("dli_saddr", ctypes.c_void_p),
+    )
+
+
+def _provider_of(symbol: str) -> str:
+    """The shared library that the global scope resolves `symbol` to (what MLX's own lookup finds first)."""
+    try:
+        process = ctypes.CDLL(None)
+        address = ctypes.cast(getattr(process, symbol), ctypes.c_void_p).value
+        info = _DlInfo()
+        if not ctypes.CDLL("libc.so.6").dladdr(ctypes.c_void_p(address), ctypes.byref(info)):
+            return ""
+        return (info.dli_fname or b"").decode()
+    except (AttributeError, OSError):
+        return ""
+
+
+def inspect() -> BlasInfo:
+    """Which BLAS MLX multiplies with. Call after MLX is imported."""
+    if sys.platform == "darwin":
+        return BlasInfo(library="Accelerate", optimized=True, preloaded=None)
+    library = _provider_of("cblas_sgemm")
+    # The reference BLAS that mlx-cpu bundles lives in mlx_cpu.libs/libblas-<hash>.so.
+    optimized = bool(library) and "mlx_cpu.libs/libblas" not in library
+    return BlasInfo(library=library, optimized=optimized, preloaded=_preloaded)

@@ -1,0 +1,71 @@
+"""One loaded model: token ids in, pooled (not yet normalized) float32 vectors out.
+
+Knows nothing of HTTP, queues or caches. `embed` runs on the MLX thread (embedserver/device.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import mlx.core as mx
+import numpy as np
+
+from embedserver.padding import batch_buckets, length_buckets, pad_right
+from embedserver.pooling import Pooling, pool
+from embedserver.tokenization import TextTokenizer
+
+
+class Encoder(Protocol):
+    causal: bool
+    hidden_size: int
+
+    def __call__(self, ids: mx.array, lengths: mx.array) -> mx.array: ...
+
+    def sanitize(self, weights: dict[str, mx.array]) -> dict[str, mx.array]: ...
+
+    def load_weights(self, weights: list[tuple[str, mx.array]], strict: bool = True) -> object: ...
+
+    def parameters(self) -> object: ...
+
+
+@dataclass
+class Engine:
+    name: str
+    source: str
+    revision: str
+    encoder: Encoder
+    tokenizer: TextTokenizer
+    pooling: Pooling
+    max_length: int
+    query_task: str | None
+
+    @property
+    def dimension(self) -> int:
+        return self.encoder.hidden_size
+
+    # Pad batch sizes to a few buckets (see padding.py); on for GPUs, where a new shape is expensive.
+    bucket_rows: bool = False
+
+    def embed(self, batch: Sequence[Sequence[int]]) -> np.ndarray:
+        """Pooled float32 vectors [len(batch), dimension] for token-id sequences of any lengths."""
+        ids, lengths = pad_right(batch, self.tokenizer.pad_id, bucket_rows=self.bucket_rows)
+        lengths_mx = mx.array(lengths)
+        hidden = self.encoder(mx.array(ids), lengths_mx)
+        pooled = pool(hidden, lengths_mx, self.pooling).astype(mx.float32)
+        mx.eval(pooled)
+        return np.array(pooled, copy=False)[: len(batch)]
+
+    def warmup(self, *, max_batch: int = 2, max_tokens: int = 128, max_length: int = 64) -> int:
+        """Run every bucketed shape up to the limits once, so kernel set-up (tens of ms a shape on CUDA) does
+        not land on requests. Returns how many shapes ran."""
+        shapes = [
+            (rows, length)
+            for length in length_buckets(max_length)
+            for rows in batch_buckets(max_batch)
+            if rows * length <= max(max_tokens, length)
+        ]
+        for rows, length in shapes:
+            self.embed([[self.tokenizer.pad_id] * length] * rows)
+        return len(shapes)

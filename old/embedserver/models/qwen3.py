@@ -1,0 +1,45 @@
+"""Qwen3 decoder as an embedding encoder, built on mlx-lm's Qwen3 layers.
+
+The layers are run one by one with an explicit causal mask: with right padding, a causal mask already keeps
+every real token from seeing the pads after it, so no key mask is needed, and the pooled state at
+`length - 1` is exactly what the model computes for that text alone.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx_lm.models.qwen3 import ModelArgs, Qwen3Model
+
+
+class Qwen3Encoder(nn.Module):
+    causal = True
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__()
+        config = {"tie_word_embeddings": True, "max_position_embeddings": 32768, **config}
+        config.setdefault("head_dim", config["hidden_size"] // config["num_attention_heads"])
+        self.args = ModelArgs.from_dict(config)
+        self.model = Qwen3Model(self.args)
+        self.hidden_size = self.args.hidden_size
+
+    def __call__(self, ids: mx.array, lengths: mx.array) -> mx.array:
+        del lengths  # right padding + causal mask: pads are invisible to real tokens
+        model = self.model
+        h = model.embed_tokens(ids)
+        for layer in model.layers:
+            h = layer(h, "causal", None)  # type: ignore[arg-type]  # mlx-lm passes "causal" on to SDPA
+        return model.norm(h)
+
+    @staticmethod
+    def sanitize(weights: dict[str, mx.array]) -> dict[str, mx.array]:
+        """Map both checkpoint layouts onto `model.*`: originals store a bare Qwen3Model (no prefix), MLX
+        conversions prefix `model.`; an `lm_head` (generation only) is dropped."""
+        out = {}
+        for key, value in weights.items():
+            if key.startswith("lm_head."):
+                continue
+            out[key if key.startswith("model.") else f"model.{key}"] = value
+        return out

@@ -1,0 +1,80 @@
+"""The one place sequences are padded: right padding to a bucketed length."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def bucket_length(length: int) -> int:
+    """Round a batch's longest sequence up so few distinct shapes reach MLX (kernels and compiled graphs are
+    cached per shape); the waste is at most 15 tokens up to 256 and 63 beyond."""
+    step = 16 if length <= 256 else 64
+    return -(-length // step) * step
+
+
+# Batch sizes that reach the model: powers of two and the halfway points between them, so at most a third of
+# the rows are filler. On CUDA the first forward pass at a new shape costs 60-100 ms more than the next ones
+# (0.6B model, H100: benchmarks/shape_cost.py), so the server must see few shapes, warmed at load.
+_BATCH_BUCKETS = (
+    1,
+    2,
+    4,
+    8,
+    12,
+    16,
+    24,
+    32,
+    48,
+    64,
+    96,
+    128,
+    192,
+    256,
+    384,
+    512,
+    768,
+    1024,
+    1536,
+    2048,
+    3072,
+    4096,
+)
+
+
+def bucket_batch(size: int) -> int:
+    """The smallest batch bucket that holds `size` rows."""
+    for bucket in _BATCH_BUCKETS:
+        if bucket >= size:
+            return bucket
+    return size
+
+
+def batch_buckets(limit: int) -> list[int]:
+    """Every bucket a batch of at most `limit` rows can be padded to."""
+    return sorted({bucket_batch(size) for size in range(1, limit + 1)})
+
+
+def length_buckets(limit: int) -> list[int]:
+    """Every bucketed length up to `limit` tokens."""
+    return sorted({bucket_length(length) for length in range(1, limit + 1)})
+
+
+def pad_right(
+    batch: Sequence[Sequence[int]], pad_id: int, *, bucket_rows: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids [B', L] (right-padded with `pad_id`) and the lengths [B'].
+
+    With `bucket_rows`, B' is the batch bucket and the extra rows are one pad token each (results for them
+    are discarded); otherwise B' = len(batch).
+    """
+    if not batch or any(len(ids) == 0 for ids in batch):
+        raise ValueError("every sequence needs at least one token")
+    rows = bucket_batch(len(batch)) if bucket_rows else len(batch)
+    lengths = np.ones(rows, dtype=np.int32)
+    lengths[: len(batch)] = [len(ids) for ids in batch]
+    ids = np.full((rows, bucket_length(int(lengths.max()))), pad_id, dtype=np.int32)
+    for row, seq in enumerate(batch):
+        ids[row, : len(seq)] = seq
+    return ids, lengths

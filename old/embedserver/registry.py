@@ -1,0 +1,233 @@
+"""Loaded models: load on first use (once, however many requests ask at the same time), keep at most
+MAX_MODELS, evict the least recently used one that has no work in flight, and never the default model.
+
+A failed load is remembered with its reason (503 for that model only) and retried after a backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Executor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import mlx.core as mx
+
+from embedserver import device
+from embedserver.batching import BatchLimits, BatchWorker
+from embedserver.catalog import Catalog, ModelSpec
+from embedserver.engine import Engine
+from embedserver.errors import ModelUnavailable
+from embedserver.metrics import Metrics
+from embedserver.tokenize_batcher import TokenizeBatcher
+
+log = logging.getLogger(__name__)
+
+Loader = Callable[[ModelSpec], Engine]
+Status = Literal["unloaded", "loading", "ready", "failed"]
+
+# Warm every bucketed shape up to this many tokens per text at load (longer texts pay their first-use cost).
+_WARM_LENGTH = 512
+_BACKOFF_MIN_S = 1.0
+_BACKOFF_MAX_S = 60.0
+
+
+@dataclass(eq=False)
+class ModelSlot:
+    spec: ModelSpec
+    status: Status = "unloaded"
+    engine: Engine | None = None
+    worker: BatchWorker | None = None
+    tokenize: TokenizeBatcher | None = None
+    error: str | None = None
+    leases: int = 0
+    last_used: float = 0.0
+    failures: int = 0
+    retry_at: float = 0.0
+    load_task: asyncio.Task[None] | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self.leases > 0 or (self.worker is not None and self.worker.busy)
+
+    def describe(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"status": self.status, "source": self.spec.source}
+        if self.engine is not None:
+            out |= {
+                "dimension": self.engine.dimension,
+                "pooling": self.engine.pooling,
+                "revision": self.engine.revision,
+            }
+        if self.worker is not None and not self.worker.alive and self.status == "ready":
+            out["status"] = "worker_failed"
+            out["error"] = self.worker.failure
+        if self.error:
+            out["error"] = self.error
+        return out
+
+
+class ModelRegistry:
+    def __init__(
+        self,
+        catalog: Catalog,
+        *,
+        default: str,
+        max_models: int,
+        limits: BatchLimits,
+        loader: Loader,
+        executor: Executor,
+        metrics: Metrics,
+        tokenize_rounds: int = 1,
+    ) -> None:
+        self.catalog = catalog
+        self._tokenize_rounds = tokenize_rounds
+        self.default = default
+        self.max_models = max_models
+        self._limits = limits
+        self._loader = loader
+        self._executor = executor
+        self._metrics = metrics
+        self._slots: dict[str, ModelSlot] = {}
+        self._admin = asyncio.Lock()  # loads and evictions happen one at a time
+
+    def slots(self) -> dict[str, ModelSlot]:
+        return dict(self._slots)
+
+    @asynccontextmanager
+    async def acquire(self, name: str | None) -> AsyncIterator[ModelSlot]:
+        """A ready model, held (not evictable) until the block exits."""
+        slot = await self._ready(self.catalog.resolve(name or self.default))
+        slot.leases += 1
+        slot.last_used = time.monotonic()
+        try:
+            yield slot
+        finally:
+            slot.leases -= 1
+
+    async def load(self, name: str) -> ModelSlot:
+        return await self._ready(self.catalog.resolve(name))
+
+    async def _ready(self, spec: ModelSpec) -> ModelSlot:
+        while True:
+            slot = self._slots.setdefault(spec.name, ModelSlot(spec))
+            if slot.status == "ready" and slot.worker is not None and slot.worker.alive:
+                return slot
+            if slot.load_task is None:
+                if slot.status == "failed" and time.monotonic() < slot.retry_at:
+                    raise _unavailable(slot)
+                slot.status = "loading"
+                slot.load_task = asyncio.create_task(self._load(slot), name=f"load-{spec.name}")
+            # shield: one caller giving up must not cancel the load that others wait for.
+            await asyncio.shield(slot.load_task)
+
+    async def _load(self, slot: ModelSlot) -> None:
+        name = slot.spec.name
+        try:
+            async with self._admin:
+                started = time.perf_counter()
+                if slot.worker is not None:  # its worker died: replace the worker, keep the weights
+                    await slot.worker.stop()
+                engine = slot.engine
+                if engine is None:
+                    try:
+                        await self._make_room(slot)
+                    except ModelUnavailable:
+                        slot.status = "unloaded"  # no room right now: not a failure of the model itself
+                        raise
+                    loop = asyncio.get_running_loop()
+                    engine = await loop.run_in_executor(self._executor, self._load_and_warm, slot.spec)
+                worker = BatchWorker(
+                    name, engine.embed, limits=self._limits, metrics=self._metrics, executor=self._executor
+                )
+                worker.start()
+                slot.engine, slot.worker = engine, worker
+                slot.tokenize = TokenizeBatcher(engine.tokenizer, rounds=self._tokenize_rounds)
+                slot.status, slot.error, slot.failures = "ready", None, 0
+                self._metrics.model_loads.labels(name, "ok").inc()
+                self._metrics.model_load_seconds.labels(name).observe(time.perf_counter() - started)
+                self._metrics.models_loaded.set(self._loaded_count())
+                log.info(
+                    "model %s ready (dim %d) in %.1fs", name, engine.dimension, time.perf_counter() - started
+                )
+        except ModelUnavailable:
+            raise
+        except Exception as exc:
+            slot.failures += 1
+            slot.status, slot.error, slot.engine, slot.worker = "failed", _reason(exc), None, None
+            slot.retry_at = time.monotonic() + min(_BACKOFF_MAX_S, _BACKOFF_MIN_S * 2 ** (slot.failures - 1))
+            self._metrics.model_loads.labels(name, "error").inc()
+            log.error("model %s failed to load: %s", name, slot.error)
+            raise _unavailable(slot) from exc
+        finally:
+            slot.load_task = None
+
+    def _load_and_warm(self, spec: ModelSpec) -> Engine:
+        engine = self._loader(spec)
+        if device.backend() == "cpu":
+            # New shapes cost nothing extra on CPU: a token warm-up, and exact batch sizes (no filler rows).
+            engine.warmup()
+        else:
+            engine.bucket_rows = True
+            started = time.perf_counter()
+            shapes = engine.warmup(
+                max_batch=self._limits.max_size, max_tokens=self._limits.max_tokens, max_length=_WARM_LENGTH
+            )
+            log.info("%s: warmed %d shapes in %.1fs", spec.name, shapes, time.perf_counter() - started)
+        return engine
+
+    def _loaded_count(self) -> int:
+        return sum(1 for s in self._slots.values() if s.engine is not None)
+
+    async def _make_room(self, incoming: ModelSlot) -> None:
+        while self._loaded_count() >= self.max_models:
+            candidates = [
+                s
+                for s in self._slots.values()
+                if s is not incoming and s.engine is not None and s.spec.name != self.default and not s.busy
+            ]
+            if not candidates:
+                raise ModelUnavailable(
+                    f"all {self.max_models} model slots hold models in use (MAX_MODELS); retry shortly",
+                    headers={"Retry-After": "5"},
+                )
+            await self._evict(min(candidates, key=lambda s: s.last_used))
+
+    async def _evict(self, slot: ModelSlot) -> None:
+        log.info("evicting model %s (least recently used)", slot.spec.name)
+        if slot.worker is not None:
+            await slot.worker.stop()
+        slot.engine, slot.worker, slot.tokenize, slot.status = None, None, None, "unloaded"
+        self._metrics.model_evictions.labels(slot.spec.name).inc()
+        self._metrics.models_loaded.set(self._loaded_count())
+        await asyncio.get_running_loop().run_in_executor(self._executor, _free_memory)
+
+    async def close(self) -> None:
+        for slot in self._slots.values():
+            if slot.load_task is not None:
+                slot.load_task.cancel()
+            if slot.worker is not None:
+                await slot.worker.stop()
+
+
+def _free_memory() -> None:
+    gc.collect()
+    mx.clear_cache()
+
+
+def _reason(exc: BaseException) -> str:
+    message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    return str(message)
+
+
+def _unavailable(slot: ModelSlot) -> ModelUnavailable:
+    retry = max(1, int(slot.retry_at - time.monotonic()))
+    return ModelUnavailable(
+        f"model {slot.spec.name} is unavailable: {slot.error}",
+        param="model",
+        headers={"Retry-After": str(retry)},
+    )

@@ -1,0 +1,44 @@
+"""HTTP request bodies. Strict types: a number is not a text, and `null` is not an empty list."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+
+TokenIds = Annotated[list[StrictInt], Field(min_length=1)]
+
+
+class _Options(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: StrictStr | None = Field(None, description="Catalog name or alias; the default model when omitted")
+    dimensions: StrictInt | None = Field(
+        None, description="Matryoshka: keep the first N dimensions, renormalized"
+    )
+    instruction: StrictStr | None = Field(None, description="Task instruction for queries (Qwen3-Embedding)")
+    input_type: Literal["query", "document"] | None = Field(
+        None, description="'query' applies the model's default instruction; documents get none"
+    )
+    truncate: StrictBool | None = Field(
+        None, description="Cut texts over the token limit (server default: on)"
+    )
+
+
+class EmbeddingRequest(_Options):
+    """OpenAI's /v1/embeddings body, plus embedserver's optional fields."""
+
+    input: StrictStr | list[StrictStr] | TokenIds | list[TokenIds]
+    encoding_format: Literal["float", "base64"] = "float"
+    user: StrictStr | None = None
+    normalize: StrictBool = True
+
+
+class EmbedRequest(_Options):
+    text: StrictStr
+    normalize: StrictBool = True
+
+
+class EmbedBatchRequest(_Options):
+    texts: list[StrictStr]
+    normalize: StrictBool = True

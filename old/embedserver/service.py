@@ -1,0 +1,185 @@
+"""The embedding service: request semantics shared by every API (validation, instructions, cache, batching,
+Matryoshka and normalization). Knows nothing of HTTP; returns numpy vectors."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from embedserver.batching import BatchWorker
+from embedserver.cache import EmbeddingCache, cache_key
+from embedserver.engine import Engine
+from embedserver.errors import InvalidRequest, ModelUnavailable
+from embedserver.metrics import Metrics
+from embedserver.registry import ModelRegistry, ModelSlot
+from embedserver.settings import Settings
+from embedserver.vectors import finish
+
+# JSON may carry "\ud800"-style escapes that decode to lone surrogates: not text, and not encodable to UTF-8.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+@dataclass(frozen=True)
+class EmbedCall:
+    inputs: list[str] | list[list[int]]
+    model: str | None = None
+    instruction: str | None = None
+    input_type: Literal["query", "document"] | None = None
+    dimensions: int | None = None
+    normalize: bool = True
+    truncate: bool | None = None
+
+
+@dataclass(frozen=True)
+class EmbedOutcome:
+    model: str
+    vectors: np.ndarray  # [n, dimensions], float32
+    tokens: int
+    cached: list[bool]
+
+
+def format_query(task: str, text: str) -> str:
+    """Qwen3-Embedding's query template, exactly as its model card writes it (no space after "Query:")."""
+    return f"Instruct: {task}\nQuery:{text}"
+
+
+class EmbeddingService:
+    def __init__(
+        self, settings: Settings, registry: ModelRegistry, cache: EmbeddingCache, metrics: Metrics
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.cache = cache
+        self.metrics = metrics
+        self.draining = False  # set on SIGTERM: accepted work finishes, new work is refused
+
+    async def embed(self, call: EmbedCall) -> EmbedOutcome:
+        if self.draining:
+            raise ModelUnavailable(
+                "the server is shutting down; retry on another instance", code="shutting_down"
+            )
+        self._check_inputs(call.inputs)
+        async with self.registry.acquire(call.model) as slot:
+            engine, worker = slot.engine, slot.worker
+            assert engine is not None and worker is not None
+            if call.dimensions is not None and not 1 <= call.dimensions <= engine.dimension:
+                raise InvalidRequest(
+                    f"dimensions must be between 1 and {engine.dimension} for model {engine.name}, "
+                    f"got {call.dimensions}",
+                    param="dimensions",
+                )
+            instruction = self._instruction(call, engine)
+            truncate = self.settings.truncate if call.truncate is None else call.truncate
+            max_length = min(engine.max_length, self.settings.max_text_length)
+            if isinstance(call.inputs[0], str):
+                texts = call.inputs
+                raw, tokens, cached = await self._embed_texts(slot, texts, instruction, max_length, truncate)
+            else:
+                ids = [
+                    engine.tokenizer.fit(
+                        engine.tokenizer.wrap_ids(seq), max_length, truncate=truncate, index=i
+                    )
+                    for i, seq in enumerate(call.inputs)
+                ]
+                raw = await self._run(worker, ids)
+                tokens, cached = sum(len(s) for s in ids), [False] * len(ids)
+        vectors = finish(raw, dimensions=call.dimensions, normalize=call.normalize)
+        return EmbedOutcome(model=engine.name, vectors=vectors, tokens=tokens, cached=cached)
+
+    def _check_inputs(self, inputs: list[str] | list[list[int]]) -> None:
+        if not inputs:
+            raise InvalidRequest("input must not be empty", param="input")
+        if len(inputs) > self.settings.max_request_inputs:
+            raise InvalidRequest(
+                f"{len(inputs)} inputs is more than the limit of {self.settings.max_request_inputs} per request",
+                param="input",
+            )
+        for index, item in enumerate(inputs):
+            if isinstance(item, str):
+                if not item.strip():
+                    raise InvalidRequest(f"input[{index}] is empty or whitespace only", param="input")
+                if _SURROGATE.search(item):
+                    raise InvalidRequest(
+                        f"input[{index}] contains an unpaired UTF-16 surrogate, which is not valid Unicode text",
+                        param="input",
+                    )
+            elif not item:
+                raise InvalidRequest(f"input[{index}] is an empty token list", param="input")
+
+    def _instruction(self, call: EmbedCall, engine: Engine) -> str | None:
+        if call.instruction is not None:
+            if engine.query_task is None:
+                raise InvalidRequest(f"model {engine.name} does not take instructions", param="instruction")
+            if not call.instruction.strip() or _SURROGATE.search(call.instruction):
+                raise InvalidRequest(
+                    "instruction must be non-empty valid Unicode text (no unpaired surrogates)",
+                    param="instruction",
+                )
+            return call.instruction
+        if call.input_type == "query":
+            return engine.query_task  # None for models trained without instructions: queries embed as-is
+        return None
+
+    async def _embed_texts(
+        self, slot: ModelSlot, texts: list[str], instruction: str | None, max_length: int, truncate: bool
+    ) -> tuple[np.ndarray, int, list[bool]]:
+        engine, worker, tokenize = slot.engine, slot.worker, slot.tokenize
+        assert engine is not None and worker is not None and tokenize is not None
+        model = engine.name
+        keys = [
+            cache_key(
+                model=engine.source,
+                revision=engine.revision,
+                pooling=engine.pooling,
+                instruction=instruction,
+                max_length=max_length,
+                truncate=truncate,
+                text=text,
+            )
+            for text in texts
+        ]
+        results: dict[bytes, tuple[np.ndarray, int]] = {}
+        cached = [False] * len(texts)
+        # One forward pass per distinct text, even when a request repeats it; value: (text, first index).
+        misses: dict[bytes, tuple[str, int]] = {}
+        for index, (key, text) in enumerate(zip(keys, texts, strict=True)):
+            hit = self.cache.get(key)
+            if hit is not None:
+                results[key] = (hit.vector, hit.tokens)
+                cached[index] = True
+            elif key not in misses:
+                misses[key] = (text, index)
+        self.metrics.cache_hits.labels(model).inc(sum(cached))
+        self.metrics.cache_misses.labels(model).inc(len(misses))
+        if misses:
+            started = time.perf_counter()
+            prompts = [format_query(instruction, t) if instruction else t for t, _ in misses.values()]
+            encoded = await tokenize.encode(prompts)
+            self.metrics.tokenize_seconds.labels(model).observe(time.perf_counter() - started)
+            sequences = [
+                engine.tokenizer.fit(ids, max_length, truncate=truncate, index=index)
+                for (_, index), ids in zip(misses.values(), encoded, strict=True)
+            ]
+            vectors = await self._run(worker, sequences)
+            for key, vector, seq in zip(misses, vectors, sequences, strict=True):
+                results[key] = (vector, len(seq))
+                self.cache.put(key, vector, len(seq))
+            self.metrics.cache_entries.set(len(self.cache))
+            self.metrics.cache_bytes.set(self.cache.bytes)
+        raw = np.stack([results[key][0] for key in keys])
+        return raw, sum(results[key][1] for key in keys), cached
+
+    async def _run(self, worker: BatchWorker, sequences: list[list[int]]) -> np.ndarray:
+        futures = worker.submit(sequences)
+        try:
+            vectors = await asyncio.gather(*futures)
+        except BaseException:
+            for future in futures:
+                future.cancel()  # the worker skips what nobody waits for
+            raise
+        return np.stack(vectors)

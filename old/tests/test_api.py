@@ -1,0 +1,314 @@
+"""Every endpoint through the real app, with the tiny real Qwen3 model as the default."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.conftest import QUERY_TASK, started
+
+
+def _vectors(body: dict[str, Any]) -> np.ndarray:
+    return np.array([item["embedding"] for item in body["data"]], dtype=np.float32)
+
+
+def _assert_openai_error(response: httpx.Response, status: int, param: str | None = None) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["message"] and error["type"]
+    if param is not None:
+        assert error["param"] == param
+    return dict(error)
+
+
+async def test_openai_embeddings_shape_and_norm(client: httpx.AsyncClient) -> None:
+    r = await client.post(
+        "/v1/embeddings", json={"input": ["hello", "a longer second text"], "model": "tiny"}
+    )
+    assert r.status_code == 200
+    body = r.json()
+    assert body["object"] == "list" and body["model"] == "tiny"
+    assert [item["index"] for item in body["data"]] == [0, 1]
+    assert all(item["object"] == "embedding" for item in body["data"])
+    vectors = _vectors(body)
+    assert vectors.shape == (2, 64)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert body["usage"]["prompt_tokens"] == body["usage"]["total_tokens"] > 0
+
+
+async def test_single_string_input_and_default_model(client: httpx.AsyncClient) -> None:
+    one = (await client.post("/v1/embeddings", json={"input": "hello"})).json()
+    listed = (await client.post("/v1/embeddings", json={"input": ["hello"], "model": "tiny-alias"})).json()
+    assert one["model"] == "tiny" and len(one["data"]) == 1
+    assert np.allclose(_vectors(one), _vectors(listed), atol=1e-6)
+
+
+async def test_batch_equals_single_through_the_api(make_settings: Any) -> None:
+    from embedserver.app import create_app
+
+    texts = ["short", "a considerably longer text " * 12, "中文文本", "mid length text here"]
+    # Cache off, so every single request really runs alone through the model.
+    async with started(create_app(make_settings(cache_max_entries=0))) as c:
+        batch = _vectors((await c.post("/v1/embeddings", json={"input": texts})).json())
+        singles = [np.array((await c.post("/embed", json={"text": t})).json()["embedding"]) for t in texts]
+        metrics = (await c.get("/metrics")).text
+        assert _sample(metrics, 'embedserver_batches_total{model="tiny"}') == 1 + len(texts)
+    assert ((batch * np.stack(singles)).sum(axis=1) >= 0.99999).all()
+
+
+async def test_base64_decodes_to_the_float_vector(client: httpx.AsyncClient) -> None:
+    payload = {"input": ["hello", "world"], "model": "tiny"}
+    floats = _vectors((await client.post("/v1/embeddings", json=payload)).json())
+    b64 = (await client.post("/v1/embeddings", json=payload | {"encoding_format": "base64"})).json()
+    decoded = np.stack([np.frombuffer(base64.b64decode(d["embedding"]), dtype="<f4") for d in b64["data"]])
+    assert decoded.shape == (2, 64)
+    assert np.allclose(decoded, floats, atol=1e-6)
+
+
+async def test_token_id_inputs_equal_the_text(client: httpx.AsyncClient) -> None:
+    from tokenizers import Tokenizer
+
+    from embedserver.random_model import qwen_tokenizer_json
+
+    ids = Tokenizer.from_file(str(qwen_tokenizer_json())).encode("hello world").ids
+    by_text = _vectors((await client.post("/v1/embeddings", json={"input": "hello world"})).json())
+    by_ids = _vectors((await client.post("/v1/embeddings", json={"input": ids})).json())
+    by_id_lists = _vectors((await client.post("/v1/embeddings", json={"input": [ids, ids]})).json())
+    assert np.allclose(by_ids, by_text, atol=1e-6) and np.allclose(by_id_lists[1], by_text[0], atol=1e-6)
+    r = await client.post("/v1/embeddings", json={"input": [ids[0], 10**7]})
+    assert "outside the vocabulary" in _assert_openai_error(r, 400)["message"]
+    _assert_openai_error(await client.post("/v1/embeddings", json={"input": [-1]}), 400)
+
+
+async def test_dimensions_truncate_then_renormalize(client: httpx.AsyncClient) -> None:
+    full = _vectors((await client.post("/v1/embeddings", json={"input": "matryoshka"})).json())[0]
+    short = _vectors(
+        (await client.post("/v1/embeddings", json={"input": "matryoshka", "dimensions": 32})).json()
+    )[0]
+    assert short.shape == (32,)
+    assert np.linalg.norm(short) == pytest.approx(1.0, abs=1e-5)
+    assert np.allclose(short, full[:32] / np.linalg.norm(full[:32]), atol=1e-5)
+
+
+@pytest.mark.parametrize("dimensions", [0, -3, 65])
+async def test_dimensions_out_of_range_is_400(client: httpx.AsyncClient, dimensions: int) -> None:
+    r = await client.post("/v1/embeddings", json={"input": "x", "dimensions": dimensions})
+    assert "between 1 and 64" in _assert_openai_error(r, 400, "dimensions")["message"]
+
+
+async def test_normalize_false_returns_the_raw_pooled_vector(client: httpx.AsyncClient) -> None:
+    raw = np.array(
+        (await client.post("/embed", json={"text": "raw", "normalize": False})).json()["embedding"]
+    )
+    unit = np.array((await client.post("/embed", json={"text": "raw"})).json()["embedding"])
+    assert abs(np.linalg.norm(raw) - 1.0) > 1e-3
+    assert np.allclose(raw / np.linalg.norm(raw), unit, atol=1e-5)
+
+
+async def test_query_instructions_follow_the_model_card(client: httpx.AsyncClient) -> None:
+    async def embed(**fields: Any) -> np.ndarray:
+        r = await client.post("/v1/embeddings", json={"input": "what is mlx", **fields})
+        assert r.status_code == 200, r.text
+        return _vectors(r.json())[0]
+
+    query = await embed(input_type="query")
+    manual = _vectors(
+        (
+            await client.post("/v1/embeddings", json={"input": f"Instruct: {QUERY_TASK}\nQuery:what is mlx"})
+        ).json()
+    )[0]
+    assert np.allclose(query, manual, atol=1e-6)
+    assert np.allclose(await embed(instruction=QUERY_TASK), query, atol=1e-6)
+    document = await embed(input_type="document")
+    assert np.allclose(document, await embed(), atol=1e-6) and not np.allclose(document, query, atol=1e-3)
+
+
+async def test_instruction_on_a_model_without_one_is_400(client: httpx.AsyncClient) -> None:
+    r = await client.post("/v1/embeddings", json={"input": "x", "model": "minilm", "instruction": "do it"})
+    _assert_openai_error(r, 400, "instruction")
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"input": ""},
+        {"input": "   \n\t"},
+        {"input": []},
+        {"input": ["ok", ""]},
+        {"input": ["ok", 3]},
+        {"input": [["a"]]},
+        {"input": None},
+        {"input": {"text": "x"}},
+        {"input": [[]]},
+        {"model": "tiny"},
+        {"input": "x", "encoding_format": "int8"},
+        {"input": "x", "dimensions": "many"},
+        {"input": "x", "model": 5},
+    ],
+)
+async def test_bad_openai_input_is_400_in_openai_shape(
+    client: httpx.AsyncClient, payload: dict[str, Any]
+) -> None:
+    _assert_openai_error(await client.post("/v1/embeddings", json=payload), 400)
+
+
+async def test_malformed_json_is_400(client: httpx.AsyncClient) -> None:
+    r = await client.post(
+        "/v1/embeddings", content=b'{"input": ', headers={"content-type": "application/json"}
+    )
+    assert "not valid JSON" in _assert_openai_error(r, 400)["message"]
+
+
+async def test_unknown_model_is_404(client: httpx.AsyncClient) -> None:
+    r = await client.post("/v1/embeddings", json={"input": "x", "model": "/etc/passwd"})
+    assert _assert_openai_error(r, 404, "model")["code"] == "model_not_found"
+
+
+async def test_too_many_inputs_is_400(make_settings: Any) -> None:
+    from embedserver.app import create_app
+
+    async with started(create_app(make_settings(max_request_inputs=3))) as c:
+        r = await c.post("/v1/embeddings", json={"input": ["a", "b", "c", "d"]})
+        assert "limit of 3" in _assert_openai_error(r, 400, "input")["message"]
+        assert (await c.post("/v1/embeddings", json={"input": ["a", "b", "c"]})).status_code == 200
+
+
+async def test_large_request_is_split_across_batches(client: httpx.AsyncClient) -> None:
+    texts = [f"text number {i}" for i in range(300)]  # MAX_BATCH_SIZE is 64
+    r = await client.post("/v1/embeddings", json={"input": texts})
+    assert r.status_code == 200 and len(r.json()["data"]) == 300
+    metrics = (await client.get("/metrics")).text
+    assert _sample(metrics, 'embedserver_batches_total{model="tiny"}') >= 5
+
+
+async def test_long_text_truncates_by_default_and_refuses_without(client: httpx.AsyncClient) -> None:
+    long_text = "word " * 2000  # the tiny catalog entry allows 512 tokens
+    r = await client.post("/v1/embeddings", json={"input": long_text})
+    assert r.status_code == 200 and r.json()["usage"]["prompt_tokens"] == 512
+    r = await client.post("/v1/embeddings", json={"input": ["ok", long_text], "truncate": False})
+    error = _assert_openai_error(r, 400)
+    assert "input[1] has 2002 tokens" in error["message"] and "512" in error["message"]
+    assert error["code"] == "context_length_exceeded"
+
+
+async def test_native_embed_and_batch(client: httpx.AsyncClient) -> None:
+    r = await client.post("/embed", json={"text": "native api"})
+    body = r.json()
+    assert r.status_code == 200
+    assert body["dim"] == 64 and len(body["embedding"]) == 64 and body["model"] == "tiny"
+    assert body["normalized"] is True and body["processing_time_ms"] >= 0 and body["cached"] is False
+    r = await client.post("/embed_batch", json={"texts": ["native api", "two"], "dimensions": 48})
+    body = r.json()
+    assert r.status_code == 200 and body["count"] == 2 and body["dim"] == 48
+    assert np.array(body["embeddings"]).shape == (2, 48)
+    assert body["cached"] == [True, False]
+
+
+@pytest.mark.parametrize(
+    ("path", "payload"),
+    [
+        ("/embed", {"text": ""}),
+        ("/embed", {"text": 5}),
+        ("/embed", {}),
+        ("/embed_batch", {"texts": []}),
+        ("/embed_batch", {"texts": ["a", None]}),
+        ("/embed_batch", {"texts": "a"}),
+    ],
+)
+async def test_native_validation_errors_are_422(
+    client: httpx.AsyncClient, path: str, payload: dict[str, Any]
+) -> None:
+    _assert_openai_error(await client.post(path, json=payload), 422)
+
+
+async def test_cache_serves_repeats_identically(client: httpx.AsyncClient) -> None:
+    first = (await client.post("/embed", json={"text": "cache me"})).json()
+    second = (await client.post("/embed", json={"text": "cache me", "dimensions": 16})).json()
+    assert first["cached"] is False and second["cached"] is True
+    expected = np.array(first["embedding"][:16]) / np.linalg.norm(first["embedding"][:16])
+    assert np.allclose(second["embedding"], expected, atol=1e-5)
+    metrics = (await client.get("/metrics")).text
+    assert _sample(metrics, 'embedserver_cache_hits_total{model="tiny"}') >= 1
+
+
+async def test_concurrent_requests_share_forward_passes(client: httpx.AsyncClient) -> None:
+    # Counted from zero: labelled series appear with the first forward pass.
+    before = _sample((await client.get("/metrics")).text, 'embedserver_batches_total{model="tiny"}', 0.0)
+    responses = await asyncio.gather(
+        *(client.post("/v1/embeddings", json={"input": f"concurrent text {i}"}) for i in range(32))
+    )
+    assert all(r.status_code == 200 for r in responses)
+    after = _sample((await client.get("/metrics")).text, 'embedserver_batches_total{model="tiny"}')
+    assert 1 <= after - before < 32
+
+
+async def test_health(client: httpx.AsyncClient) -> None:
+    r = await client.get("/health")
+    body = r.json()
+    assert r.status_code == 200 and body["status"] == "ok"
+    assert body["default_model"] == "tiny" and body["embedding_dim"] == 64
+    assert body["models"]["tiny"]["status"] == "ready" and body["fallback"] is None
+    assert body["device"]["backend"] in {"cpu", "cuda", "metal"}
+    assert body["memory"]["rss_bytes"] > 0 and body["uptime_s"] >= 0
+
+
+async def test_models_listing(client: httpx.AsyncClient) -> None:
+    body = (await client.get("/models")).json()
+    cards = {card["id"]: card for card in body["data"]}
+    assert body["default"] == "tiny"
+    assert cards["tiny"]["loaded"] is True and cards["tiny"]["dimension"] == 64 and cards["tiny"]["default"]
+    assert cards["minilm"]["loaded"] is False and cards["minilm"]["aliases"] == ["all-minilm-l6-v2"]
+    openai = (await client.get("/v1/models")).json()
+    assert openai["object"] == "list" and {m["id"] for m in openai["data"]} == set(cards)
+
+
+async def test_second_model_loads_on_first_use(client: httpx.AsyncClient) -> None:
+    r = await client.post("/v1/embeddings", json={"input": ["dog", "puppy"], "model": "all-minilm-l6-v2"})
+    assert r.status_code == 200 and r.json()["model"] == "minilm"
+    dog, puppy = _vectors(r.json())
+    assert dog.shape == (384,) and float(dog @ puppy) == pytest.approx(0.80, abs=0.01)
+    assert (await client.get("/health")).json()["models"]["minilm"]["status"] == "ready"
+
+
+async def test_metrics_expose_every_stage(client: httpx.AsyncClient) -> None:
+    await client.post("/v1/embeddings", json={"input": "metrics"})
+    r = await client.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    for name in [
+        "embedserver_requests_total",
+        "embedserver_request_duration_seconds",
+        "embedserver_queue_depth",
+        "embedserver_queue_wait_seconds",
+        "embedserver_tokenization_seconds",
+        "embedserver_inference_seconds",
+        "embedserver_batch_size",
+        "embedserver_batch_tokens",
+        "embedserver_padding_ratio",
+        "embedserver_cache_hits_total",
+        "embedserver_cache_misses_total",
+        "embedserver_model_loads_total",
+        "embedserver_model_evictions_total",
+        "embedserver_tokens_total",
+    ]:
+        assert name in r.text, name
+    assert _sample(r.text, 'embedserver_requests_total{endpoint="/v1/embeddings",status="200"}') >= 1
+
+
+async def test_unknown_route_is_404_in_openai_shape(client: httpx.AsyncClient) -> None:
+    _assert_openai_error(await client.get("/v1/nothing"), 404)
+    _assert_openai_error(await client.get("/v1/embeddings"), 405)
+
+
+def _sample(metrics: str, series: str, default: float | None = None) -> float:
+    for line in metrics.splitlines():
+        if line.startswith(series + " "):
+            return float(line.rsplit(" ", 1)[1])
+    if default is not None:
+        return default
+    raise AssertionError(f"{series} not in /metrics")

@@ -1,0 +1,174 @@
+"""Batch collection as a pure function, and the worker's behaviour with a scripted embed function."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from embedserver.batching import BatchLimits, BatchWorker, WorkItem, plan_batches
+from embedserver.errors import InferenceError, Overloaded
+from embedserver.metrics import Metrics
+
+
+def _items(*lengths: int) -> list[WorkItem]:
+    loop = asyncio.new_event_loop()
+    try:
+        return [WorkItem(list(range(1, n + 1)), loop.create_future()) for n in lengths]
+    finally:
+        loop.close()
+
+
+@pytest.mark.parametrize(
+    ("lengths", "max_size", "max_tokens", "expected"),
+    [
+        ([5, 3, 9, 1], 8, 10_000, [[1, 3, 5, 9]]),  # sorted by length
+        ([1, 2, 3, 4, 5], 2, 10_000, [[1, 2], [3, 4], [5]]),  # count cap
+        # token cap: padded cost = bucket(longest) x count; 16 x 2 = 32 fits, 48 x ... does not
+        ([10, 10, 40, 40], 8, 64, [[10, 10], [40], [40]]),
+        ([500], 8, 64, [[500]]),  # a single text always forms a batch
+        ([], 8, 64, []),
+    ],
+)
+def test_plan_batches(lengths: list[int], max_size: int, max_tokens: int, expected: list[list[int]]) -> None:
+    batches = plan_batches(_items(*lengths), max_size=max_size, max_tokens=max_tokens)
+    assert [[len(item.ids) for item in batch] for batch in batches] == expected
+
+
+def test_plan_batches_keeps_every_item_once() -> None:
+    items = _items(*np.random.default_rng(0).integers(1, 300, size=200).tolist())
+    batches = plan_batches(items, max_size=16, max_tokens=2048)
+    flat = [item for batch in batches for item in batch]
+    assert sorted(map(id, flat)) == sorted(map(id, items))
+    assert all(len(b) <= 16 for b in batches)
+
+
+class Scripted:
+    """embed() stand-in: vector = [len(seq), first id]; raises for sequences starting with 666, NaN for 777."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def __call__(self, batch: list[list[int]]) -> np.ndarray:
+        self.calls.append(len(batch))
+        if any(seq[0] == 666 for seq in batch):
+            raise RuntimeError("poison")
+        out = np.array([[len(seq), seq[0]] for seq in batch], dtype=np.float32)
+        out[[seq[0] == 777 for seq in batch]] = np.nan
+        return out
+
+
+@pytest.fixture
+async def worker() -> BatchWorker:
+    limits = BatchLimits(max_size=8, max_tokens=4096, wait_s=0.005, max_queue=20)
+    w = BatchWorker("m", Scripted(), limits=limits, metrics=Metrics(), executor=ThreadPoolExecutor(1))
+    w.start()
+    yield w  # type: ignore[misc]
+    await w.stop()
+
+
+async def test_results_match_their_inputs(worker: BatchWorker) -> None:
+    futures = worker.submit([[1, 2, 3], [4], [5, 6]])
+    results = await asyncio.gather(*futures)
+    assert [r.tolist() for r in results] == [[3, 1], [1, 4], [2, 5]]
+
+
+async def test_one_bad_input_fails_only_itself(worker: BatchWorker) -> None:
+    futures = worker.submit([[1], [666], [2, 2]])
+    results = await asyncio.gather(*futures, return_exceptions=True)
+    assert results[0].tolist() == [1, 1] and results[2].tolist() == [2, 2]  # type: ignore[union-attr]
+    assert isinstance(results[1], RuntimeError)
+    # and the worker keeps serving
+    assert (await worker.submit([[9]])[0]).tolist() == [1, 9]
+
+
+async def test_non_finite_embedding_is_an_error_not_a_result(worker: BatchWorker) -> None:
+    results = await asyncio.gather(*worker.submit([[777], [3]]), return_exceptions=True)
+    assert isinstance(results[0], InferenceError)
+    assert results[1].tolist() == [1, 3]  # type: ignore[union-attr]
+
+
+async def test_full_queue_answers_overloaded_at_once(worker: BatchWorker) -> None:
+    with pytest.raises(Overloaded) as info:
+        worker.submit([[1]] * 21)
+    assert info.value.status == 429 and info.value.headers["Retry-After"]
+
+
+async def test_cancelled_items_are_skipped() -> None:
+    embed = Scripted()
+    limits = BatchLimits(max_size=8, max_tokens=4096, wait_s=0.05, max_queue=20)
+    metrics = Metrics()
+    w = BatchWorker("m", embed, limits=limits, metrics=metrics, executor=ThreadPoolExecutor(1))
+    w.start()
+    futures = w.submit([[1], [2], [3]])
+    futures[1].cancel()  # the caller went away while queued
+    await asyncio.gather(futures[0], futures[2])
+    await w.stop()
+    assert embed.calls == [2]
+    assert metrics.registry.get_sample_value("embedserver_dropped_total", {"model": "m"}) == 1
+
+
+async def test_concurrent_submissions_share_forward_passes() -> None:
+    embed = Scripted()
+    limits = BatchLimits(max_size=64, max_tokens=100_000, wait_s=0.01, max_queue=1000)
+    w = BatchWorker("m", embed, limits=limits, metrics=Metrics(), executor=ThreadPoolExecutor(1))
+    w.start()
+
+    async def one(i: int) -> np.ndarray:
+        return await w.submit([[i + 1]])[0]
+
+    results = await asyncio.gather(*(one(i) for i in range(32)))
+    await w.stop()
+    assert [r.tolist()[1] for r in results] == [i + 1 for i in range(32)]
+    assert len(embed.calls) < 32
+
+
+async def test_stop_fails_what_is_still_queued() -> None:
+    def slow(batch: list[list[int]]) -> np.ndarray:
+        time.sleep(0.2)
+        return np.ones((len(batch), 2), dtype=np.float32)
+
+    limits = BatchLimits(max_size=1, max_tokens=4096, wait_s=0, max_queue=20)
+    w = BatchWorker("m", slow, limits=limits, metrics=Metrics(), executor=ThreadPoolExecutor(1))
+    w.start()
+    futures = w.submit([[1], [2], [3]])  # two go to the MLX thread, the third waits for a slot
+    await asyncio.sleep(0.05)
+    await w.stop()
+    assert (await futures[0]).tolist() == [1, 1] and (await futures[1]).tolist() == [1, 1]
+    with pytest.raises(Exception, match="unloaded"):
+        await futures[2]
+
+
+async def test_idle_worker_does_not_wait_for_a_batch_to_fill() -> None:
+    limits = BatchLimits(max_size=64, max_tokens=4096, wait_s=5.0, max_queue=20)
+    w = BatchWorker("m", Scripted(), limits=limits, metrics=Metrics(), executor=ThreadPoolExecutor(1))
+    w.start()
+    started = time.perf_counter()
+    await w.submit([[1]])[0]
+    assert time.perf_counter() - started < 1.0  # not the 5 s BATCH_WAIT_MS
+    await w.stop()
+
+
+@pytest.mark.parametrize("rounds", [1, 3])
+async def test_tokenize_rounds_gather_concurrent_requests(tiny_qwen3: Path, rounds: int) -> None:
+    from embedserver.tokenization import TextTokenizer
+    from embedserver.tokenize_batcher import TokenizeBatcher
+
+    tokenizer = TextTokenizer(tiny_qwen3 / "tokenizer.json", end_token="<|endoftext|>")
+    calls: list[int] = []
+    original = tokenizer.encode_batch
+
+    def counting(texts: list[str]) -> list[list[int]]:
+        calls.append(len(texts))
+        return original(texts)
+
+    tokenizer.encode_batch = counting  # type: ignore[method-assign]
+    batcher = TokenizeBatcher(tokenizer, rounds=rounds)
+    requests = [[f"text {i}", f"second {i}"] for i in range(20)]
+    results = await asyncio.gather(*(batcher.encode(texts) for texts in requests))
+    assert results == [original(texts) for texts in requests]  # each caller gets its own texts, in order
+    assert sum(calls) == 40 and len(calls) < 20  # but in shared rounds

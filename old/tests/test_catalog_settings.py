@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from embedserver.catalog import load_catalog, operator_model
+from embedserver.errors import ModelNotFound
+from embedserver.settings import Settings
+
+SHIPPED = Path(__file__).resolve().parent.parent / "config" / "models.toml"
+
+
+def test_shipped_catalog_resolves_every_alias() -> None:
+    catalog = load_catalog(SHIPPED)
+    assert catalog.default == "small" and catalog.fallback == "minilm"
+    for name, expected in [
+        ("small", "small"),
+        ("0.6B", "small"),
+        ("4b", "medium"),
+        ("8b", "large"),
+        ("Qwen/Qwen3-Embedding-8B", "large"),
+        ("LARGE", "large"),
+        ("all-minilm-l6-v2", "minilm"),
+    ]:
+        assert catalog.resolve(name).name == expected
+    assert catalog.resolve("large").dimension == 4096
+
+
+def test_unknown_model_is_a_404_and_never_a_path() -> None:
+    catalog = load_catalog(SHIPPED)
+    for name in ["gpt-4", "/etc", "../models", "Qwen/Qwen3-Embedding-0.6B-evil"]:
+        with pytest.raises(ModelNotFound) as info:
+            catalog.resolve(name)
+        assert info.value.status == 404
+
+
+def test_env_override_points_an_alias_at_a_mirror() -> None:
+    catalog = load_catalog(SHIPPED, {"small": "/mnt/mirror/q06"})
+    assert catalog.resolve("small").source == "/mnt/mirror/q06"
+    # Clients naming the hub id still reach the entry (now served from the mirror).
+    assert catalog.resolve("Qwen/Qwen3-Embedding-0.6B").source == "/mnt/mirror/q06"
+
+
+def test_operator_may_name_a_directory_clients_may_not(tmp_path: Path) -> None:
+    catalog, spec = operator_model(load_catalog(SHIPPED), str(tmp_path))
+    assert spec.source == str(tmp_path) and catalog.resolve(str(tmp_path)) is spec
+    _, named = operator_model(load_catalog(SHIPPED), "8b")
+    assert named.name == "large"
+
+
+def test_catalog_rejects_unknown_fields(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('default = "a"\n[models.a]\nsource = "x"\npoolin = "mean"\n')
+    with pytest.raises(ValueError, match="unknown fields"):
+        load_catalog(path)
+
+
+def test_settings_read_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAX_BATCH_SIZE", "128")
+    monkeypatch.setenv("LOG_LEVEL", "debug")
+    monkeypatch.setenv("CORS_ORIGINS", "https://a.example, https://b.example")
+    monkeypatch.setenv("MODEL_SOURCES", '{"small": "/models/q"}')
+    s = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert s.max_batch_size == 128 and s.log_level == "DEBUG" and s.host == "127.0.0.1"
+    assert s.cors_origins == ["https://a.example", "https://b.example"]
+    assert s.model_sources == {"small": "/models/q"}
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"MAX_BATCH_SIZE": "0"}, "max_batch_size"),
+        ({"PORT": "70000"}, "port"),
+        ({"MAX_BATCH_TOKENS": "100", "MAX_TEXT_LENGTH": "512"}, "MAX_BATCH_TOKENS"),
+        ({"ENABLE_CORS": "true", "CORS_ORIGINS": "*"}, "'\\*' is refused"),
+        ({"CATALOG_FILE": "/nonexistent.toml"}, "does not exist"),
+    ],
+)
+def test_bad_settings_fail_clearly(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], message: str
+) -> None:
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ValidationError, match=message):
+        Settings(_env_file=None)  # type: ignore[call-arg]
+
+
+def test_api_keys_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("API_KEY", "alpha, beta")
+    assert Settings(_env_file=None).api_key == ["alpha", "beta"]  # type: ignore[call-arg]

@@ -1,0 +1,141 @@
+"""Body size limit, API keys and readiness, through the real app."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from embedserver.app import create_app
+from embedserver.settings import Settings
+from tests.conftest import started
+
+
+@pytest.fixture
+async def guarded(make_settings: Callable[..., Settings]) -> AsyncIterator[httpx.AsyncClient]:
+    settings = make_settings(api_key="key-one,key-two", max_body_bytes=4096)
+    async with started(create_app(settings)) as client:
+        yield client
+
+
+def _error(response: httpx.Response, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    error: dict[str, Any] = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    return error
+
+
+async def test_requests_without_a_valid_key_are_401(guarded: httpx.AsyncClient) -> None:
+    for headers in (
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": "Basic key-one"},
+        {"Authorization": "Bearer"},
+    ):
+        r = await guarded.post("/v1/embeddings", json={"input": "x"}, headers=headers)
+        assert _error(r, 401)["code"] == "invalid_api_key"
+        assert r.headers["www-authenticate"].startswith("Bearer")
+    assert (await guarded.get("/models")).status_code == 401
+
+
+async def test_every_configured_key_works(guarded: httpx.AsyncClient) -> None:
+    for key in ("key-one", "key-two"):
+        r = await guarded.post(
+            "/v1/embeddings", json={"input": "x"}, headers={"Authorization": f"Bearer {key}"}
+        )
+        assert r.status_code == 200
+
+
+async def test_health_ready_and_metrics_stay_open(guarded: httpx.AsyncClient) -> None:
+    assert (await guarded.get("/health")).status_code == 200
+    r = await guarded.get("/ready")
+    assert r.status_code == 200 and r.json()["ready"] is True
+    metrics = await guarded.get("/metrics")
+    assert metrics.status_code == 200
+
+
+async def test_metrics_can_require_the_key(make_settings: Callable[..., Settings]) -> None:
+    async with started(create_app(make_settings(api_key="k", metrics_require_key=True))) as client:
+        assert (await client.get("/metrics")).status_code == 401
+        assert (await client.get("/metrics", headers={"Authorization": "Bearer k"})).status_code == 200
+
+
+async def test_body_over_the_limit_is_413_before_it_is_read(guarded: httpx.AsyncClient) -> None:
+    auth = {"Authorization": "Bearer key-one"}
+    big = {"input": "word " * 2000}  # ~10 kB, the limit is 4 kB
+    r = await guarded.post("/v1/embeddings", json=big, headers=auth)
+    assert _error(r, 413)["code"] == "request_too_large"
+
+
+async def test_chunked_body_over_the_limit_is_413(guarded: httpx.AsyncClient) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b'{"input": "'
+        for _ in range(10):
+            yield b"x" * 1000
+        yield b'"}'
+
+    r = await guarded.post(
+        "/v1/embeddings",
+        content=chunks(),
+        headers={"Authorization": "Bearer key-one", "content-type": "application/json"},
+    )
+    assert _error(r, 413)["code"] == "request_too_large"
+    # and the server goes on serving
+    ok = await guarded.post(
+        "/v1/embeddings", json={"input": "x"}, headers={"Authorization": "Bearer key-one"}
+    )
+    assert ok.status_code == 200
+
+
+async def test_ready_is_503_until_the_default_model_serves(make_settings: Callable[..., Settings]) -> None:
+    async with started(create_app(make_settings(model_name="missing"))) as client:
+        r = await client.get("/ready")
+        assert r.status_code == 503 and r.json() == {
+            "ready": False,
+            "default_model": "missing",
+            "status": "failed",
+        }
+
+
+async def test_draining_turns_readiness_off_and_refuses_new_work(client: httpx.AsyncClient) -> None:
+    from embedserver.api.state import ServerState
+
+    transport = client._transport
+    assert isinstance(transport, httpx.ASGITransport)
+    state: ServerState = transport.app.state.server  # type: ignore[attr-defined]
+    state.service.draining = True  # what SIGTERM does (embedserver.__main__._DrainingServer)
+    r = await client.get("/ready")
+    assert r.status_code == 503 and r.json()["status"] == "draining"
+    r = await client.post("/v1/embeddings", json={"input": "late"})
+    assert _error(r, 503)["code"] == "shutting_down"
+    assert (await client.get("/health")).status_code == 200  # alive, just not taking work
+
+
+async def test_dead_worker_fails_its_requests_with_503_and_is_restarted(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import embedserver.batching as batching
+
+    real = batching.plan_batches
+    calls = {"n": 0}
+
+    def broken_once(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("bug in the batch planner")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(batching, "plan_batches", broken_once)
+    r = await client.post("/v1/embeddings", json={"input": "first"})
+    assert _error(r, 503)["code"] == "model_unavailable"
+    health = (await client.get("/health")).json()
+    assert (
+        health["models"]["tiny"]["status"] == "worker_failed"
+        and "bug in the batch planner" in (health["models"]["tiny"]["error"])
+    )
+    assert (await client.get("/ready")).status_code == 503
+    r = await client.post("/v1/embeddings", json={"input": "second"})  # the next request restarts the worker
+    assert r.status_code == 200
+    assert (await client.get("/ready")).status_code == 200

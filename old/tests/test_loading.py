@@ -1,0 +1,138 @@
+"""Loading models: hub cache (offline), local directories, bad directories, and the offline fallback."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from embedserver.app import create_app
+from embedserver.catalog import ModelSpec
+from embedserver.loader import ModelLoadError, load_engine, resolve_source
+from tests.conftest import started
+
+
+def _hub_cache(root: Path, repo_id: str, model_dir: Path, commit: str = "a" * 40) -> None:
+    """Lay `model_dir` out as huggingface_hub's cache does (models--org--name/snapshots/<commit>, refs/main)."""
+    repo = root / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / commit
+    shutil.copytree(model_dir, snapshot)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+
+
+def test_hub_model_loads_from_the_local_cache_offline(
+    tmp_path: Path, tiny_qwen3: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _hub_cache(tmp_path, "Qwen/Qwen3-Embedding-Tiny", tiny_qwen3)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    directory, revision = resolve_source("Qwen/Qwen3-Embedding-Tiny")
+    assert revision == "a" * 40 and (directory / "config.json").is_file()
+    hub = load_engine(ModelSpec(name="hub", source="Qwen/Qwen3-Embedding-Tiny"))
+    local = load_engine(ModelSpec(name="local", source=str(tiny_qwen3)))
+    ids = local.tokenizer.encode_batch(["same weights, same vector"])
+    assert np.allclose(hub.embed(ids), local.embed(ids), atol=1e-6)
+
+
+def test_hub_model_missing_offline_fails_clearly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(ModelLoadError, match="not in the local Hugging Face cache"):
+        resolve_source("Qwen/Qwen3-Embedding-0.6B")
+
+
+def _broken_copy(tmp_path: Path, source: Path) -> Path:
+    target = tmp_path / "model"
+    shutil.copytree(source, target)
+    return target
+
+
+@pytest.mark.parametrize(
+    ("breakage", "message"),
+    [
+        (lambda d: (d / "model.safetensors").unlink(), "no .safetensors"),
+        (
+            lambda d: ((d / "model.safetensors").unlink(), (d / "pytorch_model.bin").write_bytes(b"pickle")),
+            "no .safetensors",
+        ),
+        (lambda d: (d / "model.safetensors").write_bytes(b"\x00" * 64), "cannot read"),
+        (lambda d: (d / "config.json").write_text('{"model_type": "llama"}'), "unsupported model_type"),
+        (lambda d: (d / "config.json").write_text("{not json"), "not valid JSON"),
+        (lambda d: (d / "tokenizer.json").unlink(), "no tokenizer.json"),
+    ],
+)
+def test_broken_model_directories_fail_with_a_reason(
+    tmp_path: Path, tiny_qwen3: Path, breakage: Any, message: str
+) -> None:
+    directory = _broken_copy(tmp_path, tiny_qwen3)
+    breakage(directory)
+    with pytest.raises(ModelLoadError, match=message):
+        load_engine(ModelSpec(name="broken", source=str(directory)))
+
+
+def test_missing_local_directory_fails_clearly() -> None:
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        resolve_source("/nonexistent/model/dir")
+
+
+def test_weights_that_do_not_match_the_config_fail(tmp_path: Path, tiny_qwen3: Path) -> None:
+    directory = _broken_copy(tmp_path, tiny_qwen3)
+    config = (
+        (directory / "config.json").read_text().replace('"num_hidden_layers": 2', '"num_hidden_layers": 3')
+    )
+    (directory / "config.json").write_text(config)
+    with pytest.raises(ModelLoadError, match="do not match"):
+        load_engine(ModelSpec(name="broken", source=str(directory)))
+
+
+async def test_unavailable_default_falls_back_loudly_when_not_named(
+    make_settings: Any, catalog_file: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    catalog = tmp_path / "models.toml"
+    catalog.write_text(catalog_file.read_text().replace('default = "tiny"', 'default = "missing"'))
+    async with started(create_app(make_settings(catalog_file=catalog))) as client:
+        health = await client.get("/health")
+        body = health.json()
+        assert (
+            health.status_code == 200 and body["default_model"] == "minilm" and body["embedding_dim"] == 384
+        )
+        assert body["fallback"]["requested"] == "missing" and body["fallback"]["serving"] == "minilm"
+        assert "local Hugging Face cache" in body["fallback"]["reason"]
+        assert body["models"]["missing"]["status"] == "failed"
+        assert (await client.get("/models")).json()["fallback"]["serving"] == "minilm"
+        r = await client.post("/v1/embeddings", json={"input": "dog"})
+        assert r.status_code == 200 and r.json()["model"] == "minilm"
+        r = await client.post("/v1/embeddings", json={"input": "dog", "model": "missing"})
+        assert (
+            r.status_code == 503
+            and r.json()["error"]["code"] == "model_unavailable"
+            and r.headers["retry-after"]
+        )
+    assert "FALLING BACK" in caplog.text
+
+
+async def test_named_model_never_falls_back(make_settings: Any) -> None:
+    async with started(create_app(make_settings(model_name="missing"))) as client:
+        health = await client.get("/health")
+        body = health.json()
+        assert health.status_code == 503 and body["status"] == "unavailable"
+        assert body["default_model"] == "missing" and body["fallback"] is None
+        assert "local Hugging Face cache" in body["models"]["missing"]["error"]
+        r = await client.post("/v1/embeddings", json={"input": "x"})
+        assert r.status_code == 503 and "local Hugging Face cache" in r.json()["error"]["message"]
+
+
+async def test_operator_may_serve_a_local_directory(
+    make_settings: Any, tiny_qwen3_mlx: Path, tmp_path: Path
+) -> None:
+    directory = shutil.copytree(
+        tiny_qwen3_mlx, tmp_path / "my-model"
+    )  # a directory the catalog does not list
+    async with started(create_app(make_settings(model_name=str(directory)))) as client:
+        r = await client.post("/v1/embeddings", json={"input": "from a directory"})
+        assert r.status_code == 200 and r.json()["model"] == str(directory)
+        assert len(r.json()["data"][0]["embedding"]) == 64

@@ -1,0 +1,117 @@
+"""The real server process (`python -m embedserver`), driven by the official openai client."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from openai import OpenAI
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _start(catalog_file: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = _free_port()
+    env = {
+        **os.environ,
+        "PORT": str(port),
+        "CATALOG_FILE": str(catalog_file),
+        "MODEL_NAME": "tiny",
+        "HF_HUB_OFFLINE": "1",
+        "LOG_LEVEL": "INFO",
+    }
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "embedserver"], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"server exited early:\n{log.read_text()}"
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    pytest.fail(f"server did not become healthy:\n{log.read_text()}")
+
+
+def _stop(proc: subprocess.Popen[bytes], log: Path) -> None:
+    proc.send_signal(signal.SIGTERM)
+    code = proc.wait(timeout=60)
+    # uvicorn re-raises SIGTERM after a clean shutdown, so -15 (shell: 143) is a clean exit too.
+    assert code in (0, -signal.SIGTERM), f"server exit status {code}:\n{log.read_text()}"
+    assert "Application shutdown complete" in log.read_text()
+
+
+@pytest.fixture(scope="module")
+def server(catalog_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    proc, url = _start(catalog_file, log)
+    try:
+        yield url
+    finally:
+        _stop(proc, log)
+
+
+def test_sigterm_lets_accepted_requests_finish(catalog_file: Path, tmp_path: Path) -> None:
+    import threading
+
+    log = tmp_path / "server.log"
+    proc, url = _start(catalog_file, log)
+    texts = [f"a request accepted before shutdown, text {i} " * 20 for i in range(1500)]
+    result: dict[str, httpx.Response] = {}
+
+    def send() -> None:
+        result["response"] = httpx.post(f"{url}/v1/embeddings", json={"input": texts}, timeout=120)
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    time.sleep(1.0)  # the request is inside the server, its batches running
+    _stop(proc, log)
+    sender.join(timeout=120)
+    response = result["response"]
+    assert response.status_code == 200 and len(response.json()["data"]) == 1500
+
+
+def test_openai_client_gets_the_servers_embeddings(server: str) -> None:
+    client = OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0)
+    texts = ["the openai client", "asks for base64 by default", "短文本"]
+    result = client.embeddings.create(model="tiny", input=texts)
+    vectors = np.array([item.embedding for item in result.data], dtype=np.float32)
+    assert vectors.shape == (3, 64) and [item.index for item in result.data] == [0, 1, 2]
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert result.model == "tiny" and result.usage.prompt_tokens > 0
+    native = httpx.post(f"{server}/embed_batch", json={"texts": texts}).json()
+    assert np.allclose(vectors, np.array(native["embeddings"]), atol=1e-6)
+    floats = client.embeddings.create(model="tiny", input=texts[0], encoding_format="float", dimensions=32)
+    assert len(floats.data[0].embedding) == 32
+
+
+def test_openai_client_sees_errors_as_its_own_exceptions(server: str) -> None:
+    import openai
+
+    client = OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0)
+    with pytest.raises(openai.NotFoundError) as info:
+        client.embeddings.create(model="no-such-model", input="x")
+    assert "not served here" in str(info.value)
+    with pytest.raises(openai.BadRequestError):
+        client.embeddings.create(model="tiny", input="")
+    assert {m.id for m in client.models.list()} >= {"tiny", "minilm"}
