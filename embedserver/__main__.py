@@ -33,7 +33,7 @@ def main() -> None:
             log_level="debug",
         )
         return
-    from embedserver.api.protocol import with_header_deadline
+    from embedserver.api.protocol import with_deadlines
     from embedserver.app import create_app
     from embedserver.device import hard_exit
 
@@ -45,7 +45,11 @@ def main() -> None:
         log_level=level.lower(),
         access_log=settings.log_level == "DEBUG",
         timeout_graceful_shutdown=settings.shutdown_grace_s,
-        http=with_header_deadline(settings.header_timeout_s),
+        http=with_deadlines(
+            settings.header_timeout_s,
+            settings.body_timeout_s,
+            on_body_timeout=app.state.server.metrics.timeouts.inc,
+        ),
     )
     _DrainingServer(config, app.state.server.service).run()
     hard_exit(0)

@@ -87,9 +87,7 @@ def create_app(settings: Settings | None = None, *, loader: Loader | None = None
     app.include_router(native_router)
     app.include_router(ops_router)
     # The last added runs first: CORS, request metrics (so refusals are counted too), API keys, body.
-    app.add_middleware(
-        RequestBody, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s, metrics=metrics
-    )
+    app.add_middleware(RequestBody, max_bytes=settings.max_body_bytes, metrics=metrics)
     if settings.api_key:
         open_paths = {"/health", "/ready"} | (set() if settings.metrics_require_key else {"/metrics"})
         app.add_middleware(ApiKeys, keys=settings.api_key, open_paths=open_paths)
