@@ -1,1 +1,0 @@
-"""HTTP layer: routes, error rendering and request metrics. Never touches MLX."""
