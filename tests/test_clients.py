@@ -112,7 +112,11 @@ def test_a_client_gone_while_queued_is_dropped_before_its_texts_run(strict_serve
         )
     )
     sender.start()
-    time.sleep(0.5)  # the big request is tokenized and queued; what comes next waits behind it
+    # Wait until the big request is queued: what comes next waits behind it.
+    for _ in range(200):
+        if _metric(httpx.get(f"{strict_server}/metrics").text, "embedserver_queue_depth") > 100:
+            break
+        time.sleep(0.05)
     body = orjson.dumps({"input": [f"abandoned while queued {i}" for i in range(3)]})
     with _connect(strict_server) as sock:
         sock.sendall(
