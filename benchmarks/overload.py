@@ -116,7 +116,9 @@ def main() -> None:
             from embedserver.random_model import write_random_qwen3
 
             model = str(write_random_qwen3(Path(tmp) / "tiny", seed=0, layout="hf"))
-        env = {"MODEL_NAME": model, "LOG_LEVEL": "WARNING", "HF_HUB_OFFLINE": "1"}
+        # Every text is unique, so a cache would only fill (up to its bound) and hide what the overload left
+        # behind; it is off unless --env turns it on.
+        env = {"MODEL_NAME": model, "LOG_LEVEL": "WARNING", "HF_HUB_OFFLINE": "1", "CACHE_MAX_ENTRIES": "0"}
         env |= dict(item.split("=", 1) for item in args.env)
         with server_process(env, Path(tmp) / "server.log") as (url, proc):
             result = _run(url + "/v1/embeddings", proc.pid, args)
