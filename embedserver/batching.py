@@ -223,6 +223,9 @@ class BatchWorker:
                 self._metrics.queue_wait.labels(self.model).observe(started - item.enqueued)
             try:
                 vectors = await self._forward(batch)
+            except _Abandoned:
+                self._metrics.dropped.labels(self.model).inc(len(batch))
+                return
             except Exception as exc:
                 self._metrics.batch_failures.labels(self.model).inc()
                 log.warning("batch of %d for %s failed (%r)", len(batch), self.model, exc)
@@ -244,7 +247,8 @@ class BatchWorker:
     async def _forward(self, batch: list[WorkItem]) -> np.ndarray:
         loop = asyncio.get_running_loop()
         sequences = [item.ids for item in batch]
-        vectors, seconds = await loop.run_in_executor(self._executor, self._timed_embed, sequences)
+        futures = [item.future for item in batch]
+        vectors, seconds = await loop.run_in_executor(self._executor, self._timed_embed, sequences, futures)
         m, model = self._metrics, self.model
         real = sum(len(s) for s in sequences)
         padded = bucket_length(max(len(s) for s in sequences)) * len(sequences)
@@ -272,8 +276,14 @@ class BatchWorker:
         self._last_done = now
         self._backlogged = bool(self._queue) or len(self._running) > 1
 
-    def _timed_embed(self, sequences: list[list[int]]) -> tuple[np.ndarray, float]:
-        """On the MLX thread: the forward pass and its own duration (not the wait for the thread)."""
+    def _timed_embed(
+        self, sequences: list[list[int]], futures: list[asyncio.Future[np.ndarray]]
+    ) -> tuple[np.ndarray, float]:
+        """On the MLX thread: the forward pass and its own duration (not the wait for the thread). A batch
+        whose callers all left while it waited for the thread is not run (reading done() from this thread is
+        a benign race: at worst one batch runs for nobody)."""
+        if all(future.done() for future in futures):
+            raise _Abandoned
         started = time.perf_counter()
         vectors = self._embed(sequences)
         return vectors, time.perf_counter() - started
@@ -286,6 +296,10 @@ class BatchWorker:
         while self._queue:
             _set_exception(self._queue.popleft(), exc)
         self._metrics.queue_depth.labels(self.model).set(0)
+
+
+class _Abandoned(Exception):
+    """Every caller of a batch went away before it reached the MLX thread."""
 
 
 def _set_result(item: WorkItem, vector: np.ndarray) -> None:

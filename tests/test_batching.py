@@ -117,6 +117,33 @@ async def test_cancelled_items_are_skipped() -> None:
     assert metrics.registry.get_sample_value("embedserver_dropped_total", {"model": "m"}) == 1
 
 
+async def test_a_batch_whose_callers_all_left_while_waiting_for_the_thread_is_not_run() -> None:
+    import threading
+
+    gate = threading.Event()
+    embed = Scripted()
+
+    def held(batch: list[list[int]]) -> np.ndarray:
+        gate.wait(timeout=10)
+        return embed(batch)
+
+    limits = BatchLimits(max_size=8, max_tokens=4096, wait_s=0.001, max_queue=20)
+    metrics = Metrics()
+    w = BatchWorker("m", held, limits=limits, metrics=metrics, executor=ThreadPoolExecutor(1))
+    w.start()
+    running = w.submit([[1]])
+    await asyncio.sleep(0.1)  # the first batch holds the MLX thread
+    waiting = w.submit([[2], [3]])
+    await asyncio.sleep(0.1)  # the second is handed to the thread and waits behind it
+    for future in waiting:
+        future.cancel()
+    gate.set()
+    await asyncio.gather(*running)
+    await w.stop()
+    assert embed.calls == [1]
+    assert metrics.registry.get_sample_value("embedserver_dropped_total", {"model": "m"}) == 2
+
+
 async def test_concurrent_submissions_share_forward_passes() -> None:
     embed = Scripted()
     limits = BatchLimits(max_size=64, max_tokens=100_000, wait_s=0.01, max_queue=1000)
