@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import random
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -29,8 +27,8 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.server_process import server_process
-from benchmarks.traffic import Tally, post, rss_mb, unique_text
+from benchmarks.server_process import model_server
+from benchmarks.traffic import Tally, post, report, rss_mb, unique_text
 
 
 async def _capacity(url: str, clients: int, texts: int, seconds: float, rng: random.Random) -> Tally:
@@ -110,23 +108,12 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory() as tmp:
-        model = args.model
-        if model is None:
-            from embedserver.random_model import write_random_qwen3
-
-            model = str(write_random_qwen3(Path(tmp) / "tiny", seed=0, layout="hf"))
-        # Every text is unique, so a cache would only fill (up to its bound) and hide what the overload left
-        # behind; it is off unless --env turns it on.
-        env = {"MODEL_NAME": model, "LOG_LEVEL": "WARNING", "HF_HUB_OFFLINE": "1", "CACHE_MAX_ENTRIES": "0"}
-        env |= dict(item.split("=", 1) for item in args.env)
-        with server_process(env, Path(tmp) / "server.log") as (url, proc):
-            result = _run(url + "/v1/embeddings", proc.pid, args)
-    print(json.dumps(result, indent=2))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
-    sys.exit(0 if result["passed"] else 1)
+    # Every text is unique, so a cache would only fill (up to its bound) and hide what the overload left
+    # behind; it is off unless --env turns it on.
+    env = {"CACHE_MAX_ENTRIES": "0"} | dict(item.split("=", 1) for item in args.env)
+    with model_server(args.model, env) as (url, proc):
+        result = _run(url + "/v1/embeddings", proc.pid, args)
+    report(result, args.json)
 
 
 def _run(url: str, pid: int, args: argparse.Namespace) -> dict[str, Any]:

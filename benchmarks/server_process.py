@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -61,3 +62,19 @@ def server_process(
 def running_server(env: dict[str, str], log: Path | None = None, timeout: float = 300) -> Iterator[str]:
     with server_process(env, log, timeout) as (url, _):
         yield url
+
+
+@contextmanager
+def model_server(
+    model: str | None, env: dict[str, str] | None = None
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`server_process` serving `model` (a directory), or a tiny random Qwen3 written to a temporary directory
+    when it is None; quiet logs, offline. `env` adds or overrides settings."""
+    with tempfile.TemporaryDirectory() as tmp:
+        if model is None:
+            from embedserver.random_model import write_random_qwen3
+
+            model = str(write_random_qwen3(Path(tmp) / "tiny", seed=0, layout="hf"))
+        base = {"MODEL_NAME": model, "LOG_LEVEL": "WARNING", "HF_HUB_OFFLINE": "1"}
+        with server_process(base | (env or {}), Path(tmp) / "server.log") as running:
+            yield running

@@ -13,10 +13,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
-import json
 import random
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -26,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import httpx
 import numpy as np
 
-from benchmarks.server_process import server_process
-from benchmarks.traffic import Tally, post, rss_mb, texts, unique_text
+from benchmarks.server_process import model_server
+from benchmarks.traffic import Tally, post, report, rss_mb, texts, unique_text
 
 _CACHE_MAX_BYTES = 16 * 2**20  # small, so the soak reaches the cache's bound and evicts
 
@@ -88,34 +86,15 @@ def main() -> None:
     parser.add_argument("--csv", type=Path, help="RSS samples: seconds, MiB")
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory() as tmp:
-        model = args.model
-        if model is None:
-            from embedserver.random_model import write_random_qwen3
-
-            model = str(write_random_qwen3(Path(tmp) / "tiny", seed=0, layout="hf"))
-        env = {
-            "MODEL_NAME": model,
-            "LOG_LEVEL": "WARNING",
-            "HF_HUB_OFFLINE": "1",
-            "CACHE_MAX_BYTES": str(_CACHE_MAX_BYTES),
-        }
-        with server_process(env, Path(tmp) / "server.log") as (url, proc):
-            baseline = rss_mb(proc.pid)
-            tally, samples = asyncio.run(
-                _traffic(url, args.clients, args.minutes * 60, proc.pid, args.sample_s)
-            )
-            cache_bytes = _metric(httpx.get(f"{url}/metrics").text, "embedserver_cache_bytes")
-    result = _verdict(args, baseline, tally, samples, cache_bytes)
-    print(json.dumps(result, indent=2))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
+    with model_server(args.model, {"CACHE_MAX_BYTES": str(_CACHE_MAX_BYTES)}) as (url, proc):
+        baseline = rss_mb(proc.pid)
+        tally, samples = asyncio.run(_traffic(url, args.clients, args.minutes * 60, proc.pid, args.sample_s))
+        cache_bytes = _cache_bytes(httpx.get(f"{url}/metrics").text)
     if args.csv:
         args.csv.parent.mkdir(parents=True, exist_ok=True)
         with args.csv.open("w", newline="") as f:
             csv.writer(f).writerows([("seconds", "rss_mib"), *samples])
-    sys.exit(0 if result["passed"] else 1)
+    report(_verdict(args, baseline, tally, samples, cache_bytes), args.json)
 
 
 def _verdict(
@@ -155,8 +134,11 @@ def _verdict(
     }
 
 
-def _metric(text: str, name: str) -> float:
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + " "))
+def _cache_bytes(metrics: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    families = text_string_to_metric_families(metrics)
+    return next(s.value for f in families for s in f.samples if s.name == "embedserver_cache_bytes")
 
 
 if __name__ == "__main__":

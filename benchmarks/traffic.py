@@ -1,13 +1,16 @@
-"""Pieces shared by the overload and soak scripts: texts, an open HTTP session that tallies answers, and
-the server's resident memory."""
+"""Pieces shared by the overload and soak scripts: texts, a POST that tallies answers, the server's resident
+memory, and the pass/fail report."""
 
 from __future__ import annotations
 
+import json
 import random
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 
 import numpy as np
 import orjson
@@ -85,3 +88,13 @@ def rss_mb(pid: int) -> float:
     import psutil
 
     return float(psutil.Process(pid).memory_info().rss) / 2**20
+
+
+def report(result: dict[str, Any], json_path: Path | None) -> NoReturn:
+    """Print the result (and write it as JSON when asked); exit 0 if it passed, 1 if not."""
+    text = json.dumps(result, indent=2)
+    print(text)
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(text)
+    sys.exit(0 if result["passed"] else 1)

@@ -108,6 +108,16 @@ async def client(make_settings: Callable[..., Settings]) -> AsyncIterator[httpx.
         yield c
 
 
+def metric_sample(metrics: str, series: str, default: float | None = None) -> float:
+    """The value of one series (name and labels exactly as /metrics writes them); `default` when absent."""
+    for line in metrics.splitlines():
+        if line.startswith(series + " "):
+            return float(line.rsplit(" ", 1)[1])
+    if default is not None:
+        return default
+    raise AssertionError(f"{series} not in /metrics")
+
+
 _exit_status = 0
 
 

@@ -10,7 +10,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import QUERY_TASK, started
+from tests.conftest import QUERY_TASK, metric_sample, started
 
 
 def _vectors(body: dict[str, Any]) -> np.ndarray:
@@ -58,7 +58,7 @@ async def test_batch_equals_single_through_the_api(make_settings: Any) -> None:
         batch = _vectors((await c.post("/v1/embeddings", json={"input": texts})).json())
         singles = [np.array((await c.post("/embed", json={"text": t})).json()["embedding"]) for t in texts]
         metrics = (await c.get("/metrics")).text
-        assert _sample(metrics, 'embedserver_batches_total{model="tiny"}') == 1 + len(texts)
+        assert metric_sample(metrics, 'embedserver_batches_total{model="tiny"}') == 1 + len(texts)
     assert ((batch * np.stack(singles)).sum(axis=1) >= 0.99999).all()
 
 
@@ -184,7 +184,7 @@ async def test_large_request_is_split_across_batches(client: httpx.AsyncClient) 
     r = await client.post("/v1/embeddings", json={"input": texts})
     assert r.status_code == 200 and len(r.json()["data"]) == 300
     metrics = (await client.get("/metrics")).text
-    assert _sample(metrics, 'embedserver_batches_total{model="tiny"}') >= 5
+    assert metric_sample(metrics, 'embedserver_batches_total{model="tiny"}') >= 5
 
 
 async def test_long_text_truncates_by_default_and_refuses_without(client: httpx.AsyncClient) -> None:
@@ -234,17 +234,19 @@ async def test_cache_serves_repeats_identically(client: httpx.AsyncClient) -> No
     expected = np.array(first["embedding"][:16]) / np.linalg.norm(first["embedding"][:16])
     assert np.allclose(second["embedding"], expected, atol=1e-5)
     metrics = (await client.get("/metrics")).text
-    assert _sample(metrics, 'embedserver_cache_hits_total{model="tiny"}') >= 1
+    assert metric_sample(metrics, 'embedserver_cache_hits_total{model="tiny"}') >= 1
 
 
 async def test_concurrent_requests_share_forward_passes(client: httpx.AsyncClient) -> None:
     # Counted from zero: labelled series appear with the first forward pass.
-    before = _sample((await client.get("/metrics")).text, 'embedserver_batches_total{model="tiny"}', 0.0)
+    before = metric_sample(
+        (await client.get("/metrics")).text, 'embedserver_batches_total{model="tiny"}', 0.0
+    )
     responses = await asyncio.gather(
         *(client.post("/v1/embeddings", json={"input": f"concurrent text {i}"}) for i in range(32))
     )
     assert all(r.status_code == 200 for r in responses)
-    after = _sample((await client.get("/metrics")).text, 'embedserver_batches_total{model="tiny"}')
+    after = metric_sample((await client.get("/metrics")).text, 'embedserver_batches_total{model="tiny"}')
     assert 1 <= after - before < 32
 
 
@@ -297,18 +299,9 @@ async def test_metrics_expose_every_stage(client: httpx.AsyncClient) -> None:
         "embedserver_tokens_total",
     ]:
         assert name in r.text, name
-    assert _sample(r.text, 'embedserver_requests_total{endpoint="/v1/embeddings",status="200"}') >= 1
+    assert metric_sample(r.text, 'embedserver_requests_total{endpoint="/v1/embeddings",status="200"}') >= 1
 
 
 async def test_unknown_route_is_404_in_openai_shape(client: httpx.AsyncClient) -> None:
     _assert_openai_error(await client.get("/v1/nothing"), 404)
     _assert_openai_error(await client.get("/v1/embeddings"), 405)
-
-
-def _sample(metrics: str, series: str, default: float | None = None) -> float:
-    for line in metrics.splitlines():
-        if line.startswith(series + " "):
-            return float(line.rsplit(" ", 1)[1])
-    if default is not None:
-        return default
-    raise AssertionError(f"{series} not in /metrics")

@@ -14,10 +14,7 @@ import orjson
 import pytest
 
 from benchmarks.server_process import running_server
-
-
-def _metric(text: str, name: str) -> float:
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+from tests.conftest import metric_sample
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +95,7 @@ def test_a_body_that_stops_arriving_is_408(strict_server: str) -> None:
         assert 0.8 < time.monotonic() - started_at < 5
     assert _error_code(raw) == "request_timeout"
     metrics = httpx.get(f"{strict_server}/metrics").text
-    assert _metric(metrics, "embedserver_body_timeouts_total") >= 1
+    assert metric_sample(metrics, "embedserver_body_timeouts_total") >= 1
 
 
 @pytest.mark.slow
@@ -114,7 +111,10 @@ def test_a_client_gone_while_queued_is_dropped_before_its_texts_run(strict_serve
     sender.start()
     # Wait until the big request is queued: what comes next waits behind it.
     for _ in range(200):
-        if _metric(httpx.get(f"{strict_server}/metrics").text, "embedserver_queue_depth") > 100:
+        queued = metric_sample(
+            httpx.get(f"{strict_server}/metrics").text, 'embedserver_queue_depth{model="tiny"}'
+        )
+        if queued > 100:
             break
         time.sleep(0.05)
     body = orjson.dumps({"input": [f"abandoned while queued {i}" for i in range(3)]})
@@ -129,7 +129,7 @@ def test_a_client_gone_while_queued_is_dropped_before_its_texts_run(strict_serve
     after = httpx.get(f"{strict_server}/metrics").text
 
     def grew(name: str) -> float:
-        return _metric(after, name) - _metric(before, name)
+        return metric_sample(after, name, 0.0) - metric_sample(before, name, 0.0)
 
     assert grew('embedserver_client_disconnects_total{stage="waiting"}') == 1
     assert grew('embedserver_dropped_total{model="tiny"}') == 3  # never computed
