@@ -3,6 +3,8 @@
 #   usage: benchmarks/server_matrix.sh OUT_DIR CONCURRENCY[,CONCURRENCY...] SECONDS "NAME:ENV=V,ENV=V" ...
 # A config whose name starts with "cached" is warmed first, so every request is a cache hit (the HTTP and
 # service ceiling without the model).
+# Optional: CENSUS_S=N records a CPU census (benchmarks/cpu_census.py) for N seconds during each load level;
+# SERVER_CPUS / LOAD_CPUS (taskset lists, e.g. 0-11 and 12-15) pin the server and the load generator.
 set -euo pipefail
 out=${1:?}; conc=${2:?}; secs=${3:?}; shift 3
 model=/tmp/embedserver-bench/qwen3-0.6b
@@ -14,14 +16,19 @@ for config in "$@"; do
       CACHE_MAX_ENTRIES=0 LOG_LEVEL=WARNING
     IFS=, read -ra pairs <<< "$envs"
     for pair in "${pairs[@]}"; do [ -n "$pair" ] && export "$pair"; done
-    python3 -m embedserver > "$out/server-$name.log" 2>&1 &
+    ${SERVER_CPUS:+taskset -c $SERVER_CPUS} python3 -m embedserver > "$out/server-$name.log" 2>&1 &
     server=$!
     for _ in $(seq 300); do curl -sf localhost:$port/health > /dev/null && break; sleep 0.2; done
     if [[ $name == cached* ]]; then python3 benchmarks/loadgen.py "http://127.0.0.1:$port/v1/embeddings" $model 64 3 > /dev/null; fi
     grep -h "warmed" "$out/server-$name.log" || true
     for c in ${conc//,/ }; do
+      if [ -n "${CENSUS_S:-}" ]; then
+        (sleep 3 && python3 benchmarks/cpu_census.py "$CENSUS_S" > "$out/census-$name-$c.txt") &
+        census=$!
+      fi
       printf '%s ' "$name"
-      python3 benchmarks/loadgen.py "http://127.0.0.1:$port/v1/embeddings" $model "$c" "$secs"
+      ${LOAD_CPUS:+taskset -c $LOAD_CPUS} python3 benchmarks/loadgen.py "http://127.0.0.1:$port/v1/embeddings" $model "$c" "$secs"
+      if [ -n "${CENSUS_S:-}" ]; then wait $census; fi
     done
     curl -s localhost:$port/metrics > "$out/metrics-$name.txt"
     kill -TERM $server; wait $server || true

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import sys
-from types import FrameType
 
 import uvicorn
 from pydantic import ValidationError
 
-from embedserver.service import EmbeddingService
 from embedserver.settings import Settings
+
+# Imports of MLX stay inside main(): with HTTP_WORKERS, front-end processes are spawned and re-import this
+# module, and they never load the model's libraries.
 
 
 def main() -> None:
@@ -33,9 +34,17 @@ def main() -> None:
             log_level="debug",
         )
         return
+    from embedserver.device import hard_exit
+
+    if settings.http_workers:
+        from embedserver.supervisor import serve
+
+        serve(settings)
+        hard_exit(0)
+
+    from embedserver.api.draining import DrainingServer
     from embedserver.api.protocol import with_deadlines
     from embedserver.app import create_app
-    from embedserver.device import hard_exit
 
     app = create_app(settings)
     config = uvicorn.Config(
@@ -48,24 +57,11 @@ def main() -> None:
         http=with_deadlines(
             settings.header_timeout_s,
             settings.body_timeout_s,
-            on_body_timeout=app.state.server.metrics.timeouts.inc,
+            on_body_timeout=app.state.server.metrics.body_timeout,
         ),
     )
-    _DrainingServer(config, app.state.server.service).run()
+    DrainingServer(config, app.state.server.service).run()
     hard_exit(0)
-
-
-class _DrainingServer(uvicorn.Server):
-    """On SIGTERM/SIGINT, first turn readiness off and refuse new embedding requests (503), then let uvicorn
-    stop listening and finish the accepted requests within SHUTDOWN_GRACE_S."""
-
-    def __init__(self, config: uvicorn.Config, service: EmbeddingService) -> None:
-        super().__init__(config)
-        self._service = service
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        self._service.draining = True
-        super().handle_exit(sig, frame)
 
 
 if __name__ == "__main__":

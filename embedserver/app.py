@@ -9,13 +9,10 @@ from contextlib import asynccontextmanager
 from functools import partial
 
 from fastapi import FastAPI
-from fastapi.middleware.cors import CORSMiddleware
 
 from embedserver import __version__, device
 from embedserver.api import errors
-from embedserver.api.body import RequestBody
-from embedserver.api.guards import ApiKeys
-from embedserver.api.middleware import RequestMetrics
+from embedserver.api.layers import add_http_layers
 from embedserver.api.responses import JSON
 from embedserver.api.routes_native import router as native_router
 from embedserver.api.routes_openai import router as openai_router
@@ -34,7 +31,11 @@ from embedserver.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings | None = None, *, loader: Loader | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, *, loader: Loader | None = None, http: bool = True
+) -> FastAPI:
+    """The whole server in one app. With `http=False` (the engine process behind HTTP_WORKERS front-ends) it
+    leaves out the HTTP layers: the front-ends apply them, and only their forwarded calls reach this app."""
     settings = settings or Settings()
     catalog = load_catalog(settings.catalog_file, settings.model_sources)
     explicit = bool(settings.model_name)
@@ -82,24 +83,13 @@ def create_app(settings: Settings | None = None, *, loader: Loader | None = None
         lifespan=lifespan,
     )
     app.state.server = state
+    app.state.embedder = state.service
     errors.install(app)
     app.include_router(openai_router)
     app.include_router(native_router)
     app.include_router(ops_router)
-    # The last added runs first: CORS, request metrics (so refusals are counted too), API keys, body.
-    app.add_middleware(RequestBody, max_bytes=settings.max_body_bytes, metrics=metrics)
-    if settings.api_key:
-        open_paths = {"/health", "/ready"} | (set() if settings.metrics_require_key else {"/metrics"})
-        app.add_middleware(ApiKeys, keys=settings.api_key, open_paths=open_paths)
-    app.add_middleware(RequestMetrics, metrics=metrics)
-    if settings.enable_cors:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=settings.cors_origins,
-            allow_credentials=False,
-            allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "Content-Type"],
-        )
+    if http:
+        add_http_layers(app, settings, metrics)
     return app
 
 

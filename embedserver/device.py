@@ -10,7 +10,6 @@ import logging
 import os
 import resource
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from importlib.metadata import version
 from typing import Any, Literal
@@ -18,13 +17,14 @@ from typing import Any, Literal
 import mlx.core as mx
 
 from embedserver import blas
+from embedserver.threads import named_executor
 
 log = logging.getLogger(__name__)
 
 Backend = Literal["metal", "cuda", "cpu"]
 
 # One worker: the thread that owns MLX.
-mlx_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlx")
+mlx_executor = named_executor("mlx", 1)
 
 
 @cache

@@ -3,12 +3,25 @@ as in tests, never collide)."""
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _LATENCY = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 _TOKENS = (16, 64, 256, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
 _RATIO = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0)
+
+
+class HttpMetrics(Protocol):
+    """What the HTTP layer records. Metrics records it here; a front-end process forwards it to the engine
+    process, so one /metrics shows every process's requests."""
+
+    def request_done(self, endpoint: str, status: int, seconds: float) -> None: ...
+
+    def client_gone(self, stage: str) -> None: ...
+
+    def body_timeout(self) -> None: ...
 
 
 class Metrics:
@@ -125,3 +138,13 @@ class Metrics:
             "embedserver_model_evictions_total", "Models unloaded to make room", ["model"], registry=r
         )
         self.models_loaded = Gauge("embedserver_models_loaded", "Models currently loaded", registry=r)
+
+    def request_done(self, endpoint: str, status: int, seconds: float) -> None:
+        self.requests.labels(endpoint, str(status)).inc()
+        self.request_seconds.labels(endpoint).observe(seconds)
+
+    def client_gone(self, stage: str) -> None:
+        self.disconnects.labels(stage).inc()
+
+    def body_timeout(self) -> None:
+        self.timeouts.inc()

@@ -6,13 +6,12 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 
 from embedserver.batching import BatchWorker
 from embedserver.cache import EmbeddingCache, cache_key
+from embedserver.calls import EmbedCall, EmbedOutcome
 from embedserver.engine import Engine
 from embedserver.errors import InvalidRequest, ModelUnavailable
 from embedserver.metrics import Metrics
@@ -22,25 +21,6 @@ from embedserver.vectors import finish
 
 # JSON may carry "\ud800"-style escapes that decode to lone surrogates: not text, and not encodable to UTF-8.
 _SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-@dataclass(frozen=True)
-class EmbedCall:
-    inputs: list[str] | list[list[int]]
-    model: str | None = None
-    instruction: str | None = None
-    input_type: Literal["query", "document"] | None = None
-    dimensions: int | None = None
-    normalize: bool = True
-    truncate: bool | None = None
-
-
-@dataclass(frozen=True)
-class EmbedOutcome:
-    model: str
-    vectors: np.ndarray  # [n, dimensions], float32
-    tokens: int
-    cached: list[bool]
 
 
 def format_query(task: str, text: str) -> str:

@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     model_sources: dict[str, str] = Field(default_factory=dict)
     max_models: int = Field(2, ge=1)
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    # 0: one process serves HTTP and runs the model. N >= 1: N front-end processes take HTTP, validation and
+    # JSON, and this process batches and runs the model for all of them (see embedserver/supervisor.py).
+    http_workers: int = Field(0, ge=0, le=64)
     # mx.compile the forward pass per bucketed shape, all compiled at load (GPU backends only; see engine.py).
     compile: bool = False
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor
 
+from embedserver.threads import named_executor
 from embedserver.tokenization import TextTokenizer
 
 # Threads for every model's tokenization rounds; each batcher runs at most `rounds` of them at once.
-tokenizer_executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="tokenize")
+tokenizer_executor = named_executor("tokenize", 16)
 
 
 class TokenizeBatcher:

@@ -17,8 +17,11 @@ from benchmarks.server_process import running_server
 from tests.conftest import metric_sample
 
 
-@pytest.fixture(scope="module")
-def strict_server(catalog_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+@pytest.fixture(scope="module", params=[0, 2], ids=["one-process", "front-ends"])
+def strict_server(
+    request: pytest.FixtureRequest, catalog_file: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """The same behaviour is required of one process and of HTTP_WORKERS front-ends."""
     log = tmp_path_factory.mktemp("server") / "server.log"
     env = {
         "CATALOG_FILE": str(catalog_file),
@@ -27,6 +30,7 @@ def strict_server(catalog_file: Path, tmp_path_factory: pytest.TempPathFactory) 
         "HEADER_TIMEOUT_S": "1",
         "BODY_TIMEOUT_S": "1",
         "MAX_QUEUE_WAIT_S": "0",
+        "HTTP_WORKERS": str(request.param),
     }
     with running_server(env, log, timeout=120) as url:
         yield url

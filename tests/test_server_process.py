@@ -25,7 +25,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _start(catalog_file: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+def _start(catalog_file: Path, log: Path, workers: int = 0) -> tuple[subprocess.Popen[bytes], str]:
     port = _free_port()
     env = {
         **os.environ,
@@ -34,6 +34,7 @@ def _start(catalog_file: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]
         "MODEL_NAME": "tiny",
         "HF_HUB_OFFLINE": "1",
         "LOG_LEVEL": "INFO",
+        "HTTP_WORKERS": str(workers),
     }
     with log.open("wb") as out:
         proc = subprocess.Popen(
@@ -61,21 +62,24 @@ def _stop(proc: subprocess.Popen[bytes], log: Path) -> None:
     assert "Application shutdown complete" in log.read_text()
 
 
-@pytest.fixture(scope="module")
-def server(catalog_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+@pytest.fixture(scope="module", params=[0, 2], ids=["one-process", "front-ends"])
+def server(
+    request: pytest.FixtureRequest, catalog_file: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
     log = tmp_path_factory.mktemp("server") / "server.log"
-    proc, url = _start(catalog_file, log)
+    proc, url = _start(catalog_file, log, request.param)
     try:
         yield url
     finally:
         _stop(proc, log)
 
 
-def test_sigterm_lets_accepted_requests_finish(catalog_file: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [0, 2], ids=["one-process", "front-ends"])
+def test_sigterm_lets_accepted_requests_finish(catalog_file: Path, tmp_path: Path, workers: int) -> None:
     import threading
 
     log = tmp_path / "server.log"
-    proc, url = _start(catalog_file, log)
+    proc, url = _start(catalog_file, log, workers)
     texts = [f"a request accepted before shutdown, text {i} " * 20 for i in range(1500)]
     result: dict[str, httpx.Response] = {}
 

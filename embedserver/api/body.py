@@ -15,11 +15,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from embedserver.api.errors import send_error
 from embedserver.api.protocol import GONE_KEY, TASK_KEY
-from embedserver.metrics import Metrics
+from embedserver.metrics import HttpMetrics
 
 
 class RequestBody:
-    def __init__(self, app: ASGIApp, *, max_bytes: int, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, *, max_bytes: int, metrics: HttpMetrics) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.metrics = metrics
@@ -64,7 +64,7 @@ class RequestBody:
             assert task is not None
             if scope.get(GONE_KEY) and task.uncancel() == 0:
                 # Cancelled by the protocol because the client left: nobody to answer.
-                self.metrics.disconnects.labels("waiting" if read else "body").inc()
+                self.metrics.client_gone("waiting" if read else "body")
                 return
             raise
 

@@ -6,11 +6,11 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from embedserver.metrics import Metrics
+from embedserver.metrics import HttpMetrics
 
 
 class RequestMetrics:
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: HttpMetrics) -> None:
         self.app = app
         self.metrics = metrics
 
@@ -37,5 +37,4 @@ class RequestMetrics:
             route = scope.get("route")
             # The route template, not the raw path, so unknown URLs cannot blow up label cardinality.
             endpoint = getattr(route, "path", "unmatched")
-            self.metrics.requests.labels(endpoint, str(status)).inc()
-            self.metrics.request_seconds.labels(endpoint).observe(time.perf_counter() - started)
+            self.metrics.request_done(endpoint, status, time.perf_counter() - started)

@@ -8,15 +8,15 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from embedserver.api.responses import JSON
-from embedserver.api.state import service_of
+from embedserver.api.state import embedder_of
+from embedserver.calls import EmbedCall, EmbedOutcome
 from embedserver.schemas import EmbedBatchRequest, EmbedRequest
-from embedserver.service import EmbedCall, EmbedOutcome
 
 router = APIRouter()
 
 
 async def _embed(request: Request, body: EmbedRequest | EmbedBatchRequest, texts: list[str]) -> EmbedOutcome:
-    return await service_of(request).embed(
+    return await embedder_of(request).embed(
         EmbedCall(
             inputs=texts,
             model=body.model,

@@ -1,16 +1,13 @@
-"""OpenAI-compatible API: POST /v1/embeddings and GET /v1/models."""
+"""OpenAI-compatible API: POST /v1/embeddings (GET /v1/models lives with the operations routes)."""
 
 from __future__ import annotations
-
-from typing import Any
 
 from fastapi import APIRouter, Request
 
 from embedserver.api.responses import JSON
-from embedserver.api.routes_ops import model_cards
-from embedserver.api.state import service_of
+from embedserver.api.state import embedder_of
+from embedserver.calls import EmbedCall
 from embedserver.schemas import EmbeddingRequest
-from embedserver.service import EmbedCall
 from embedserver.vectors import to_base64
 
 router = APIRouter()
@@ -27,7 +24,7 @@ async def create_embeddings(body: EmbeddingRequest, request: Request) -> JSON:
         inputs = [raw]  # type: ignore[list-item]
     else:
         inputs = raw  # type: ignore[assignment]
-    outcome = await service_of(request).embed(
+    outcome = await embedder_of(request).embed(
         EmbedCall(
             inputs=inputs,
             model=body.model,
@@ -51,8 +48,3 @@ async def create_embeddings(body: EmbeddingRequest, request: Request) -> JSON:
             "usage": {"prompt_tokens": outcome.tokens, "total_tokens": outcome.tokens},
         }
     )
-
-
-@router.get("/v1/models", response_class=JSON)
-async def list_models(request: Request) -> dict[str, Any]:
-    return {"object": "list", "data": model_cards(request)}

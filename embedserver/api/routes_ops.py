@@ -1,4 +1,5 @@
-"""Operations: GET /health, GET /models, GET /metrics."""
+"""Operations: GET /health, /ready, /models, /v1/models (OpenAI's listing), /metrics. All read the engine
+process's state; front-end processes (HTTP_WORKERS) forward these paths to it."""
 
 from __future__ import annotations
 
@@ -86,6 +87,11 @@ async def models(request: Request) -> dict[str, Any]:
         "default": state.service.registry.default,
         "fallback": state.fallback,
     }
+
+
+@router.get("/v1/models", response_class=JSON)
+async def list_models(request: Request) -> dict[str, Any]:
+    return {"object": "list", "data": model_cards(request)}
 
 
 @router.get("/metrics")

@@ -1,15 +1,27 @@
-"""What routes read from the app: the service and the server's own state."""
+"""What routes read from the app: the service (or, in a front-end process, its stand-in) and the server's own
+state."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from fastapi import Request
 
-from embedserver.metrics import Metrics
-from embedserver.service import EmbeddingService
+from embedserver.calls import EmbedCall, EmbedOutcome
+
+if TYPE_CHECKING:
+    from embedserver.metrics import Metrics
+    from embedserver.service import EmbeddingService
+
+
+class Embedder(Protocol):
+    """What the embedding routes need: EmbeddingService in the engine process, a remote one in a front-end."""
+
+    draining: bool
+
+    async def embed(self, call: EmbedCall) -> EmbedOutcome: ...
 
 
 @dataclass
@@ -26,5 +38,6 @@ def state_of(request: Request) -> ServerState:
     return state
 
 
-def service_of(request: Request) -> EmbeddingService:
-    return state_of(request).service
+def embedder_of(request: Request) -> Embedder:
+    embedder: Embedder = request.app.state.embedder
+    return embedder

@@ -1,0 +1,61 @@
+"""Where the machine's CPU goes while a benchmark runs: per process, and per thread name within each (Linux
+/proc). `python benchmarks/cpu_census.py SECONDS` prints core-percentages, highest first, and the total
+against the number of cores, to tell a saturated machine from an idle one."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _threads() -> dict[tuple[int, int], tuple[str, str, int]]:
+    """(pid, tid) -> (process label, thread name, CPU ticks so far)."""
+    out = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+            label = f"{proc.name} {cmd[:70]}"
+            for task in (proc / "task").iterdir():
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+                ticks = int(fields[11]) + int(fields[12])  # utime + stime
+                out[(int(proc.name), int(task.name))] = (label, (task / "comm").read_text().strip(), ticks)
+        except (OSError, IndexError, ValueError):
+            continue
+    return out
+
+
+def census(seconds: float) -> tuple[Counter[str], Counter[tuple[str, str]]]:
+    before = _threads()
+    time.sleep(seconds)
+    after = _threads()
+    processes: Counter[str] = Counter()
+    threads: Counter[tuple[str, str]] = Counter()
+    for key, (label, name, ticks) in after.items():
+        used = (ticks - before.get(key, (label, name, 0))[2]) / _TICK / seconds * 100
+        if used > 0:
+            processes[label] += used
+            threads[(label, name)] += used
+    return processes, threads
+
+
+def main() -> None:
+    seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 5.0
+    processes, threads = census(seconds)
+    total = sum(processes.values())
+    print(f"CPU over {seconds:.0f} s: {total:.0f}% of {os.cpu_count() * 100}% ({os.cpu_count()} cores)")
+    for label, used in processes.most_common(20):
+        print(f"{used:7.1f}%  {label}")
+        for (owner, name), t_used in threads.most_common():
+            if owner == label and t_used >= 3:
+                print(f"          {t_used:6.1f}%  thread {name}")
+
+
+if __name__ == "__main__":
+    main()

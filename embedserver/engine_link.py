@@ -1,0 +1,127 @@
+"""The engine process's end of the front-end link (HTTP_WORKERS): one connection per front-end process.
+
+EMBED frames become EmbeddingService.embed calls (the same admission, cache, tokenization and batching as in
+one process: texts of every front-end meet in one batch queue per model); CANCEL cancels one, which drops its
+queued texts; GET runs an operations route on this process's app; RECORD adds a front-end's HTTP metrics to
+this process's, so /metrics shows every process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI
+from starlette.types import Message, Scope
+
+from embedserver import ipc
+from embedserver.api.state import ServerState
+from embedserver.calls import EmbedCall
+from embedserver.errors import APIError
+
+log = logging.getLogger(__name__)
+
+
+class EngineLink(ipc.FrameProtocol):
+    def __init__(self, app: FastAPI) -> None:
+        super().__init__()
+        self.app = app
+        state: ServerState = app.state.server
+        self.service = state.service
+        self.metrics = state.metrics
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+
+    def frame_received(self, kind: int, id_: int, meta: Any, payload: bytes) -> None:
+        if kind in (ipc.EMBED, ipc.GET):
+            work = self._embed(id_, meta) if kind == ipc.EMBED else self._get(id_, meta["path"])
+            task = asyncio.create_task(work)
+            self._tasks[id_] = task
+            task.add_done_callback(lambda _: self._tasks.pop(id_, None))
+        elif kind == ipc.CANCEL:
+            running = self._tasks.get(id_)
+            if running is not None:
+                running.cancel()
+        elif kind == ipc.RECORD:
+            self._record(meta)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # The front-end is gone, and with it everyone waiting on these calls.
+        for task in list(self._tasks.values()):
+            task.cancel()
+
+    async def _embed(self, id_: int, meta: dict[str, Any]) -> None:
+        try:
+            outcome = await self.service.embed(EmbedCall(**meta))
+        except APIError as exc:
+            self.send(ipc.ERROR, id_, error_meta(exc))
+        except asyncio.CancelledError:
+            return  # the caller left: nobody to answer
+        except Exception:
+            log.exception("embedding request failed")
+            self.send(ipc.ERROR, id_, error_meta(APIError("internal server error")))
+        else:
+            vectors = np.ascontiguousarray(outcome.vectors, dtype=np.float32)
+            header = {
+                "model": outcome.model,
+                "tokens": outcome.tokens,
+                "cached": outcome.cached,
+                "shape": vectors.shape,
+            }
+            self.send(ipc.RESULT, id_, header, vectors.tobytes())
+
+    async def _get(self, id_: int, path: str) -> None:
+        """Run the route on this app in-process (no socket): its answer goes back to the front-end as is."""
+        answer: dict[str, Any] = {"status": 500, "headers": []}
+        body: list[bytes] = []
+
+        async def receive() -> Message:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                answer["status"] = message["status"]
+                answer["headers"] = [
+                    [k.decode("latin-1"), v.decode("latin-1")] for k, v in message["headers"]
+                ]
+            elif message["type"] == "http.response.body":
+                body.append(message.get("body", b""))
+
+        scope: Scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "GET",
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "root_path": "",
+            "query_string": b"",
+            "headers": [],
+            "client": None,
+            "server": None,
+        }
+        await self.app(scope, receive, send)
+        self.send(ipc.RESPONSE, id_, answer, b"".join(body))
+
+    def _record(self, meta: dict[str, Any]) -> None:
+        event = meta["event"]
+        if event == "request":
+            self.metrics.request_done(meta["endpoint"], meta["status"], meta["seconds"])
+        elif event == "gone":
+            self.metrics.client_gone(meta["stage"])
+        elif event == "body_timeout":
+            self.metrics.body_timeout()
+
+
+def error_meta(exc: APIError) -> dict[str, Any]:
+    return {
+        "class": type(exc).__name__,
+        "status": exc.status,
+        "type": exc.type,
+        "message": exc.message,
+        "param": exc.param,
+        "code": exc.code,
+        "headers": exc.headers,
+    }

@@ -1,0 +1,76 @@
+"""Frames between the front-end processes and the engine process (HTTP_WORKERS), over a Unix socket.
+
+A frame is `<u32 length><u8 kind><u32 id><u32 meta length>`, then `meta` (orjson) and a raw payload (the
+vectors, as float32 bytes: no per-float encoding on either side). Writes are coalesced: every frame sent
+during one turn of the event loop leaves in one system call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from typing import Any, cast
+
+import orjson
+
+# Front-end -> engine.
+EMBED = 1  # meta: an EmbedCall's fields
+CANCEL = 2  # the caller of EMBED `id` went away
+GET = 3  # meta: {"path"}; an operations route, answered by the engine's own app
+RECORD = 4  # meta: {"event", ...}; an HTTP metric observed by the front-end (no answer)
+# Engine -> front-end.
+RESULT = 10  # meta: {"model", "tokens", "cached", "shape"}; payload: float32 vectors
+ERROR = 11  # meta: an APIError's fields
+RESPONSE = 12  # meta: {"status", "headers"}; payload: the body
+
+_HEAD = struct.Struct("<IBII")
+_PREFIX = struct.Struct("<I")
+
+
+def frame(kind: int, id_: int, meta: Any, payload: bytes = b"") -> bytes:
+    encoded = orjson.dumps(meta)
+    length = _HEAD.size - _PREFIX.size + len(encoded) + len(payload)
+    return _HEAD.pack(length, kind, id_, len(encoded)) + encoded + payload
+
+
+class FrameProtocol(asyncio.Protocol):
+    """Splits the byte stream into frames for `frame_received`; `send` queues a frame for this loop turn."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self._outgoing: list[bytes] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not its subclasses
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer
+        buffer += data
+        offset = 0
+        while len(buffer) - offset >= _HEAD.size:
+            length, kind, id_, meta_length = _HEAD.unpack_from(buffer, offset)
+            end = offset + _PREFIX.size + length
+            if len(buffer) < end:
+                break
+            start = offset + _HEAD.size
+            meta = orjson.loads(buffer[start : start + meta_length])
+            payload = bytes(buffer[start + meta_length : end])
+            offset = end
+            self.frame_received(kind, id_, meta, payload)
+        del buffer[:offset]
+
+    def frame_received(self, kind: int, id_: int, meta: Any, payload: bytes) -> None:
+        raise NotImplementedError
+
+    def send(self, kind: int, id_: int, meta: Any, payload: bytes = b"") -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        if not self._outgoing:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._outgoing.append(frame(kind, id_, meta, payload))
+
+    def _flush(self) -> None:
+        outgoing, self._outgoing = self._outgoing, []
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"".join(outgoing))

@@ -1,0 +1,140 @@
+"""HTTP_WORKERS >= 1: this process owns MLX, the models and the batch queues (the engine process) and keeps
+HTTP_WORKERS front-end processes (embedserver/frontend.py) accepting on one listening socket.
+
+The engine speaks to its front-ends over a Unix socket in a private temporary directory. A front-end that
+dies is started again (after 1 s, doubling while it keeps dying young); front-ends stop by themselves when the
+engine goes away. On SIGTERM the engine refuses new calls (503 shutting_down, /ready 503), the front-ends stop
+accepting and finish their requests within SHUTDOWN_GRACE_S, then the engine exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import tempfile
+import time
+from multiprocessing.process import BaseProcess
+
+from embedserver import frontend
+from embedserver.engine_link import EngineLink
+from embedserver.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_YOUNG_S = 10.0  # a front-end that dies sooner than this after starting is restarted with a growing delay
+_MAX_DELAY_S = 30.0
+
+
+def serve(settings: Settings) -> None:
+    asyncio.run(_serve(settings))
+
+
+async def _serve(settings: Settings) -> None:
+    from embedserver.app import create_app  # imports MLX: only the engine process gets here
+
+    app = create_app(settings, http=False)
+    listener = _listen(settings.host, settings.port)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    with tempfile.TemporaryDirectory(prefix="embedserver-") as private:
+        path = os.path.join(private, "engine.sock")
+        async with app.router.lifespan_context(app):
+            links = await loop.create_unix_server(lambda: EngineLink(app), path)
+            pool = Frontends(settings.http_workers, listener, path)
+            pool.start()
+            log.info(
+                "embedserver on http://%s:%d: %d front-end processes, engine pid %d",
+                settings.host,
+                settings.port,
+                settings.http_workers,
+                os.getpid(),
+            )
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 0.5)
+                if not stop.is_set():
+                    pool.replace_dead()
+            app.state.server.service.draining = True
+            await pool.stop(settings.shutdown_grace_s + 5)
+            links.close()
+    listener.close()
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+class Frontends:
+    def __init__(self, count: int, listener: socket.socket, engine_path: str) -> None:
+        self.count = count
+        self.listener = listener
+        self.engine_path = engine_path
+        self._context = multiprocessing.get_context("spawn")  # a fresh interpreter: no MLX, no threads
+        self._procs: list[BaseProcess | None] = [None] * count
+        self._started = [0.0] * count
+        self._failures = [0] * count
+        self._due = [0.0] * count
+
+    def start(self) -> None:
+        for slot in range(self.count):
+            self._spawn(slot)
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in self._procs if p is not None and p.pid is not None]
+
+    def _spawn(self, slot: int) -> None:
+        proc = self._context.Process(
+            target=frontend.run,
+            args=(self.listener, self.engine_path),
+            name=f"embedserver-frontend-{slot}",
+        )
+        proc.start()
+        self._procs[slot] = proc
+        self._started[slot] = time.monotonic()
+
+    def replace_dead(self) -> None:
+        now = time.monotonic()
+        for slot, proc in enumerate(self._procs):
+            if proc is not None and proc.is_alive():
+                continue
+            if proc is not None:
+                young = now - self._started[slot] < _YOUNG_S
+                self._failures[slot] = self._failures[slot] + 1 if young else 1
+                delay = min(_MAX_DELAY_S, 2.0 ** (self._failures[slot] - 1))
+                log.error(
+                    "front-end process %s exited (status %s); starting another in %.0f s",
+                    proc.pid,
+                    proc.exitcode,
+                    delay,
+                )
+                proc.close()
+                self._procs[slot] = None
+                self._due[slot] = now + delay
+            if now >= self._due[slot]:
+                self._spawn(slot)
+
+    async def stop(self, grace_s: float) -> None:
+        alive = [p for p in self._procs if p is not None and p.is_alive()]
+        for proc in alive:
+            proc.terminate()  # SIGTERM: the front-end drains (uvicorn's graceful shutdown)
+        deadline = time.monotonic() + grace_s
+        while any(p.is_alive() for p in alive) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for proc in alive:
+            if proc.is_alive():
+                log.warning("front-end process %s did not stop within %.0f s; killing it", proc.pid, grace_s)
+                proc.kill()
+            proc.join(1)

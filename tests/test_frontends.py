@@ -1,0 +1,152 @@
+"""HTTP_WORKERS: front-end processes take HTTP and JSON, one engine process batches and runs the model for all
+of them. Against the real processes (test_clients.py and test_server_process.py also run in this mode)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import psutil
+import pytest
+
+from benchmarks.server_process import server_process
+from tests.conftest import metric_sample
+
+pytestmark = pytest.mark.slow
+
+TEXTS = ["front-end processes", "one engine for all of them", "短文本", "the same vectors either way"]
+
+
+def _env(catalog_file: Path, workers: int) -> dict[str, str]:
+    return {
+        "CATALOG_FILE": str(catalog_file),
+        "MODEL_NAME": "tiny",
+        "HF_HUB_OFFLINE": "1",
+        "HTTP_WORKERS": str(workers),
+        "CACHE_MAX_ENTRIES": "0",
+    }
+
+
+@pytest.fixture(scope="module")
+def frontends(
+    catalog_file: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    log = tmp_path_factory.mktemp("frontends") / "server.log"
+    with server_process(_env(catalog_file, 2), log, timeout=120) as running:
+        yield running
+
+
+def _frontend_pids(engine_pid: int) -> set[int]:
+    pids = set()
+    for child in psutil.Process(engine_pid).children():
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE and "spawn_main" in " ".join(child.cmdline()):
+                pids.add(child.pid)
+        except psutil.Error:
+            continue  # gone while we looked
+    return pids
+
+
+def _wait_for_frontends(engine_pid: int, count: int, timeout: float = 20) -> set[int]:
+    deadline = time.monotonic() + timeout
+    while len(pids := _frontend_pids(engine_pid)) != count:
+        assert time.monotonic() < deadline, f"front-ends: {pids}"
+        time.sleep(0.1)
+    return pids
+
+
+def test_vectors_equal_those_of_the_single_process_server(
+    frontends: tuple[str, subprocess.Popen[bytes]], catalog_file: Path, tmp_path: Path
+) -> None:
+    url, _ = frontends
+    with server_process(_env(catalog_file, 0), tmp_path / "single.log", timeout=120) as (single, _):
+        expected = httpx.post(f"{single}/v1/embeddings", json={"input": TEXTS}).json()
+    got = httpx.post(f"{url}/v1/embeddings", json={"input": TEXTS}).json()
+    assert got["usage"] == expected["usage"] and got["model"] == expected["model"] == "tiny"
+    vectors = np.array([d["embedding"] for d in got["data"]], dtype=np.float32)
+    assert vectors.shape == (4, 64)
+    assert np.allclose(vectors, [d["embedding"] for d in expected["data"]], atol=1e-5)
+    native = httpx.post(f"{url}/embed_batch", json={"texts": TEXTS, "dimensions": 16}).json()
+    assert np.allclose(np.linalg.norm(np.array(native["embeddings"]), axis=1), 1.0, atol=1e-5)
+    assert native["dim"] == 16 and native["count"] == 4
+
+
+def test_front_ends_are_processes_of_their_own_without_mlx(
+    frontends: tuple[str, subprocess.Popen[bytes]],
+) -> None:
+    _, engine = frontends
+    pids = _wait_for_frontends(engine.pid, 2)
+    engine_libraries = {m.path for m in psutil.Process(engine.pid).memory_maps()}
+    assert any("libmlx" in path for path in engine_libraries)
+    for pid in pids:
+        assert not any("libmlx" in m.path for m in psutil.Process(pid).memory_maps())
+
+
+def test_errors_cross_the_link_in_openai_shape(frontends: tuple[str, subprocess.Popen[bytes]]) -> None:
+    url, _ = frontends
+    # Raised in the engine process: the dimension check needs the loaded model.
+    too_wide = {"input": "x", "dimensions": 65}
+    response = httpx.post(f"{url}/v1/embeddings", json=too_wide)
+    assert response.status_code == 400
+    assert response.json()["error"] == {
+        "message": "dimensions must be between 1 and 64 for model tiny, got 65",
+        "type": "invalid_request_error",
+        "param": "dimensions",
+        "code": None,
+    }
+    assert httpx.post(f"{url}/embed", json={"text": "x", "dimensions": 65}).status_code == 422  # native API
+    missing = httpx.post(f"{url}/v1/embeddings", json={"input": "x", "model": "no-such-model"})
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
+    # Raised in the front-end: validation and unknown paths.
+    assert httpx.post(f"{url}/v1/embeddings", json={"input": []}).status_code == 400
+    assert httpx.get(f"{url}/nowhere").json()["error"]["code"] == "not_found"
+
+
+def test_operations_routes_describe_the_engine(frontends: tuple[str, subprocess.Popen[bytes]]) -> None:
+    url, engine = frontends
+    health = httpx.get(f"{url}/health")
+    assert health.status_code == 200 and health.json()["models"]["tiny"]["status"] == "ready"
+    assert health.headers["content-type"] == "application/json"
+    assert httpx.get(f"{url}/ready").json() == {"ready": True, "default_model": "tiny", "status": "ready"}
+    assert {m["id"] for m in httpx.get(f"{url}/v1/models").json()["data"]} >= {"tiny", "minilm"}
+    assert httpx.get(f"{url}/models").json()["default"] == "tiny"
+
+
+def test_metrics_count_the_requests_of_every_front_end(
+    frontends: tuple[str, subprocess.Popen[bytes]],
+) -> None:
+    url, _ = frontends
+    series = 'embedserver_requests_total{endpoint="/v1/embeddings",status="200"}'
+    before = metric_sample(httpx.get(f"{url}/metrics").text, series, 0.0)
+    texts_before = metric_sample(httpx.get(f"{url}/metrics").text, 'embedserver_texts_total{model="tiny"}', 0.0)
+
+    def one(i: int) -> int:
+        # A new connection each time, so the kernel spreads them over both front-ends.
+        return httpx.post(f"{url}/v1/embeddings", json={"input": f"counted {i}"}).status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(one, range(40))) == [200] * 40
+    time.sleep(0.2)  # front-ends send their records after the answer
+    metrics = httpx.get(f"{url}/metrics").text
+    assert metric_sample(metrics, series) - before == 40
+    assert metric_sample(metrics, 'embedserver_texts_total{model="tiny"}') - texts_before == 40
+
+
+def test_a_killed_front_end_is_replaced_while_the_other_serves(
+    frontends: tuple[str, subprocess.Popen[bytes]],
+) -> None:
+    url, engine = frontends
+    pids = _wait_for_frontends(engine.pid, 2)
+    victim = min(pids)
+    os.kill(victim, signal.SIGKILL)
+    for i in range(20):
+        assert httpx.post(f"{url}/v1/embeddings", json={"input": f"still served {i}"}).status_code == 200
+    assert victim not in _wait_for_frontends(engine.pid, 2)
+    assert httpx.get(f"{url}/ready").status_code == 200
