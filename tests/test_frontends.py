@@ -110,7 +110,7 @@ def test_errors_cross_the_link_in_openai_shape(frontends: tuple[str, subprocess.
 
 
 def test_operations_routes_describe_the_engine(frontends: tuple[str, subprocess.Popen[bytes]]) -> None:
-    url, engine = frontends
+    url, _ = frontends
     health = httpx.get(f"{url}/health")
     assert health.status_code == 200 and health.json()["models"]["tiny"]["status"] == "ready"
     assert health.headers["content-type"] == "application/json"
