@@ -125,7 +125,9 @@ def test_metrics_count_the_requests_of_every_front_end(
     url, _ = frontends
     series = 'embedserver_requests_total{endpoint="/v1/embeddings",status="200"}'
     before = metric_sample(httpx.get(f"{url}/metrics").text, series, 0.0)
-    texts_before = metric_sample(httpx.get(f"{url}/metrics").text, 'embedserver_texts_total{model="tiny"}', 0.0)
+    texts_before = metric_sample(
+        httpx.get(f"{url}/metrics").text, 'embedserver_texts_total{model="tiny"}', 0.0
+    )
 
     def one(i: int) -> int:
         # A new connection each time, so the kernel spreads them over both front-ends.
