@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Profile the server under load with py-spy (where the event loop spends its time), on the GPU machine.
+# PYSPY_FLAGS replaces the sampling flags (default "--nonblocking -r 200"; "--native --idle -r 50" shows C++
+# frames and waits, which py-spy can only sample by pausing the process).
 #   usage: benchmarks/profile_server.sh OUT_DIR [CONCURRENCY] [SECONDS]
 set -euo pipefail
 out=${1:?out dir}; conc=${2:-128}; secs=${3:-10}
@@ -12,7 +14,7 @@ for _ in $(seq 300); do curl -sf localhost:$port/health > /dev/null && break; sl
 python3 benchmarks/loadgen.py "http://127.0.0.1:$port/v1/embeddings" "$model" "$conc" $((secs + 6)) > "$out/profile_load.txt" &
 load=$!
 sleep 4
-py-spy record --pid $server -d "$secs" --threads --nonblocking ${PYSPY_FLAGS:-} --format raw -r 200 -o "$out/profile.raw" > /dev/null 2>&1 || true
+py-spy record --pid $server -d "$secs" --threads ${PYSPY_FLAGS:---nonblocking -r 200} --format raw -o "$out/profile.raw" > /dev/null 2>&1 || true
 wait $load
 kill -TERM $server; wait $server || true
 cat "$out/profile_load.txt"

@@ -31,6 +31,7 @@ for config in "$@"; do
       if [ -n "${CENSUS_S:-}" ]; then wait $census; fi
     done
     curl -s localhost:$port/metrics > "$out/metrics-$name.txt"
+    curl -s localhost:$port/health > "$out/health-$name.json"
     kill -TERM $server; wait $server || true
   )
 done

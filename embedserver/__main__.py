@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import uvicorn
@@ -34,12 +35,12 @@ def main() -> None:
             log_level="debug",
         )
         return
-    from embedserver.device import hard_exit
+    from embedserver.device import backend, hard_exit
+    from embedserver.supervisor import frontend_count, serve
 
-    if settings.http_workers:
-        from embedserver.supervisor import serve
-
-        serve(settings)
+    workers = frontend_count(settings.http_workers, backend(), os.cpu_count() or 1)
+    if workers:
+        serve(settings, workers)
         hard_exit(0)
 
     from embedserver.api.draining import DrainingServer

@@ -19,6 +19,7 @@ import socket
 import tempfile
 import time
 from multiprocessing.process import BaseProcess
+from typing import Literal
 
 from embedserver import frontend
 from embedserver.engine_link import EngineLink
@@ -30,11 +31,19 @@ _YOUNG_S = 10.0  # a front-end that dies sooner than this after starting is rest
 _MAX_DELAY_S = 30.0
 
 
-def serve(settings: Settings) -> None:
-    asyncio.run(_serve(settings))
+def frontend_count(setting: int | Literal["auto"], backend: str, cores: int) -> int:
+    """HTTP_WORKERS as a number. auto: front-ends where they were measured to pay (CUDA, on a machine with
+    cores to spare for them); on CPU the model needs the cores, and Metal has not been measured."""
+    if setting != "auto":
+        return setting
+    return 2 if backend == "cuda" and cores >= 8 else 0
 
 
-async def _serve(settings: Settings) -> None:
+def serve(settings: Settings, workers: int) -> None:
+    asyncio.run(_serve(settings, workers))
+
+
+async def _serve(settings: Settings, workers: int) -> None:
     from embedserver.app import create_app  # imports MLX: only the engine process gets here
 
     app = create_app(settings, http=False)
@@ -47,13 +56,13 @@ async def _serve(settings: Settings) -> None:
         path = os.path.join(private, "engine.sock")
         async with app.router.lifespan_context(app):
             links = await loop.create_unix_server(lambda: EngineLink(app), path)
-            pool = Frontends(settings.http_workers, listener, path)
+            pool = Frontends(workers, listener, path)
             pool.start()
             log.info(
                 "embedserver on http://%s:%d: %d front-end processes, engine pid %d",
                 settings.host,
                 settings.port,
-                settings.http_workers,
+                workers,
                 os.getpid(),
             )
             while not stop.is_set():

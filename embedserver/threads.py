@@ -4,7 +4,6 @@ the tokenizer threads from the event loop (Python before 3.14 leaves them all na
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import sys
 import threading
 from collections.abc import Callable
@@ -16,7 +15,7 @@ _PR_SET_NAME = 15
 def _name_this_thread(prefix: str) -> None:
     if sys.platform != "linux":
         return
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    libc = ctypes.CDLL(None)  # the process's own symbols, libc's prctl among them (no library search)
     # Linux keeps 15 bytes; the Python name ends in the worker's number, which is what tells them apart.
     name = threading.current_thread().name.replace(f"{prefix}_", prefix)[-15:]
     libc.prctl(_PR_SET_NAME, name.encode(), 0, 0, 0)

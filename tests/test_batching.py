@@ -204,3 +204,29 @@ async def test_tokenize_rounds_gather_concurrent_requests(tiny_qwen3: Path, roun
     results = await asyncio.gather(*(batcher.encode(texts) for texts in requests))
     assert results == [original(texts) for texts in requests]  # each caller gets its own texts, in order
     assert sum(calls) == 40 and len(calls) < 20  # but in shared rounds
+
+
+async def test_the_next_batch_fills_until_the_running_one_is_nearly_done() -> None:
+    """Texts arriving while a 300 ms forward pass runs all join the next batch (cut at ~240 ms), instead of
+    the first few forming a small batch and the rest waiting for a third."""
+
+    class Slow(Scripted):
+        def __call__(self, batch: list[list[int]]) -> np.ndarray:
+            time.sleep(0.3)
+            return super().__call__(batch)
+
+    embed = Slow()
+    limits = BatchLimits(max_size=64, max_tokens=4096, wait_s=0.005, max_queue=1000)
+    w = BatchWorker("m", embed, limits=limits, metrics=Metrics(), executor=ThreadPoolExecutor(1))
+    w.start()
+    try:
+        await asyncio.gather(*w.submit([[1]]))  # learns how long a forward pass takes
+        running = w.submit([[2]])
+        waves = []
+        for _ in range(3):
+            await asyncio.sleep(0.025)
+            waves += w.submit([[3]] * 10)
+        await asyncio.gather(*running, *waves)
+        assert embed.calls == [1, 1, 30]
+    finally:
+        await w.stop()

@@ -152,3 +152,16 @@ def test_a_killed_front_end_is_replaced_while_the_other_serves(
         assert httpx.post(f"{url}/v1/embeddings", json={"input": f"still served {i}"}).status_code == 200
     assert victim not in _wait_for_frontends(engine.pid, 2)
     assert httpx.get(f"{url}/ready").status_code == 200
+
+
+def test_front_ends_stop_when_the_engine_dies(catalog_file: Path, tmp_path: Path) -> None:
+    """No orphans: without the engine a front-end could only answer 503, so it exits."""
+    with server_process(_env(catalog_file, 2), tmp_path / "server.log", timeout=120) as (url, engine):
+        pids = _wait_for_frontends(engine.pid, 2)
+        frontends = [psutil.Process(pid) for pid in pids]
+        engine.kill()
+        engine.wait(10)
+        gone, alive = psutil.wait_procs(frontends, timeout=15)
+        assert not alive, f"front-ends still running: {alive}"
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"{url}/health", timeout=2)
