@@ -161,7 +161,7 @@ def test_front_ends_stop_when_the_engine_dies(catalog_file: Path, tmp_path: Path
         frontends = [psutil.Process(pid) for pid in pids]
         engine.kill()
         engine.wait(10)
-        gone, alive = psutil.wait_procs(frontends, timeout=15)
+        _, alive = psutil.wait_procs(frontends, timeout=15)
         assert not alive, f"front-ends still running: {alive}"
         with pytest.raises(httpx.TransportError):
             httpx.get(f"{url}/health", timeout=2)
