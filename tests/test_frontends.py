@@ -165,3 +165,26 @@ def test_front_ends_stop_when_the_engine_dies(catalog_file: Path, tmp_path: Path
         assert not alive, f"front-ends still running: {alive}"
         with pytest.raises(httpx.TransportError):
             httpx.get(f"{url}/health", timeout=2)
+
+
+def test_keys_and_overload_answers_cross_the_link(catalog_file: Path, tmp_path: Path) -> None:
+    """API keys are checked in the front-ends; a 429 raised by the engine's admission keeps its Retry-After."""
+    env = _env(catalog_file, 2) | {"API_KEY": "sesame", "MAX_QUEUE_TEXTS": "1"}
+    auth = {"Authorization": "Bearer sesame"}
+    with server_process(env, tmp_path / "server.log", timeout=120) as (url, _):
+        refused = httpx.post(f"{url}/v1/embeddings", json={"input": "x"})
+        assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key"
+        assert httpx.get(f"{url}/metrics").status_code == 200  # open, as in one process
+        big = {"input": [f"keeps the model busy, text {i} " * 20 for i in range(1500)]}
+        with ThreadPoolExecutor(1) as pool:
+            running = pool.submit(httpx.post, f"{url}/v1/embeddings", json=big, headers=auth, timeout=120)
+            deadline = time.monotonic() + 10
+            while True:  # until the big request holds the model's only place
+                second = httpx.post(f"{url}/v1/embeddings", json={"input": "one more"}, headers=auth)
+                if second.status_code == 429 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.02)
+            assert second.status_code == 429, second.text
+            assert second.json()["error"]["code"] == "overloaded"
+            assert int(second.headers["retry-after"]) >= 1
+            assert running.result().status_code == 200
