@@ -176,7 +176,9 @@ def _forwarding_router(client: EngineClient) -> APIRouter:
         return Response(body, status_code=meta["status"], headers=headers)
 
     for path in FORWARDED_PATHS:
-        router.add_api_route(path, forward, methods=["GET"], include_in_schema=False)
+        router.add_api_route(
+            path, forward, methods=["GET"], name=path, summary=f"GET {path} (answered by the engine process)"
+        )
     return router
 
 

@@ -1,13 +1,17 @@
 """Frames between the front-end processes and the engine process (HTTP_WORKERS), over a Unix socket.
 
-A frame is `<u32 length><u8 kind><u32 id><u32 meta length>`, then `meta` (orjson) and a raw payload (the
-vectors, as float32 bytes: no per-float encoding on either side). Writes are coalesced: every frame sent
+A frame is `<u32 length><u8 kind><u32 id><u32 meta length>`, then `meta` (JSON) and a raw payload (the
+vectors, as float32 bytes: no per-float encoding on either side). `meta` is written by orjson, or, when it
+holds what orjson refuses but a request may carry (lone surrogates, integers past 64 bits), by the standard
+library, flagged in `kind`: the engine then sees exactly what a single process would, and answers the same
+4xx. Writes are coalesced: every frame sent
 during one turn of the event loop leaves in one system call.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import struct
 from typing import Any, cast
 
@@ -23,12 +27,16 @@ RESULT = 10  # meta: {"model", "tokens", "cached", "shape"}; payload: float32 ve
 ERROR = 11  # meta: an APIError's fields
 RESPONSE = 12  # meta: {"status", "headers"}; payload: the body
 
+_STDLIB_JSON = 0x80  # flag in `kind`: meta was written by the json module
 _HEAD = struct.Struct("<IBII")
 _PREFIX = struct.Struct("<I")
 
 
 def frame(kind: int, id_: int, meta: Any, payload: bytes = b"") -> bytes:
-    encoded = orjson.dumps(meta)
+    try:
+        encoded = orjson.dumps(meta)
+    except orjson.JSONEncodeError:
+        encoded, kind = json.dumps(meta).encode(), kind | _STDLIB_JSON
     length = _HEAD.size - _PREFIX.size + len(encoded) + len(payload)
     return _HEAD.pack(length, kind, id_, len(encoded)) + encoded + payload
 
@@ -54,7 +62,9 @@ class FrameProtocol(asyncio.Protocol):
             if len(buffer) < end:
                 break
             start = offset + _HEAD.size
-            meta = orjson.loads(buffer[start : start + meta_length])
+            raw_meta = buffer[start : start + meta_length]
+            meta = json.loads(raw_meta) if kind & _STDLIB_JSON else orjson.loads(raw_meta)
+            kind &= ~_STDLIB_JSON
             payload = bytes(buffer[start + meta_length : end])
             offset = end
             self.frame_received(kind, id_, meta, payload)
@@ -66,9 +76,10 @@ class FrameProtocol(asyncio.Protocol):
     def send(self, kind: int, id_: int, meta: Any, payload: bytes = b"") -> None:
         if self.transport is None or self.transport.is_closing():
             return
+        encoded = frame(kind, id_, meta, payload)
         if not self._outgoing:
             asyncio.get_running_loop().call_soon(self._flush)
-        self._outgoing.append(frame(kind, id_, meta, payload))
+        self._outgoing.append(encoded)
 
     def _flush(self) -> None:
         outgoing, self._outgoing = self._outgoing, []

@@ -104,6 +104,15 @@ def test_errors_cross_the_link_in_openai_shape(frontends: tuple[str, subprocess.
     assert httpx.post(f"{url}/embed", json={"text": "x", "dimensions": 65}).status_code == 422  # native API
     missing = httpx.post(f"{url}/v1/embeddings", json={"input": "x", "model": "no-such-model"})
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
+    # What a request may carry but orjson refuses crosses the link too, and gets the single process's 4xx.
+    surrogate = httpx.post(
+        f"{url}/v1/embeddings",
+        content=b'{"input": "lone \\ud800"}',
+        headers={"content-type": "application/json"},
+    )
+    assert surrogate.status_code == 400 and "surrogate" in surrogate.json()["error"]["message"]
+    huge = httpx.post(f"{url}/v1/embeddings", json={"input": [[1, 2, 10**20]]})
+    assert huge.status_code == 400 and "outside the vocabulary" in huge.json()["error"]["message"]
     # Raised in the front-end: validation and unknown paths.
     assert httpx.post(f"{url}/v1/embeddings", json={"input": []}).status_code == 400
     assert httpx.get(f"{url}/nowhere").json()["error"]["code"] == "not_found"

@@ -27,10 +27,18 @@ from benchmarks.server_process import running_server
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def server(catalog_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+@pytest.fixture(scope="module", params=[0, 2], ids=["one-process", "front-ends"])
+def server(
+    request: pytest.FixtureRequest, catalog_file: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """With front-ends every call also crosses the link to the engine (embedserver/ipc.py)."""
     log = tmp_path_factory.mktemp("server") / "server.log"
-    env = {"CATALOG_FILE": str(catalog_file), "MODEL_NAME": "tiny", "HF_HUB_OFFLINE": "1"}
+    env = {
+        "CATALOG_FILE": str(catalog_file),
+        "MODEL_NAME": "tiny",
+        "HF_HUB_OFFLINE": "1",
+        "HTTP_WORKERS": str(request.param),
+    }
     with running_server(env, log, timeout=120) as url:
         yield url
 
