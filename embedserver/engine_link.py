@@ -102,7 +102,11 @@ class EngineLink(ipc.FrameProtocol):
             "client": None,
             "server": None,
         }
-        await self.app(scope, receive, send)
+        try:
+            await self.app(scope, receive, send)
+        except Exception:
+            # Starlette has answered 500 already and re-raises; the front-end must still get that answer.
+            log.exception("operations route %s failed", path)
         self.send(ipc.RESPONSE, id_, answer, b"".join(body))
 
     def _record(self, meta: dict[str, Any]) -> None:

@@ -34,3 +34,33 @@ def test_frames_survive_any_split_of_the_stream(chunk: int) -> None:
     for start in range(0, len(stream), chunk):
         receiver.data_received(stream[start : start + chunk])
     assert receiver.frames == SENT
+
+
+async def test_an_operations_route_that_raises_still_answers_the_front_end() -> None:
+    """Starlette re-raises after its 500; the engine must still send that answer, or the front-end's
+    request would wait forever."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from fastapi import FastAPI
+
+    from embedserver.engine_link import EngineLink
+
+    app = FastAPI()
+    app.state.server = SimpleNamespace(service=None, metrics=None)
+
+    @app.get("/health")
+    async def broken() -> None:
+        raise RuntimeError("broken on purpose")
+
+    sent: list[bytes] = []
+    link = EngineLink(app)
+    link.connection_made(SimpleNamespace(write=sent.append, is_closing=lambda: False))  # type: ignore[arg-type]
+    link.data_received(ipc.frame(ipc.GET, 7, {"path": "/health"}))
+    for _ in range(50):
+        await asyncio.sleep(0.01)
+        if sent:
+            break
+    answers = Collect()
+    answers.data_received(b"".join(sent))
+    assert [(kind, id_, meta["status"]) for kind, id_, meta, _ in answers.frames] == [(ipc.RESPONSE, 7, 500)]
