@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -118,8 +119,6 @@ async def test_cancelled_items_are_skipped() -> None:
 
 
 async def test_a_batch_whose_callers_all_left_while_waiting_for_the_thread_is_not_run() -> None:
-    import threading
-
     gate = threading.Event()
     embed = Scripted()
 
@@ -207,12 +206,17 @@ async def test_tokenize_rounds_gather_concurrent_requests(tiny_qwen3: Path, roun
 
 
 async def test_the_next_batch_fills_until_the_running_one_is_nearly_done() -> None:
-    """Texts arriving while a 300 ms forward pass runs all join the next batch (cut at ~240 ms), instead of
-    the first few forming a small batch and the rest waiting for a third."""
+    """Texts arriving while a forward pass runs all join the next batch (cut near the end of the running
+    pass, here ~0.8 s in, or when it ends), instead of the first few forming a small batch 5 ms in and the
+    rest waiting for a third."""
+    release = threading.Event()
 
     class Slow(Scripted):
         def __call__(self, batch: list[list[int]]) -> np.ndarray:
-            time.sleep(0.3)
+            if not self.calls:
+                time.sleep(1.0)  # teaches the worker that a forward pass takes ~1 s
+            elif batch[0][0] == 2:
+                release.wait(10)  # the running pass lasts until every wave has arrived
             return super().__call__(batch)
 
     embed = Slow()
@@ -220,13 +224,15 @@ async def test_the_next_batch_fills_until_the_running_one_is_nearly_done() -> No
     w = BatchWorker("m", embed, limits=limits, metrics=Metrics(), executor=ThreadPoolExecutor(1))
     w.start()
     try:
-        await asyncio.gather(*w.submit([[1]]))  # learns how long a forward pass takes
+        await asyncio.gather(*w.submit([[1]]))
         running = w.submit([[2]])
         waves = []
         for _ in range(3):
-            await asyncio.sleep(0.025)
+            await asyncio.sleep(0.02)
             waves += w.submit([[3]] * 10)
+        release.set()
         await asyncio.gather(*running, *waves)
         assert embed.calls == [1, 1, 30]
     finally:
+        release.set()
         await w.stop()
