@@ -40,14 +40,18 @@ def frontend_count(setting: int | Literal["auto"], backend: str, cores: int) -> 
 
 
 def serve(settings: Settings, workers: int) -> None:
-    asyncio.run(_serve(settings, workers))
+    try:
+        listener = _listen(settings.host, settings.port)
+    except OSError as exc:
+        log.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc.strerror or exc)
+        raise SystemExit(3) from None  # uvicorn's start-up failure status, as with one process
+    asyncio.run(_serve(settings, workers, listener))
 
 
-async def _serve(settings: Settings, workers: int) -> None:
+async def _serve(settings: Settings, workers: int, listener: socket.socket) -> None:
     from embedserver.app import create_app  # imports MLX: only the engine process gets here
 
     app = create_app(settings, http=False)
-    listener = _listen(settings.host, settings.port)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -197,3 +197,19 @@ def test_keys_and_overload_answers_cross_the_link(catalog_file: Path, tmp_path: 
             assert second.json()["error"]["code"] == "overloaded"
             assert int(second.headers["retry-after"]) >= 1
             assert running.result().status_code == 200
+
+
+def test_a_port_in_use_is_a_clear_start_up_failure(catalog_file: Path) -> None:
+    import socket
+    import sys
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**os.environ, **_env(catalog_file, 2), "PORT": str(port)}
+        run = subprocess.run(
+            [sys.executable, "-m", "embedserver"], env=env, capture_output=True, text=True, timeout=60
+        )
+    assert run.returncode == 3
+    assert f"cannot listen on 127.0.0.1:{port}" in run.stderr and "Traceback" not in run.stderr
