@@ -105,9 +105,6 @@ class Frontends:
         for slot in range(self.count):
             self._spawn(slot)
 
-    def pids(self) -> list[int]:
-        return [p.pid for p in self._procs if p is not None and p.pid is not None]
-
     def _spawn(self, slot: int) -> None:
         proc = self._context.Process(
             target=frontend.run,
