@@ -1,0 +1,53 @@
+"""The Qwen3 block for MLX's CPU backend, where exponentials, not matrix products, dominated.
+
+MLX's CPU `exp` (used by its softmax, SiLU and attention) evaluates one element at a time: on this
+project's 2-core x86-64 machine 2M of them took 31-36 ms, while `power(2, x * log2 e)` of the same values took
+13-14 ms with the same accuracy (relative error 9e-7 against float64 for both). In the tiny test model's
+forward pass the softmax and SiLU were ~78% of the time and the matrix products ~10%. This block is mlx-lm's
+Qwen3 `TransformerBlock` (same weights, same order of operations, causal attention with grouped KV heads)
+with those two functions written through `power`. GPUs keep mlx-lm's fused kernels.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import mlx.core as mx
+
+_LOG2E = math.log2(math.e)
+
+
+def exp(x: mx.array) -> mx.array:
+    return mx.power(2.0, x * _LOG2E)
+
+
+def silu(x: mx.array) -> mx.array:
+    # Where 2**(-x log2 e) overflows to inf (x < -88) this gives x / inf = -0.0, SiLU's limit.
+    return x / (1.0 + mx.power(2.0, x * -_LOG2E))
+
+
+def causal_attention(q: mx.array, k: mx.array, v: mx.array, scale: float) -> mx.array:
+    """softmax(q k^T * scale + causal mask) v for q [B, H, L, D] and k, v [B, KV, L, D], H a multiple of KV."""
+    batch, heads, length, dim = q.shape
+    kv_heads = k.shape[1]
+    grouped = q.reshape(batch, kv_heads, heads // kv_heads, length, dim)
+    scores = (grouped * scale) @ k[:, :, None].swapaxes(-1, -2)
+    scores = scores + mx.triu(mx.full((length, length), -mx.inf, dtype=scores.dtype), k=1)
+    weights = exp(scores - scores.max(axis=-1, keepdims=True))
+    weights = weights / weights.sum(axis=-1, keepdims=True)
+    return (weights @ v[:, :, None]).reshape(batch, heads, length, dim)
+
+
+def qwen3_block(layer: Any, x: mx.array) -> mx.array:
+    """mlx-lm's Qwen3 TransformerBlock.__call__ with a causal mask and no cache, on the functions above."""
+    attn, mlp = layer.self_attn, layer.mlp
+    h = layer.input_layernorm(x)
+    batch, length, _ = h.shape
+    q = attn.q_norm(attn.q_proj(h).reshape(batch, length, attn.n_heads, -1)).transpose(0, 2, 1, 3)
+    k = attn.k_norm(attn.k_proj(h).reshape(batch, length, attn.n_kv_heads, -1)).transpose(0, 2, 1, 3)
+    v = attn.v_proj(h).reshape(batch, length, attn.n_kv_heads, -1).transpose(0, 2, 1, 3)
+    out = causal_attention(attn.rope(q), attn.rope(k), v, attn.scale)
+    x = x + attn.o_proj(out.transpose(0, 2, 1, 3).reshape(batch, length, -1))
+    g = layer.post_attention_layernorm(x)
+    return x + mlp.down_proj(silu(mlp.gate_proj(g)) * mlp.up_proj(g))

@@ -1,0 +1,33 @@
+"""The CPU block's functions against MLX's own: same values to float32 rounding."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+import pytest
+
+from embedserver.models.cpu_math import causal_attention, exp, silu
+
+
+def test_exp_and_silu_match_mlx() -> None:
+    x = mx.random.uniform(-80, 80, (4096,), key=mx.random.key(0))  # normal float32 results throughout
+    exact = np.exp(np.array(x).astype(np.float64))
+    ours_error = np.max(np.abs(np.array(exp(x)) - exact) / exact)
+    mlx_error = np.max(np.abs(np.array(mx.exp(x)) - exact) / exact)
+    assert ours_error <= 1.5 * mlx_error + 1e-7  # as accurate as MLX's own exp
+    assert np.allclose(np.array(silu(x)), np.array(nn.silu(x)), rtol=1e-5, atol=1e-30)
+    assert float(silu(mx.array(-1000.0))) == 0.0 and float(silu(mx.array(1000.0))) == 1000.0
+
+
+@pytest.mark.parametrize(("heads", "kv_heads", "length"), [(16, 8, 37), (4, 4, 128), (4, 1, 5), (2, 2, 1)])
+def test_causal_attention_matches_mlx_sdpa(heads: int, kv_heads: int, length: int) -> None:
+    key = mx.random.key(1)
+    q, k, v = (
+        mx.random.normal((3, h, length, 16), key=mx.random.split(key, 3)[i])
+        for i, h in enumerate((heads, kv_heads, kv_heads))
+    )
+    ours = causal_attention(q, k, v, scale=0.25)
+    theirs = mx.fast.scaled_dot_product_attention(q, k, v, scale=0.25, mask="causal")
+    assert ours.shape == (3, heads, length, 16)
+    assert np.allclose(np.array(ours), np.array(theirs), atol=2e-6)
