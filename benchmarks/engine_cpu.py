@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import embedserver  # noqa: F401  (BLAS preload before MLX)
+import embedserver  # first: its BLAS preload must precede MLX
 from embedserver.catalog import ModelSpec
 from embedserver.loader import load_engine
 
@@ -26,4 +26,6 @@ for _ in range(15):
     engine.embed(batch)
     times.append(time.perf_counter() - started)
 median = float(np.median(times))
-print(f"{embedserver.__file__}: 32 x 128 in {median * 1000:.1f} ms (median), {32 * 128 / median:,.0f} tokens/s")
+print(
+    f"{embedserver.__file__}: 32 x 128 in {median * 1000:.1f} ms (median), {32 * 128 / median:,.0f} tokens/s"
+)
