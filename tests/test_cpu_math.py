@@ -7,7 +7,7 @@ import mlx.nn as nn
 import numpy as np
 import pytest
 
-from embedserver.models.cpu_math import causal_attention, exp, silu
+from embedserver.models.cpu_math import attention, causal_attention, exp, silu
 
 
 def test_exp_and_silu_match_mlx() -> None:
@@ -30,4 +30,15 @@ def test_causal_attention_matches_mlx_sdpa(heads: int, kv_heads: int, length: in
     ours = causal_attention(q, k, v, scale=0.25)
     theirs = mx.fast.scaled_dot_product_attention(q, k, v, scale=0.25, mask="causal")
     assert ours.shape == (3, heads, length, 16)
+    assert np.allclose(np.array(ours), np.array(theirs), atol=2e-6)
+
+
+def test_masked_attention_matches_mlx_sdpa() -> None:
+    """With an additive key mask hiding each row's padding (the general form under causal_attention)."""
+    keys = mx.random.split(mx.random.key(2), 3)
+    q, k, v = (mx.random.normal((3, 4, 9, 8), key=keys[i]) for i in range(3))
+    real = mx.arange(9)[None, :] < mx.array([9, 5, 1])[:, None]
+    mask = mx.where(real, 0.0, -1e9)[:, None, None, :]
+    ours = attention(q, k, v, 0.3, mask)
+    theirs = mx.fast.scaled_dot_product_attention(q, k, v, scale=0.3, mask=mask)
     assert np.allclose(np.array(ours), np.array(theirs), atol=2e-6)

@@ -13,7 +13,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.models.qwen3 import ModelArgs, Qwen3Model
 
-from embedserver.models.cpu_math import qwen3_block
+from embedserver.models.cpu_math import on_cpu, qwen3_block
 
 
 class Qwen3Encoder(nn.Module):
@@ -31,10 +31,10 @@ class Qwen3Encoder(nn.Module):
         del lengths  # right padding + causal mask: pads are invisible to real tokens
         model = self.model
         h = model.embed_tokens(ids)
-        on_cpu = mx.default_device() == mx.cpu  # see cpu_math.py: MLX's CPU exp is the bottleneck there
+        cpu = on_cpu()  # see cpu_math.py: MLX's CPU exp is the bottleneck there
         for layer in model.layers:
             # On GPUs, mlx-lm's block; it passes "causal" on to the fused attention kernel.
-            h = qwen3_block(layer, h) if on_cpu else layer(h, "causal", None)  # type: ignore[arg-type]
+            h = qwen3_block(layer, h) if cpu else layer(h, "causal", None)  # type: ignore[arg-type]
         return model.norm(h)
 
     @staticmethod
