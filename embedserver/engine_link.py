@@ -55,12 +55,12 @@ class EngineLink(ipc.FrameProtocol):
         try:
             outcome = await self.service.embed(EmbedCall(**meta))
         except APIError as exc:
-            self.send(ipc.ERROR, id_, error_meta(exc))
+            self.send(ipc.ERROR, id_, ipc.error_meta(exc))
         except asyncio.CancelledError:
             return  # the caller left: nobody to answer
         except Exception:
             log.exception("embedding request failed")
-            self.send(ipc.ERROR, id_, error_meta(APIError("internal server error")))
+            self.send(ipc.ERROR, id_, ipc.error_meta(APIError("internal server error")))
         else:
             vectors = np.ascontiguousarray(outcome.vectors, dtype=np.float32)
             header = {
@@ -117,15 +117,3 @@ class EngineLink(ipc.FrameProtocol):
             self.metrics.client_gone(meta["stage"])
         elif event == "body_timeout":
             self.metrics.body_timeout()
-
-
-def error_meta(exc: APIError) -> dict[str, Any]:
-    return {
-        "class": type(exc).__name__,
-        "status": exc.status,
-        "type": exc.type,
-        "message": exc.message,
-        "param": exc.param,
-        "code": exc.code,
-        "headers": exc.headers,
-    }

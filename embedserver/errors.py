@@ -50,3 +50,8 @@ class InferenceError(APIError):
     status = 500
     type = "server_error"
     code = "inference_failed"
+
+
+def shutting_down() -> ModelUnavailable:
+    """What new embedding work gets once SIGTERM has arrived (in the engine and in every front-end)."""
+    return ModelUnavailable("the server is shutting down; retry on another instance", code="shutting_down")

@@ -40,17 +40,9 @@ log = logging.getLogger(__name__)
 # Answered by the engine's own app (embedserver/api/routes_ops.py): they describe its models and metrics.
 FORWARDED_PATHS = ("/health", "/ready", "/models", "/v1/models", "/metrics")
 
-_ERRORS: dict[str, type[errors.APIError]] = {
-    cls.__name__: cls
-    for cls in (
-        errors.APIError,
-        errors.InvalidRequest,
-        errors.ModelNotFound,
-        errors.Overloaded,
-        errors.ModelUnavailable,
-        errors.InferenceError,
-    )
-}
+
+def _engine_gone() -> errors.ModelUnavailable:
+    return errors.ModelUnavailable("the engine process went away", code="engine_unavailable")
 
 
 class EngineClient(ipc.FrameProtocol):
@@ -68,7 +60,7 @@ class EngineClient(ipc.FrameProtocol):
             future.set_result((kind, meta, payload))
 
     def connection_lost(self, exc: Exception | None) -> None:
-        gone = errors.ModelUnavailable("the engine process went away", code="engine_unavailable")
+        gone = _engine_gone()
         for future in self._waiting.values():
             if not future.done():
                 future.set_exception(gone)
@@ -77,7 +69,7 @@ class EngineClient(ipc.FrameProtocol):
 
     async def call(self, kind: int, meta: Any) -> tuple[int, Any, bytes]:
         if self.lost.is_set():
-            raise errors.ModelUnavailable("the engine process went away", code="engine_unavailable")
+            raise _engine_gone()
         id_ = next(self._ids)
         future: asyncio.Future[tuple[int, Any, bytes]] = asyncio.get_running_loop().create_future()
         self._waiting[id_] = future
@@ -102,12 +94,10 @@ class RemoteService:
 
     async def embed(self, call: EmbedCall) -> EmbedOutcome:
         if self.draining:
-            raise errors.ModelUnavailable(
-                "the server is shutting down; retry on another instance", code="shutting_down"
-            )
+            raise errors.shutting_down()
         kind, meta, payload = await self.client.call(ipc.EMBED, asdict(call))
         if kind == ipc.ERROR:
-            raise rebuild_error(meta)
+            raise ipc.rebuild_error(meta)
         vectors = np.frombuffer(payload, dtype=np.float32).reshape(meta["shape"])
         return EmbedOutcome(
             model=meta["model"], vectors=vectors, tokens=meta["tokens"], cached=meta["cached"]
@@ -130,14 +120,6 @@ class ForwardedMetrics:
         self.client.record({"event": "body_timeout"})
 
 
-def rebuild_error(meta: dict[str, Any]) -> errors.APIError:
-    exc = _ERRORS.get(meta["class"], errors.APIError)(
-        meta["message"], param=meta["param"], code=meta["code"], headers=meta["headers"]
-    )
-    exc.status, exc.type = meta["status"], meta["type"]
-    return exc
-
-
 def create_frontend_app(settings: Settings, engine_path: str) -> FastAPI:
     client = EngineClient()
     service = RemoteService(client)
@@ -156,12 +138,12 @@ def create_frontend_app(settings: Settings, engine_path: str) -> FastAPI:
 
     app = FastAPI(title="embedserver", version=__version__, default_response_class=JSON, lifespan=lifespan)
     app.state.embedder = service
-    app.state.client = client
     api_errors.install(app)
     app.include_router(openai_router)
     app.include_router(native_router)
     app.include_router(_forwarding_router(client))
-    add_http_layers(app, settings, ForwardedMetrics(client))
+    app.state.metrics = ForwardedMetrics(client)
+    add_http_layers(app, settings, app.state.metrics)
     return app
 
 
@@ -169,9 +151,7 @@ def _forwarding_router(client: EngineClient) -> APIRouter:
     router = APIRouter()
 
     async def forward(request: Request) -> Response:
-        kind, meta, body = await client.call(ipc.GET, {"path": request.url.path})
-        if kind == ipc.ERROR:
-            raise rebuild_error(meta)
+        _, meta, body = await client.call(ipc.GET, {"path": request.url.path})  # always a RESPONSE
         headers = {k: v for k, v in meta["headers"] if k.lower() != "content-length"}
         return Response(body, status_code=meta["status"], headers=headers)
 
@@ -195,7 +175,7 @@ def run(sock: socket.socket, engine_path: str) -> None:
     settings = Settings()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_frontend_app(settings, engine_path)
-    metrics = ForwardedMetrics(app.state.client)
+    metrics: ForwardedMetrics = app.state.metrics
     config = uvicorn.Config(
         app,
         log_level=settings.log_level.lower(),

@@ -17,6 +17,8 @@ from typing import Any, cast
 
 import orjson
 
+from embedserver import errors
+
 # Front-end -> engine.
 EMBED = 1  # meta: an EmbedCall's fields
 CANCEL = 2  # the caller of EMBED `id` went away
@@ -85,3 +87,38 @@ class FrameProtocol(asyncio.Protocol):
         outgoing, self._outgoing = self._outgoing, []
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(b"".join(outgoing))
+
+
+# An APIError raised in the engine crosses as its fields and is raised again, as the same class, in the
+# front-end: the client gets the same status, body and headers as from one process.
+_ERRORS: dict[str, type[errors.APIError]] = {
+    cls.__name__: cls
+    for cls in (
+        errors.APIError,
+        errors.InvalidRequest,
+        errors.ModelNotFound,
+        errors.Overloaded,
+        errors.ModelUnavailable,
+        errors.InferenceError,
+    )
+}
+
+
+def error_meta(exc: errors.APIError) -> dict[str, Any]:
+    return {
+        "class": type(exc).__name__,
+        "status": exc.status,
+        "type": exc.type,
+        "message": exc.message,
+        "param": exc.param,
+        "code": exc.code,
+        "headers": exc.headers,
+    }
+
+
+def rebuild_error(meta: dict[str, Any]) -> errors.APIError:
+    exc = _ERRORS.get(meta["class"], errors.APIError)(
+        meta["message"], param=meta["param"], code=meta["code"], headers=meta["headers"]
+    )
+    exc.status, exc.type = meta["status"], meta["type"]
+    return exc

@@ -13,7 +13,7 @@ from embedserver.batching import BatchWorker
 from embedserver.cache import EmbeddingCache, cache_key
 from embedserver.calls import EmbedCall, EmbedOutcome
 from embedserver.engine import Engine
-from embedserver.errors import InvalidRequest, ModelUnavailable
+from embedserver.errors import InvalidRequest, shutting_down
 from embedserver.metrics import Metrics
 from embedserver.registry import ModelRegistry, ModelSlot
 from embedserver.settings import Settings
@@ -40,9 +40,7 @@ class EmbeddingService:
 
     async def embed(self, call: EmbedCall) -> EmbedOutcome:
         if self.draining:
-            raise ModelUnavailable(
-                "the server is shutting down; retry on another instance", code="shutting_down"
-            )
+            raise shutting_down()
         self._check_inputs(call.inputs)
         async with self.registry.acquire(call.model) as slot:
             engine, worker = slot.engine, slot.worker

@@ -64,3 +64,27 @@ async def test_an_operations_route_that_raises_still_answers_the_front_end() -> 
     answers = Collect()
     answers.data_received(b"".join(sent))
     assert [(kind, id_, meta["status"]) for kind, id_, meta, _ in answers.frames] == [(ipc.RESPONSE, 7, 500)]
+
+
+def test_front_ends_forward_exactly_the_operations_routes() -> None:
+    """The front-end's list is written out (importing the routes would load MLX there): keep it in step."""
+    from embedserver.api.routes_ops import router
+    from embedserver.frontend import FORWARDED_PATHS
+
+    assert set(FORWARDED_PATHS) == {route.path for route in router.routes}  # type: ignore[attr-defined]
+
+
+def test_api_errors_cross_as_themselves() -> None:
+    from embedserver.errors import Overloaded
+
+    sent = Overloaded("busy", param="input", headers={"Retry-After": "3"})
+    got = ipc.rebuild_error(ipc.error_meta(sent))
+    assert type(got) is Overloaded
+    assert (got.status, got.type, got.message, got.param, got.code, got.headers) == (
+        429,
+        "rate_limit_error",
+        "busy",
+        "input",
+        "overloaded",
+        {"Retry-After": "3"},
+    )
