@@ -56,7 +56,7 @@ def create_app(
             max_queue=settings.max_queue_texts,
             max_wait_s=settings.max_queue_wait_s,
         ),
-        loader=loader or partial(load_engine, dtype=settings.dtype),
+        loader=loader or partial(load_engine, dtype=settings.dtype, cuda_kernels=settings.cuda_kernels),
         executor=device.mlx_executor,
         metrics=metrics,
         tokenize_rounds=settings.tokenizer_rounds,

@@ -94,8 +94,9 @@ def _local_revision(directory: Path) -> str:
     return digest.hexdigest()
 
 
-def load_engine(spec: ModelSpec, *, dtype: str = "auto") -> Engine:
-    """Build the engine for `spec` (runs on the MLX thread)."""
+def load_engine(spec: ModelSpec, *, dtype: str = "auto", cuda_kernels: bool = True) -> Engine:
+    """Build the engine for `spec` (runs on the MLX thread). `cuda_kernels`: on CUDA, run the layers through
+    the project's fused kernels where the architecture has them (CUDA_KERNELS)."""
     directory, revision = resolve_source(spec.source)
     config = _read_json(directory / "config.json")
     model_type = config.get("model_type")
@@ -109,6 +110,8 @@ def load_engine(spec: ModelSpec, *, dtype: str = "auto") -> Engine:
     encoder = architecture(config)
     target = _target_dtype(spec.dtype if spec.dtype != "auto" else dtype)
     _load_weights(encoder, directory, config, target)
+    if cuda_kernels and device.backend() == "cuda":
+        log.info("%s: CUDA kernels %s", spec.name, "on" if encoder.use_cuda_kernels() else "not applicable")
     pooling = _pooling(spec, directory, encoder)
     max_length = min(spec.max_tokens, int(config.get("max_position_embeddings", spec.max_tokens)))
     if spec.dimension is not None and spec.dimension != encoder.hidden_size:

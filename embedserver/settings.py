@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     http_workers: int | Literal["auto"] = Field("auto", union_mode="left_to_right")
     # mx.compile the forward pass per bucketed shape, all compiled at load (GPU backends only; see engine.py).
     compile: bool = False
+    # On CUDA, run Qwen3 layers with fused projections and the project's kernels (models/cuda_block.py);
+    # false runs mlx-lm's layers, for comparison or as a fallback.
+    cuda_kernels: bool = True
 
     max_batch_size: int = Field(64, ge=1, le=4096)
     max_batch_tokens: int = Field(16384, ge=16)

@@ -69,6 +69,9 @@ class BertEncoder(nn.Module):
         self.embeddings = _Embeddings(config)
         self.layers = [_Layer(config) for _ in range(config["num_hidden_layers"])]
 
+    def use_cuda_kernels(self) -> bool:
+        return False  # BERT has no custom kernels: MLX's own operations throughout
+
     def __call__(self, ids: mx.array, lengths: mx.array) -> mx.array:
         h = self.embeddings(ids)
         # Additive key mask: pads get -inf-like scores. Every row keeps its real tokens (length >= 1).

@@ -14,6 +14,7 @@ import mlx.nn as nn
 from mlx_lm.models.qwen3 import ModelArgs, Qwen3Model
 
 from embedserver.models.cpu_math import on_cpu, qwen3_block
+from embedserver.models.cuda_block import CudaQwen3Block, fusable
 
 
 class Qwen3Encoder(nn.Module):
@@ -26,11 +27,26 @@ class Qwen3Encoder(nn.Module):
         self.args = ModelArgs.from_dict(config)
         self.model = Qwen3Model(self.args)
         self.hidden_size = self.args.hidden_size
+        # Set by use_cuda_kernels(); kept out of the module tree (it holds views of the same weights).
+        object.__setattr__(self, "_cuda_blocks", None)
+
+    def use_cuda_kernels(self) -> bool:
+        """Run the layers as CudaQwen3Block (fused projections, custom kernels; see cuda_block.py). Call once,
+        after the weights are loaded, on a CUDA device. False when a layer is not of the form it computes."""
+        layers = self.model.layers
+        if not all(fusable(layer) for layer in layers):
+            return False
+        object.__setattr__(self, "_cuda_blocks", [CudaQwen3Block(layer) for layer in layers])
+        return True
 
     def __call__(self, ids: mx.array, lengths: mx.array) -> mx.array:
         del lengths  # right padding + causal mask: pads are invisible to real tokens
         model = self.model
         h = model.embed_tokens(ids)
+        if self._cuda_blocks:
+            for block in self._cuda_blocks:
+                h = block(h)
+            return model.norm(h)
         cpu = on_cpu()  # see cpu_math.py: MLX's CPU exp is the bottleneck there
         for layer in model.layers:
             # On GPUs, mlx-lm's block; it passes "causal" on to the fused attention kernel.

@@ -1,0 +1,178 @@
+"""The CUDA path of the Qwen3 layer (models/cuda_block.py, models/cuda_kernels.py).
+
+Which layers it takes and how it fuses weights is checked everywhere; the kernels themselves only run where
+MLX has a CUDA device (the lent GPU machine: `python -m pytest tests/test_cuda_kernels.py`), against mlx-lm's
+layer on the same weights.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+import pytest
+from mlx.utils import tree_flatten
+from mlx_lm.models.activations import swiglu as mlx_lm_swiglu
+
+from embedserver.models.cuda_block import fusable
+from embedserver.models.cuda_kernels import qk_norm_rope, rope_params, swiglu
+from embedserver.models.qwen3 import Qwen3Encoder
+
+# Small, but with the head size the kernel handles (a multiple of 64) and grouped KV heads, as every
+# Qwen3-Embedding model has.
+CONFIG: dict[str, Any] = {
+    "model_type": "qwen3",
+    "hidden_size": 256,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 64,
+    "intermediate_size": 512,
+    "rms_norm_eps": 1e-6,
+    "rope_theta": 1_000_000,
+    "vocab_size": 1000,
+}
+
+cuda_only = pytest.mark.skipif(not mx.cuda.is_available(), reason="needs MLX's CUDA backend")
+
+
+def encoder_pair(dtype: mx.Dtype, config: dict[str, Any] = CONFIG) -> tuple[Qwen3Encoder, Qwen3Encoder]:
+    """Two encoders with the same random weights (norm weights too, so they are not all ones)."""
+    mx.random.seed(0)
+    first = Qwen3Encoder(config)
+    weights = [
+        (
+            name,
+            mx.random.normal(value.shape) * 0.05
+            if value.ndim == 2
+            else 1 + 0.2 * mx.random.normal(value.shape),
+        )
+        for name, value in tree_flatten(first.parameters())
+    ]
+    first.load_weights(weights)
+    second = Qwen3Encoder(config)
+    second.load_weights(weights)
+    for encoder in (first, second):
+        encoder.set_dtype(dtype)
+        mx.eval(encoder.parameters())
+    return first, second
+
+
+def test_plain_layers_are_fusable_and_others_are_not() -> None:
+    assert all(fusable(layer) for layer in Qwen3Encoder(CONFIG).model.layers)
+    # A head size the kernel's lane layout cannot split (Qwen3 test models of 16).
+    assert not fusable(Qwen3Encoder({**CONFIG, "head_dim": 16}).model.layers[0])
+    quantized = Qwen3Encoder(CONFIG)
+    nn.quantize(quantized, group_size=64, bits=4)
+    assert not fusable(quantized.model.layers[0])
+    scaled = Qwen3Encoder({**CONFIG, "rope_scaling": {"type": "linear", "factor": 2.0}})
+    assert not fusable(scaled.model.layers[0])
+
+
+def test_fusing_keeps_every_weight_and_stores_it_once() -> None:
+    fused, plain = encoder_pair(mx.float32)
+    assert fused.use_cuda_kernels()
+    before = dict(tree_flatten(plain.parameters()))
+    for name, value in tree_flatten(fused.parameters()):
+        assert np.array_equal(np.array(value), np.array(before[name])), name
+    block = fused._cuda_blocks[0]
+    attn = fused.model.layers[0].self_attn
+    q_rows = CONFIG["num_attention_heads"] * CONFIG["head_dim"]
+    kv_rows = CONFIG["num_key_value_heads"] * CONFIG["head_dim"]
+    assert block.w_qkv.shape == (q_rows + 2 * kv_rows, CONFIG["hidden_size"])
+    assert np.array_equal(np.array(block.w_qkv[q_rows : q_rows + kv_rows]), np.array(attn.k_proj.weight))
+    assert block.w_gate_up.shape == (2 * CONFIG["intermediate_size"], CONFIG["hidden_size"])
+
+
+def test_bert_has_no_cuda_path() -> None:
+    from embedserver.models.bert import BertEncoder
+
+    config = {
+        "hidden_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+        "vocab_size": 100,
+        "max_position_embeddings": 64,
+    }
+    assert BertEncoder(config).use_cuda_kernels() is False
+
+
+@cuda_only
+@pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16])
+def test_qk_norm_rope_matches_mlx_operations(dtype: mx.Dtype) -> None:
+    heads, kv_heads, head_dim, batch, length = 4, 2, 128, 3, 37
+    mx.random.seed(1)
+    qkv = (mx.random.normal((batch, length, (heads + 2 * kv_heads) * head_dim)) * 3).astype(dtype)
+    q_weight = (1 + 0.2 * mx.random.normal((head_dim,))).astype(dtype)
+    k_weight = (1 + 0.2 * mx.random.normal((head_dim,))).astype(dtype)
+    q, k, v = qk_norm_rope(
+        qkv, q_weight, k_weight, rope_params(1e-6, 1e6), heads=heads, kv_heads=kv_heads, head_dim=head_dim
+    )
+
+    rope = nn.RoPE(head_dim, traditional=False, base=1e6)
+
+    def reference(part: mx.array, n: int, weight: mx.array | None) -> mx.array:
+        part = part.reshape(batch, length, n, head_dim)
+        if weight is None:
+            return part.transpose(0, 2, 1, 3)
+        return rope(mx.fast.rms_norm(part, weight, 1e-6).transpose(0, 2, 1, 3))
+
+    q_ref = reference(qkv[..., : heads * head_dim], heads, q_weight)
+    k_ref = reference(qkv[..., heads * head_dim : (heads + kv_heads) * head_dim], kv_heads, k_weight)
+    v_ref = reference(qkv[..., (heads + kv_heads) * head_dim :], kv_heads, None)
+    tol = 1e-4 if dtype == mx.float32 else 2e-2
+    for got, want in ((q, q_ref), (k, k_ref)):
+        assert got.shape == want.shape
+        assert mx.allclose(got.astype(mx.float32), want.astype(mx.float32), atol=tol, rtol=tol).item()
+    assert mx.array_equal(v, v_ref).item()
+
+
+@cuda_only
+@pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16])
+def test_swiglu_matches_mlx_lm(dtype: mx.Dtype) -> None:
+    gate_up = (mx.random.normal((67, 2 * 96)) * 4).astype(dtype)
+    want = mlx_lm_swiglu(gate_up[:, :96], gate_up[:, 96:])
+    tol = 1e-5 if dtype == mx.float32 else 2e-2
+    assert mx.allclose(swiglu(gate_up).astype(mx.float32), want.astype(mx.float32), atol=tol, rtol=tol).item()
+
+
+def last_tokens(hidden: mx.array, lengths: list[int]) -> np.ndarray:
+    rows = hidden[mx.arange(len(lengths)), mx.array(lengths) - 1].astype(mx.float32)
+    return np.array(rows)
+
+
+@cuda_only
+@pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16])
+def test_encoder_matches_mlx_lm_layers(dtype: mx.Dtype) -> None:
+    fused, plain = encoder_pair(dtype)
+    assert fused.use_cuda_kernels()
+    rng = np.random.default_rng(0)
+    lengths = [1, 5, 64, 100, 128]
+    ids = np.zeros((len(lengths), 128), dtype=np.int32)
+    for row, n in enumerate(lengths):
+        ids[row, :n] = rng.integers(1, CONFIG["vocab_size"], size=n)
+    lens = mx.array(lengths)
+    got = last_tokens(fused(mx.array(ids), lens), lengths)
+    want = last_tokens(plain(mx.array(ids), lens), lengths)
+    cosine = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
+    assert cosine.min() > (0.99999 if dtype == mx.float32 else 0.999), cosine
+    if dtype == mx.float32:
+        np.testing.assert_allclose(got, want, atol=1e-3, rtol=1e-3)
+
+
+@cuda_only
+def test_batched_rows_equal_each_text_alone() -> None:
+    fused, _ = encoder_pair(mx.float32)
+    assert fused.use_cuda_kernels()
+    rng = np.random.default_rng(1)
+    texts = [rng.integers(1, CONFIG["vocab_size"], size=n).tolist() for n in (3, 17, 40)]
+    ids = np.zeros((3, 48), dtype=np.int32)
+    for row, text in enumerate(texts):
+        ids[row, : len(text)] = text
+    batched = last_tokens(fused(mx.array(ids), mx.array([3, 17, 40])), [3, 17, 40])
+    for row, text in enumerate(texts):
+        alone = last_tokens(fused(mx.array([text]), mx.array([len(text)])), [len(text)])[0]
+        np.testing.assert_allclose(batched[row], alone, atol=1e-4, rtol=1e-4)
