@@ -20,6 +20,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import embedserver  # noqa: F401  (BLAS preload before MLX)
 from embedserver.models.cuda_block import CudaQwen3Block
+from embedserver.models.cuda_kernels import qk_norm_rope
+from embedserver.models.cuda_kernels import swiglu as cuda_swiglu
 from embedserver.random_model import SHAPES, VOCAB_SIZE
 
 
@@ -102,7 +104,18 @@ def main() -> None:
         "whole layer, mx.compile": chained(mx.compile(lambda h: block(h, "causal", None))),
     }
     if cuda_layer is not None:
+        qkv = (x @ w_qkv.T).astype(mx.bfloat16)
+        gate_up = (x.reshape(tokens, hidden) @ w_gu.T).astype(mx.bfloat16)
+        mx.eval(qkv, gate_up)
+        kernel_args = {"heads": heads, "kv_heads": kv_heads, "head_dim": head_dim}
         parts["whole layer, CudaQwen3Block"] = chained(cuda_layer)
+        parts["  its qk_norm_rope kernel"] = per_layer(
+            lambda: qk_norm_rope(qkv, cuda_layer.q_norm, cuda_layer.k_norm, cuda_layer.params, **kernel_args)
+        )
+        parts["  its swiglu kernel"] = per_layer(lambda: cuda_swiglu(gate_up))
+        parts["  attention output to [B, L, H*D]"] = per_layer(
+            lambda: q.transpose(0, 2, 1, 3).reshape(rows, length, -1)
+        )
     parts |= {
         "q, k, v products": per_layer(
             lambda: mx.concatenate([attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)], -1)

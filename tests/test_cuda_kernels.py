@@ -132,9 +132,10 @@ def test_qk_norm_rope_matches_mlx_operations(dtype: mx.Dtype) -> None:
 
 @cuda_only
 @pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16])
-def test_swiglu_matches_mlx_lm(dtype: mx.Dtype) -> None:
-    gate_up = (mx.random.normal((67, 2 * 96)) * 4).astype(dtype)
-    want = mlx_lm_swiglu(gate_up[:, :96], gate_up[:, 96:])
+@pytest.mark.parametrize("width", [96, 50])  # 8 (bf16) or 4 (float32) outputs per thread; 2 per thread
+def test_swiglu_matches_mlx_lm(dtype: mx.Dtype, width: int) -> None:
+    gate_up = (mx.random.normal((67, 2 * width)) * 4).astype(dtype)
+    want = mlx_lm_swiglu(gate_up[:, :width], gate_up[:, width:])
     tol = 1e-5 if dtype == mx.float32 else 2e-2
     assert mx.allclose(swiglu(gate_up).astype(mx.float32), want.astype(mx.float32), atol=tol, rtol=tol).item()
 
@@ -165,14 +166,22 @@ def test_encoder_matches_mlx_lm_layers(dtype: mx.Dtype) -> None:
 
 @cuda_only
 def test_batched_rows_equal_each_text_alone() -> None:
-    fused, _ = encoder_pair(mx.float32)
+    """A row's vector does not depend on the rows beside it, beyond what MLX's own layers show: float32 matrix
+    products on CUDA use TF32, whose algorithm (and rounding) varies with the batch shape."""
+    fused, plain = encoder_pair(mx.float32)
     assert fused.use_cuda_kernels()
     rng = np.random.default_rng(1)
-    texts = [rng.integers(1, CONFIG["vocab_size"], size=n).tolist() for n in (3, 17, 40)]
+    lengths = [3, 17, 40]
+    texts = [rng.integers(1, CONFIG["vocab_size"], size=n).tolist() for n in lengths]
     ids = np.zeros((3, 48), dtype=np.int32)
     for row, text in enumerate(texts):
         ids[row, : len(text)] = text
-    batched = last_tokens(fused(mx.array(ids), mx.array([3, 17, 40])), [3, 17, 40])
-    for row, text in enumerate(texts):
-        alone = last_tokens(fused(mx.array([text]), mx.array([len(text)])), [len(text)])[0]
-        np.testing.assert_allclose(batched[row], alone, atol=1e-4, rtol=1e-4)
+
+    def gap(encoder: Qwen3Encoder) -> float:
+        batched = last_tokens(encoder(mx.array(ids), mx.array(lengths)), lengths)
+        alone = np.stack(
+            [last_tokens(encoder(mx.array([t]), mx.array([len(t)])), [len(t)])[0] for t in texts]
+        )
+        return float(np.abs(batched - alone).max())
+
+    assert gap(fused) <= 2 * gap(plain) + 1e-5

@@ -22,63 +22,70 @@ from typing import Any
 import mlx.core as mx
 
 # One warp per head vector: lane i holds elements [i*E, (i+1)*E) with E = D / 32, so the RoPE partner of an
-# element (D/2 away) sits exactly 16 lanes away and one shuffle fetches it.
+# element (D/2 away) sits exactly 16 lanes away and one shuffle fetches it. Each lane moves its E elements
+# with one vector load and one vector store.
 _QK_NORM_ROPE = """
     constexpr int S = H + 2 * KV;
     constexpr int E = D / 32;
+    struct alignas(sizeof(T) * E) Pack { T v[E]; };
     const int lane = threadIdx.x & 31;
-    const long row = (long(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
-    const int B = qkv_shape[0];
+    const int row = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     const int L = qkv_shape[1];
-    if (row >= long(B) * L * S) return;
-    const long token = row / S;
-    const int slot = int(row - token * S);
-    const int b = int(token / L);
-    const int l = int(token - long(b) * L);
-    const T* src = qkv + row * D + lane * E;
+    if (row >= qkv_shape[0] * L * S) return;
+    const int token = row / S;
+    const int slot = row - token * S;
+    const int b = token / L;
+    const int l = token - b * L;
+    const Pack in = *reinterpret_cast<const Pack*>(qkv + long(row) * D + lane * E);
     if (slot >= H + KV) {
-        T* dst = v + ((long(b) * KV + (slot - H - KV)) * L + l) * D + lane * E;
-        #pragma unroll
-        for (int e = 0; e < E; ++e) dst[e] = src[e];
+        *reinterpret_cast<Pack*>(v + ((long(b) * KV + (slot - H - KV)) * L + l) * D + lane * E) = in;
         return;
     }
     float x[E];
     float ss = 0.0f;
     #pragma unroll
     for (int e = 0; e < E; ++e) {
-        x[e] = static_cast<float>(src[e]);
+        x[e] = static_cast<float>(in.v[e]);
         ss += x[e] * x[e];
     }
     #pragma unroll
     for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffff, ss, o);
     const float normalizer = rsqrt(ss / D + params[0]);
     const bool is_q = slot < H;
-    const T* w = (is_q ? q_weight : k_weight) + lane * E;
+    const Pack w = *reinterpret_cast<const Pack*>((is_q ? q_weight : k_weight) + lane * E);
     const bool first_half = lane < 16;
-    T* dst = is_q ? q + ((long(b) * H + slot) * L + l) * D + lane * E
-                  : k + ((long(b) * KV + (slot - H)) * L + l) * D + lane * E;
+    Pack out;
     #pragma unroll
     for (int e = 0; e < E; ++e) {
         const T normed = static_cast<T>(x[e] * normalizer);
-        const float y = static_cast<float>(static_cast<T>(static_cast<float>(w[e]) * static_cast<float>(normed)));
+        const float y = static_cast<float>(static_cast<T>(static_cast<float>(w.v[e]) * static_cast<float>(normed)));
         const float partner = __shfl_xor_sync(0xffffffff, y, 16);
         const float d = static_cast<float>((lane & 15) * E + e) / static_cast<float>(D / 2);
         const float theta = static_cast<float>(l) * exp2(-d * params[1]);
         const float c = cos(theta);
         const float s = sin(theta);
-        dst[e] = static_cast<T>(first_half ? y * c - partner * s : partner * s + y * c);
+        out.v[e] = static_cast<T>(first_half ? y * c - partner * s : partner * s + y * c);
     }
+    T* dst = is_q ? q + ((long(b) * H + slot) * L + l) * D : k + ((long(b) * KV + (slot - H)) * L + l) * D;
+    *reinterpret_cast<Pack*>(dst + lane * E) = out;
 """
 
+# P consecutive outputs per thread (one 16-byte vector of bf16 where the width allows).
 _SWIGLU = """
-    const long i = long(blockIdx.x) * blockDim.x + threadIdx.x;
-    const int N = gate_up_shape[0];
-    if (i >= long(N) * I) return;
+    struct alignas(sizeof(T) * P) Pack { T v[P]; };
+    const long i = (long(blockIdx.x) * blockDim.x + threadIdx.x) * P;
+    if (i >= long(gate_up_shape[0]) * I) return;
     const long n = i / I;
     const long j = i - n * I;
-    const float g = static_cast<float>(gate_up[n * 2 * I + j]);
-    const float u = static_cast<float>(gate_up[n * 2 * I + I + j]);
-    out[i] = static_cast<T>(static_cast<float>(static_cast<T>(g / (1.0f + exp(-g)))) * u);
+    const Pack g = *reinterpret_cast<const Pack*>(gate_up + n * 2 * I + j);
+    const Pack u = *reinterpret_cast<const Pack*>(gate_up + n * 2 * I + I + j);
+    Pack o;
+    #pragma unroll
+    for (int e = 0; e < P; ++e) {
+        const float x = static_cast<float>(g.v[e]);
+        o.v[e] = static_cast<T>(static_cast<float>(static_cast<T>(x / (1.0f + exp(-x)))) * static_cast<float>(u.v[e]));
+    }
+    *reinterpret_cast<Pack*>(out + i) = o;
 """
 
 _THREADS = 256
@@ -139,10 +146,11 @@ def swiglu(gate_up: mx.array) -> mx.array:
     """gate_up [N, 2I] (gate then up) -> silu(gate) * up [N, I]."""
     rows, width = gate_up.shape
     half = width // 2
+    per_thread = next(p for p in (16 // gate_up.dtype.size, 4, 2, 1) if half % p == 0)
     (out,) = _kernels()["swiglu"](
         inputs=[gate_up],
-        template=[("T", gate_up.dtype), ("I", half)],
-        grid=(rows * half, 1, 1),
+        template=[("T", gate_up.dtype), ("I", half), ("P", per_thread)],
+        grid=(rows * half // per_thread, 1, 1),
         threadgroup=(_THREADS, 1, 1),
         output_shapes=[(rows, half)],
         output_dtypes=[gate_up.dtype],
