@@ -43,6 +43,10 @@ def main() -> None:
 
     engine = load_engine(ModelSpec(name="bench", source=args.model), cuda_kernels=not args.mlx_lm_layers)
     engine.bucket_rows = True
+    if args.workspace_gb:
+        from embedserver.device import bound_gpu_memory
+
+        bound_gpu_memory(int(args.workspace_gb * (1 << 30)))
     rng = np.random.default_rng(0)
     # Batch sizes as a 256-client server saw them (mostly 32-128 rows, some small, some full).
     rows = rng.choice([8, 24, 40, 56, 72, 88, 104, 120, 160, 250], size=args.batches).tolist()
@@ -57,7 +61,11 @@ def main() -> None:
         seconds = time.perf_counter() - started
         tokens = sum(len(b) for b in sequence) * 128
         cached = mx.get_cache_memory() / 1e9
-        print(f"{state:34s} {tokens / seconds:10,.0f} tokens/s   cache {cached:6.1f} GB", flush=True)
+        peak = mx.get_peak_memory() / 1e9
+        print(
+            f"{state:34s} {tokens / seconds:10,.0f} tokens/s   cache {cached:6.1f} GB   peak {peak:5.1f} GB",
+            flush=True,
+        )
 
     same = [batches[0][:1] * 128] * 20
     run("one shape, 128 x 128, repeated", same)

@@ -61,6 +61,7 @@ def create_app(
         metrics=metrics,
         tokenize_rounds=settings.tokenizer_rounds,
         compile_forward=settings.compile,
+        gpu_workspace_bytes=int(settings.gpu_workspace_gb * (1 << 30)),
     )
     cache = EmbeddingCache(settings.cache_max_entries, settings.cache_max_bytes)
     state = ServerState(service=EmbeddingService(settings, registry, cache, metrics), metrics=metrics)

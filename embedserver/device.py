@@ -73,6 +73,15 @@ def info() -> dict[str, Any]:
     }
 
 
+def bound_gpu_memory(workspace: int) -> None:
+    """Let MLX run ahead of the GPU by at most `workspace` bytes beyond what is loaded now (the weights), and
+    cache at most that much: MLX's default limit is 95% of the card, whoever else uses it. The limit is soft:
+    past it MLX waits for queued work to finish before queuing more, and a single operation larger than it
+    still runs."""
+    mx.set_memory_limit(int(mx.get_active_memory()) + workspace)
+    mx.set_cache_limit(workspace)
+
+
 def memory() -> dict[str, int]:
     return {
         "rss_bytes": _rss_bytes(),

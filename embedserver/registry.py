@@ -89,9 +89,11 @@ class ModelRegistry:
         metrics: Metrics,
         tokenize_rounds: int = 1,
         compile_forward: bool = False,
+        gpu_workspace_bytes: int = 8 << 30,
     ) -> None:
         self.catalog = catalog
         self._compile = compile_forward
+        self._gpu_workspace = gpu_workspace_bytes
         self._tokenize_rounds = tokenize_rounds
         self.default = default
         self.max_models = max_models
@@ -210,6 +212,7 @@ class ModelRegistry:
         else:
             engine.bucket_rows = True
             engine.compiled = self._compile
+            device.bound_gpu_memory(self._gpu_workspace)
             started = time.perf_counter()
             shapes = engine.warmup(
                 max_batch=self._limits.max_size, max_tokens=self._limits.max_tokens, max_length=_WARM_LENGTH

@@ -42,6 +42,10 @@ class Settings(BaseSettings):
     # On CUDA, run Qwen3 layers with fused projections and the project's kernels (models/cuda_block.py);
     # false runs mlx-lm's layers, for comparison or as a fallback.
     cuda_kernels: bool = True
+    # GPU memory for work in flight beyond the loaded weights. MLX queues kernels far ahead of the GPU and
+    # frees their buffers only as they finish; past this much it waits instead (models/cuda_block.py's few,
+    # large operations otherwise had 81 GB in flight on an 80 GB H100 during the warm-up).
+    gpu_workspace_gb: float = Field(8.0, gt=0)
 
     max_batch_size: int = Field(64, ge=1, le=4096)
     max_batch_tokens: int = Field(16384, ge=16)

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import mlx.core as mx
 import numpy as np
 import pytest
 
@@ -150,3 +151,20 @@ async def test_eviction_waits_for_requests_in_flight(make_settings: Callable[...
         assert later.status_code == 200
         models = (await client.get("/health")).json()["models"]
         assert models["tiny-mlx"]["status"] == "unloaded" and models["tiny"]["status"] == "ready"
+
+
+def test_gpu_memory_bound_is_the_loaded_weights_plus_the_workspace() -> None:
+    from embedserver.device import bound_gpu_memory
+
+    weights = mx.ones((512, 512))
+    mx.eval(weights)
+    previous_limit = mx.get_memory_limit()
+    previous_cache = mx.set_cache_limit(0)
+    try:
+        bound_gpu_memory(256 << 20)
+        assert mx.get_memory_limit() == mx.get_active_memory() + (256 << 20)
+        # The cache may hold at most the workspace too; set_cache_limit answers with the previous value.
+        assert mx.set_cache_limit(0) == 256 << 20
+    finally:
+        mx.set_memory_limit(previous_limit)
+        mx.set_cache_limit(previous_cache)
