@@ -34,6 +34,7 @@ def main() -> None:
     parser.add_argument("--cache-gb", type=float, default=8.0)
     parser.add_argument("--batches", type=int, default=60)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--workspace-gb", type=float, help="bound in-flight memory as the server does")
     parser.add_argument(
         "--mlx-lm-layers", action="store_true", help="without the CUDA kernels (CUDA_KERNELS=false)"
     )
