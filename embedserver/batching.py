@@ -29,7 +29,7 @@ import numpy as np
 
 from embedserver.errors import InferenceError, ModelUnavailable, Overloaded
 from embedserver.metrics import Metrics
-from embedserver.padding import bucket_length
+from embedserver.padding import bucket_length, rows_to_run
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +79,18 @@ def plan_batches(items: Sequence[WorkItem], *, max_size: int, max_tokens: int) -
 
 class BatchWorker:
     def __init__(
-        self, model: str, embed: EmbedFn, *, limits: BatchLimits, metrics: Metrics, executor: Executor
+        self,
+        model: str,
+        embed: EmbedFn,
+        *,
+        limits: BatchLimits,
+        metrics: Metrics,
+        executor: Executor,
+        bucketed_rows: bool = False,
     ) -> None:
         self.model = model
+        # The engine pads batch sizes to buckets (GPUs): while busy, cut batches to bucket sizes (rows_to_run).
+        self._bucketed_rows = bucketed_rows
         self._embed = embed
         self._limits = limits
         self._metrics = metrics
@@ -171,6 +180,8 @@ class BatchWorker:
                 # Items taken off the queue stay reachable until dispatched, so a crash or stop() fails them
                 # instead of leaving their callers waiting forever.
                 window = self._take_window()
+                if self._bucketed_rows and self._running and len(window) <= self._limits.max_size:
+                    window = self._keep_for_next(window, rows_to_run(len(window)))
                 self._planned = [window]
                 batches = plan_batches(
                     window, max_size=self._limits.max_size, max_tokens=self._limits.max_tokens
@@ -226,6 +237,13 @@ class BatchWorker:
             self._metrics.dropped.labels(self.model).inc(dropped)
         self._metrics.queue_depth.labels(self.model).set(len(self._queue))
         return window
+
+    def _keep_for_next(self, window: list[WorkItem], run: int) -> list[WorkItem]:
+        """Run the first `run` items of the window; put the rest back at the head of the queue, in order."""
+        if run < len(window):
+            self._queue.extendleft(reversed(window[run:]))
+            self._metrics.queue_depth.labels(self.model).set(len(self._queue))
+        return window[:run]
 
     async def _run_batch(self, batch: list[WorkItem]) -> None:
         try:

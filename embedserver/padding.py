@@ -51,6 +51,23 @@ def bucket_batch(size: int) -> int:
     return size
 
 
+# Filler rows a batch may carry (share of its bucket) before a busy worker cuts it down to the bucket below;
+# batches under _MIN_CUT texts are never cut: up to there a forward pass costs about the same at any size.
+_MAX_FILLER = 0.1
+_MIN_CUT = 16
+
+
+def rows_to_run(queued: int) -> int:
+    """How many of `queued` texts a worker whose GPU is busy should put in the next (bucketed) batch: all of
+    them when padding to their bucket adds at most 10% filler rows (or they are few), else the bucket below; the rest wait for
+    the batch after, which is filling anyway. 99 texts run as 96 rather than as 128 rows with 29 of filler
+    (at 256 clients on an H100, batches averaged ~100 texts: ~29% of the GPU's work was filler)."""
+    up = bucket_batch(queued)
+    if queued < _MIN_CUT or up - queued <= _MAX_FILLER * up:
+        return queued
+    return max(bucket for bucket in _BATCH_BUCKETS if bucket <= queued)
+
+
 def batch_buckets(limit: int) -> list[int]:
     """Every bucket a batch of at most `limit` rows can be padded to."""
     return sorted({bucket_batch(size) for size in range(1, limit + 1)})

@@ -153,7 +153,12 @@ class ModelRegistry:
                     loop = asyncio.get_running_loop()
                     engine = await loop.run_in_executor(self._executor, self._load_and_warm, slot.spec)
                 worker = BatchWorker(
-                    name, engine.embed, limits=self._limits, metrics=self._metrics, executor=self._executor
+                    name,
+                    engine.embed,
+                    limits=self._limits,
+                    metrics=self._metrics,
+                    executor=self._executor,
+                    bucketed_rows=engine.bucket_rows,
                 )
                 worker.on_death = lambda: self._worker_died(slot)
                 worker.start()

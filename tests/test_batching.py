@@ -236,3 +236,45 @@ async def test_the_next_batch_fills_until_the_running_one_is_nearly_done() -> No
     finally:
         release.set()
         await w.stop()
+
+
+@pytest.mark.parametrize(("bucketed", "expected"), [(False, [1, 40]), (True, [1, 32, 8])])
+async def test_a_busy_worker_cuts_batches_to_bucket_sizes(bucketed: bool, expected: list[int]) -> None:
+    """With bucketed batch sizes (GPUs), 40 texts would run as 48 rows, 8 of them filler: while the GPU is
+    busy the worker runs 32 and keeps the other 8 for the next batch. Without buckets nothing is held back."""
+    release = threading.Event()
+
+    class Held(Scripted):
+        def __call__(self, batch: list[list[int]]) -> np.ndarray:
+            if batch[0][0] == 2:
+                release.wait(10)
+            return super().__call__(batch)
+
+    embed = Held()
+    limits = BatchLimits(max_size=64, max_tokens=4096, wait_s=0.005, max_queue=1000)
+    w = BatchWorker(
+        "m", embed, limits=limits, metrics=Metrics(), executor=ThreadPoolExecutor(1), bucketed_rows=bucketed
+    )
+    w.start()
+    try:
+        running = w.submit([[2]])
+        await asyncio.sleep(0.05)
+        queued = w.submit([[3, i] for i in range(40)])
+        await asyncio.sleep(0.05)
+        release.set()
+        results = await asyncio.gather(*running, *queued)
+        assert embed.calls == expected
+        assert [int(r[1]) for r in results[1:]] == [3] * 40  # every text answered
+    finally:
+        release.set()
+        await w.stop()
+
+
+@pytest.mark.parametrize(
+    ("queued", "run"),
+    [(1, 1), (3, 3), (13, 13), (17, 16), (23, 23), (40, 32), (99, 96), (120, 120), (130, 128), (250, 250)],
+)
+def test_rows_to_run_pads_a_little_or_cuts_to_the_bucket_below(queued: int, run: int) -> None:
+    from embedserver.padding import rows_to_run
+
+    assert rows_to_run(queued) == run
