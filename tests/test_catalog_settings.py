@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -76,6 +79,8 @@ def test_settings_read_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"MAX_BATCH_TOKENS": "100", "MAX_TEXT_LENGTH": "512"}, "MAX_BATCH_TOKENS"),
         ({"ENABLE_CORS": "true", "CORS_ORIGINS": "*"}, "'\\*' is refused"),
         ({"CATALOG_FILE": "/nonexistent.toml"}, "does not exist"),
+        ({"GPU_WORKSPACE_GB": "0"}, "gpu_workspace_gb"),
+        ({"CUDA_KERNELS": "maybe"}, "cuda_kernels"),
     ],
 )
 def test_bad_settings_fail_clearly(
@@ -114,3 +119,13 @@ def test_http_workers_out_of_range_is_refused(monkeypatch: pytest.MonkeyPatch, v
     monkeypatch.setenv("HTTP_WORKERS", value)
     with pytest.raises(ValidationError):
         Settings()
+
+
+@pytest.mark.parametrize(("given", "seen"), [(None, "0"), ("1", "1")])
+def test_mlx_cuda_graphs_are_off_unless_the_environment_says_otherwise(given: str | None, seen: str) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "MLX_USE_CUDA_GRAPHS"}
+    if given is not None:
+        env["MLX_USE_CUDA_GRAPHS"] = given
+    code = "import os, embedserver; print(os.environ['MLX_USE_CUDA_GRAPHS'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == seen
