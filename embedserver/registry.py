@@ -19,6 +19,7 @@ from typing import Any, Literal
 import mlx.core as mx
 
 from embedserver import device
+from embedserver.backoff import doubling
 from embedserver.batching import BatchLimits, BatchWorker
 from embedserver.catalog import Catalog, ModelSpec
 from embedserver.engine import Engine
@@ -176,7 +177,7 @@ class ModelRegistry:
         except Exception as exc:
             slot.failures += 1
             slot.status, slot.error, slot.engine, slot.worker = "failed", _reason(exc), None, None
-            slot.retry_at = time.monotonic() + _backoff(_BACKOFF_MIN_S, slot.failures)
+            slot.retry_at = time.monotonic() + doubling(_BACKOFF_MIN_S, slot.failures, _BACKOFF_MAX_S)
             self._metrics.model_loads.labels(name, "error").inc()
             log.error("model %s failed to load: %s", name, slot.error)
             raise _unavailable(slot) from exc
@@ -188,7 +189,7 @@ class ModelRegistry:
         now = time.monotonic()
         slot.worker_deaths = slot.worker_deaths + 1 if now - slot.last_death < _DEATH_MEMORY_S else 1
         slot.last_death = now
-        delay = _backoff(_RESTART_MIN_S, slot.worker_deaths)
+        delay = doubling(_RESTART_MIN_S, slot.worker_deaths, _BACKOFF_MAX_S)
         log.warning("worker for %s died; restarting it in %.1fs", slot.spec.name, delay)
         timer = asyncio.get_running_loop().call_later(delay, self._restart, slot)
         self._restart_timers[slot.spec.name] = timer
@@ -264,11 +265,6 @@ class ModelRegistry:
                 slot.load_task.cancel()
             if slot.worker is not None:
                 await slot.worker.stop()
-
-
-def _backoff(first_s: float, attempt: int) -> float:
-    """Seconds to wait before retry `attempt` (1, 2, ...): doubling from `first_s`, at most _BACKOFF_MAX_S."""
-    return min(_BACKOFF_MAX_S, first_s * 2.0 ** (attempt - 1))
 
 
 def _free_memory() -> None:

@@ -22,6 +22,7 @@ from multiprocessing.process import BaseProcess
 from typing import Literal
 
 from embedserver import frontend
+from embedserver.backoff import doubling
 from embedserver.engine_link import EngineLink
 from embedserver.settings import Settings
 
@@ -123,7 +124,7 @@ class Frontends:
             if proc is not None:
                 young = now - self._started[slot] < _YOUNG_S
                 self._failures[slot] = self._failures[slot] + 1 if young else 1
-                delay = min(_MAX_DELAY_S, 2.0 ** (self._failures[slot] - 1))
+                delay = doubling(1.0, self._failures[slot], _MAX_DELAY_S)
                 log.error(
                     "front-end process %s exited (status %s); starting another in %.0f s",
                     proc.pid,
