@@ -111,7 +111,8 @@ def load_engine(spec: ModelSpec, *, dtype: str = "auto", cuda_kernels: bool = Tr
     target = _target_dtype(spec.dtype if spec.dtype != "auto" else dtype)
     _load_weights(encoder, directory, config, target)
     if cuda_kernels and device.backend() == "cuda":
-        log.info("%s: CUDA kernels %s", spec.name, "on" if encoder.use_cuda_kernels() else "not applicable")
+        fused = encoder.use_cuda_kernels()
+        log.info("%s: CUDA kernels %s", spec.name, "on" if fused else "not applicable")
     pooling = _pooling(spec, directory, encoder)
     max_length = min(spec.max_tokens, int(config.get("max_position_embeddings", spec.max_tokens)))
     if spec.dimension is not None and spec.dimension != encoder.hidden_size:

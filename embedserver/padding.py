@@ -59,9 +59,10 @@ _MIN_CUT = 16
 
 def rows_to_run(queued: int) -> int:
     """How many of `queued` texts a worker whose GPU is busy should put in the next (bucketed) batch: all of
-    them when padding to their bucket adds at most 10% filler rows (or they are few), else the bucket below; the rest wait for
-    the batch after, which is filling anyway. 99 texts run as 96 rather than as 128 rows with 29 of filler
-    (at 256 clients on an H100, batches averaged ~100 texts: ~29% of the GPU's work was filler)."""
+    them when they are few or padding to their bucket adds at most 10% filler rows, else the bucket below;
+    the rest wait for the batch after, which is filling anyway. 99 texts run as 96 rather than as 128 rows
+    with 29 of filler (at 256 clients on an H100, batches averaged ~100 texts: ~29% of the GPU's work was
+    filler)."""
     up = bucket_batch(queued)
     if queued < _MIN_CUT or up - queued <= _MAX_FILLER * up:
         return queued

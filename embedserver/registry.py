@@ -225,7 +225,7 @@ class ModelRegistry:
             )
             # The warm-up leaves tens of GB of buffers in MLX's cache, sized for shapes traffic rarely repeats;
             # kept, they push the allocator into freeing (and synchronizing the device) on later misses.
-            mx.clear_cache()
+            _free_memory()
             log.info("%s: warmed %d shapes in %.1fs", spec.name, shapes, time.perf_counter() - started)
         return engine
 

@@ -38,10 +38,10 @@ CONFIG: dict[str, Any] = {
 cuda_only = pytest.mark.skipif(not mx.cuda.is_available(), reason="needs MLX's CUDA backend")
 
 
-def encoder_pair(dtype: mx.Dtype, config: dict[str, Any] = CONFIG) -> tuple[Qwen3Encoder, Qwen3Encoder]:
+def encoder_pair(dtype: mx.Dtype) -> tuple[Qwen3Encoder, Qwen3Encoder]:
     """Two encoders with the same random weights (norm weights too, so they are not all ones)."""
     mx.random.seed(0)
-    first = Qwen3Encoder(config)
+    first = Qwen3Encoder(CONFIG)
     weights = [
         (
             name,
@@ -52,7 +52,7 @@ def encoder_pair(dtype: mx.Dtype, config: dict[str, Any] = CONFIG) -> tuple[Qwen
         for name, value in tree_flatten(first.parameters())
     ]
     first.load_weights(weights)
-    second = Qwen3Encoder(config)
+    second = Qwen3Encoder(CONFIG)
     second.load_weights(weights)
     for encoder in (first, second):
         encoder.set_dtype(dtype)
