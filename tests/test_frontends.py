@@ -176,6 +176,15 @@ def test_front_ends_stop_when_the_engine_dies(catalog_file: Path, tmp_path: Path
             httpx.get(f"{url}/health", timeout=2)
 
 
+def _queued_texts(url: str) -> float:
+    metrics = httpx.get(f"{url}/metrics").text
+    return sum(
+        float(line.split()[-1])
+        for line in metrics.splitlines()
+        if line.startswith("embedserver_queue_depth{")
+    )
+
+
 def test_keys_and_overload_answers_cross_the_link(catalog_file: Path, tmp_path: Path) -> None:
     """API keys are checked in the front-ends; a 429 raised by the engine's admission keeps its Retry-After."""
     env = _env(catalog_file, 2) | {"API_KEY": "sesame", "MAX_QUEUE_TEXTS": "1"}
@@ -187,12 +196,12 @@ def test_keys_and_overload_answers_cross_the_link(catalog_file: Path, tmp_path: 
         big = {"input": [f"keeps the model busy, text {i} " * 20 for i in range(1500)]}
         with ThreadPoolExecutor(1) as pool:
             running = pool.submit(httpx.post, f"{url}/v1/embeddings", json=big, headers=auth, timeout=120)
-            deadline = time.monotonic() + 10
-            while True:  # until the big request holds the model's only place
-                second = httpx.post(f"{url}/v1/embeddings", json={"input": "one more"}, headers=auth)
-                if second.status_code == 429 or time.monotonic() > deadline:
-                    break
-                time.sleep(0.02)
+            # Until the big request holds the model's only place: sent earlier, a small request can overtake
+            # it (a 1,500-text body takes longer to read) and the big one is refused instead.
+            deadline = time.monotonic() + 30
+            while not _queued_texts(url) and not running.done() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            second = httpx.post(f"{url}/v1/embeddings", json={"input": "one more"}, headers=auth)
             assert second.status_code == 429, second.text
             assert second.json()["error"]["code"] == "overloaded"
             assert int(second.headers["retry-after"]) >= 1
