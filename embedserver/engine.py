@@ -73,11 +73,11 @@ class Engine:
         ids, lengths = pad_right(batch, self.tokenizer.pad_id, bucket_rows=self.bucket_rows)
         forward = self._compiled_forward if self.compiled else self._forward
         pooled = forward(mx.array(ids), mx.array(lengths))
-        mx.async_eval(pooled)
+        mx.async_eval(pooled)  # type: ignore[no-untyped-call]  # (mlx's stubs leave it untyped)
         rows = len(batch)
 
         def collect() -> np.ndarray:
-            mx.eval(pooled)  # waits with the GIL released; numpy's conversion would wait holding it
+            mx.eval(pooled)  # waits for the device with the GIL released (MLX's binding releases it)
             return np.array(pooled, copy=False)[:rows]
 
         return collect
