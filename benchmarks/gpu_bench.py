@@ -65,12 +65,13 @@ def bench_engine(model_dir: Path, texts: list[str]) -> dict[str, Any]:
     from embedserver.catalog import ModelSpec
     from embedserver.device import bound_gpu_memory
     from embedserver.loader import load_engine
+    from embedserver.settings import DEFAULT_GPU_WORKSPACE_BYTES
 
     engine = load_engine(ModelSpec(name="bench", source=str(model_dir)))
-    # As the server runs it (GPU_WORKSPACE_GB=8): without a bound, the 4B shape at 256 x 128 queued more work
+    # As the server runs it (GPU_WORKSPACE_GB's default): without a bound, the 4B shape at 256 x 128 queued more work
     # than the card holds and the allocator spent its time freeing (51k tokens/s against 75k at 128 x 128).
     mx.clear_cache()
-    bound_gpu_memory(8 << 30)
+    bound_gpu_memory(DEFAULT_GPU_WORKSPACE_BYTES)
     out: dict[str, Any] = {"device": str(mx.default_device()), "shapes": {}}
     rng = np.random.default_rng(1)
     for batch, length in [(32, 16), (32, 128), (128, 128), (256, 128), (64, 512), (8, 2048)]:

@@ -92,5 +92,17 @@ class Engine:
             if rows * length <= max(max_tokens, length)
         ]
         for rows, length in shapes:
-            self.embed([[self.tokenizer.pad_id] * length] * rows)
+            try:
+                self.embed([[self.tokenizer.pad_id] * length] * rows)
+            except Exception as exc:
+                raise WarmupFailed(rows, length, exc) from exc
         return len(shapes)
+
+
+class WarmupFailed(RuntimeError):
+    """A shape of the load-time warm-up could not run; on GPUs, usually out of memory (the 4B model at
+    65,536 tokens per batch on an 80 GB H100). Names the shape, which the error from MLX does not."""
+
+    def __init__(self, rows: int, length: int, cause: Exception) -> None:
+        super().__init__(f"warm-up failed at a batch of {rows} x {length} tokens: {cause}")
+        self.rows, self.length = rows, length

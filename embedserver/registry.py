@@ -22,9 +22,10 @@ from embedserver import device
 from embedserver.backoff import doubling
 from embedserver.batching import BatchLimits, BatchWorker
 from embedserver.catalog import Catalog, ModelSpec
-from embedserver.engine import Engine
+from embedserver.engine import Engine, WarmupFailed
 from embedserver.errors import ModelUnavailable
 from embedserver.metrics import Metrics
+from embedserver.settings import DEFAULT_GPU_WORKSPACE_BYTES
 from embedserver.tokenize_batcher import TokenizeBatcher
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ class ModelRegistry:
         metrics: Metrics,
         tokenize_rounds: int = 1,
         compile_forward: bool = False,
-        gpu_workspace_bytes: int = 8 << 30,
+        gpu_workspace_bytes: int = DEFAULT_GPU_WORKSPACE_BYTES,
     ) -> None:
         self.catalog = catalog
         self._compile = compile_forward
@@ -220,9 +221,19 @@ class ModelRegistry:
             engine.compiled = self._compile
             device.bound_gpu_memory(self._gpu_workspace)
             started = time.perf_counter()
-            shapes = engine.warmup(
-                max_batch=self._limits.max_size, max_tokens=self._limits.max_tokens, max_length=_WARM_LENGTH
-            )
+            try:
+                shapes = engine.warmup(
+                    max_batch=self._limits.max_size,
+                    max_tokens=self._limits.max_tokens,
+                    max_length=_WARM_LENGTH,
+                )
+            except WarmupFailed as exc:
+                _free_memory()  # what the failed shape left cached must not stay for the retry
+                limits = self._limits
+                raise RuntimeError(
+                    f"{exc}; if the device ran out of memory, lower MAX_BATCH_TOKENS (now {limits.max_tokens}) "
+                    f"or MAX_BATCH_SIZE (now {limits.max_size})"
+                ) from exc
             # The warm-up leaves tens of GB of buffers in MLX's cache, sized for shapes traffic rarely repeats;
             # kept, they push the allocator into freeing (and synchronizing the device) on later misses.
             _free_memory()

@@ -11,6 +11,10 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 _DEFAULT_CATALOG = Path(__file__).resolve().parent.parent / "config" / "models.toml"
 
 
+# GPU memory for work in flight beyond the loaded weights (GPU_WORKSPACE_GB; see the field below).
+DEFAULT_GPU_WORKSPACE_BYTES = 8 << 30
+
+
 class Settings(BaseSettings):
     """Every knob of the server. Names match the environment variables (case-insensitive)."""
 
@@ -45,7 +49,7 @@ class Settings(BaseSettings):
     # GPU memory for work in flight beyond the loaded weights. MLX queues kernels far ahead of the GPU and
     # frees their buffers only as they finish; past this much it waits instead (models/cuda_block.py's few,
     # large operations otherwise had 81 GB in flight on an 80 GB H100 during the warm-up).
-    gpu_workspace_gb: float = Field(8.0, gt=0)
+    gpu_workspace_gb: float = Field(DEFAULT_GPU_WORKSPACE_BYTES / (1 << 30), gt=0)
 
     max_batch_size: int = Field(64, ge=1, le=4096)
     max_batch_tokens: int = Field(16384, ge=16)

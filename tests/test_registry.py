@@ -168,3 +168,58 @@ def test_gpu_memory_bound_is_the_loaded_weights_plus_the_workspace() -> None:
     finally:
         mx.set_memory_limit(previous_limit)
         mx.set_cache_limit(previous_cache)
+
+
+async def test_a_warm_up_shape_too_large_for_the_device_names_itself_and_the_limits(
+    tiny_qwen3: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On GPUs every batch shape the limits allow runs once at load. When one does not fit (the 4B model at
+    65,536 tokens on an 80 GB H100), the load fails with the shape and the settings to lower, not with MLX's
+    bare allocation error."""
+    from embedserver import device
+
+    def loader(spec: ModelSpec) -> Engine:
+        engine = load_engine(spec)
+        embed = engine.embed
+
+        def limited(batch: list[list[int]]) -> np.ndarray:
+            if len(batch) * len(batch[0]) > 1024:
+                raise RuntimeError("cudaMallocAsync(&data, size, stream) failed: out of memory")
+            return embed(batch)
+
+        engine.embed = limited  # type: ignore[method-assign]
+        return engine
+
+    monkeypatch.setattr(device, "backend", lambda: "cuda")  # the GPU branch of the load
+    monkeypatch.setattr(device, "bound_gpu_memory", lambda workspace: None)
+    registry = ModelRegistry(
+        Catalog({"a": ModelSpec(name="a", source=str(tiny_qwen3))}, default="a"),
+        default="a",
+        max_models=1,
+        limits=BatchLimits(max_size=8, max_tokens=4096, wait_s=0.001, max_queue=100),
+        loader=loader,
+        executor=mlx_executor,
+        metrics=Metrics(),
+    )
+    with pytest.raises(ModelUnavailable) as info:
+        await registry.load("a")
+    message = info.value.message
+    assert "warm-up failed at a batch of 8 x 144 tokens" in message  # the first shape past 1,024 tokens
+    assert "out of memory" in message and "MAX_BATCH_TOKENS (now 4096)" in message
+    assert registry.slots()["a"].status == "failed"
+    await registry.close()
+
+
+def test_warmup_failure_carries_its_shape(tiny_qwen3: Path) -> None:
+    from embedserver.engine import WarmupFailed
+
+    engine = load_engine(ModelSpec(name="t", source=str(tiny_qwen3)))
+
+    def failing(batch: list[list[int]]) -> np.ndarray:
+        raise ValueError("no")
+
+    engine.embed = failing  # type: ignore[method-assign]
+    with pytest.raises(WarmupFailed) as info:
+        engine.warmup()
+    assert (info.value.rows, info.value.length) == (1, 16)
+    assert isinstance(info.value.__cause__, ValueError)
