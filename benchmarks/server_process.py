@@ -45,8 +45,10 @@ def server_process(
             if time.monotonic() > deadline:
                 raise RuntimeError(f"server not healthy after {timeout:.0f} s; see {log}")
             try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                health = httpx.get(f"{url}/health", timeout=1)
+                if health.status_code == 200:
                     break
+                _raise_if_failed(health, log)
             except httpx.TransportError:
                 pass
             time.sleep(0.2)
@@ -56,6 +58,18 @@ def server_process(
         proc.wait(timeout=60)
         if out:
             out.close()
+
+
+def _raise_if_failed(health: httpx.Response, log: Path | None) -> None:
+    """The server stays up when its default model fails to load (a request retries the load later); a
+    benchmark waiting for it to become healthy would wait out its whole timeout (a device call's budget)."""
+    try:
+        body = health.json()
+        default = body["models"][body["default_model"]]
+    except (ValueError, KeyError, TypeError):
+        return
+    if default.get("status") == "failed":
+        raise RuntimeError(f"the default model failed to load: {default.get('error')}; see {log}")
 
 
 @contextmanager

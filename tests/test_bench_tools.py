@@ -3,10 +3,14 @@ py-spy profile per thread. Wrong here, a diagnosis of the server would be wrong 
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import pytest
 from prometheus_client import generate_latest
 
 from benchmarks.profile_summary import summarize
+from benchmarks.server_process import server_process
 from benchmarks.stage_times import stage_means
 from embedserver.metrics import Metrics
 
@@ -36,3 +40,17 @@ def test_profile_summary_shares_per_thread_and_counts_a_frame_once_per_stack() -
     assert "== thread (0x2): MainThread: 2 samples (20.0%)" in text
     assert "100.0%  run (a.py:1)" in text
     assert " 75.0%  f (b.py:2)" in text and " 25.0%  g (b.py:9)" in text
+
+
+def test_a_benchmark_server_whose_model_fails_stops_the_wait_at_once(tmp_path: Path) -> None:
+    """The server stays up without its model (a later request retries the load); the benchmark helper must
+    report the load error instead of waiting out its timeout."""
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{}")
+    env = {"MODEL_NAME": str(broken), "HF_HUB_OFFLINE": "1", "LOG_LEVEL": "WARNING", "HTTP_WORKERS": "0"}
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="the default model failed to load: "):
+        with server_process(env, tmp_path / "server.log", timeout=120):
+            pass
+    assert time.monotonic() - started < 60
