@@ -50,7 +50,9 @@ def test_a_benchmark_server_whose_model_fails_stops_the_wait_at_once(tmp_path: P
     (broken / "config.json").write_text("{}")
     env = {"MODEL_NAME": str(broken), "HF_HUB_OFFLINE": "1", "LOG_LEVEL": "WARNING", "HTTP_WORKERS": "0"}
     started = time.monotonic()
-    with pytest.raises(RuntimeError, match="the default model failed to load: "):
-        with server_process(env, tmp_path / "server.log", timeout=120):
-            pass
+    with (
+        pytest.raises(RuntimeError, match="the default model failed to load: "),
+        server_process(env, tmp_path / "server.log", timeout=120),
+    ):
+        pass
     assert time.monotonic() - started < 60
