@@ -251,8 +251,9 @@ class BatchWorker:
             if not batch:
                 return
             started = time.perf_counter()
+            queue_wait = self._metrics.queue_wait.labels(self.model)
             for item in batch:
-                self._metrics.queue_wait.labels(self.model).observe(started - item.enqueued)
+                queue_wait.observe(started - item.enqueued)
             try:
                 vectors = await self._forward(batch)
             except _Abandoned:

@@ -160,7 +160,8 @@ class EmbeddingService:
     async def _run(self, worker: BatchWorker, sequences: list[list[int]]) -> np.ndarray:
         futures = worker.submit(sequences)
         try:
-            vectors = await asyncio.gather(*futures)
+            # Most requests carry one text: awaiting its future skips gather's task-and-callback set-up.
+            vectors = [await futures[0]] if len(futures) == 1 else await asyncio.gather(*futures)
         except BaseException:
             for future in futures:
                 future.cancel()  # the worker skips what nobody waits for
