@@ -176,15 +176,6 @@ def test_front_ends_stop_when_the_engine_dies(catalog_file: Path, tmp_path: Path
             httpx.get(f"{url}/health", timeout=2)
 
 
-def _queued_texts(url: str) -> float:
-    metrics = httpx.get(f"{url}/metrics").text
-    return sum(
-        float(line.split()[-1])
-        for line in metrics.splitlines()
-        if line.startswith("embedserver_queue_depth{")
-    )
-
-
 def test_keys_and_overload_answers_cross_the_link(catalog_file: Path, tmp_path: Path) -> None:
     """API keys are checked in the front-ends; a 429 raised by the engine's admission keeps its Retry-After."""
     env = _env(catalog_file, 2) | {"API_KEY": "sesame", "MAX_QUEUE_TEXTS": "1"}
@@ -199,7 +190,12 @@ def test_keys_and_overload_answers_cross_the_link(catalog_file: Path, tmp_path: 
             # Until the big request holds the model's only place: sent earlier, a small request can overtake
             # it (a 1,500-text body takes longer to read) and the big one is refused instead.
             deadline = time.monotonic() + 30
-            while not _queued_texts(url) and not running.done() and time.monotonic() < deadline:
+            queued = 'embedserver_queue_depth{model="tiny"}'
+            while (
+                not metric_sample(httpx.get(f"{url}/metrics").text, queued, 0.0)
+                and not running.done()
+                and time.monotonic() < deadline
+            ):
                 time.sleep(0.01)
             second = httpx.post(f"{url}/v1/embeddings", json={"input": "one more"}, headers=auth)
             assert second.status_code == 429, second.text
