@@ -228,15 +228,16 @@ class ModelRegistry:
                     max_length=_WARM_LENGTH,
                 )
             except WarmupFailed as exc:
-                _free_memory()  # what the failed shape left cached must not stay for the retry
                 limits = self._limits
                 raise RuntimeError(
                     f"{exc}; if the device ran out of memory, lower MAX_BATCH_TOKENS (now {limits.max_tokens}) "
                     f"or MAX_BATCH_SIZE (now {limits.max_size})"
                 ) from exc
-            # The warm-up leaves tens of GB of buffers in MLX's cache, sized for shapes traffic rarely repeats;
-            # kept, they push the allocator into freeing (and synchronizing the device) on later misses.
-            _free_memory()
+            finally:
+                # The warm-up leaves tens of GB of buffers in MLX's cache, sized for shapes traffic rarely
+                # repeats; kept, they push the allocator into freeing (and synchronizing the device) on later
+                # misses. A failed warm-up's leftovers must not stay for the retry either.
+                _free_memory()
             log.info("%s: warmed %d shapes in %.1fs", spec.name, shapes, time.perf_counter() - started)
         return engine
 
