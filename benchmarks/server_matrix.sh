@@ -4,7 +4,8 @@
 # A config whose name starts with "cached" is warmed first, so every request is a cache hit (the HTTP and
 # service ceiling without the model).
 # Optional: CENSUS_S=N records a CPU census (benchmarks/cpu_census.py) for N seconds during each load level;
-# SERVER_CPUS / LOAD_CPUS (taskset lists, e.g. 0-11 and 12-15) pin the server and the load generator.
+# SERVER_CPUS / LOAD_CPUS (taskset lists, e.g. 0-11 and 12-15) pin the server and the load generator;
+# SERVER_CMD replaces `python3 -m embedserver` (e.g. "python3 benchmarks/forward_trace.py serve OUT/trace.csv").
 set -euo pipefail
 out=${1:?}; conc=${2:?}; secs=${3:?}; shift 3
 model=/tmp/embedserver-bench/qwen3-0.6b
@@ -16,7 +17,7 @@ for config in "$@"; do
       CACHE_MAX_ENTRIES=0 LOG_LEVEL=WARNING
     IFS=, read -ra pairs <<< "$envs"
     for pair in "${pairs[@]}"; do [ -n "$pair" ] && export "$pair"; done
-    ${SERVER_CPUS:+taskset -c $SERVER_CPUS} python3 -m embedserver > "$out/server-$name.log" 2>&1 &
+    ${SERVER_CPUS:+taskset -c $SERVER_CPUS} ${SERVER_CMD:-python3 -m embedserver} > "$out/server-$name.log" 2>&1 &
     server=$!
     for _ in $(seq 300); do curl -sf localhost:$port/health > /dev/null && break; sleep 0.2; done
     if [[ $name == cached* ]]; then python3 benchmarks/loadgen.py "http://127.0.0.1:$port/v1/embeddings" $model 64 3 > /dev/null; fi

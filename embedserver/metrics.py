@@ -77,7 +77,7 @@ class Metrics:
         )
         self.padding_ratio = Histogram(
             "embedserver_padding_ratio",
-            "Share of a batch's tokens that are padding",
+            "Share of a batch's tokens that are padding (shorter texts and filler rows)",
             ["model"],
             buckets=_RATIO,
             registry=r,

@@ -278,3 +278,58 @@ def test_rows_to_run_pads_a_little_or_cuts_to_the_bucket_below(queued: int, run:
     from embedserver.padding import rows_to_run
 
     assert rows_to_run(queued) == run
+
+
+@pytest.mark.parametrize(("bucketed", "tokens", "padding"), [(False, 3 * 16, 0.0), (True, 4 * 16, 0.25)])
+async def test_padding_metrics_count_filler_rows(bucketed: bool, tokens: int, padding: float) -> None:
+    """Three 16-token texts run as 4 rows when the engine pads batch sizes to buckets: the fourth row is
+    padding the device computes, so the padded-token and padding-share metrics include it."""
+    metrics = Metrics()
+    limits = BatchLimits(max_size=8, max_tokens=4096, wait_s=0.005, max_queue=100)
+    w = BatchWorker(
+        "m",
+        Scripted(),
+        limits=limits,
+        metrics=metrics,
+        executor=ThreadPoolExecutor(1),
+        bucketed_rows=bucketed,
+    )
+    w.start()
+    try:
+        await asyncio.gather(*w.submit([[5] * 16] * 3))
+    finally:
+        await w.stop()
+    sample = metrics.registry.get_sample_value
+    assert sample("embedserver_batch_tokens_sum", {"model": "m"}) == tokens
+    assert sample("embedserver_padding_ratio_sum", {"model": "m"}) == pytest.approx(padding)
+    assert sample("embedserver_padding_ratio_count", {"model": "m"}) == 1
+
+
+async def test_the_next_batch_fills_for_as_long_as_the_running_shape_takes() -> None:
+    """The batch after a slow, large pass keeps filling until shortly before that pass should end, judged by
+    passes of its own shape: a moving average over all passes, dragged down by fast small ones, cut it after
+    a fraction of that time (3 of the 10 texts below), and small and large batches then alternated."""
+
+    class Timed(Scripted):
+        def __call__(self, batch: list[list[int]]) -> np.ndarray:
+            time.sleep(0.6 if len(batch) == 8 else 0.005)
+            return super().__call__(batch)
+
+    embed = Timed()
+    limits = BatchLimits(max_size=64, max_tokens=4096, wait_s=0.005, max_queue=1000)
+    w = BatchWorker("m", embed, limits=limits, metrics=Metrics(), executor=ThreadPoolExecutor(1))
+    w.start()
+    try:
+        await asyncio.gather(*w.submit([[1] * 4] * 8))  # the 8 x 4 shape takes 0.6 s
+        for _ in range(6):
+            await asyncio.gather(*w.submit([[2]]))  # the latest passes took 5 ms
+        running = w.submit([[3] * 4] * 8)
+        await asyncio.sleep(0.05)
+        arriving: list[asyncio.Future[np.ndarray]] = []
+        for i in range(10):  # one text every 30 ms, all within the running pass's first 0.4 s
+            arriving += w.submit([[4, i]])
+            await asyncio.sleep(0.03)
+        await asyncio.gather(*running, *arriving)
+        assert embed.calls[-2:] == [8, 10]
+    finally:
+        await w.stop()

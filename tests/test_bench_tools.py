@@ -56,3 +56,48 @@ def test_a_benchmark_server_whose_model_fails_stops_the_wait_at_once(tmp_path: P
     ):
         pass
     assert time.monotonic() - started < 60
+
+
+def test_forward_trace_records_each_pass_and_summarizes_by_shape(
+    tiny_qwen3: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The trace wraps Engine.launch: one row per forward pass with its texts and padded rows, vectors
+    unchanged; the summary leaves out passes before the last idle second (a server's warm-up)."""
+    import mlx.core as mx
+
+    from benchmarks.forward_trace import install, summary
+    from embedserver.catalog import ModelSpec
+    from embedserver.engine import Engine
+    from embedserver.loader import load_engine
+
+    monkeypatch.setattr(Engine, "launch", Engine.launch)  # restored after the test, as is async_eval
+    monkeypatch.setattr(mx, "async_eval", mx.async_eval)
+    engine = load_engine(ModelSpec(name="t", source=str(tiny_qwen3)))
+    engine.bucket_rows = True
+    expected = engine.embed([[5, 6, 7]] * 3)
+    warmup, trace = tmp_path / "warmup.csv", tmp_path / "trace.csv"
+    trace_to = install(warmup)
+    engine.embed([[5]])
+    trace_to(trace)
+    time.sleep(1.1)
+    traced = engine.embed([[5, 6, 7]] * 3)
+    engine.embed([[5, 6, 7]] * 4)
+    assert traced.tolist() == expected.tolist()
+    assert len(warmup.read_text().splitlines()) == 2  # header and one pass
+    text = summary(trace)
+    assert "(1 forward passes" in text  # the pass after the idle second only
+    assert "4 x 16" in text and "filler rows: 0.0%" in text
+    summary_all = summary(warmup)
+    assert "1 x 16" in summary_all
+
+
+async def test_batching_simulation_drives_the_real_worker() -> None:
+    """The scheduling simulation's figures hang together: requests answered, the device never busier than the
+    wall clock, filler a share of the rows run."""
+    from benchmarks.batching_sim import run
+
+    result = await run(clients=8, outside_s=0.01, seconds=0.5, bucketed=True, spread=True)
+    assert result["requests_per_s"] > 0
+    assert 0 < result["device_busy"] <= 1.0
+    assert 0 <= result["filler_share"] < 1
+    assert 1 <= result["texts_per_batch"] <= 8
