@@ -55,6 +55,21 @@ def test_qwen3_matches_transformers_reference(qwen3: Engine, reference: dict[str
     assert ((ours * theirs).sum(axis=1) >= 0.9999).all()
 
 
+def test_compiled_forward_gives_the_same_embeddings(tiny_qwen3: Path, reference: dict[str, Any]) -> None:
+    """COMPILE (on by default on GPUs) runs the forward pass as one mx.compile'd graph per shape, filler rows
+    included: the vectors must be the plain forward pass's, batched and alone."""
+    engine = _engine(tiny_qwen3)
+    engine.bucket_rows = True
+    ids = engine.tokenizer.encode_batch(reference["texts"])
+    plain = engine.embed(ids)
+    engine.compiled = True
+    compiled = engine.embed(ids)
+    alone = np.stack([engine.embed([seq])[0] for seq in ids])
+    assert compiled.shape == plain.shape == (len(ids), 64)
+    np.testing.assert_allclose(compiled, plain, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(alone, plain, rtol=1e-4, atol=1e-5)
+
+
 def test_end_of_text_is_appended_exactly_once(tiny_qwen3: Path, tiny_qwen3_mlx: Path) -> None:
     # The HF tokenizer appends <|endoftext|> itself; the MLX conversion's does not, so the server must.
     for source in (tiny_qwen3, tiny_qwen3_mlx):
