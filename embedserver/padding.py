@@ -15,11 +15,8 @@ def bucket_length(length: int) -> int:
 
 
 # Batch sizes that reach the model: powers of two and the halfway points between them, so at most a third of
-# the rows are filler, and quarter steps from 64 to 256, where a busy server's batches fall: there a batch of
-# 160 texts ran as 128 plus a lone 32, or as 192 rows (0.6B, H100, 256 clients: 80-224 added 3-4% and halved
-# the 95th-percentile latency; docs/PERFORMANCE.md). On CUDA the first forward pass at a new shape costs
-# 60-100 ms more than the next ones (benchmarks/shape_cost.py), so the server must see few shapes, warmed at
-# load (273 shapes took 25 s at 256 texts and 65,536 tokens per batch, 347 with the quarter steps 32 s).
+# the rows are filler. On CUDA the first forward pass at a new shape costs 60-100 ms more than the next ones
+# (0.6B model, H100: benchmarks/shape_cost.py), so the server must see few shapes, warmed at load.
 _BATCH_BUCKETS = (
     1,
     2,
@@ -31,13 +28,9 @@ _BATCH_BUCKETS = (
     32,
     48,
     64,
-    80,
     96,
-    112,
     128,
-    160,
     192,
-    224,
     256,
     384,
     512,

@@ -41,9 +41,8 @@ class Settings(BaseSettings):
     # JSON, and this process batches and runs the model for all of them (see embedserver/supervisor.py).
     # auto: 2 on CUDA machines with at least 8 cores (1.8x the requests/s of one process on an H100), else 0.
     http_workers: int | Literal["auto"] = Field("auto", union_mode="left_to_right")
-    # mx.compile the forward pass per bucketed shape, all compiled at load (GPU backends only; see engine.py):
-    # the MLX thread holds the GIL for less of each pass (graph building 2.4 -> 1.7 ms per batch on an H100).
-    compile: bool = True
+    # mx.compile the forward pass per bucketed shape, all compiled at load (GPU backends only; see engine.py).
+    compile: bool = False
     # On CUDA, run Qwen3 layers with fused projections and the project's kernels (models/cuda_block.py);
     # false runs mlx-lm's layers, for comparison or as a fallback.
     cuda_kernels: bool = True

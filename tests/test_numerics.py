@@ -56,8 +56,8 @@ def test_qwen3_matches_transformers_reference(qwen3: Engine, reference: dict[str
 
 
 def test_compiled_forward_gives_the_same_embeddings(tiny_qwen3: Path, reference: dict[str, Any]) -> None:
-    """COMPILE (on by default on GPUs) runs the forward pass as one mx.compile'd graph per shape, filler rows
-    included: the vectors must be the plain forward pass's, batched and alone."""
+    """COMPILE runs the forward pass as one mx.compile'd graph per shape, filler rows included: the vectors
+    must be the plain forward pass's, batched and alone."""
     engine = _engine(tiny_qwen3)
     engine.bucket_rows = True
     ids = engine.tokenizer.encode_batch(reference["texts"])
