@@ -34,13 +34,20 @@ class TokenizeBatcher:
         future: asyncio.Future[list[list[int]]] = asyncio.get_running_loop().create_future()
         self._pending.append((texts, future))
         if len(self._drainers) < self._rounds:
-            task = asyncio.create_task(self._drain())
-            self._drainers.add(task)
-            task.add_done_callback(self._drainers.discard)
+            self._drainers.add(asyncio.create_task(self._drain()))
         return await future
 
     async def _drain(self) -> None:
         """Take everything pending as one round, tokenize it on a thread, repeat until nothing is pending."""
+        try:
+            await self._drain_pending()
+        finally:
+            # Leave the books in the same step as the loop ends. A done-callback ran a step later: a caller
+            # resumed by the last round and asking again in between found every round slot taken and waited
+            # for a round that had ended, until some other request started one.
+            self._drainers.discard(asyncio.current_task())  # type: ignore[arg-type]
+
+    async def _drain_pending(self) -> None:
         loop = asyncio.get_running_loop()
         while self._pending:
             round_, self._pending = self._pending, []

@@ -205,6 +205,24 @@ async def test_tokenize_rounds_gather_concurrent_requests(tiny_qwen3: Path, roun
     assert sum(calls) == 40 and len(calls) < 20  # but in shared rounds
 
 
+@pytest.mark.parametrize("rounds", [1, 3])
+async def test_a_request_right_after_a_round_ends_is_tokenized(tiny_qwen3: Path, rounds: int) -> None:
+    """A caller resumed by a finished round may ask again before that round's task is gone from the loop's
+    books; it must start a new round, not wait for a round that already ended (it waited until some other
+    request came: forever for a lone client)."""
+    from embedserver.tokenization import TextTokenizer
+    from embedserver.tokenize_batcher import TokenizeBatcher
+
+    tokenizer = TextTokenizer(tiny_qwen3 / "tokenizer.json", end_token="<|endoftext|>")
+    batcher = TokenizeBatcher(tokenizer, rounds=rounds)
+
+    async def one_after_another() -> list[list[list[int]]]:
+        return [await batcher.encode([f"one after another {i}"]) for i in range(20)]
+
+    results = await asyncio.wait_for(one_after_another(), 10)
+    assert results == [tokenizer.encode_batch([f"one after another {i}"]) for i in range(20)]
+
+
 async def test_the_next_batch_fills_until_the_running_one_is_nearly_done() -> None:
     """Texts arriving while a forward pass runs all join the next batch (cut near the end of the running
     pass, here ~0.8 s in, or when it ends), instead of the first few forming a small batch 5 ms in and the
