@@ -3,10 +3,10 @@
 Handlers enqueue one `WorkItem` per text (client batches are split, so requests of any size share batches
 fairly). The worker wakes on the first item. When the MLX thread is idle it cuts a batch at once (waiting
 would only add latency); while a batch runs, the next one keeps filling until shortly before the running one
-is expected to end (from recent passes of its padded shape; at least BATCH_WAIT_MS), or until it is full. It takes what is queued, drops items whose
-caller is gone, sorts by length and cuts batches by count and padded-token budget (`plan_batches`, a pure
-function). Forward passes run on the MLX thread; up to two batches are handed to it at once, so the next one
-is ready the moment the current one ends.
+is expected to end (from recent passes of its padded shape; at least BATCH_WAIT_MS), or until it is full.
+It takes what is queued, drops items whose caller is gone, sorts by length and cuts batches by count and
+padded-token budget (`plan_batches`, a pure function). Forward passes run on the MLX thread; up to two
+batches are handed to it at once, so the next one is ready the moment the current one ends.
 
 Why the late cut: cut early, the next batch held only what arrived in its first milliseconds and then
 waited behind the running one while everything else queued for the batch after; under steady load batches

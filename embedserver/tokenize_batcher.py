@@ -34,7 +34,9 @@ class TokenizeBatcher:
         future: asyncio.Future[list[list[int]]] = asyncio.get_running_loop().create_future()
         self._pending.append((texts, future))
         if len(self._drainers) < self._rounds:
-            self._drainers.add(asyncio.create_task(self._drain()))
+            task = asyncio.create_task(self._drain())
+            self._drainers.add(task)
+            task.add_done_callback(self._drainers.discard)  # also for a round cancelled before it started
         return await future
 
     async def _drain(self) -> None:
