@@ -44,7 +44,7 @@ def install(path: Path) -> Callable[[Path], None]:
     import mlx.core as mx
 
     from embedserver.engine import Engine
-    from embedserver.padding import bucket_batch, bucket_length
+    from embedserver.padding import padded_shape
 
     sink: list[Any] = []
 
@@ -72,7 +72,7 @@ def install(path: Path) -> Callable[[Path], None]:
             waiting = time.perf_counter()
             vectors = collect()
             ended = time.perf_counter()
-            rows = bucket_batch(len(batch)) if self.bucket_rows else len(batch)
+            rows, length = padded_shape(batch, bucket_rows=self.bucket_rows)
             idle = (started - last_end[0]) * 1000 if last_end[0] else 0.0
             last_end[0] = ended
             sink[0].writerow(
@@ -80,7 +80,7 @@ def install(path: Path) -> Callable[[Path], None]:
                     f"{started:.4f}",
                     len(batch),
                     rows,
-                    bucket_length(max(len(s) for s in batch)),
+                    length,
                     f"{idle:.2f}",
                     f"{(launched - started - queue_s) * 1000:.2f}",
                     f"{queue_s * 1000:.2f}",

@@ -29,7 +29,7 @@ import numpy as np
 
 from embedserver.errors import InferenceError, ModelUnavailable, Overloaded
 from embedserver.metrics import Metrics
-from embedserver.padding import bucket_batch, bucket_length, rows_to_run
+from embedserver.padding import bucket_length, padded_shape, rows_to_run
 
 log = logging.getLogger(__name__)
 
@@ -287,16 +287,16 @@ class BatchWorker:
         loop = asyncio.get_running_loop()
         sequences = [item.ids for item in batch]
         futures = [item.future for item in batch]
+        shape = padded_shape(sequences, bucket_rows=self._bucketed_rows)
         self._in_executor += 1
         try:
             vectors, seconds = await loop.run_in_executor(
-                self._executor, self._timed_embed, sequences, futures
+                self._executor, self._timed_embed, sequences, futures, shape
             )
         finally:
             self._in_executor -= 1
             self._wakeup.set()  # a filling batch stops waiting once the thread is free
         self._forward_s = seconds if not self._forward_s else 0.8 * self._forward_s + 0.2 * seconds
-        shape = self._shape(sequences)
         known = self._shape_s.get(shape)
         self._shape_s[shape] = seconds if known is None else 0.8 * known + 0.2 * seconds
         m, model = self._metrics, self.model
@@ -328,22 +328,21 @@ class BatchWorker:
         self._backlogged = bool(self._queue) or len(self._running) > 1
 
     def _timed_embed(
-        self, sequences: list[list[int]], futures: list[asyncio.Future[np.ndarray]]
+        self,
+        sequences: list[list[int]],
+        futures: list[asyncio.Future[np.ndarray]],
+        shape: tuple[int, int],
     ) -> tuple[np.ndarray, float]:
         """On the MLX thread: the forward pass and its own duration (not the wait for the thread). A batch
         whose callers all left while it waited for the thread is not run (reading done() from this thread is
-        a benign race: at worst one batch runs for nobody)."""
+        a benign race: at worst one batch runs for nobody). Records the padded `shape` now running, by which the
+        next batch's fill judges when this pass should end."""
         if all(future.done() for future in futures):
             raise _Abandoned
-        self._forward_shape = self._shape(sequences)
+        self._forward_shape = shape
         started = self._forward_started = time.perf_counter()
         vectors = self._embed(sequences)
         return vectors, time.perf_counter() - started
-
-    def _shape(self, sequences: list[list[int]]) -> tuple[int, int]:
-        """The padded (rows, length) the device runs for these sequences."""
-        rows = bucket_batch(len(sequences)) if self._bucketed_rows else len(sequences)
-        return rows, bucket_length(max(len(s) for s in sequences))
 
     def _fail_queued(self, exc: Exception) -> None:
         for batch in self._planned:

@@ -79,6 +79,12 @@ def length_buckets(limit: int) -> list[int]:
     return sorted({bucket_length(length) for length in range(1, limit + 1)})
 
 
+def padded_shape(batch: Sequence[Sequence[int]], *, bucket_rows: bool) -> tuple[int, int]:
+    """The (rows, length) `pad_right` gives `batch`: what the device computes, filler rows included."""
+    rows = bucket_batch(len(batch)) if bucket_rows else len(batch)
+    return rows, bucket_length(max(len(ids) for ids in batch))
+
+
 def pad_right(
     batch: Sequence[Sequence[int]], pad_id: int, *, bucket_rows: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -89,10 +95,10 @@ def pad_right(
     """
     if not batch or any(len(ids) == 0 for ids in batch):
         raise ValueError("every sequence needs at least one token")
-    rows = bucket_batch(len(batch)) if bucket_rows else len(batch)
+    rows, length = padded_shape(batch, bucket_rows=bucket_rows)
     lengths = np.ones(rows, dtype=np.int32)
     lengths[: len(batch)] = [len(ids) for ids in batch]
-    ids = np.full((rows, bucket_length(int(lengths.max()))), pad_id, dtype=np.int32)
+    ids = np.full((rows, length), pad_id, dtype=np.int32)
     for row, seq in enumerate(batch):
         ids[row, : len(seq)] = seq
     return ids, lengths
