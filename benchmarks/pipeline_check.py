@@ -3,7 +3,7 @@ alone: the batch sizes a 256-client server runs (48-96 x 128 tokens), one after 
 (`embed`) or pipelined, alone, beside a thread that holds the GIL about half the time (the server's event
 loop under load), and beside the tokenizer encoding texts without pause (the server's Rust tokenizer pool).
 
-  python benchmarks/pipeline_check.py [MODEL_DIR] [--batches 90] [--workspace-gb 8] [--trace PREFIX]
+  python benchmarks/pipeline_check.py [MODEL_DIR] [--batches 90] [--workspace-gb 32] [--trace PREFIX]
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import embedserver  # noqa: F401  (BLAS preload before MLX)
 from embedserver.catalog import ModelSpec
 from embedserver.loader import load_engine
+from embedserver.settings import DEFAULT_GPU_WORKSPACE_BYTES
 from embedserver.tokenization import TextTokenizer
 
 
@@ -45,7 +46,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("model", nargs="?", default="/tmp/embedserver-bench/qwen3-0.6b")
     parser.add_argument("--batches", type=int, default=90)
-    parser.add_argument("--workspace-gb", type=float, default=8.0)
+    parser.add_argument("--workspace-gb", type=float, default=DEFAULT_GPU_WORKSPACE_BYTES / (1 << 30))
     parser.add_argument(
         "--trace", help="PREFIX-<condition>.csv: each forward pass's stages (forward_trace.py)"
     )

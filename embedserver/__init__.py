@@ -27,12 +27,14 @@ def _cuda_wheel() -> bool:
     return False
 
 
-# MLX frees a forward pass's intermediates only as each command buffer finishes, and its memory limit can
-# only wait for buffers already committed: with its default buffer size the 4B model's load-time warm-up at
-# 65,536 tokens per batch ran an 80 GB H100 out of memory. 16 operations per buffer warmed it (peak 21.5 GB)
-# and cut the 0.6B model's peak from 30 to 10 GB at the same speed (docs/PERFORMANCE.md). CUDA only: Metal
-# picks its own per device.
+# MLX frees a forward pass's intermediates only as each command buffer finishes and runs up to ten buffers
+# ahead of the GPU, so the operations per buffer set how much memory a pass holds in flight. MLX's default
+# (100 on an H100) ran the 4B model's load-time warm-up at 65,536 tokens per batch out of memory on 80 GB.
+# At 8, each batch shape's buffers are small enough that MLX's cache keeps those of every shape the server
+# runs: it stops allocating, and so stops freeing cached buffers in the middle of a pass, where each free of
+# a host-visible buffer waited for the whole device (CUPTI trace, H100: 144 such waits, 21% of the time).
+# docs/PERFORMANCE.md has the figures. CUDA only: Metal picks its own per device.
 if _cuda_wheel():
-    _os.environ.setdefault("MLX_MAX_OPS_PER_BUFFER", "16")
+    _os.environ.setdefault("MLX_MAX_OPS_PER_BUFFER", "8")
 
 __version__ = "0.1.0"

@@ -73,13 +73,21 @@ def info() -> dict[str, Any]:
     }
 
 
+@cache
+def _card_memory_limit() -> int:
+    """MLX's memory limit as it starts (a share of the card): the most `bound_gpu_memory` lets it use."""
+    return int(mx.get_memory_limit())
+
+
 def bound_gpu_memory(workspace: int) -> None:
     """Let MLX run ahead of the GPU by at most `workspace` bytes beyond what is loaded now (the weights), and
-    cache at most that much: MLX's default limit is 95% of the card, whoever else uses it. The limit is soft:
-    past it MLX waits for queued work to finish before queuing more, and a single operation larger than it
-    still runs."""
-    mx.set_memory_limit(int(mx.get_active_memory()) + workspace)
-    mx.set_cache_limit(workspace)
+    cache at most that much, within the limit MLX starts with (most of the card, whoever else uses it). The
+    limit is soft: past it MLX waits for queued work to finish before queuing more, and a single operation
+    larger than it still runs."""
+    card = _card_memory_limit()
+    limit = min(int(mx.get_active_memory()) + workspace, card)
+    mx.set_memory_limit(limit)
+    mx.set_cache_limit(min(workspace, max(card - int(mx.get_active_memory()), 0)))
 
 
 def memory() -> dict[str, int]:

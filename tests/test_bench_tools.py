@@ -3,12 +3,14 @@ py-spy profile per thread. Wrong here, a diagnosis of the server would be wrong 
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 import pytest
 from prometheus_client import generate_latest
 
+from benchmarks.kernel_timeline import pass_stats, summary
 from benchmarks.profile_summary import summarize
 from benchmarks.server_process import server_process
 from benchmarks.stage_times import stage_means
@@ -101,3 +103,36 @@ async def test_batching_simulation_drives_the_real_worker() -> None:
     assert 0 < result["device_busy"] <= 1.0
     assert 0 <= result["filler_share"] < 1
     assert 1 <= result["texts_per_batch"] <= 8
+
+
+def test_kernel_timeline_splits_device_time_per_pass(tmp_path: Path) -> None:
+    """Two marked passes (µs): the first waits 100 for its first kernel and idles 300 between kernels; a
+    kernel outside every pass is not counted."""
+
+    def kernel(ts: int, dur: int) -> dict[str, object]:
+        return {"ph": "X", "cat": "kernel", "name": "gemm", "ts": ts, "dur": dur}
+
+    events = [
+        {"ph": "X", "cat": "user_annotation", "name": "pass 64x128", "ts": 0, "dur": 1000},
+        kernel(100, 200),
+        kernel(600, 300),
+        {"ph": "X", "cat": "user_annotation", "name": "pass 96x128", "ts": 2000, "dur": 500},
+        kernel(2000, 450),
+        kernel(5000, 10),
+    ]
+    first, second = pass_stats({"traceEvents": events})
+    assert first == {
+        "shape": "64x128",
+        "span": 1000.0,
+        "kernels": 2,
+        "busy": 500.0,
+        "delay": 100.0,
+        "idle": 300.0,
+        "tail": 100.0,
+        "gaps_over_50us": 1,
+    }
+    assert (second["shape"], second["busy"], second["delay"], second["tail"]) == ("96x128", 450.0, 0.0, 50.0)
+    path = tmp_path / "trace.json"
+    path.write_text(json.dumps({"traceEvents": events}))
+    text = summary(path)
+    assert "64x128" in text and "96x128" in text and "2 passes" in text

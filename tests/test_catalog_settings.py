@@ -132,12 +132,12 @@ def test_mlx_cuda_graphs_are_off_unless_the_environment_says_otherwise(given: st
 
 
 @pytest.mark.parametrize(
-    ("cuda", "given", "seen"), [(False, None, "unset"), (True, None, "16"), (True, "64", "64")]
+    ("cuda", "given", "seen"), [(False, None, "unset"), (True, None, "8"), (True, "64", "64")]
 )
 def test_mlx_ops_per_buffer_is_bounded_on_cuda_unless_the_environment_says_otherwise(
     cuda: bool, given: str | None, seen: str
 ) -> None:
-    """With MLX's CUDA wheel installed (faked here through package metadata) embedserver sets 16 operations
+    """With MLX's CUDA wheel installed (faked here through package metadata) embedserver sets 8 operations
     per command buffer before MLX loads; elsewhere, or when the environment sets it, it leaves it alone."""
     env = {k: v for k, v in os.environ.items() if k != "MLX_MAX_OPS_PER_BUFFER"}
     if given is not None:

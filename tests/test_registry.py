@@ -170,6 +170,22 @@ def test_gpu_memory_bound_is_the_loaded_weights_plus_the_workspace() -> None:
         mx.set_cache_limit(previous_cache)
 
 
+def test_gpu_memory_bound_stays_within_mlxs_own_limit() -> None:
+    """A workspace larger than the card (the 32 GB default on a 24 GB GPU) gives MLX its own limit, not more."""
+    from embedserver.device import _card_memory_limit, bound_gpu_memory
+
+    card = _card_memory_limit()
+    previous_limit = mx.get_memory_limit()
+    previous_cache = mx.set_cache_limit(0)
+    try:
+        bound_gpu_memory(card * 4)
+        assert mx.get_memory_limit() == card
+        assert mx.set_cache_limit(0) == card - mx.get_active_memory()
+    finally:
+        mx.set_memory_limit(previous_limit)
+        mx.set_cache_limit(previous_cache)
+
+
 async def test_a_warm_up_shape_too_large_for_the_device_names_itself_and_the_limits(
     tiny_qwen3: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

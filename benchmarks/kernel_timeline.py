@@ -1,0 +1,195 @@
+"""The device's side of each forward pass: when its kernels ran on the GPU, from CUPTI (through torch's
+profiler, which records every kernel of the process, MLX's included). Tells a pass slowed on the device
+(kernels that take longer) from one the device waited for (gaps between kernels: the CPU side was late).
+
+  python benchmarks/kernel_timeline.py serve OUT.json       # the server (`python -m embedserver`, same env)
+  python benchmarks/kernel_timeline.py engine OUT.json [MODEL_DIR]  # the engine alone, the server's batch sizes
+  python benchmarks/kernel_timeline.py engine-beside-python OUT.json [MODEL_DIR]  # ... beside a busy thread
+  python benchmarks/kernel_timeline.py summary OUT.json [...]
+
+KERNEL_FROM (pass number, default 600 for `serve`: after the load-time warm-up) and KERNEL_PASSES (default
+60) choose the profiled passes. Needs torch with CUDA (the lent GPU machine has it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+PASS_PREFIX = "pass "
+
+
+def install(path: Path, first: int, passes: int) -> None:
+    """Wrap `Engine.launch`: passes number `first` to `first + passes - 1` run under torch's profiler, each
+    marked as a range named "pass ROWSxLENGTH" from its launch to its collection; the trace goes to `path`
+    when the last of them is collected."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    from embedserver.engine import Engine
+    from embedserver.padding import padded_shape
+
+    real_launch = Engine.launch
+    state: dict[str, Any] = {"n": 0, "profiler": None}
+
+    def launch(self: Engine, batch: Sequence[Sequence[int]]) -> Callable[[], np.ndarray]:
+        state["n"] += 1
+        n = state["n"]
+        if n == first:
+            torch.cuda.init()
+            state["profiler"] = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
+            state["profiler"].start()
+        if not first <= n < first + passes:
+            return real_launch(self, batch)
+        rows, length = padded_shape(batch, bucket_rows=self.bucket_rows)
+        marker = record_function(f"{PASS_PREFIX}{rows}x{length}")
+        marker.__enter__()
+        collect = real_launch(self, batch)
+
+        def marked_collect() -> np.ndarray:
+            vectors = collect()
+            marker.__exit__(None, None, None)
+            if n == first + passes - 1:
+                state["profiler"].stop()
+                state["profiler"].export_chrome_trace(str(path))
+                print(f"kernel timeline: {passes} passes written to {path}", flush=True)
+            return vectors
+
+        return marked_collect
+
+    Engine.launch = launch  # type: ignore[method-assign]
+
+
+def _intervals(events: list[dict[str, Any]]) -> list[tuple[float, float]]:
+    return sorted((float(e["ts"]), float(e["ts"]) + float(e["dur"])) for e in events)
+
+
+def pass_stats(trace: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per marked pass (in µs): its span on the CPU side, the kernels that started within it, their busy
+    time, the delay to the first kernel, the idle time between kernels, and the tail after the last one."""
+    events = [e for e in trace["traceEvents"] if e.get("ph") == "X"]
+    kernels = _intervals([e for e in events if e.get("cat") == "kernel"])
+    starts = np.array([k[0] for k in kernels])
+    out = []
+    for mark in (e for e in events if str(e.get("name", "")).startswith(PASS_PREFIX)):
+        begin, end = float(mark["ts"]), float(mark["ts"]) + float(mark["dur"])
+        inside = kernels[np.searchsorted(starts, begin) : np.searchsorted(starts, end)]
+        if not inside:
+            continue
+        busy = sum(b - a for a, b in inside)
+        out.append(
+            {
+                "shape": mark["name"][len(PASS_PREFIX) :],
+                "span": end - begin,
+                "kernels": len(inside),
+                "busy": busy,
+                "delay": inside[0][0] - begin,
+                "idle": inside[-1][1] - inside[0][0] - busy,
+                "tail": end - inside[-1][1],
+                "gaps_over_50us": sum(1 for (_, b), (a, _) in pairwise(inside) if a - b > 50),
+            }
+        )
+    return out
+
+
+def kernel_means(trace: dict[str, Any], top: int = 8) -> list[tuple[str, int, float]]:
+    """The kernels with the most total time: (name, count, mean µs)."""
+    totals: dict[str, list[float]] = defaultdict(list)
+    for e in trace["traceEvents"]:
+        if e.get("ph") == "X" and e.get("cat") == "kernel":
+            totals[str(e["name"])[:60]].append(float(e["dur"]))
+    ranked = sorted(totals.items(), key=lambda kv: -sum(kv[1]))[:top]
+    return [(name, len(d), float(np.mean(d))) for name, d in ranked]
+
+
+def summary(path: Path) -> str:
+    trace = json.loads(path.read_text())
+    stats = pass_stats(trace)
+    if not stats:
+        return f"{path}: no marked passes with kernels"
+    fields = ("span", "busy", "delay", "idle", "tail")
+    lines = [f"{path} ({len(stats)} passes; ms, means)"]
+    lines.append(
+        f"{'shape':>10} {'passes':>6} {'kernels':>7} " + " ".join(f"{f:>7}" for f in fields) + "  gaps>50us"
+    )
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for s in stats:
+        groups[s["shape"]].append(s)
+    groups["all"] = stats
+    for shape, group in sorted(groups.items(), key=lambda kv: (kv[0] == "all", -len(kv[1]))):
+        means = [np.mean([s[f] for s in group]) / 1000 for f in fields]
+        lines.append(
+            f"{shape:>10} {len(group):>6} {np.mean([s['kernels'] for s in group]):>7.0f} "
+            + " ".join(f"{m:>7.2f}" for m in means)
+            + f"  {np.mean([s['gaps_over_50us'] for s in group]):.1f}"
+        )
+    lines.append("top kernels (count, mean µs):")
+    lines += [f"  {count:>6} {mean:>9.1f}  {name}" for name, count, mean in kernel_means(trace)]
+    return "\n".join(lines)
+
+
+def busy_python(stop: threading.Event) -> None:
+    """Python bytecode without pause: a saturated event loop holding the GIL."""
+    x = 0
+    while not stop.is_set():
+        x += 1
+
+
+def engine_alone(out: Path, model: str, passes: int, beside_python: bool) -> None:
+    """The server's batch sizes at 256 clients (48-96 x 128 tokens), one after another, as pipeline_check.py
+    runs them collected at once; with `beside_python`, next to a thread running Python without pause."""
+    import embedserver  # noqa: F401  (BLAS preload, MLX settings, before MLX loads)
+    from embedserver.catalog import ModelSpec
+    from embedserver.device import bound_gpu_memory
+    from embedserver.loader import load_engine
+    from embedserver.settings import DEFAULT_GPU_WORKSPACE_BYTES
+
+    engine = load_engine(ModelSpec(name="bench", source=model))
+    engine.bucket_rows = True
+    bound_gpu_memory(DEFAULT_GPU_WORKSPACE_BYTES)
+    rng = np.random.default_rng(0)
+    rows = rng.choice([48, 64, 64, 64, 96], size=passes + 20).tolist()
+    batches = [[rng.integers(300, 30000, size=128).tolist() for _ in range(n)] for n in rows]
+    for batch in {len(b): b for b in batches}.values():
+        engine.embed(batch)
+    stop = threading.Event()
+    if beside_python:
+        threading.Thread(target=busy_python, args=(stop,), daemon=True).start()
+    install(out, first=21, passes=passes)
+    for batch in batches:
+        engine.embed(batch)
+    stop.set()
+
+
+def main() -> None:
+    command, rest = sys.argv[1], sys.argv[2:]
+    if command == "summary":
+        print("\n\n".join(summary(Path(p)) for p in rest))
+        return
+    passes = int(os.environ.get("KERNEL_PASSES", "60"))
+    if command in ("engine", "engine-beside-python"):
+        model = rest[1] if len(rest) > 1 else "/tmp/embedserver-bench/qwen3-0.6b"
+        engine_alone(Path(rest[0]), model, passes, beside_python=command == "engine-beside-python")
+        return
+    import embedserver  # noqa: F401  (BLAS preload, MLX settings, before MLX loads)
+
+    install(Path(rest[0]), int(os.environ.get("KERNEL_FROM", "600")), passes)
+    from embedserver.__main__ import main as serve
+
+    sys.argv = [sys.argv[0]]
+    serve()
+
+
+if __name__ == "__main__":
+    main()
