@@ -33,6 +33,7 @@ from embedserver.api.responses import JSON
 from embedserver.api.routes_native import router as native_router
 from embedserver.api.routes_openai import router as openai_router
 from embedserver.calls import EmbedCall, EmbedOutcome
+from embedserver.gc_tuning import freeze_long_lived
 from embedserver.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -129,6 +130,7 @@ def create_frontend_app(settings: Settings, engine_path: str) -> FastAPI:
         loop = asyncio.get_running_loop()
         await loop.create_unix_connection(lambda: client, engine_path)
         watcher = asyncio.create_task(_exit_when_lost(client))
+        freeze_long_lived()
         try:
             yield
         finally:

@@ -24,6 +24,7 @@ from embedserver.batching import BatchLimits, BatchWorker
 from embedserver.catalog import Catalog, ModelSpec
 from embedserver.engine import Engine, WarmupFailed
 from embedserver.errors import ModelUnavailable
+from embedserver.gc_tuning import freeze_long_lived
 from embedserver.metrics import Metrics
 from embedserver.settings import DEFAULT_GPU_WORKSPACE_BYTES
 from embedserver.tokenize_batcher import TokenizeBatcher
@@ -173,6 +174,7 @@ class ModelRegistry:
                 log.info(
                     "model %s ready (dim %d) in %.1fs", name, engine.dimension, time.perf_counter() - started
                 )
+                freeze_long_lived()  # the model's Python objects live as long as it is loaded
         except ModelUnavailable:
             raise
         except Exception as exc:

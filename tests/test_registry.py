@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
 from collections.abc import Callable
@@ -63,6 +64,20 @@ async def test_concurrent_first_requests_load_once(tiny_qwen3: Path) -> None:
     assert await asyncio.gather(*(use() for _ in range(10))) == ["ready"] * 10
     assert loader.loads == ["b"]
     await registry.close()
+
+
+async def test_a_loaded_model_and_everything_alive_then_leave_the_collectors_scans(tiny_qwen3: Path) -> None:
+    """Full garbage collections scanned every long-lived object and held the GIL 60-100 ms under load; once a
+    model is ready, what is alive (the model's Python objects included) is frozen out of later scans."""
+    gc.unfreeze()
+    registry = _registry(tiny_qwen3, CountingLoader())
+    try:
+        slot = await registry.load("a")
+        assert gc.get_freeze_count() > 1000
+        assert not any(gc.is_tracked(o) and o is slot.engine for o in gc.get_objects())
+    finally:
+        await registry.close()
+        gc.unfreeze()
 
 
 async def test_least_recently_used_is_evicted_but_never_the_default(tiny_qwen3: Path) -> None:
