@@ -8,10 +8,9 @@ from embedserver import blas as _blas
 
 # Before anything imports MLX: see embedserver/blas.py.
 _blas.preload()
-# MLX's CUDA backend records kernels into CUDA graphs and updates them for every batch; with this server's
-# large kernels and varying batch shapes, plain launches were faster (H100, 0.6B shape: 371k -> 404k
-# tokens/s at 256 x 128, and +6% requests/s end to end; docs/PERFORMANCE.md). Set it to 1 to keep graphs.
-_os.environ.setdefault("MLX_USE_CUDA_GRAPHS", "0")
+# MLX's CUDA graphs (MLX_USE_CUDA_GRAPHS) stay at MLX's default, on: with the allocator no longer freeing
+# mid-pass (below), graphs won both pairs of an A/B on an H100 (256 clients +3%, one client p50 -0.8 to
+# -1.7 ms); session 4 had turned them off when those frees dominated (docs/PERFORMANCE.md).
 
 
 def _cuda_wheel() -> bool:
