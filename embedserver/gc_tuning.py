@@ -25,3 +25,12 @@ def freeze_long_lived() -> None:
     gc.collect()
     gc.freeze()
     log.debug("froze %d objects in %.0f ms", gc.get_freeze_count(), (time.perf_counter() - started) * 1000)
+
+
+def collect_everything() -> None:
+    """A full collection that also reaches frozen objects (an evicted model's engine is one: it refers to
+    itself through its compiled forward pass, so only the collector frees it, and its GPU memory with it);
+    what is still alive afterwards is frozen again."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()

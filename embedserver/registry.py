@@ -7,7 +7,6 @@ A failed load is remembered with its reason (503 for that model only) and retrie
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -24,7 +23,7 @@ from embedserver.batching import BatchLimits, BatchWorker
 from embedserver.catalog import Catalog, ModelSpec
 from embedserver.engine import Engine, WarmupFailed
 from embedserver.errors import ModelUnavailable
-from embedserver.gc_tuning import freeze_long_lived
+from embedserver.gc_tuning import collect_everything, freeze_long_lived
 from embedserver.metrics import Metrics
 from embedserver.settings import DEFAULT_GPU_WORKSPACE_BYTES
 from embedserver.tokenize_batcher import TokenizeBatcher
@@ -282,7 +281,7 @@ class ModelRegistry:
 
 
 def _free_memory() -> None:
-    gc.collect()
+    collect_everything()
     mx.clear_cache()
 
 

@@ -6,6 +6,7 @@ import asyncio
 import gc
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -75,6 +76,22 @@ async def test_a_loaded_model_and_everything_alive_then_leave_the_collectors_sca
         slot = await registry.load("a")
         assert gc.get_freeze_count() > 1000
         assert not any(gc.is_tracked(o) and o is slot.engine for o in gc.get_objects())
+    finally:
+        await registry.close()
+        gc.unfreeze()
+
+
+async def test_an_evicted_model_is_freed_although_it_was_frozen(tiny_qwen3: Path) -> None:
+    """The engine refers to itself (its compiled forward pass), so only the collector frees it; frozen at its
+    load, it must still go when evicted, or its weights would stay on the device."""
+    gc.unfreeze()
+    registry = _registry(tiny_qwen3, CountingLoader(), max_models=2)
+    try:
+        await registry.load("a")
+        evicted = weakref.ref((await registry.load("b")).engine)
+        await registry.load("c")  # evicts b, the least recently used model that is not the default
+        assert registry._slots["b"].engine is None
+        assert evicted() is None
     finally:
         await registry.close()
         gc.unfreeze()
