@@ -82,7 +82,11 @@ def pass_stats(trace: dict[str, Any]) -> list[dict[str, Any]]:
     kernels = _intervals([e for e in events if e.get("cat") == "kernel"])
     starts = np.array([k[0] for k in kernels])
     out = []
-    for mark in (e for e in events if str(e.get("name", "")).startswith(PASS_PREFIX)):
+    # The host-side marks only: the profiler mirrors each onto the GPU's timeline too ("gpu_user_annotation").
+    marks = [
+        e for e in events if e.get("cat") == "user_annotation" and str(e["name"]).startswith(PASS_PREFIX)
+    ]
+    for mark in marks:
         begin, end = float(mark["ts"]), float(mark["ts"]) + float(mark["dur"])
         inside = kernels[np.searchsorted(starts, begin) : np.searchsorted(starts, end)]
         if not inside:

@@ -107,13 +107,14 @@ async def test_batching_simulation_drives_the_real_worker() -> None:
 
 def test_kernel_timeline_splits_device_time_per_pass(tmp_path: Path) -> None:
     """Two marked passes (µs): the first waits 100 for its first kernel and idles 300 between kernels; a
-    kernel outside every pass is not counted."""
+    kernel outside every pass is not counted, nor the profiler's copy of a mark on the GPU's timeline."""
 
     def kernel(ts: int, dur: int) -> dict[str, object]:
         return {"ph": "X", "cat": "kernel", "name": "gemm", "ts": ts, "dur": dur}
 
     events = [
         {"ph": "X", "cat": "user_annotation", "name": "pass 64x128", "ts": 0, "dur": 1000},
+        {"ph": "X", "cat": "gpu_user_annotation", "name": "pass 64x128", "ts": 100, "dur": 800},
         kernel(100, 200),
         kernel(600, 300),
         {"ph": "X", "cat": "user_annotation", "name": "pass 96x128", "ts": 2000, "dur": 500},
