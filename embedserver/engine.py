@@ -58,6 +58,10 @@ class Engine:
         self._compiled_forward = mx.compile(self._forward)
 
     def _forward(self, ids: mx.array, lengths: mx.array) -> mx.array:
+        last_token_states = getattr(self.encoder, "last_token_states", None)
+        if self.pooling == "last" and last_token_states is not None:
+            # Only the pooled states: the encoder may skip work no other position needs (Qwen3 on CPU).
+            return last_token_states(ids, lengths).astype(mx.float32)  # type: ignore[no-any-return]
         hidden = self.encoder(ids, lengths)
         return pool(hidden, lengths, self.pooling).astype(mx.float32)
 

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 import pytest
 
-from embedserver.models.cpu_math import attention, causal_attention, exp, silu
+from embedserver.catalog import ModelSpec
+from embedserver.loader import load_engine
+from embedserver.models.cpu_math import attention, causal_attention, exp, qwen3_block, qwen3_block_at, silu
+from embedserver.pooling import pool
 
 
 def test_exp_and_silu_match_mlx() -> None:
@@ -42,3 +47,26 @@ def test_masked_attention_matches_mlx_sdpa() -> None:
     ours = attention(q, k, v, 0.3, mask)
     theirs = mx.fast.scaled_dot_product_attention(q, k, v, scale=0.3, mask=mask)
     assert np.allclose(np.array(ours), np.array(theirs), atol=2e-6)
+
+
+def test_the_last_layer_at_the_pooled_token_equals_the_full_layer_there(tiny_qwen3: Path) -> None:
+    """Under last-token pooling the last layer runs at each sequence's pooled position only; it must give the
+    full layer's states at those positions (rows of different lengths, one of a single token)."""
+    model = load_engine(ModelSpec(name="t", source=str(tiny_qwen3))).encoder.model  # type: ignore[attr-defined]
+    ids = mx.array(np.random.default_rng(0).integers(300, 30000, size=(5, 48)))
+    rows = mx.array([47, 9, 32, 0, 46])
+    h = qwen3_block(model.layers[0], model.embed_tokens(ids))
+    full = qwen3_block(model.layers[-1], h)[mx.arange(5), rows]
+    ours = qwen3_block_at(model.layers[-1], h, rows)
+    assert ours.shape == (5, model.args.hidden_size)
+    assert np.allclose(np.array(ours), np.array(full), atol=2e-6)
+
+
+def test_the_engine_pools_the_same_vectors_through_the_shortcut(tiny_qwen3: Path) -> None:
+    """The engine's last-token path (the shortcut above) against the whole pass followed by pooling."""
+    engine = load_engine(ModelSpec(name="t", source=str(tiny_qwen3)))
+    ids = mx.array(np.random.default_rng(1).integers(300, 30000, size=(4, 40)))
+    lengths = mx.array([40, 7, 1, 23])
+    whole = pool(engine.encoder(ids, lengths), lengths, "last")
+    shortcut = engine.encoder.last_token_states(ids, lengths)  # type: ignore[attr-defined]
+    assert np.allclose(np.array(shortcut), np.array(whole), atol=2e-6)

@@ -64,3 +64,37 @@ def qwen3_block(layer: Any, x: mx.array) -> mx.array:
     x = x + attn.o_proj(out.transpose(0, 2, 1, 3).reshape(batch, length, -1))
     g = layer.post_attention_layernorm(x)
     return x + mlp.down_proj(silu(mlp.gate_proj(g)) * mlp.up_proj(g))
+
+
+def qwen3_block_at(layer: Any, x: mx.array, rows: mx.array) -> mx.array:
+    """`qwen3_block(layer, x)` at one position per sequence only, `rows` [B]: [B, hidden]. For the last layer
+    under last-token pooling: the keys and values still come from every position, but the queries, the
+    attention scores and the MLP only from the pooled one (on the 2-layer test model this was a third of the
+    forward pass). Same values as the full block at those positions, to float32 rounding."""
+    attn, mlp = layer.self_attn, layer.mlp
+    h = layer.input_layernorm(x)
+    batch, length, _ = h.shape
+    picked = mx.arange(batch)
+    q = attn.q_norm(attn.q_proj(h[picked, rows]).reshape(batch, 1, attn.n_heads, -1))
+    k = attn.rope(
+        attn.k_norm(attn.k_proj(h).reshape(batch, length, attn.n_kv_heads, -1)).transpose(0, 2, 1, 3)
+    )
+    v = attn.v_proj(h).reshape(batch, length, attn.n_kv_heads, -1).transpose(0, 2, 1, 3)
+    # RoPE rotates by position: each query at its own row, as the full block rotates it.
+    q = mx.fast.rope(
+        q.transpose(0, 2, 1, 3).reshape(batch * attn.n_heads, 1, 1, -1).transpose(0, 2, 1, 3),
+        attn.rope.dims,
+        traditional=attn.rope.traditional,
+        base=attn.rope.base,
+        scale=attn.rope.scale,
+        offset=mx.repeat(rows, attn.n_heads),
+    ).reshape(batch, attn.n_heads, 1, -1)
+    kv_heads = attn.n_kv_heads
+    grouped = q.reshape(batch, kv_heads, attn.n_heads // kv_heads, 1, -1)
+    # Keys after the pooled position are masked, as the causal mask masks them for that row.
+    later = mx.arange(length)[None, :] > rows[:, None]
+    mask = mx.where(later, -mx.inf, 0.0).astype(x.dtype).reshape(batch, 1, 1, 1, length)
+    out = attention(grouped, k[:, :, None], v[:, :, None], attn.scale, mask).reshape(batch, 1, -1)
+    at = x[picked, rows][:, None] + attn.o_proj(out)
+    g = layer.post_attention_layernorm(at)
+    return (at + mlp.down_proj(silu(mlp.gate_proj(g)) * mlp.up_proj(g)))[:, 0]

@@ -13,8 +13,9 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.models.qwen3 import ModelArgs, Qwen3Model
 
-from embedserver.models.cpu_math import on_cpu, qwen3_block
+from embedserver.models.cpu_math import on_cpu, qwen3_block, qwen3_block_at
 from embedserver.models.cuda_block import CudaQwen3Block, fusable
+from embedserver.pooling import pool
 
 
 class Qwen3Encoder(nn.Module):
@@ -52,6 +53,19 @@ class Qwen3Encoder(nn.Module):
             # On GPUs, mlx-lm's block; it passes "causal" on to the fused attention kernel.
             h = qwen3_block(layer, h) if cpu else layer(h, "causal", None)  # type: ignore[arg-type]
         return model.norm(h)
+
+    def last_token_states(self, ids: mx.array, lengths: mx.array) -> mx.array:
+        """The final states at each sequence's last real token, [B, hidden]: last-token pooling. On CPU the
+        last layer runs at that token only (cpu_math.qwen3_block_at; the same values); on GPUs the whole pass
+        runs and the rows are picked."""
+        if self._cuda_blocks or not on_cpu():
+            return pool(self(ids, lengths), lengths, "last")
+        model = self.model
+        h = model.embed_tokens(ids)
+        *first, last = model.layers
+        for layer in first:
+            h = qwen3_block(layer, h)
+        return model.norm(qwen3_block_at(last, h, lengths - 1))
 
     @staticmethod
     def sanitize(weights: dict[str, mx.array]) -> dict[str, mx.array]:
