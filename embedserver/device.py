@@ -84,10 +84,9 @@ def bound_gpu_memory(workspace: int) -> None:
     cache at most that much, within the limit MLX starts with (most of the card, whoever else uses it). The
     limit is soft: past it MLX waits for queued work to finish before queuing more, and a single operation
     larger than it still runs."""
-    card = _card_memory_limit()
-    limit = min(int(mx.get_active_memory()) + workspace, card)
-    mx.set_memory_limit(limit)
-    mx.set_cache_limit(min(workspace, max(card - int(mx.get_active_memory()), 0)))
+    card, loaded = _card_memory_limit(), int(mx.get_active_memory())
+    mx.set_memory_limit(min(loaded + workspace, card))
+    mx.set_cache_limit(min(workspace, max(card - loaded, 0)))
 
 
 def memory() -> dict[str, int]:

@@ -47,18 +47,34 @@ def causal_attention(q: mx.array, k: mx.array, v: mx.array, scale: float) -> mx.
     return attention(grouped, k[:, :, None], v[:, :, None], scale, causal).reshape(batch, heads, length, dim)
 
 
+def _heads(h: mx.array, proj: Any, heads: int, norm: Any = None) -> mx.array:
+    """[B, L, hidden] through a projection (and a per-head norm) into [B, heads, L, head_dim]."""
+    batch, length, _ = h.shape
+    split = proj(h).reshape(batch, length, heads, -1)
+    return (split if norm is None else norm(split)).transpose(0, 2, 1, 3)
+
+
+def _keys_values(attn: Any, h: mx.array) -> tuple[mx.array, mx.array]:
+    """Every position's keys (normed, rotated) and values, [B, KV, L, head_dim]."""
+    keys = attn.rope(_heads(h, attn.k_proj, attn.n_kv_heads, attn.k_norm))
+    return keys, _heads(h, attn.v_proj, attn.n_kv_heads)
+
+
+def _with_mlp(layer: Any, x: mx.array) -> mx.array:
+    """The block's second half: x plus its MLP of the normed x."""
+    mlp, g = layer.mlp, layer.post_attention_layernorm(x)
+    return x + mlp.down_proj(silu(mlp.gate_proj(g)) * mlp.up_proj(g))
+
+
 def qwen3_block(layer: Any, x: mx.array) -> mx.array:
     """mlx-lm's Qwen3 TransformerBlock.__call__ with a causal mask and no cache, on the functions above."""
-    attn, mlp = layer.self_attn, layer.mlp
+    attn = layer.self_attn
     h = layer.input_layernorm(x)
     batch, length, _ = h.shape
-    q = attn.q_norm(attn.q_proj(h).reshape(batch, length, attn.n_heads, -1)).transpose(0, 2, 1, 3)
-    k = attn.k_norm(attn.k_proj(h).reshape(batch, length, attn.n_kv_heads, -1)).transpose(0, 2, 1, 3)
-    v = attn.v_proj(h).reshape(batch, length, attn.n_kv_heads, -1).transpose(0, 2, 1, 3)
-    out = causal_attention(attn.rope(q), attn.rope(k), v, attn.scale)
-    x = x + attn.o_proj(out.transpose(0, 2, 1, 3).reshape(batch, length, -1))
-    g = layer.post_attention_layernorm(x)
-    return x + mlp.down_proj(silu(mlp.gate_proj(g)) * mlp.up_proj(g))
+    q = attn.rope(_heads(h, attn.q_proj, attn.n_heads, attn.q_norm))
+    k, v = _keys_values(attn, h)
+    out = causal_attention(q, k, v, attn.scale)
+    return _with_mlp(layer, x + attn.o_proj(out.transpose(0, 2, 1, 3).reshape(batch, length, -1)))
 
 
 def qwen3_block_at(layer: Any, x: mx.array, rows: mx.array) -> mx.array:
@@ -66,30 +82,17 @@ def qwen3_block_at(layer: Any, x: mx.array, rows: mx.array) -> mx.array:
     under last-token pooling: the keys and values still come from every position, but the queries, the
     attention scores and the MLP only from the pooled one (on the 2-layer test model this was a third of the
     forward pass). Same values as the full block at those positions, to float32 rounding."""
-    attn, mlp = layer.self_attn, layer.mlp
+    attn = layer.self_attn
     h = layer.input_layernorm(x)
     batch, length, _ = h.shape
     picked = mx.arange(batch)
-    q = attn.q_norm(attn.q_proj(h[picked, rows]).reshape(batch, 1, attn.n_heads, -1))
-    k = attn.rope(
-        attn.k_norm(attn.k_proj(h).reshape(batch, length, attn.n_kv_heads, -1)).transpose(0, 2, 1, 3)
-    )
-    v = attn.v_proj(h).reshape(batch, length, attn.n_kv_heads, -1).transpose(0, 2, 1, 3)
-    # RoPE rotates by position: each query at its own row, as the full block rotates it.
-    q = mx.fast.rope(
-        q.transpose(0, 2, 1, 3).reshape(batch * attn.n_heads, 1, 1, -1).transpose(0, 2, 1, 3),
-        attn.rope.dims,
-        traditional=attn.rope.traditional,
-        base=attn.rope.base,
-        scale=attn.rope.scale,
-        offset=mx.repeat(rows, attn.n_heads),
-    ).reshape(batch, attn.n_heads, 1, -1)
-    kv_heads = attn.n_kv_heads
-    grouped = q.reshape(batch, kv_heads, attn.n_heads // kv_heads, 1, -1)
+    # One query per sequence, each rotated at its own row, as the full block rotates it: [B * heads, 1, D].
+    q = attn.q_norm(attn.q_proj(h[picked, rows]).reshape(batch * attn.n_heads, 1, -1))
+    q = attn.rope(q, offset=mx.repeat(rows, attn.n_heads))
+    k, v = _keys_values(attn, h)
+    grouped = q.reshape(batch, attn.n_kv_heads, attn.n_heads // attn.n_kv_heads, 1, -1)
     # Keys after the pooled position are masked, as the causal mask masks them for that row.
     later = mx.arange(length)[None, :] > rows[:, None]
     mask = mx.where(later, -mx.inf, 0.0).astype(x.dtype).reshape(batch, 1, 1, 1, length)
     out = attention(grouped, k[:, :, None], v[:, :, None], attn.scale, mask).reshape(batch, 1, -1)
-    at = x[picked, rows][:, None] + attn.o_proj(out)
-    g = layer.post_attention_layernorm(at)
-    return (at + mlp.down_proj(silu(mlp.gate_proj(g)) * mlp.up_proj(g)))[:, 0]
+    return _with_mlp(layer, x[picked, rows][:, None] + attn.o_proj(out))[:, 0]
