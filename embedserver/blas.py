@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 from dataclasses import dataclass
+from functools import cache
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +25,7 @@ _CANDIDATES = (
     "/usr/lib64/libopenblas.so.0",
 )
 _preloaded: str | None = None
+_handle: ctypes.CDLL | None = None
 
 
 @dataclass(frozen=True)
@@ -35,7 +37,7 @@ class BlasInfo:
 
 def preload() -> str | None:
     """Load an optimized BLAS globally; returns its path, or None (not Linux, or none found)."""
-    global _preloaded
+    global _preloaded, _handle
     if _preloaded is not None or not sys.platform.startswith("linux"):
         return _preloaded
     override = os.environ.get("EMBEDSERVER_BLAS")
@@ -44,12 +46,38 @@ def preload() -> str | None:
         if not name:
             continue
         try:
-            ctypes.CDLL(name, mode=ctypes.RTLD_GLOBAL)
+            _handle = ctypes.CDLL(name, mode=ctypes.RTLD_GLOBAL)
         except OSError:
             continue
         _preloaded = name
         return name
     return None
+
+
+class OpenBlasThreads:
+    """The number of threads the preloaded OpenBLAS splits a matrix product over (process-wide). `started`
+    is what it started with: OPENBLAS_NUM_THREADS, or every core."""
+
+    def __init__(self, library: ctypes.CDLL) -> None:
+        self._set = library.openblas_set_num_threads
+        self._get = library.openblas_get_num_threads
+        self.started = int(self._get())
+        self.current = self.started
+
+    def set(self, threads: int) -> None:
+        """Only between products: OpenBLAS reads the count as each product starts."""
+        if threads != self.current:
+            self._set(threads)
+            self.current = threads
+
+
+@cache
+def openblas_threads() -> OpenBlasThreads | None:
+    """Control of the preloaded OpenBLAS's threads (one per process, as the count is); None without one
+    (macOS, another BLAS)."""
+    if _handle is None or not hasattr(_handle, "openblas_set_num_threads"):
+        return None
+    return OpenBlasThreads(_handle)
 
 
 class _DlInfo(ctypes.Structure):

@@ -5,6 +5,7 @@ Knows nothing of HTTP, queues or caches. `embed` runs on the MLX thread (embedse
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -12,6 +13,7 @@ from typing import Protocol
 import mlx.core as mx
 import numpy as np
 
+from embedserver.cpu_threads import BlasThreadPolicy
 from embedserver.padding import batch_buckets, length_buckets, pad_right
 from embedserver.pooling import Pooling, pool
 from embedserver.tokenization import TextTokenizer
@@ -53,6 +55,9 @@ class Engine:
     # shrinks from hundreds of operation calls, each taking the GIL, to one call. Compiles on first use of a
     # shape, so it is meant with bucketed shapes warmed at load.
     compiled: bool = False
+    # On CPU with OpenBLAS: its threads per pass (embedserver/cpu_threads.py). Only `embed` applies it: a
+    # launched pass may still be multiplying when the next is built.
+    blas_threads: BlasThreadPolicy | None = None
 
     def __post_init__(self) -> None:
         self._compiled_forward = mx.compile(self._forward)
@@ -67,7 +72,15 @@ class Engine:
 
     def embed(self, batch: Sequence[Sequence[int]]) -> np.ndarray:
         """Pooled float32 vectors [len(batch), dimension] for token-id sequences of any lengths."""
-        return self.launch(batch)()
+        policy = self.blas_threads
+        if policy is None:
+            return self.launch(batch)()
+        lengths = [len(ids) for ids in batch]
+        policy.before(lengths)
+        started = time.perf_counter()
+        vectors = self.launch(batch)()
+        policy.after(lengths, time.perf_counter() - started)
+        return vectors
 
     def launch(self, batch: Sequence[Sequence[int]]) -> Callable[[], np.ndarray]:
         """Build the forward pass and queue it on the device without waiting; the returned function waits

@@ -16,8 +16,9 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
-from embedserver import device
+from embedserver import blas, device
 from embedserver.catalog import ModelSpec
+from embedserver.cpu_threads import BlasThreadPolicy
 from embedserver.engine import Encoder, Engine
 from embedserver.models.bert import BertEncoder
 from embedserver.models.qwen3 import Qwen3Encoder
@@ -128,7 +129,13 @@ def load_engine(spec: ModelSpec, *, dtype: str = "auto", cuda_kernels: bool = Tr
         pooling=pooling,
         max_length=max_length,
         query_task=spec.query_task,
+        blas_threads=_blas_thread_policy(),
     )
+
+
+def _blas_thread_policy() -> BlasThreadPolicy | None:
+    threads = blas.openblas_threads() if device.backend() == "cpu" else None
+    return BlasThreadPolicy(threads) if threads else None
 
 
 def _target_dtype(name: str) -> mx.Dtype | None:

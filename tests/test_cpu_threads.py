@@ -1,0 +1,78 @@
+"""OpenBLAS's threads per CPU forward pass: every thread for a lone text or a matrix-bound pass, one fewer
+for a batch of a small model, so the serving side keeps a core; the vectors do not depend on it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from embedserver import blas
+from embedserver.catalog import ModelSpec
+from embedserver.cpu_threads import BlasThreadPolicy
+from embedserver.loader import load_engine
+
+
+class _Threads:
+    def __init__(self, started: int) -> None:
+        self.started = started
+        self.history: list[int] = []
+
+    def set(self, threads: int) -> None:
+        self.history.append(threads)
+
+
+def _policy_after_a_pass(started: int, ms_per_token: float) -> BlasThreadPolicy:
+    policy = BlasThreadPolicy(_Threads(started))
+    policy.after([100, 100], ms_per_token * 200 / 1000)
+    return policy
+
+
+def test_a_batch_of_a_small_model_leaves_a_core_to_the_serving_side() -> None:
+    policy = _policy_after_a_pass(started=4, ms_per_token=0.01)  # ~1 ms a text: the tiny model
+    assert policy.threads_for([100] * 32) == 3
+    assert policy.threads_for([100]) == 4  # a lone text: nothing else to serve
+
+
+def test_a_matrix_bound_pass_keeps_every_thread() -> None:
+    policy = _policy_after_a_pass(started=2, ms_per_token=5.0)  # ~600 ms a text: the 0.6B model on 2 cores
+    assert policy.threads_for([128] * 8) == 2
+    assert policy.threads_for([4] * 8) == 2  # 20 ms a text
+    assert policy.threads_for([3] * 8) == 1  # 15 ms a text: the serving side's share is no longer noise
+
+
+def test_no_estimate_yet_or_one_thread_keeps_what_it_has() -> None:
+    assert BlasThreadPolicy(_Threads(8)).threads_for([50] * 16) == 8
+    assert _policy_after_a_pass(started=1, ms_per_token=0.01).threads_for([50] * 16) == 1
+
+
+def test_the_engine_sets_the_count_before_each_pass() -> None:
+    threads = _Threads(2)
+    policy = BlasThreadPolicy(threads)
+    policy.before([10, 10])
+    policy.after([10, 10], 0.001)  # 0.05 ms a token: short
+    policy.before([10, 10])
+    policy.before([10])
+    assert threads.history == [2, 1, 2]
+
+
+@pytest.mark.skipif(blas.openblas_threads() is None, reason="no OpenBLAS under MLX here")
+def test_vectors_are_the_same_with_any_thread_count(tiny_qwen3: Path) -> None:
+    threads = blas.openblas_threads()
+    assert threads is not None
+    engine = load_engine(ModelSpec(name="tiny", source=str(tiny_qwen3)))
+    assert engine.blas_threads is not None  # on CPU with OpenBLAS
+    batch = [list(range(300, 300 + n)) for n in (5, 40, 17, 64)]
+    try:
+        threads.set(1)
+        one = np.array(engine.launch(batch)())
+        threads.set(threads.started)
+        every = np.array(engine.launch(batch)())
+        assert np.allclose(one, every, rtol=1e-5, atol=1e-6)
+        engine.embed(batch)  # through the policy: the first pass gives it the time per token...
+        assert threads.current == threads.started
+        engine.embed(batch)  # ...by which the next is short
+        assert threads.current == (threads.started - 1 or 1)  # the tiny model's passes are short
+    finally:
+        threads.set(threads.started)
