@@ -5,6 +5,7 @@
 # service ceiling without the model).
 # Optional: CENSUS_S=N records a CPU census (benchmarks/cpu_census.py) for N seconds during each load level;
 # SERVER_CPUS / LOAD_CPUS (taskset lists, e.g. 0-11 and 12-15) pin the server and the load generator;
+# READY_S (60) is how long to wait for the server's health before loading it anyway;
 # SERVER_CMD replaces `python3 -m embedserver` (e.g. "python3 benchmarks/forward_trace.py serve OUT/trace.csv").
 set -euo pipefail
 out=${1:?}; conc=${2:?}; secs=${3:?}; shift 3
@@ -19,7 +20,7 @@ for config in "$@"; do
     for pair in "${pairs[@]}"; do [ -n "$pair" ] && export "$pair"; done
     ${SERVER_CPUS:+taskset -c $SERVER_CPUS} ${SERVER_CMD:-python3 -m embedserver} > "$out/server-$name.log" 2>&1 &
     server=$!
-    for _ in $(seq 300); do curl -sf localhost:$port/health > /dev/null && break; sleep 0.2; done
+    for _ in $(seq $((${READY_S:-60} * 5))); do curl -sf localhost:$port/health > /dev/null && break; sleep 0.2; done
     if [[ $name == cached* ]]; then python3 benchmarks/loadgen.py "http://127.0.0.1:$port/v1/embeddings" $model 64 3 > /dev/null; fi
     grep -h "warmed" "$out/server-$name.log" || true
     for c in ${conc//,/ }; do

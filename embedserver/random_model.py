@@ -43,7 +43,15 @@ QWEN3_4B = {
     "head_dim": 128,
     "intermediate_size": 9728,
 }
-SHAPES = {"tiny": TINY, "0.6b": QWEN3_0_6B, "4b": QWEN3_4B}
+QWEN3_8B = {
+    "hidden_size": 4096,
+    "num_hidden_layers": 36,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "head_dim": 128,
+    "intermediate_size": 12288,
+}
+SHAPES = {"tiny": TINY, "0.6b": QWEN3_0_6B, "4b": QWEN3_4B, "8b": QWEN3_8B}
 VOCAB_SIZE = 151669
 END_OF_TEXT = "<|endoftext|>"
 
