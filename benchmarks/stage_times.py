@@ -24,8 +24,21 @@ _STAGES = {
 }
 
 
-def stage_means(text: str) -> dict[str, tuple[float, float]]:
-    """Histogram name -> (count, mean), summed over its labels."""
+def stage_means(text: str, since: str = "") -> dict[str, tuple[float, float]]:
+    """Histogram name -> (count, mean), summed over its labels; with `since` (an earlier scrape of the same
+    server), over what was observed between the two scrapes only."""
+    counts, sums = _totals(text)
+    before_counts, before_sums = _totals(since) if since else ({}, {})
+    out = {}
+    for name, count in counts.items():
+        count -= before_counts.get(name, 0.0)
+        if count:
+            out[name] = (count, (sums[name] - before_sums.get(name, 0.0)) / count)
+    return out
+
+
+def _totals(text: str) -> tuple[dict[str, float], dict[str, float]]:
+    """Each stage histogram's (count, sum), summed over its labels."""
     sums: dict[str, float] = {}
     counts: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
@@ -36,7 +49,7 @@ def stage_means(text: str) -> dict[str, tuple[float, float]]:
                 sums[family.name] = sums.get(family.name, 0.0) + sample.value
             elif sample.name.endswith("_count"):
                 counts[family.name] = counts.get(family.name, 0.0) + sample.value
-    return {name: (counts[name], sums[name] / counts[name]) for name in counts if counts[name]}
+    return counts, sums
 
 
 def main() -> None:

@@ -31,6 +31,17 @@ def test_stage_means_average_each_histogram_over_every_model() -> None:
     assert "embedserver_queue_wait_seconds" not in means  # nothing observed: no mean
 
 
+def test_stage_means_since_an_earlier_scrape_cover_what_came_between() -> None:
+    metrics = Metrics()
+    metrics.inference_seconds.labels("a").observe(0.500)
+    earlier = generate_latest(metrics.registry).decode()
+    metrics.inference_seconds.labels("a").observe(0.004)
+    metrics.inference_seconds.labels("b").observe(0.006)
+    means = stage_means(generate_latest(metrics.registry).decode(), since=earlier)
+    assert means["embedserver_inference_seconds"] == (2, pytest.approx(0.005))
+    assert stage_means(earlier, since=earlier) == {}
+
+
 def test_profile_summary_shares_per_thread_and_counts_a_frame_once_per_stack() -> None:
     raw = [
         "thread (0x1): mlx_0;run (a.py:1);f (b.py:2);f (b.py:2) 6",  # recursion: f counted once
