@@ -81,6 +81,33 @@ async def test_a_loaded_model_and_everything_alive_then_leave_the_collectors_sca
         gc.unfreeze()
 
 
+async def test_a_gpu_load_runs_one_full_collection(tiny_qwen3: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full collection holds the GIL 26-100 ms, stalling every other model's traffic: a GPU load (warm-up,
+    release of MLX's cache, freeze) runs only the freeze's. Automatic collections are off to count ours."""
+    from embedserver import device
+
+    monkeypatch.setattr(device, "backend", lambda: "cuda")  # the GPU branch of the load
+    monkeypatch.setattr(device, "bound_gpu_memory", lambda workspace: None)
+    full: list[int] = []
+
+    def count(phase: str, info: dict[str, int]) -> None:
+        if phase == "start" and info["generation"] == 2:
+            full.append(1)
+
+    gc.unfreeze()
+    gc.disable()
+    gc.callbacks.append(count)
+    registry = _registry(tiny_qwen3, CountingLoader())
+    try:
+        assert (await registry.load("a")).status == "ready"
+        assert len(full) == 1
+    finally:
+        gc.callbacks.remove(count)
+        gc.enable()
+        await registry.close()
+        gc.unfreeze()
+
+
 async def test_an_evicted_model_is_freed_although_it_was_frozen(tiny_qwen3: Path) -> None:
     """The engine refers to itself (its compiled forward pass), so only the collector frees it; frozen at its
     load, it must still go when evicted, or its weights would stay on the device."""
