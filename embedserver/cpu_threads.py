@@ -5,10 +5,10 @@ before they sleep. On a small machine serving a small model that spin takes the 
 tokenizer and HTTP need: serving the tiny test model to one client on 2 cores, OpenBLAS's worker thread took
 ~47% of the machine's CPU samples (perf), and a one-text pass that needs that thread took 15.9 ms instead of
 3.0 while another process kept a core busy. So a batched pass that is short for its size leaves one core to
-the serving side (1 thread of 2 here: 32 clients 692 vs 600 texts/s, one client unchanged; docs/PERFORMANCE.md),
-while a lone text (nothing else to serve) and a
-pass that is long for its size (a real model, matrix-bound, where the serving side's ~1 ms a request is
-noise) keep every thread: the 0.6B model on 2 cores takes 1.5-1.7x longer on one.
+the serving side (1 thread of 2 here: 32 clients 692 vs 600 texts/s, mean of five runs, one client
+unchanged; docs/PERFORMANCE.md), while a lone text (nothing else to serve) and a pass that is long for its
+size (a real model, matrix-bound, where the serving side's ~1 ms a request is noise) keep every thread: the
+0.6B model on 2 cores takes 1.5-1.7x longer on one.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ class ThreadCount(Protocol):
 
 
 # Above this a pass's texts cost the device far more than their requests cost the serving side (~1 ms each on
-# a 2-core machine): a pass of the tiny test model takes ~1 ms a text, of the 0.6B model ~600 ms.
+# a 2-core machine): a pass of the tiny test model takes ~1 ms a text, of the 0.6B model ~470 ms.
 _LONG_MS_PER_TEXT = 20.0
 
 
