@@ -78,6 +78,23 @@ def test_end_of_text_is_appended_exactly_once(tiny_qwen3: Path, tiny_qwen3_mlx: 
             assert seq[-1] == END_OF_TEXT and seq[-2] != END_OF_TEXT
 
 
+def test_ids_are_the_tokenizers_own(tiny_qwen3: Path) -> None:
+    """The server encodes without character offsets (faster); the ids must be those of the full encoding."""
+    from tokenizers import Tokenizer
+
+    texts = [
+        "x",
+        "  leading and trailing  ",
+        "naïve café 東京 😀👍🏽",
+        "a" * 3000,
+        "tab\tnew\nline",
+        "<|endoftext|> x",
+    ]
+    full = Tokenizer.from_file(str(tiny_qwen3 / "tokenizer.json"))
+    expected = [enc.ids for enc in full.encode_batch(texts, add_special_tokens=True)]
+    assert _engine(tiny_qwen3).tokenizer.encode_batch(texts) == expected
+
+
 def test_mlx_layout_gives_the_same_embeddings(
     qwen3: Engine, tiny_qwen3_mlx: Path, reference: dict[str, Any]
 ) -> None:
