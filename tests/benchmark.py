@@ -73,16 +73,33 @@ def throughput(url: str, model: str, levels: list[int], seconds: float, workers:
     for c in levels:
         level_texts = texts(int(seconds * _TEXTS_PER_SECOND), 100, seed=100 + c)
         bodies = [json.dumps({"input": t, "model": model}).encode() for t in level_texts]
-        hits = _cache_hits(url)
+        before = httpx.get(f"{url}/metrics").text
         summary = run_load(f"{url}/v1/embeddings", bodies, c, seconds, processes=min(workers, c)).summary()
-        out.append(summary | {"cache_hits": _cache_hits(url) - hits})
+        after = httpx.get(f"{url}/metrics").text
+        out.append(
+            summary | {"cache_hits": _cache_hits(after) - _cache_hits(before)} | _passes(after, before)
+        )
     return out
 
 
-def _cache_hits(url: str) -> float:
+def _passes(metrics: str, before: str) -> dict[str, float]:
+    """The level's own forward passes (the server's histograms between two scrapes): their mean time and
+    texts, so a level's latency reads against the passes that served it."""
+    from benchmarks.stage_times import stage_means
+
+    means = stage_means(metrics, since=before)
+    out = {}
+    if "embedserver_inference_seconds" in means:
+        out["forward_mean_ms"] = round(means["embedserver_inference_seconds"][1] * 1000, 2)
+    if "embedserver_batch_size" in means:
+        out["texts_per_pass"] = round(means["embedserver_batch_size"][1], 1)
+    return out
+
+
+def _cache_hits(metrics: str) -> float:
     from prometheus_client.parser import text_string_to_metric_families
 
-    families = text_string_to_metric_families(httpx.get(f"{url}/metrics").text)
+    families = text_string_to_metric_families(metrics)
     return sum(
         s.value
         for f in families
@@ -138,9 +155,21 @@ def report(results: dict[str, Any]) -> None:
     except ImportError:
         print(json.dumps(results, indent=2))
         return
-    console = Console()
-    table = Table(title=f"throughput ({results['model']})")
-    for column in ("clients", "req/s", "tokens/s", "p50 ms", "p95 ms", "p99 ms", "errors", "cache hits"):
+    # Piped or logged output has no terminal width to read; 80 columns would clip the throughput table.
+    console = Console() if sys.stdout.isatty() else Console(width=120)
+    table = Table(title=f"throughput ({results['model']}; times in ms)")
+    for column in (
+        "clients",
+        "req/s",
+        "tokens/s",
+        "p50",
+        "p95",
+        "p99",
+        "errors",
+        "cache hits",
+        "texts/pass",
+        "pass",
+    ):
         table.add_column(column, justify="right")
     for r in results["throughput"]:
         table.add_row(
@@ -152,6 +181,8 @@ def report(results: dict[str, Any]) -> None:
             str(r["p99_ms"]),
             str(r["errors"]),
             f"{r['cache_hits']:.0f}",
+            str(r.get("texts_per_pass", "-")),
+            str(r.get("forward_mean_ms", "-")),
         )
     console.print(table)
     latency = Table(title="latency (ms)")
@@ -171,6 +202,12 @@ def report(results: dict[str, Any]) -> None:
         f"serving overhead, one text: {results['overhead_ms']} ms over the engine; "
         f"cache speedup {results['cache']['speedup']}x"
     )
+    alone = next((r for r in results["throughput"] if r["concurrency"] == 1 and "forward_mean_ms" in r), None)
+    if alone:
+        console.print(
+            f"one client: p50 {alone['p50_ms']} ms over its own forward passes ({alone['forward_mean_ms']} ms): "
+            f"{alone['p50_ms'] - alone['forward_mean_ms']:.2f} ms of serving"
+        )
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
