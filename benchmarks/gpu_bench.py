@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import embedserver  # noqa: F401  (BLAS preload before MLX)
 from benchmarks.loadgen import run_load
 from benchmarks.server_process import running_server
-from benchmarks.stage_times import stage_means
+from benchmarks.stage_times import level_means
 from embedserver.random_model import write_random_qwen3
 
 
@@ -212,14 +212,7 @@ def bench_server(model_dir: Path, texts: list[str], duration: float, out_dir: Pa
 def _one_client_split(summary: dict[str, Any], metrics: str, before: str) -> dict[str, Any]:
     """A lone client's p50 against the forward pass of the same requests (the server's histograms over that
     level only): what the serving side adds, free of the device's drift between separately timed runs."""
-    means = stage_means(metrics, since=before)
-    stages = {
-        "forward_mean_ms": "embedserver_inference_seconds",
-        "tokenization_mean_ms": "embedserver_tokenization_seconds",
-        "queue_wait_mean_ms": "embedserver_queue_wait_seconds",
-        "server_mean_ms": "embedserver_request_duration_seconds",
-    }
-    out = {key: round(means[name][1] * 1000, 3) for key, name in stages.items() if name in means}
+    out: dict[str, Any] = level_means(metrics, since=before)
     if "forward_mean_ms" in out:
         out["p50_over_forward_ms"] = round(summary["p50_ms"] - out["forward_mean_ms"], 3)
     return out

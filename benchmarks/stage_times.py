@@ -37,6 +37,25 @@ def stage_means(text: str, since: str = "") -> dict[str, tuple[float, float]]:
     return out
 
 
+# Result keys for `level_means`: times in ms.
+_KEYS = {
+    "embedserver_request_duration_seconds": "server_mean_ms",
+    "embedserver_tokenization_seconds": "tokenization_mean_ms",
+    "embedserver_queue_wait_seconds": "queue_wait_mean_ms",
+    "embedserver_inference_seconds": "forward_mean_ms",
+    "embedserver_batch_size": "texts_per_pass",
+    "embedserver_padding_ratio": "padding_ratio",
+}
+
+
+def level_means(text: str, since: str) -> dict[str, float]:
+    """Each stage's mean between two scrapes of one server (one load level), keyed for a results file."""
+    out = {}
+    for name, (_, mean) in stage_means(text, since=since).items():
+        out[_KEYS[name]] = round(mean * 1000, 3) if name.endswith("_seconds") else round(mean, 2)
+    return out
+
+
 def _totals(text: str) -> tuple[dict[str, float], dict[str, float]]:
     """Each stage histogram's (count, sum), summed over its labels."""
     sums: dict[str, float] = {}

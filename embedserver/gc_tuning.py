@@ -32,5 +32,4 @@ def collect_everything() -> None:
     itself through its compiled forward pass, so only the collector frees it, and its GPU memory with it);
     what is still alive afterwards is frozen again."""
     gc.unfreeze()
-    gc.collect()
-    gc.freeze()
+    freeze_long_lived()

@@ -68,6 +68,7 @@ def throughput(url: str, model: str, levels: list[int], seconds: float, workers:
     seed, more texts than it can send), so the levels compare batching, not cache hits; the cache hits the
     server counted during the level are reported with it (0 unless a level outran the texts)."""
     from benchmarks.loadgen import run_load
+    from benchmarks.stage_times import level_means
 
     out = []
     for c in levels:
@@ -77,22 +78,10 @@ def throughput(url: str, model: str, levels: list[int], seconds: float, workers:
         summary = run_load(f"{url}/v1/embeddings", bodies, c, seconds, processes=min(workers, c)).summary()
         after = httpx.get(f"{url}/metrics").text
         out.append(
-            summary | {"cache_hits": _cache_hits(after) - _cache_hits(before)} | _passes(after, before)
+            summary
+            | {"cache_hits": _cache_hits(after) - _cache_hits(before)}
+            | level_means(after, since=before)
         )
-    return out
-
-
-def _passes(metrics: str, before: str) -> dict[str, float]:
-    """The level's own forward passes (the server's histograms between two scrapes): their mean time and
-    texts, so a level's latency reads against the passes that served it."""
-    from benchmarks.stage_times import stage_means
-
-    means = stage_means(metrics, since=before)
-    out = {}
-    if "embedserver_inference_seconds" in means:
-        out["forward_mean_ms"] = round(means["embedserver_inference_seconds"][1] * 1000, 2)
-    if "embedserver_batch_size" in means:
-        out["texts_per_pass"] = round(means["embedserver_batch_size"][1], 1)
     return out
 
 

@@ -13,7 +13,7 @@ from prometheus_client import generate_latest
 from benchmarks.kernel_timeline import pass_stats, summary
 from benchmarks.profile_summary import summarize
 from benchmarks.server_process import server_process
-from benchmarks.stage_times import stage_means
+from benchmarks.stage_times import level_means, stage_means
 from embedserver.metrics import Metrics
 
 
@@ -40,6 +40,7 @@ def test_stage_means_since_an_earlier_scrape_cover_what_came_between() -> None:
     means = stage_means(generate_latest(metrics.registry).decode(), since=earlier)
     assert means["embedserver_inference_seconds"] == (2, pytest.approx(0.005))
     assert stage_means(earlier, since=earlier) == {}
+    assert level_means(generate_latest(metrics.registry).decode(), since=earlier) == {"forward_mean_ms": 5.0}
 
 
 def test_profile_summary_shares_per_thread_and_counts_a_frame_once_per_stack() -> None:
