@@ -142,7 +142,7 @@ class EmbeddingService:
         if misses:
             started = time.perf_counter()
             prompts = [format_query(instruction, t) if instruction else t for t, _ in misses.values()]
-            encoded = await tokenize.encode(prompts)
+            encoded = await tokenize.encode(prompts, idle=not worker.busy)
             self.metrics.tokenize_seconds.labels(model).observe(time.perf_counter() - started)
             sequences = [
                 engine.tokenizer.fit(ids, max_length, truncate=truncate, index=index)

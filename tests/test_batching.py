@@ -205,6 +205,37 @@ async def test_tokenize_rounds_gather_concurrent_requests(tiny_qwen3: Path, roun
     assert sum(calls) == 40 and len(calls) < 20  # but in shared rounds
 
 
+async def test_short_texts_of_an_idle_model_are_encoded_on_the_event_loop(tiny_qwen3: Path) -> None:
+    """Where the model is idle, a short request's tokenization is on its critical path: no thread hand-off.
+    A long request, a busy model, or a round already running keep the work on the tokenizer threads."""
+    from embedserver.tokenization import TextTokenizer
+    from embedserver.tokenize_batcher import INLINE_CHARS, TokenizeBatcher
+
+    tokenizer = TextTokenizer(tiny_qwen3 / "tokenizer.json", end_token="<|endoftext|>")
+    assert tokenizer.fast
+    threads: list[str] = []
+    original = tokenizer.encode_batch
+
+    def recording(texts: list[str]) -> list[list[int]]:
+        threads.append(threading.current_thread().name)
+        return original(texts)
+
+    tokenizer.encode_batch = recording  # type: ignore[method-assign]
+    batcher = TokenizeBatcher(tokenizer)
+    loop_thread = threading.current_thread().name
+    long_text = "word " * (INLINE_CHARS // 5 + 1)
+
+    assert await batcher.encode(["a short query"], idle=True) == original(["a short query"])
+    assert await batcher.encode([long_text], idle=True) == original([long_text])
+    assert await batcher.encode(["a short query"]) == original(["a short query"])
+    assert threads[0] == loop_thread and threads[1] != loop_thread and threads[2] != loop_thread
+
+    threads.clear()  # a round in progress: an idle model's request joins the rounds, not the event loop
+    results = await asyncio.gather(batcher.encode([long_text]), batcher.encode(["short"], idle=True))
+    assert results == [original([long_text]), original(["short"])]
+    assert loop_thread not in threads
+
+
 @pytest.mark.parametrize("rounds", [1, 3])
 async def test_a_request_right_after_a_round_ends_is_tokenized(tiny_qwen3: Path, rounds: int) -> None:
     """A caller resumed by a finished round may ask again before that round's task is gone from the loop's
