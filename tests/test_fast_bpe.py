@@ -76,6 +76,15 @@ def test_a_large_batch_split_over_threads_keeps_order_and_ids(tiny_qwen3: Path) 
     assert tokenizer.encode_batch(texts) == _hf_ids(path, texts, [])
 
 
+def test_texts_holding_the_batch_separator_get_their_own_ids(tiny_qwen3: Path) -> None:
+    """The fast encoder joins a batch's texts around a separator token; a text holding that string is still
+    encoded as `tokenizers` encodes it, and so are its neighbours."""
+    path = tiny_qwen3 / "tokenizer.json"
+    tokenizer = TextTokenizer(path, end_token=END_OF_TEXT)
+    texts = ["before", f"a{fast_bpe._SEPARATOR}b", "after <|endoftext|> end", ""]
+    assert tokenizer.encode_batch(texts) == _hf_ids(path, texts, [])
+
+
 @settings(max_examples=300, deadline=None)
 @given(text=st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=60))
 def test_any_text_gets_the_same_ids(qwen_tokenizer: tuple[Tokenizer, fast_bpe.FastBPE], text: str) -> None:
@@ -186,3 +195,24 @@ def test_merges_lowest_id_first_bpe_makes_are_accepted(tmp_path: Path) -> None:
     assert fast is not None
     for text in ["abc", "ab", "abab", "bcabc", "aabcc", "x abc"]:
         assert fast.encode(text) == hf.encode(text).ids
+
+
+def test_text_python_finds_nfc_is_left_alone_by_the_tokenizers_normalizer() -> None:
+    """The fast encoder skips `tokenizers`' NFC where Python's quick check finds the text normalized: sound
+    only if, on this machine's Python, no such text is changed by it (every code point, and sequences where
+    composition and reordering happen: combining marks after letters, Hangul jamo)."""
+    import unicodedata
+
+    from tokenizers import normalizers
+
+    nfc = normalizers.NFC()
+    code_points = [chr(c) for c in range(0x110000) if not 0xD800 <= c < 0xE000]
+    assert [c for c in code_points if unicodedata.is_normalized("NFC", c) and nfc.normalize_str(c) != c] == []
+    marks = [c for c in code_points if unicodedata.combining(c)]
+    letters = [c for c in code_points if unicodedata.category(c).startswith("L")]
+    jamo = [chr(c) for c in (*range(0x1100, 0x1200), *range(0xAC00, 0xAC40))]
+    rng = random.Random(0)
+    for _ in range(50_000):
+        text = "".join(rng.choice(rng.choice((marks, letters, jamo))) for _ in range(rng.randrange(2, 6)))
+        if unicodedata.is_normalized("NFC", text):
+            assert nfc.normalize_str(text) == text, [hex(ord(c)) for c in text]
