@@ -51,15 +51,19 @@ async def send_error(
     await send({"type": "http.response.body", "body": payload})
 
 
+def api_error_response(exc: APIError, path: str) -> JSON:
+    status = exc.status
+    if isinstance(exc, InvalidRequest) and not path.startswith("/v1/"):
+        status = 422  # the native API answers every input error with 422, as its clients expect
+    return JSON(
+        error_body(exc.message, exc.type, param=exc.param, code=exc.code), status, headers=exc.headers
+    )
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> JSON:
-        status = exc.status
-        if isinstance(exc, InvalidRequest) and not request.url.path.startswith("/v1/"):
-            status = 422  # the native API answers every input error with 422, as its clients expect
-        return JSON(
-            error_body(exc.message, exc.type, param=exc.param, code=exc.code), status, headers=exc.headers
-        )
+        return api_error_response(exc, request.url.path)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSON:

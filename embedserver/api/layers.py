@@ -1,5 +1,6 @@
 """The HTTP layers every serving process puts in front of its routes: CORS, request metrics, API keys, body
-limits. Shared by the single-process app and the front-end processes (HTTP_WORKERS)."""
+limits, and the embedding routes' fast lane. Shared by the single-process app and the front-end processes
+(HTTP_WORKERS)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from embedserver.api.body import RequestBody
+from embedserver.api.fast_lane import FastLane
 from embedserver.api.guards import ApiKeys
 from embedserver.api.middleware import RequestMetrics
 from embedserver.metrics import HttpMetrics
@@ -14,7 +16,8 @@ from embedserver.settings import Settings
 
 
 def add_http_layers(app: FastAPI, settings: Settings, metrics: HttpMetrics) -> None:
-    # The last added runs first: CORS, request metrics (so refusals are counted too), API keys, body.
+    # The last added runs first: CORS, request metrics (so refusals are counted too), API keys, body, lane.
+    app.add_middleware(FastLane)
     app.add_middleware(RequestBody, max_bytes=settings.max_body_bytes, metrics=metrics)
     if settings.api_key:
         open_paths = {"/health", "/ready"} | (set() if settings.metrics_require_key else {"/metrics"})

@@ -8,15 +8,54 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from embedserver.api.responses import JSON
-from embedserver.api.state import embedder_of
+from embedserver.api.state import Embedder, embedder_of
 from embedserver.calls import EmbedCall, EmbedOutcome
 from embedserver.schemas import EmbedBatchRequest, EmbedRequest
 
 router = APIRouter()
 
 
-async def _embed(request: Request, body: EmbedRequest | EmbedBatchRequest, texts: list[str]) -> EmbedOutcome:
-    return await embedder_of(request).embed(
+@router.post("/embed", response_class=JSON)
+async def embed(body: EmbedRequest, request: Request) -> JSON:
+    return await embed_one(body, embedder_of(request))
+
+
+@router.post("/embed_batch", response_class=JSON)
+async def embed_batch(body: EmbedBatchRequest, request: Request) -> JSON:
+    return await embed_many(body, embedder_of(request))
+
+
+async def embed_one(body: EmbedRequest, embedder: Embedder) -> JSON:
+    """The /embed answer; also given by the fast lane (embedserver/api/fast_lane.py)."""
+    started = time.perf_counter()
+    outcome = await _embed(embedder, body, [body.text])
+    return JSON(
+        {
+            "embedding": outcome.vectors[0],
+            "cached": outcome.cached[0],
+            **_common(outcome, body.normalize, started),
+        }
+    )
+
+
+async def embed_many(body: EmbedBatchRequest, embedder: Embedder) -> JSON:
+    """The /embed_batch answer; also given by the fast lane."""
+    started = time.perf_counter()
+    outcome = await _embed(embedder, body, body.texts)
+    return JSON(
+        {
+            "embeddings": outcome.vectors,
+            "count": len(body.texts),
+            "cached": outcome.cached,
+            **_common(outcome, body.normalize, started),
+        }
+    )
+
+
+async def _embed(
+    embedder: Embedder, body: EmbedRequest | EmbedBatchRequest, texts: list[str]
+) -> EmbedOutcome:
+    return await embedder.embed(
         EmbedCall(
             inputs=texts,
             model=body.model,
@@ -37,30 +76,3 @@ def _common(outcome: EmbedOutcome, normalized: bool, started: float) -> dict[str
         "tokens": outcome.tokens,
         "processing_time_ms": round((time.perf_counter() - started) * 1000, 3),
     }
-
-
-@router.post("/embed", response_class=JSON)
-async def embed(body: EmbedRequest, request: Request) -> JSON:
-    started = time.perf_counter()
-    outcome = await _embed(request, body, [body.text])
-    return JSON(
-        {
-            "embedding": outcome.vectors[0],
-            "cached": outcome.cached[0],
-            **_common(outcome, body.normalize, started),
-        }
-    )
-
-
-@router.post("/embed_batch", response_class=JSON)
-async def embed_batch(body: EmbedBatchRequest, request: Request) -> JSON:
-    started = time.perf_counter()
-    outcome = await _embed(request, body, body.texts)
-    return JSON(
-        {
-            "embeddings": outcome.vectors,
-            "count": len(body.texts),
-            "cached": outcome.cached,
-            **_common(outcome, body.normalize, started),
-        }
-    )
