@@ -257,11 +257,10 @@ class BatchWorker:
             if not batch:
                 return
             started = time.perf_counter()
-            queue_wait = self._metrics.queue_wait.labels(self.model)
-            for item in batch:
-                queue_wait.observe(started - item.enqueued)
+            waits = [started - item.enqueued for item in batch]
+            loop = asyncio.get_running_loop()
             try:
-                vectors = await self._forward(batch)
+                vectors, record = await self._forward(batch)
             except _Abandoned:
                 self._metrics.dropped.labels(self.model).inc(len(batch))
                 return
@@ -274,16 +273,27 @@ class BatchWorker:
                 # Retry each text alone, so one bad input fails only its own request.
                 for item in batch:
                     try:
-                        _set_result(item, (await self._forward([item]))[0])
+                        vectors, record = await self._forward([item])
+                        _set_result(item, vectors[0])
+                        loop.call_soon(record)
                     except Exception as item_exc:
                         _set_exception(item, item_exc)
                 return
             for item, vector in zip(batch, vectors, strict=True):
                 _set_result(item, vector)
+            # Metrics after the callers resume (they were scheduled first): a lone request does not wait for them.
+            loop.call_soon(record)
+            loop.call_soon(self._record_waits, waits)
         finally:
             self._slots.release()
 
-    async def _forward(self, batch: list[WorkItem]) -> np.ndarray:
+    def _record_waits(self, waits: list[float]) -> None:
+        queue_wait = self._metrics.queue_wait.labels(self.model)
+        for wait in waits:
+            queue_wait.observe(wait)
+
+    async def _forward(self, batch: list[WorkItem]) -> tuple[np.ndarray, Callable[[], None]]:
+        """The pooled vectors, and a function that records the pass in the metrics (run it later)."""
         loop = asyncio.get_running_loop()
         sequences = [item.ids for item in batch]
         futures = [item.future for item in batch]
@@ -299,22 +309,28 @@ class BatchWorker:
         self._forward_s = seconds if not self._forward_s else 0.8 * self._forward_s + 0.2 * seconds
         known = self._shape_s.get(shape)
         self._shape_s[shape] = seconds if known is None else 0.8 * known + 0.2 * seconds
-        m, model = self._metrics, self.model
-        real = sum(len(s) for s in sequences)
-        # Filler rows (the engine's batch buckets) are padding too: the device computes them all the same.
-        padded = shape[0] * shape[1]
-        m.inference_seconds.labels(model).observe(seconds)
         self._observe_rate(len(sequences))
-        m.batches.labels(model).inc()
-        m.batch_size.labels(model).observe(len(sequences))
-        m.batch_tokens.labels(model).observe(padded)
-        m.padding_ratio.labels(model).observe(1 - real / padded)
-        m.tokens.labels(model).inc(real)
-        m.texts.labels(model).inc(len(sequences))
+        real = sum(len(s) for s in sequences)
+
+        def record() -> None:
+            m, model = self._metrics, self.model
+            # Filler rows (the engine's batch buckets) are padding too: the device computes them all the same.
+            padded = shape[0] * shape[1]
+            m.inference_seconds.labels(model).observe(seconds)
+            m.batches.labels(model).inc()
+            m.batch_size.labels(model).observe(len(sequences))
+            m.batch_tokens.labels(model).observe(padded)
+            m.padding_ratio.labels(model).observe(1 - real / padded)
+            m.tokens.labels(model).inc(real)
+            m.texts.labels(model).inc(len(sequences))
+
         bad = ~np.isfinite(vectors).all(axis=1)
         if bad.any():
-            raise InferenceError(f"model {model} produced non-finite values for {int(bad.sum())} text(s)")
-        return vectors
+            record()
+            raise InferenceError(
+                f"model {self.model} produced non-finite values for {int(bad.sum())} text(s)"
+            )
+        return vectors, record
 
     def _observe_rate(self, texts: int) -> None:
         """Texts per second of wall time while a backlog waits: what admission needs to know how long new

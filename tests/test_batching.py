@@ -93,6 +93,25 @@ async def test_non_finite_embedding_is_an_error_not_a_result(worker: BatchWorker
     assert results[1].tolist() == [1, 3]  # type: ignore[union-attr]
 
 
+async def test_callers_resume_before_the_pass_is_recorded() -> None:
+    """A pass's metrics (a dozen histogram and counter updates) are recorded after its callers have resumed,
+    so a lone request does not wait for them; one turn of the loop later they are all there."""
+    limits = BatchLimits(max_size=8, max_tokens=4096, wait_s=0.005, max_queue=20)
+    metrics = Metrics()
+    w = BatchWorker("m", Scripted(), limits=limits, metrics=metrics, executor=ThreadPoolExecutor(1))
+    w.start()
+    await w.submit([[1, 2]])[0]
+
+    def sample(name: str) -> float | None:
+        return metrics.registry.get_sample_value(name, {"model": "m"})
+
+    assert sample("embedserver_batches_total") in (None, 0.0)
+    await asyncio.sleep(0)
+    assert sample("embedserver_batches_total") == 1 and sample("embedserver_tokens_total") == 2
+    assert sample("embedserver_queue_wait_seconds_count") == 1
+    await w.stop()
+
+
 async def test_full_backlog_answers_overloaded_at_once(worker: BatchWorker) -> None:
     with worker.admit(15):
         with pytest.raises(Overloaded) as info, worker.admit(6):
