@@ -22,6 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.plots import load_plot
 from benchmarks.traffic import texts
 
 
@@ -200,23 +201,7 @@ def report(results: dict[str, Any]) -> None:
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    levels = [r["concurrency"] for r in results["throughput"]]
-    fig, left = plt.subplots(figsize=(7, 4))
-    left.plot(levels, [r["tokens_per_s"] for r in results["throughput"]], "o-", label="tokens/s")
-    left.set_xscale("log", base=2)
-    left.set_xlabel("concurrent clients")
-    left.set_ylabel("tokens/s")
-    right = left.twinx()
-    right.plot(levels, [r["p99_ms"] for r in results["throughput"]], "s--", color="tab:red", label="p99 ms")
-    right.set_ylabel("p99 latency (ms)")
-    fig.suptitle(f"embedserver {results['model']} ({results['date']})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    load_plot(results["throughput"], f"embedserver {results['model']} ({results['date']})", path)
 
 
 def main() -> None:

@@ -149,3 +149,26 @@ def test_kernel_timeline_splits_device_time_per_pass(tmp_path: Path) -> None:
     path.write_text(json.dumps({"traceEvents": events}))
     text = summary(path)
     assert "64x128" in text and "96x128" in text and "2 passes" in text
+
+
+def test_the_gpu_results_plot_is_a_png(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    levels = [{"concurrency": c, "tokens_per_s": 1000.0 * c, "p99_ms": 5.0 + c} for c in (1, 8, 32, 128, 256)]
+    results = {
+        "shape": "0.6b",
+        "gpu": "test card",
+        "date": "2026-11-26",
+        "engine": {"shapes": {"256x128": 300_000}},
+        "sentence_transformers": {"batch_256_tokens_per_s": 100_000},
+        "server": {"load": levels},
+    }
+    (tmp_path / "gpu_results.json").write_text(json.dumps(results))
+    out = tmp_path / "load.png"
+    subprocess.run(
+        [sys.executable, "benchmarks/plots.py", str(tmp_path / "gpu_results.json"), str(out)],
+        check=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
