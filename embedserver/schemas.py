@@ -6,6 +6,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
+from embedserver.calls import EmbedCall
+
 TokenIds = Annotated[list[StrictInt], Field(min_length=1)]
 
 
@@ -23,6 +25,19 @@ class _Options(BaseModel):
     truncate: StrictBool | None = Field(
         None, description="Cut texts over the token limit (server default: on)"
     )
+    normalize: StrictBool = True
+
+    def call(self, inputs: list[str] | list[list[int]]) -> EmbedCall:
+        """What these options ask of the embedding service, for `inputs`."""
+        return EmbedCall(
+            inputs=inputs,
+            model=self.model,
+            instruction=self.instruction,
+            input_type=self.input_type,
+            dimensions=self.dimensions,
+            normalize=self.normalize,
+            truncate=self.truncate,
+        )
 
 
 class EmbeddingRequest(_Options):
@@ -31,7 +46,6 @@ class EmbeddingRequest(_Options):
     input: StrictStr | list[StrictStr] | TokenIds | list[TokenIds]
     encoding_format: Literal["float", "base64"] = "float"
     user: StrictStr | None = None
-    normalize: StrictBool = True
 
 
 NonEmptyText = Annotated[StrictStr, Field(min_length=1)]
@@ -39,9 +53,7 @@ NonEmptyText = Annotated[StrictStr, Field(min_length=1)]
 
 class EmbedRequest(_Options):
     text: NonEmptyText
-    normalize: StrictBool = True
 
 
 class EmbedBatchRequest(_Options):
     texts: Annotated[list[NonEmptyText], Field(min_length=1)]
-    normalize: StrictBool = True

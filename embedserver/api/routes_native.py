@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 
 from embedserver.api.responses import JSON
 from embedserver.api.state import Embedder, embedder_of
-from embedserver.calls import EmbedCall, EmbedOutcome
+from embedserver.calls import EmbedOutcome
 from embedserver.schemas import EmbedBatchRequest, EmbedRequest
 
 router = APIRouter()
@@ -28,7 +28,7 @@ async def embed_batch(body: EmbedBatchRequest, request: Request) -> JSON:
 async def embed_one(body: EmbedRequest, embedder: Embedder) -> JSON:
     """The /embed answer; also given by the fast lane (embedserver/api/fast_lane.py)."""
     started = time.perf_counter()
-    outcome = await _embed(embedder, body, [body.text])
+    outcome = await embedder.embed(body.call([body.text]))
     return JSON(
         {
             "embedding": outcome.vectors[0],
@@ -41,7 +41,7 @@ async def embed_one(body: EmbedRequest, embedder: Embedder) -> JSON:
 async def embed_many(body: EmbedBatchRequest, embedder: Embedder) -> JSON:
     """The /embed_batch answer; also given by the fast lane."""
     started = time.perf_counter()
-    outcome = await _embed(embedder, body, body.texts)
+    outcome = await embedder.embed(body.call(body.texts))
     return JSON(
         {
             "embeddings": outcome.vectors,
@@ -49,22 +49,6 @@ async def embed_many(body: EmbedBatchRequest, embedder: Embedder) -> JSON:
             "cached": outcome.cached,
             **_common(outcome, body.normalize, started),
         }
-    )
-
-
-async def _embed(
-    embedder: Embedder, body: EmbedRequest | EmbedBatchRequest, texts: list[str]
-) -> EmbedOutcome:
-    return await embedder.embed(
-        EmbedCall(
-            inputs=texts,
-            model=body.model,
-            instruction=body.instruction,
-            input_type=body.input_type,
-            dimensions=body.dimensions,
-            normalize=body.normalize,
-            truncate=body.truncate,
-        )
     )
 
 

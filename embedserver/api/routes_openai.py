@@ -6,7 +6,6 @@ from fastapi import APIRouter, Request
 
 from embedserver.api.responses import JSON
 from embedserver.api.state import Embedder, embedder_of
-from embedserver.calls import EmbedCall
 from embedserver.schemas import EmbeddingRequest
 from embedserver.vectors import to_base64
 
@@ -29,17 +28,7 @@ async def embeddings(body: EmbeddingRequest, embedder: Embedder) -> JSON:
         inputs = [raw]  # type: ignore[list-item]
     else:
         inputs = raw  # type: ignore[assignment]
-    outcome = await embedder.embed(
-        EmbedCall(
-            inputs=inputs,
-            model=body.model,
-            instruction=body.instruction,
-            input_type=body.input_type,
-            dimensions=body.dimensions,
-            normalize=body.normalize,
-            truncate=body.truncate,
-        )
-    )
+    outcome = await embedder.embed(body.call(inputs))
     encode = to_base64 if body.encoding_format == "base64" else (lambda v: v)
     data = [
         {"object": "embedding", "index": index, "embedding": encode(vector)}
