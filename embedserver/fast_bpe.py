@@ -1,8 +1,8 @@
 """Byte-level BPE through tiktoken, used only where it provably gives the ids `tokenizers` gives.
 
-A 128-token text takes `tokenizers` ~300 µs on the 2-core CI machine (0.45-0.8 ms on the H100 host); tiktoken
-encodes it in ~60 µs. For a lone request that was a third of what serving adds to the forward pass, and under
-load it is CPU the event loop needs.
+A fresh 128-token text takes `tokenizers` ~300 µs on the 2-core CI machine (0.25-0.8 ms on the H100 host);
+tiktoken encodes it in 60-100 µs (0.12-0.17 ms there). For a lone request that was a third of what serving added
+to the forward pass, and under load it is CPU the event loop needs.
 
 Taken only when nothing can differ; otherwise `tokenizers` encodes everything, as before:
 - the model is byte-level BPE without dropout, unknown token, byte fallback, affixes or `ignore_merges`, and
@@ -19,6 +19,9 @@ Taken only when nothing can differ; otherwise `tokenizers` encodes everything, a
   every merge tiktoken performs on any text is a listed one, by induction: a token formed inside a longer text
   was formed from its own bytes as it would be alone, where the check holds; and a listed pair that is the
   lowest among all pairs is the lowest among the listed ones, so both pick the same pair at every step.
+What the argument takes on trust is that the two regex engines (Oniguruma in `tokenizers`, fancy-regex in
+tiktoken) split alike with this pattern: tests/test_fast_bpe.py compares whole encodings on thousands of texts
+across scripts, and a few probe texts are compared again when a tokenizer file is first loaded in a process.
 """
 
 from __future__ import annotations
