@@ -68,6 +68,21 @@ def test_qwen_tokenizer_is_fast_and_gives_the_same_ids(
     assert tokenizer.encode_batch(texts) == _hf_ids(path, texts, extra)
 
 
+def test_real_prose_and_code_get_the_same_ids(tiny_qwen3: Path) -> None:
+    """This repository's own documentation and source, paragraph by paragraph: English prose, tables, code,
+    numbers, typographic quotes and dashes."""
+    root = Path(__file__).resolve().parent.parent
+    files = [
+        root / "README.md",
+        *sorted((root / "docs").glob("*.md")),
+        *sorted((root / "embedserver").glob("*.py")),
+    ]
+    texts = [part for file in files for part in file.read_text().split("\n\n") if part.strip()]
+    assert len(texts) > 500
+    path = tiny_qwen3 / "tokenizer.json"
+    assert TextTokenizer(path, end_token=END_OF_TEXT).encode_batch(texts) == _hf_ids(path, texts, [])
+
+
 def test_a_large_batch_split_over_threads_keeps_order_and_ids(tiny_qwen3: Path) -> None:
     path = tiny_qwen3 / "tokenizer.json"
     tokenizer = TextTokenizer(path, end_token=END_OF_TEXT)
