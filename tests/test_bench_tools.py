@@ -172,3 +172,22 @@ def test_the_gpu_results_plot_is_a_png(tmp_path: Path) -> None:
         cwd=Path(__file__).resolve().parent.parent,
     )
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+
+
+def test_the_asgi_overhead_benchmark_measures_both_paths(tiny_qwen3: Path) -> None:
+    import os
+    import re
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "benchmarks/asgi_overhead.py", str(tiny_qwen3), "50"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parent.parent,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = re.findall(r"fast lane (\d+) us a request; FastAPI route (\d+) us a request", done.stdout)
+    assert len(lines) == 3 and all(int(lane) > 0 and int(route) > 0 for lane, route in lines)
