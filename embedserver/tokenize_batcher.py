@@ -2,7 +2,7 @@
 
 A thread hop per request (anyio.to_thread) put dozens of threads in contention for the GIL under load and
 capped an H100 server at ~1,000 requests/s. Here texts that arrive while a round runs wait for the next one,
-so under load each round covers many requests; the Rust tokenizer releases the GIL and spreads a batch
+so under load each round covers many requests; the tokenizer releases the GIL and spreads a large batch
 over the cores by itself. TOKENIZER_ROUNDS rounds may run at once per model.
 
 A short request whose model is idle is encoded on the event loop instead, when no round is running: its
