@@ -257,8 +257,9 @@ class BatchWorker:
             if not batch:
                 return
             started = time.perf_counter()
-            waits = [started - item.enqueued for item in batch]
             loop = asyncio.get_running_loop()
+            # Recorded while the pass runs (the loop is free then), whatever becomes of the batch.
+            loop.call_soon(self._record_waits, [started - item.enqueued for item in batch])
             try:
                 vectors, record = await self._forward(batch)
             except _Abandoned:
@@ -283,7 +284,6 @@ class BatchWorker:
                 _set_result(item, vector)
             # Metrics after the callers resume (they were scheduled first): a lone request does not wait for them.
             loop.call_soon(record)
-            loop.call_soon(self._record_waits, waits)
         finally:
             self._slots.release()
 

@@ -109,6 +109,10 @@ async def test_callers_resume_before_the_pass_is_recorded() -> None:
     await asyncio.sleep(0)
     assert sample("embedserver_batches_total") == 1 and sample("embedserver_tokens_total") == 2
     assert sample("embedserver_queue_wait_seconds_count") == 1
+    with pytest.raises(RuntimeError):  # a failed batch's texts waited in the queue too
+        await w.submit([[666]])[0]
+    await asyncio.sleep(0)
+    assert sample("embedserver_queue_wait_seconds_count") == 2
     await w.stop()
 
 
