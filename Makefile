@@ -51,16 +51,16 @@ format:
 
 benchmark:  ## quick HTTP benchmark (spawns a server with MODEL_NAME): latency, throughput at 1/8/32 clients
 	$(VENV)/bin/pip install -q -e ".[load]"
-	$(PY) tests/benchmark.py --quick
+	$(PY) benchmarks/http_bench.py --quick
 
 benchmark-full:  ## full benchmark: 1-256 clients, JSON and PNG under results/
 	$(VENV)/bin/pip install -q -e ".[load]"
 	mkdir -p results
-	$(PY) tests/benchmark.py --iterations 200 --workers 8 --json results/benchmark.json --plot results/benchmark.png
+	$(PY) benchmarks/http_bench.py --iterations 200 --workers 8 --json results/benchmark.json --plot results/benchmark.png
 
 loadtest:  ## locust against a running server on $(HOST):$(PORT): 32 users, 60 s, fails on any 5xx
 	$(VENV)/bin/pip install -q -e ".[load]"
-	$(VENV)/bin/locust -f loadtests/locustfile.py --host http://$(HOST):$(PORT) --headless -u 32 -r 8 -t 60s --only-summary
+	$(VENV)/bin/locust -f benchmarks/locustfile.py --host http://$(HOST):$(PORT) --headless -u 32 -r 8 -t 60s --only-summary
 
 reference:  ## regenerate tests/fixtures/reference.json (needs torch: pip install torch==2.13.0)
 	$(PY) scripts/make_reference.py

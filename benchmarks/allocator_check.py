@@ -23,7 +23,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import embedserver  # noqa: F401  (BLAS preload before MLX)
 from embedserver.catalog import ModelSpec
-from embedserver.loader import load_engine
+from embedserver.runtime.loader import load_engine
 
 
 def main() -> None:
@@ -45,7 +45,7 @@ def main() -> None:
     engine = load_engine(ModelSpec(name="bench", source=args.model), cuda_kernels=not args.mlx_lm_layers)
     engine.bucket_rows = True
     if args.workspace_gb:
-        from embedserver.device import bound_gpu_memory
+        from embedserver.runtime.device import bound_gpu_memory
 
         bound_gpu_memory(int(args.workspace_gb * (1 << 30)))
     rng = np.random.default_rng(0)

@@ -19,8 +19,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from embedserver.app import create_app
-from embedserver.device import hard_exit
+from embedserver.runtime.device import hard_exit
+from embedserver.server.engine_app import create_app
 from embedserver.settings import Settings
 
 BODY = b'{"input": "what the HTTP side costs a cached request", "encoding_format": "base64"}'
@@ -79,4 +79,6 @@ async def main() -> None:
 
 if __name__ == "__main__":
     asyncio.run(main())
-    hard_exit(0)  # MLX used from its own thread can abort in C++ destructors at exit (embedserver/device.py)
+    hard_exit(
+        0
+    )  # MLX used from its own thread can abort in C++ destructors at exit (embedserver/runtime/device.py)

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from embedserver.batching import BatchLimits, BatchWorker
+from embedserver.batching.worker import BatchLimits, BatchWorker
 from embedserver.metrics import Metrics
-from embedserver.padding import bucket_batch
+from embedserver.runtime.padding import bucket_batch
 
 FLOOR_S, FIXED_S, PER_ROW_S = 0.006, 0.001, 0.0003
 TOKENS = 128

@@ -8,5 +8,5 @@ if ! python3 -c "import sys; sys.path.insert(0, '/tmp/site'); import mlx.core" 2
 fi
 export PYTHONPATH=$PWD:/tmp/site PATH=/tmp/site/bin:$PATH
 if [ ! -f /tmp/embedserver-bench/qwen3-0.6b/tokenizer.json ]; then
-  python3 -m embedserver.random_model /tmp/embedserver-bench/qwen3-0.6b --shape 0.6b --dtype bfloat16 > /dev/null
+  python3 -m embedserver_testing.random_model /tmp/embedserver-bench/qwen3-0.6b --shape 0.6b --dtype bfloat16 > /dev/null
 fi

@@ -1,5 +1,5 @@
 """The engine alone (no HTTP) on a batch of texts of 128 tokens (32 unless given): median time of RUNS forward
-passes (15) after 2 warm-up ones, and tokens/s. For the CPU path (embedserver/models/cpu_math.py); run it from
+passes (15) after 2 warm-up ones, and tokens/s. For the CPU path (embedserver/runtime/architectures/cpu_math.py); run it from
 two trees to compare them. `python benchmarks/engine_cpu.py MODEL_DIR [BATCH] [RUNS]`"""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import embedserver  # first: its BLAS preload must precede MLX
 from embedserver.catalog import ModelSpec
-from embedserver.loader import load_engine
+from embedserver.runtime.loader import load_engine
 
 size = int(sys.argv[2]) if len(sys.argv) > 2 else 32
 runs = int(sys.argv[3]) if len(sys.argv) > 3 else 15

@@ -43,8 +43,8 @@ def install(path: Path) -> Callable[[Path], None]:
     that sends the following rows to another file."""
     import mlx.core as mx
 
-    from embedserver.engine import Engine
-    from embedserver.padding import padded_shape
+    from embedserver.runtime.padding import padded_shape
+    from embedserver.runtime.runner import Engine
 
     sink: list[Any] = []
 

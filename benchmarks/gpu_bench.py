@@ -21,9 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import embedserver  # noqa: F401  (BLAS preload before MLX)
 from benchmarks.loadgen import run_load
-from benchmarks.server_process import running_server
 from benchmarks.stage_times import level_means
-from embedserver.random_model import write_random_qwen3
+from embedserver_testing.random_model import write_random_qwen3
+from embedserver_testing.server_process import running_server
 
 
 def log(*parts: Any) -> None:
@@ -77,8 +77,8 @@ def bench_engine(model_dir: Path, texts: list[str]) -> dict[str, Any]:
     import mlx.core as mx
 
     from embedserver.catalog import ModelSpec
-    from embedserver.device import bound_gpu_memory
-    from embedserver.loader import load_engine
+    from embedserver.runtime.device import bound_gpu_memory
+    from embedserver.runtime.loader import load_engine
     from embedserver.settings import DEFAULT_GPU_WORKSPACE_BYTES
 
     engine = load_engine(ModelSpec(name="bench", source=str(model_dir)))
@@ -98,8 +98,8 @@ def bench_engine(model_dir: Path, texts: list[str]) -> dict[str, Any]:
     seqs = [rng.integers(300, 30000, size=128).tolist() for _ in range(256)]
 
     def pipelined(rounds: int = 8) -> None:
-        from embedserver.padding import pad_right
-        from embedserver.pooling import pool
+        from embedserver.runtime.padding import pad_right
+        from embedserver.runtime.pooling import pool
 
         pending = []
         for _ in range(rounds):
@@ -119,7 +119,7 @@ def bench_engine(model_dir: Path, texts: list[str]) -> dict[str, Any]:
 
     # Compiled forward at a fixed shape (kernel fusion), to see what mx.compile would buy.
     def forward(ids: Any, lengths: Any) -> Any:
-        from embedserver.pooling import pool
+        from embedserver.runtime.pooling import pool
 
         return pool(engine.encoder(ids, lengths), lengths, engine.pooling).astype(mx.float32)
 

@@ -37,8 +37,8 @@ def install(path: Path, first: int, passes: int) -> None:
     import torch
     from torch.profiler import ProfilerActivity, profile, record_function
 
-    from embedserver.engine import Engine
-    from embedserver.padding import padded_shape
+    from embedserver.runtime.padding import padded_shape
+    from embedserver.runtime.runner import Engine
 
     real_launch = Engine.launch
     state: dict[str, Any] = {"n": 0, "profiler": None}
@@ -155,8 +155,8 @@ def engine_alone(out: Path, model: str, passes: int, beside_python: bool) -> Non
     runs them collected at once; with `beside_python`, next to a thread running Python without pause."""
     import embedserver  # noqa: F401  (BLAS preload, MLX settings, before MLX loads)
     from embedserver.catalog import ModelSpec
-    from embedserver.device import bound_gpu_memory
-    from embedserver.loader import load_engine
+    from embedserver.runtime.device import bound_gpu_memory
+    from embedserver.runtime.loader import load_engine
     from embedserver.settings import DEFAULT_GPU_WORKSPACE_BYTES
 
     engine = load_engine(ModelSpec(name="bench", source=model))

@@ -19,10 +19,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import embedserver  # noqa: F401  (BLAS preload before MLX)
-from embedserver.models.cuda_block import CudaQwen3Block
-from embedserver.models.cuda_kernels import qk_norm_rope
-from embedserver.models.cuda_kernels import swiglu as cuda_swiglu
-from embedserver.random_model import SHAPES, VOCAB_SIZE
+from embedserver.runtime.architectures.cuda_block import CudaQwen3Block
+from embedserver.runtime.architectures.cuda_kernels import qk_norm_rope
+from embedserver.runtime.architectures.cuda_kernels import swiglu as cuda_swiglu
+from embedserver_testing.random_model import SHAPES, VOCAB_SIZE
 
 
 def median_ms(fn: Callable[[], object], sync: Callable[[object], None], repeat: int = 7) -> float:

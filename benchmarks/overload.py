@@ -27,8 +27,8 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.server_process import model_server
 from benchmarks.traffic import Tally, post, report, rss_mb, unique_text
+from embedserver_testing.server_process import model_server
 
 
 async def _capacity(url: str, clients: int, texts: int, seconds: float, rng: random.Random) -> Tally:

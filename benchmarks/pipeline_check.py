@@ -20,9 +20,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import embedserver  # noqa: F401  (BLAS preload before MLX)
 from embedserver.catalog import ModelSpec
-from embedserver.loader import load_engine
+from embedserver.runtime.loader import load_engine
 from embedserver.settings import DEFAULT_GPU_WORKSPACE_BYTES
-from embedserver.tokenization import TextTokenizer
+from embedserver.tokenization.tokenizer import TextTokenizer
 
 
 def busy_half(stop: threading.Event) -> None:
@@ -54,7 +54,7 @@ def main() -> None:
 
     from benchmarks.forward_trace import install
     from benchmarks.gpu_bench import make_texts
-    from embedserver.device import bound_gpu_memory
+    from embedserver.runtime.device import bound_gpu_memory
 
     trace_to = install(Path(f"{args.trace}-load.csv")) if args.trace else None
 

@@ -1,4 +1,4 @@
-"""Throughput and p99 latency against concurrency, as a PNG: for `tests/benchmark.py --plot` and for the GPU
+"""Throughput and p99 latency against concurrency, as a PNG: for `benchmarks/http_bench.py --plot` and for the GPU
 benchmark's results.
 
     python benchmarks/plots.py gpu_results.json OUT.png    # gpu_bench.py's server levels, engine and s-t as lines

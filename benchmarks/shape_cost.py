@@ -12,7 +12,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import embedserver  # noqa: F401  (BLAS preload before MLX)
 from embedserver.catalog import ModelSpec
-from embedserver.loader import load_engine
+from embedserver.runtime.loader import load_engine
 
 model = sys.argv[1] if len(sys.argv) > 1 else "/tmp/embedserver-bench/qwen3-0.6b"
 engine = load_engine(ModelSpec(name="bench", source=model))

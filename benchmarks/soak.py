@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import httpx
 import numpy as np
 
-from benchmarks.server_process import model_server
 from benchmarks.traffic import Tally, post, report, rss_mb, texts, unique_text
+from embedserver_testing.server_process import model_server
 
 _CACHE_MAX_BYTES = 16 * 2**20  # small, so the soak reaches the cache's bound and evicts
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os as _os
 
-from embedserver import blas as _blas
+from embedserver.tuning import blas as _blas
 
-# Before anything imports MLX: see embedserver/blas.py.
+# Before anything imports MLX: see embedserver/tuning/blas.py.
 _blas.preload()
 # MLX's CUDA graphs (MLX_USE_CUDA_GRAPHS) stay at MLX's default, on: with the allocator no longer freeing
 # mid-pass (below), graphs won both pairs of an A/B on an H100 (256 clients +3%, one client p50 -0.8 to

@@ -27,7 +27,7 @@ def main() -> None:
     if settings.dev_mode:
         # Reload needs an import string; the factory re-reads the same environment.
         uvicorn.run(
-            "embedserver.app:create_app",
+            "embedserver.server.engine_app:create_app",
             factory=True,
             reload=True,
             host=settings.host,
@@ -35,17 +35,17 @@ def main() -> None:
             log_level="debug",
         )
         return
-    from embedserver.device import backend, hard_exit
-    from embedserver.supervisor import frontend_count, serve
+    from embedserver.runtime.device import backend, hard_exit
+    from embedserver.server.supervisor import frontend_count, serve
 
     workers = frontend_count(settings.http_workers, backend(), os.cpu_count() or 1)
     if workers:
         serve(settings, workers)
         hard_exit(0)
 
-    from embedserver.api.draining import DrainingServer
-    from embedserver.api.protocol import with_deadlines
-    from embedserver.app import create_app
+    from embedserver.server.draining import DrainingServer
+    from embedserver.server.engine_app import create_app
+    from embedserver.server.http_protocol import with_deadlines
 
     app = create_app(settings)
     config = uvicorn.Config(

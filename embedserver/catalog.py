@@ -1,6 +1,6 @@
 """The model catalog: names a request may use, and where each model comes from.
 
-Read from a TOML file (config/models.toml) with per-alias source overrides from the environment. A request can
+Read from a TOML file (embedserver/catalog.toml) with per-alias source overrides from the environment. A request can
 only name models listed here; paths and hub ids from requests are never loaded, so a client cannot make the
 server read an arbitrary directory.
 """

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-_DEFAULT_CATALOG = Path(__file__).resolve().parent.parent / "config" / "models.toml"
+_DEFAULT_CATALOG = Path(__file__).resolve().parent / "catalog.toml"
 
 
 # GPU memory for work in flight and cached buffers beyond the loaded weights (GPU_WORKSPACE_GB; see the field
@@ -39,7 +39,7 @@ class Settings(BaseSettings):
     max_models: int = Field(2, ge=1)
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     # 0: one process serves HTTP and runs the model. N >= 1: N front-end processes take HTTP, validation and
-    # JSON, and this process batches and runs the model for all of them (see embedserver/supervisor.py).
+    # JSON, and this process batches and runs the model for all of them (see embedserver/server/supervisor.py).
     # auto: 2 on CUDA machines with at least 8 cores (1.8x the requests/s of one process on an H100), else 0.
     http_workers: int | Literal["auto"] = Field("auto", union_mode="left_to_right")
     # mx.compile the forward pass per bucketed shape, all compiled at load (GPU backends only; see engine.py).

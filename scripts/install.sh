@@ -42,4 +42,4 @@ if [ "$backend" = cpu ] && [ "$(uname -s)" = Linux ]; then
     fi
   fi
 fi
-"$VENV/bin/python" -c "import embedserver.device as d; i = d.info(); print('embedserver: MLX', i['mlx_version'], 'on', i['device'], '| BLAS', i['blas'] or 'n/a', '(optimized)' if i['blas_optimized'] else '(REFERENCE: slow)')"
+"$VENV/bin/python" -c "import embedserver.runtime.device as d; i = d.info(); print('embedserver: MLX', i['mlx_version'], 'on', i['device'], '| BLAS', i['blas'] or 'n/a', '(optimized)' if i['blas_optimized'] else '(REFERENCE: slow)')"

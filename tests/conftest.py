@@ -14,9 +14,9 @@ import pytest
 from fastapi import FastAPI
 
 import embedserver  # noqa: F401  (loads the optimized BLAS before MLX)
-from embedserver.app import create_app
-from embedserver.random_model import write_random_qwen3
+from embedserver.server.engine_app import create_app
 from embedserver.settings import Settings
+from embedserver_testing.random_model import write_random_qwen3
 
 FIXTURES = Path(__file__).parent / "fixtures"
 QUERY_TASK = "Given a web search query, retrieve relevant passages that answer the query"
@@ -130,6 +130,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 def pytest_unconfigure(config: pytest.Config) -> None:
     # MLX may abort at interpreter exit after being used off the main thread (see device.hard_exit); the
     # report is written by now, so leave with pytest's own status instead of a spurious 134.
-    from embedserver.device import hard_exit
+    from embedserver.runtime.device import hard_exit
 
     hard_exit(_exit_status)

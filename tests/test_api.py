@@ -50,7 +50,7 @@ async def test_single_string_input_and_default_model(client: httpx.AsyncClient) 
 
 
 async def test_batch_equals_single_through_the_api(make_settings: Any) -> None:
-    from embedserver.app import create_app
+    from embedserver.server.engine_app import create_app
 
     texts = ["short", "a considerably longer text " * 12, "中文文本", "mid length text here"]
     # Cache off, so every single request really runs alone through the model.
@@ -75,7 +75,7 @@ async def test_base64_decodes_to_the_float_vector(client: httpx.AsyncClient) -> 
 async def test_token_id_inputs_equal_the_text(client: httpx.AsyncClient) -> None:
     from tokenizers import Tokenizer
 
-    from embedserver.random_model import qwen_tokenizer_json
+    from embedserver_testing.random_model import qwen_tokenizer_json
 
     ids = Tokenizer.from_file(str(qwen_tokenizer_json())).encode("hello world").ids
     by_text = _vectors((await client.post("/v1/embeddings", json={"input": "hello world"})).json())
@@ -172,7 +172,7 @@ async def test_unknown_model_is_404(client: httpx.AsyncClient) -> None:
 
 
 async def test_too_many_inputs_is_400(make_settings: Any) -> None:
-    from embedserver.app import create_app
+    from embedserver.server.engine_app import create_app
 
     async with started(create_app(make_settings(max_request_inputs=3))) as c:
         r = await c.post("/v1/embeddings", json={"input": ["a", "b", "c", "d"]})

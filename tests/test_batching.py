@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from embedserver.batching import BatchLimits, BatchWorker, WorkItem, plan_batches
+from embedserver.batching.worker import BatchLimits, BatchWorker, WorkItem, plan_batches
 from embedserver.errors import InferenceError, Overloaded
 from embedserver.metrics import Metrics
 
@@ -209,8 +209,8 @@ async def test_idle_worker_does_not_wait_for_a_batch_to_fill() -> None:
 
 @pytest.mark.parametrize("rounds", [1, 3])
 async def test_tokenize_rounds_gather_concurrent_requests(tiny_qwen3: Path, rounds: int) -> None:
-    from embedserver.tokenization import TextTokenizer
-    from embedserver.tokenize_batcher import TokenizeBatcher
+    from embedserver.tokenization.batcher import TokenizeBatcher
+    from embedserver.tokenization.tokenizer import TextTokenizer
 
     tokenizer = TextTokenizer(tiny_qwen3 / "tokenizer.json", end_token="<|endoftext|>")
     calls: list[int] = []
@@ -231,8 +231,8 @@ async def test_tokenize_rounds_gather_concurrent_requests(tiny_qwen3: Path, roun
 async def test_short_texts_of_an_idle_model_are_encoded_on_the_event_loop(tiny_qwen3: Path) -> None:
     """Where the model is idle, a short request's tokenization is on its critical path: no thread hand-off.
     A long request, a busy model, or a round already running keep the work on the tokenizer threads."""
-    from embedserver.tokenization import TextTokenizer
-    from embedserver.tokenize_batcher import INLINE_CHARS, TokenizeBatcher
+    from embedserver.tokenization.batcher import INLINE_CHARS, TokenizeBatcher
+    from embedserver.tokenization.tokenizer import TextTokenizer
 
     tokenizer = TextTokenizer(tiny_qwen3 / "tokenizer.json", end_token="<|endoftext|>")
     assert tokenizer.fast
@@ -264,8 +264,8 @@ async def test_a_request_right_after_a_round_ends_is_tokenized(tiny_qwen3: Path,
     """A caller resumed by a finished round may ask again before that round's task is gone from the loop's
     books; it must start a new round, not wait for a round that already ended (it waited until some other
     request came: forever for a lone client)."""
-    from embedserver.tokenization import TextTokenizer
-    from embedserver.tokenize_batcher import TokenizeBatcher
+    from embedserver.tokenization.batcher import TokenizeBatcher
+    from embedserver.tokenization.tokenizer import TextTokenizer
 
     tokenizer = TextTokenizer(tiny_qwen3 / "tokenizer.json", end_token="<|endoftext|>")
     batcher = TokenizeBatcher(tokenizer, rounds=rounds)
@@ -347,7 +347,7 @@ async def test_a_busy_worker_cuts_batches_to_bucket_sizes(bucketed: bool, expect
     [(1, 1), (3, 3), (13, 13), (17, 16), (23, 23), (40, 32), (99, 96), (120, 120), (130, 128), (250, 250)],
 )
 def test_rows_to_run_pads_a_little_or_cuts_to_the_bucket_below(queued: int, run: int) -> None:
-    from embedserver.padding import rows_to_run
+    from embedserver.runtime.padding import rows_to_run
 
     assert rows_to_run(queued) == run
 

@@ -12,9 +12,9 @@ from prometheus_client import generate_latest
 
 from benchmarks.kernel_timeline import pass_stats, summary
 from benchmarks.profile_summary import summarize
-from benchmarks.server_process import server_process
 from benchmarks.stage_times import level_means, stage_means
 from embedserver.metrics import Metrics
+from embedserver_testing.server_process import server_process
 
 
 def test_stage_means_average_each_histogram_over_every_model() -> None:
@@ -81,8 +81,8 @@ def test_forward_trace_records_each_pass_and_summarizes_by_shape(
 
     from benchmarks.forward_trace import install, summary
     from embedserver.catalog import ModelSpec
-    from embedserver.engine import Engine
-    from embedserver.loader import load_engine
+    from embedserver.runtime.loader import load_engine
+    from embedserver.runtime.runner import Engine
 
     monkeypatch.setattr(Engine, "launch", Engine.launch)  # restored after the test, as is async_eval
     monkeypatch.setattr(mx, "async_eval", mx.async_eval)

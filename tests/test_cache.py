@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from embedserver.cache import EmbeddingCache, cache_key
+from embedserver.service.cache import EmbeddingCache, cache_key
 
 BASE = {
     "model": "m",

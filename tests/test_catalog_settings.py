@@ -12,7 +12,7 @@ from embedserver.catalog import load_catalog, operator_model
 from embedserver.errors import ModelNotFound
 from embedserver.settings import Settings
 
-SHIPPED = Path(__file__).resolve().parent.parent / "config" / "models.toml"
+SHIPPED = Path(__file__).resolve().parent.parent / "embedserver" / "catalog.toml"
 
 
 def test_shipped_catalog_resolves_every_alias() -> None:
@@ -109,7 +109,7 @@ def test_api_keys_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     ],
 )
 def test_http_workers_resolve(setting: int | str, backend: str, cores: int, expected: int) -> None:
-    from embedserver.supervisor import frontend_count
+    from embedserver.server.supervisor import frontend_count
 
     assert frontend_count(setting, backend, cores) == expected  # type: ignore[arg-type]
 

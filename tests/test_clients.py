@@ -13,7 +13,7 @@ import httpx
 import orjson
 import pytest
 
-from benchmarks.server_process import running_server
+from embedserver_testing.server_process import running_server
 from tests.conftest import metric_sample
 
 

@@ -11,9 +11,15 @@ import numpy as np
 import pytest
 
 from embedserver.catalog import ModelSpec
-from embedserver.loader import load_engine
-from embedserver.models.cpu_math import attention, causal_attention, qwen3_block, qwen3_block_at, silu
-from embedserver.pooling import pool
+from embedserver.runtime.architectures.cpu_math import (
+    attention,
+    causal_attention,
+    qwen3_block,
+    qwen3_block_at,
+    silu,
+)
+from embedserver.runtime.loader import load_engine
+from embedserver.runtime.pooling import pool
 
 
 def test_powers_of_two_are_as_accurate_as_mlxs_exp_and_silu_matches_mlx() -> None:

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from embedserver import blas
 from embedserver.catalog import ModelSpec
-from embedserver.cpu_threads import BlasThreadPolicy
-from embedserver.loader import load_engine
+from embedserver.runtime.loader import load_engine
+from embedserver.tuning import blas
+from embedserver.tuning.blas_threads import BlasThreadPolicy
 
 
 class _Threads:

@@ -16,9 +16,9 @@ import pytest
 from mlx.utils import tree_flatten
 from mlx_lm.models.activations import swiglu as mlx_lm_swiglu
 
-from embedserver.models.cuda_block import fusable
-from embedserver.models.cuda_kernels import qk_norm_rope, rope_params, swiglu
-from embedserver.models.qwen3 import Qwen3Encoder
+from embedserver.runtime.architectures.cuda_block import fusable
+from embedserver.runtime.architectures.cuda_kernels import qk_norm_rope, rope_params, swiglu
+from embedserver.runtime.architectures.qwen3 import Qwen3Encoder
 
 # Small, but with the head size the kernel handles (a multiple of 64) and grouped KV heads, as every
 # Qwen3-Embedding model has.
@@ -87,7 +87,7 @@ def test_fusing_keeps_every_weight_and_stores_it_once() -> None:
 
 
 def test_bert_has_no_cuda_path() -> None:
-    from embedserver.models.bert import BertEncoder
+    from embedserver.runtime.architectures.bert import BertEncoder
 
     config = {
         "hidden_size": 32,

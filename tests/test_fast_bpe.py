@@ -14,9 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer
 
-from embedserver import fast_bpe
-from embedserver.fast_bpe import QWEN_PATTERN, fast_bpe_for
-from embedserver.tokenization import TextTokenizer
+from embedserver.tokenization import fast_bpe
+from embedserver.tokenization.fast_bpe import QWEN_PATTERN, fast_bpe_for
+from embedserver.tokenization.tokenizer import TextTokenizer
 
 END_OF_TEXT = "<|endoftext|>"
 
@@ -75,7 +75,7 @@ def test_real_prose_and_code_get_the_same_ids(tiny_qwen3: Path) -> None:
     files = [
         root / "README.md",
         *sorted((root / "docs").glob("*.md")),
-        *sorted((root / "embedserver").glob("*.py")),
+        *sorted((root / "embedserver").rglob("*.py")),
     ]
     texts = [part for file in files for part in file.read_text().split("\n\n") if part.strip()]
     assert len(texts) > 500

@@ -10,8 +10,8 @@ import orjson
 import pytest
 
 from embedserver.api.fast_lane import FastLane
-from embedserver.calls import EmbedCall, EmbedOutcome
 from embedserver.errors import InvalidRequest, Overloaded
+from embedserver.service.calls import EmbedCall, EmbedOutcome
 
 
 class Embedder:

@@ -16,7 +16,7 @@ import numpy as np
 import psutil
 import pytest
 
-from benchmarks.server_process import server_process
+from embedserver_testing.server_process import server_process
 from tests.conftest import metric_sample
 
 pytestmark = pytest.mark.slow

@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from benchmarks.server_process import running_server
+from embedserver_testing.server_process import running_server
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +31,7 @@ pytestmark = pytest.mark.slow
 def server(
     request: pytest.FixtureRequest, catalog_file: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
-    """With front-ends every call also crosses the link to the engine (embedserver/ipc.py)."""
+    """With front-ends every call also crosses the link to the engine (embedserver/server/ipc.py)."""
     log = tmp_path_factory.mktemp("server") / "server.log"
     env = {
         "CATALOG_FILE": str(catalog_file),

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from embedserver.app import create_app
+from embedserver.server.engine_app import create_app
 from embedserver.settings import Settings
 from tests.conftest import started
 
@@ -117,7 +117,7 @@ async def test_draining_turns_readiness_off_and_refuses_new_work(client: httpx.A
 async def test_dead_worker_fails_its_requests_with_503_and_is_restarted_on_its_own(
     client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import embedserver.batching as batching
+    import embedserver.batching.worker as batching
 
     real = batching.plan_batches
     calls = {"n": 0}

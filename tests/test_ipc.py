@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from embedserver import ipc
+from embedserver.server import ipc
 
 
 class Collect(ipc.FrameProtocol):
@@ -44,7 +44,7 @@ async def test_an_operations_route_that_raises_still_answers_the_front_end() -> 
 
     from fastapi import FastAPI
 
-    from embedserver.engine_link import EngineLink
+    from embedserver.server.engine_link import EngineLink
 
     app = FastAPI()
     app.state.server = SimpleNamespace(service=None, metrics=None)
@@ -69,7 +69,7 @@ async def test_an_operations_route_that_raises_still_answers_the_front_end() -> 
 def test_front_ends_forward_exactly_the_operations_routes() -> None:
     """The front-end's list is written out (importing the routes would load MLX there): keep it in step."""
     from embedserver.api.routes_ops import router
-    from embedserver.frontend import FORWARDED_PATHS
+    from embedserver.server.frontend import FORWARDED_PATHS
 
     assert set(FORWARDED_PATHS) == {route.path for route in router.routes}  # type: ignore[attr-defined]
 

@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from embedserver.app import create_app
 from embedserver.catalog import ModelSpec
-from embedserver.loader import ModelLoadError, load_engine, resolve_source
+from embedserver.runtime.loader import ModelLoadError, load_engine, resolve_source
+from embedserver.server.engine_app import create_app
 from tests.conftest import started
 
 

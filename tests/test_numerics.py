@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from embedserver.catalog import ModelSpec
-from embedserver.engine import Engine
-from embedserver.loader import load_engine
-from embedserver.service import format_query
+from embedserver.runtime.loader import load_engine
+from embedserver.runtime.runner import Engine
+from embedserver.service.embeddings import format_query
 
 END_OF_TEXT = 151643
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from embedserver.app import create_app
+from embedserver.server.engine_app import create_app
 from embedserver.settings import Settings
 from tests.conftest import started
 

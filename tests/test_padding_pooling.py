@@ -6,9 +6,9 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from embedserver.padding import bucket_batch, bucket_length, pad_right
-from embedserver.pooling import pool
-from embedserver.vectors import finish, to_base64
+from embedserver.runtime.padding import bucket_batch, bucket_length, pad_right
+from embedserver.runtime.pooling import pool
+from embedserver.service.vectors import finish, to_base64
 
 
 @pytest.mark.parametrize(

@@ -14,15 +14,15 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from embedserver.app import create_app
-from embedserver.batching import BatchLimits
+from embedserver.batching.worker import BatchLimits
 from embedserver.catalog import Catalog, ModelSpec
-from embedserver.device import mlx_executor
-from embedserver.engine import Engine
 from embedserver.errors import ModelUnavailable
-from embedserver.loader import ModelLoadError, load_engine
 from embedserver.metrics import Metrics
-from embedserver.registry import ModelRegistry
+from embedserver.runtime.device import mlx_executor
+from embedserver.runtime.loader import ModelLoadError, load_engine
+from embedserver.runtime.runner import Engine
+from embedserver.server.engine_app import create_app
+from embedserver.service.registry import ModelRegistry
 from embedserver.settings import Settings
 from tests.conftest import started
 
@@ -84,7 +84,7 @@ async def test_a_loaded_model_and_everything_alive_then_leave_the_collectors_sca
 async def test_a_gpu_load_runs_one_full_collection(tiny_qwen3: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A full collection holds the GIL 26-100 ms, stalling every other model's traffic: a GPU load (warm-up,
     release of MLX's cache, freeze) runs only the freeze's. Automatic collections are off to count ours."""
-    from embedserver import device
+    from embedserver.runtime import device
 
     monkeypatch.setattr(device, "backend", lambda: "cuda")  # the GPU branch of the load
     monkeypatch.setattr(device, "bound_gpu_memory", lambda workspace: None)
@@ -213,7 +213,7 @@ async def test_eviction_waits_for_requests_in_flight(make_settings: Callable[...
 
 
 def test_gpu_memory_bound_is_the_loaded_weights_plus_the_workspace() -> None:
-    from embedserver.device import bound_gpu_memory
+    from embedserver.runtime.device import bound_gpu_memory
 
     weights = mx.ones((512, 512))
     mx.eval(weights)
@@ -231,7 +231,7 @@ def test_gpu_memory_bound_is_the_loaded_weights_plus_the_workspace() -> None:
 
 def test_gpu_memory_bound_stays_within_mlxs_own_limit() -> None:
     """A workspace larger than the card (the 32 GB default on a 24 GB GPU) gives MLX its own limit, not more."""
-    from embedserver.device import _card_memory_limit, bound_gpu_memory
+    from embedserver.runtime.device import _card_memory_limit, bound_gpu_memory
 
     card = _card_memory_limit()
     previous_limit = mx.get_memory_limit()
@@ -251,7 +251,7 @@ async def test_a_warm_up_shape_too_large_for_the_device_names_itself_and_the_lim
     """On GPUs every batch shape the limits allow runs once at load. When one does not fit (the 4B model at
     65,536 tokens on an 80 GB H100), the load fails with the shape and the settings to lower, not with MLX's
     bare allocation error."""
-    from embedserver import device
+    from embedserver.runtime import device
 
     def loader(spec: ModelSpec) -> Engine:
         engine = load_engine(spec)
@@ -286,7 +286,7 @@ async def test_a_warm_up_shape_too_large_for_the_device_names_itself_and_the_lim
 
 
 def test_warmup_failure_carries_its_shape(tiny_qwen3: Path) -> None:
-    from embedserver.engine import WarmupFailed
+    from embedserver.runtime.runner import WarmupFailed
 
     engine = load_engine(ModelSpec(name="t", source=str(tiny_qwen3)))
 

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from embedserver.schemas import EmbedBatchRequest, EmbeddingRequest, EmbedRequest
+from embedserver.api.schemas import EmbedBatchRequest, EmbeddingRequest, EmbedRequest
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from embedserver import supervisor
+from embedserver.server import supervisor
 
 
 class FakeProcess:

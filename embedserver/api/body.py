@@ -2,7 +2,7 @@
 chunked bodies as soon as they pass the limit. Pure ASGI (no buffering), so an oversized body costs nothing.
 
 Also the app's half of disconnect handling: the request registers its task in the scope, and when the HTTP
-protocol (embedserver/api/protocol.py) sees the client leave before the answer, it cancels that task; the
+protocol (embedserver/server/http_protocol.py) sees the client leave before the answer, it cancels that task; the
 cancellation is absorbed here and counted, and the batch worker skips the request's queued texts
 (embedserver_dropped_total). Deadlines for slow bodies live in the protocol too.
 """
@@ -13,9 +13,9 @@ import asyncio
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from embedserver.api.errors import send_error
-from embedserver.api.protocol import GONE_KEY, TASK_KEY
+from embedserver.api.error_handlers import send_error
 from embedserver.metrics import HttpMetrics
+from embedserver.server.http_protocol import GONE_KEY, TASK_KEY
 
 
 class RequestBody:

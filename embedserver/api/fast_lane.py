@@ -22,13 +22,13 @@ import orjson
 from pydantic import BaseModel, ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from embedserver.api.errors import api_error_response
+from embedserver.api.error_handlers import api_error_response
 from embedserver.api.responses import JSON
 from embedserver.api.routes_native import embed_many, embed_one
 from embedserver.api.routes_openai import embeddings
+from embedserver.api.schemas import EmbedBatchRequest, EmbeddingRequest, EmbedRequest
 from embedserver.api.state import Embedder
 from embedserver.errors import APIError
-from embedserver.schemas import EmbedBatchRequest, EmbeddingRequest, EmbedRequest
 
 Answer = Callable[[Any, Embedder], Awaitable[JSON]]
 

@@ -6,7 +6,7 @@ import hmac
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from embedserver.api.errors import send_error
+from embedserver.api.error_handlers import send_error
 
 
 class ApiKeys:

@@ -10,7 +10,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from embedserver.api.body import RequestBody
 from embedserver.api.fast_lane import FastLane
 from embedserver.api.guards import ApiKeys
-from embedserver.api.middleware import RequestMetrics
+from embedserver.api.request_metrics import RequestMetrics
 from embedserver.metrics import HttpMetrics
 from embedserver.settings import Settings
 

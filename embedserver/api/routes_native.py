@@ -8,9 +8,9 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from embedserver.api.responses import JSON
+from embedserver.api.schemas import EmbedBatchRequest, EmbedRequest
 from embedserver.api.state import Embedder, embedder_of
-from embedserver.calls import EmbedOutcome
-from embedserver.schemas import EmbedBatchRequest, EmbedRequest
+from embedserver.service.calls import EmbedOutcome
 
 router = APIRouter()
 

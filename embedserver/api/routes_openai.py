@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from embedserver.api.responses import JSON
+from embedserver.api.schemas import EmbeddingRequest
 from embedserver.api.state import Embedder, embedder_of
-from embedserver.schemas import EmbeddingRequest
-from embedserver.vectors import to_base64
+from embedserver.service.vectors import to_base64
 
 router = APIRouter()
 

@@ -9,9 +9,10 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from embedserver import __version__, device
+from embedserver import __version__
 from embedserver.api.responses import JSON
 from embedserver.api.state import state_of
+from embedserver.runtime import device
 
 router = APIRouter()
 

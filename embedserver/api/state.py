@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from fastapi import Request
 
-from embedserver.calls import EmbedCall, EmbedOutcome
+from embedserver.service.calls import EmbedCall, EmbedOutcome
 
 if TYPE_CHECKING:
     from embedserver.metrics import Metrics
-    from embedserver.service import EmbeddingService
+    from embedserver.service.embeddings import EmbeddingService
 
 
 class Embedder(Protocol):

@@ -17,16 +17,16 @@ from typing import Any, Literal
 
 import mlx.core as mx
 
-from embedserver import device
 from embedserver.backoff import doubling
-from embedserver.batching import BatchLimits, BatchWorker
+from embedserver.batching.worker import BatchLimits, BatchWorker
 from embedserver.catalog import Catalog, ModelSpec
-from embedserver.engine import Engine, WarmupFailed
 from embedserver.errors import ModelUnavailable
-from embedserver.gc_tuning import collect_everything, freeze_long_lived
 from embedserver.metrics import Metrics
+from embedserver.runtime import device
+from embedserver.runtime.runner import Engine, WarmupFailed
 from embedserver.settings import DEFAULT_GPU_WORKSPACE_BYTES
-from embedserver.tokenize_batcher import TokenizeBatcher
+from embedserver.tokenization.batcher import TokenizeBatcher
+from embedserver.tuning.gc_freeze import collect_everything, freeze_long_lived
 
 log = logging.getLogger(__name__)
 

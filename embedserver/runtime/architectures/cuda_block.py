@@ -15,7 +15,7 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
-from embedserver.models.cuda_kernels import qk_norm_rope, rope_params, swiglu
+from embedserver.runtime.architectures.cuda_kernels import qk_norm_rope, rope_params, swiglu
 
 
 def fusable(layer: nn.Module) -> bool:

@@ -1,5 +1,5 @@
 """HTTP_WORKERS >= 1: this process owns MLX, the models and the batch queues (the engine process) and keeps
-HTTP_WORKERS front-end processes (embedserver/frontend.py) accepting on one listening socket.
+HTTP_WORKERS front-end processes (embedserver/server/frontend.py) accepting on one listening socket.
 
 The engine speaks to its front-ends over a Unix socket in a private temporary directory. A front-end that
 dies is started again (after 1 s, doubling while it keeps dying young); front-ends stop by themselves when the
@@ -21,9 +21,9 @@ import time
 from multiprocessing.process import BaseProcess
 from typing import Literal
 
-from embedserver import frontend
 from embedserver.backoff import doubling
-from embedserver.engine_link import EngineLink
+from embedserver.server import frontend
+from embedserver.server.engine_link import EngineLink
 from embedserver.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ def serve(settings: Settings, workers: int) -> None:
 
 
 async def _serve(settings: Settings, workers: int, listener: socket.socket) -> None:
-    from embedserver.app import create_app  # imports MLX: only the engine process gets here
+    from embedserver.server.engine_app import create_app  # imports MLX: only the engine process gets here
 
     app = create_app(settings, http=False)
     loop = asyncio.get_running_loop()

@@ -1,5 +1,5 @@
 """A front-end process (HTTP_WORKERS): HTTP, validation and JSON in, vectors out as JSON; the model runs in the
-engine process, reached over a Unix socket (embedserver/ipc.py).
+engine process, reached over a Unix socket (embedserver/server/ipc.py).
 
 One Python process tops out near ~2,000 small requests/s of HTTP parsing, validation and response encoding,
 and that work shares the GIL with batch assembly and MLX graph building. Several front-ends accept on the
@@ -24,17 +24,18 @@ import numpy as np
 import uvicorn
 from fastapi import APIRouter, FastAPI, Request, Response
 
-from embedserver import __version__, errors, ipc
-from embedserver.api import errors as api_errors
-from embedserver.api.draining import DrainingServer
+from embedserver import __version__, errors
+from embedserver.api import error_handlers as api_errors
 from embedserver.api.layers import add_http_layers
-from embedserver.api.protocol import with_deadlines
 from embedserver.api.responses import JSON
 from embedserver.api.routes_native import router as native_router
 from embedserver.api.routes_openai import router as openai_router
-from embedserver.calls import EmbedCall, EmbedOutcome
-from embedserver.gc_tuning import freeze_long_lived
+from embedserver.server import ipc
+from embedserver.server.draining import DrainingServer
+from embedserver.server.http_protocol import with_deadlines
+from embedserver.service.calls import EmbedCall, EmbedOutcome
 from embedserver.settings import Settings
+from embedserver.tuning.gc_freeze import freeze_long_lived
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Locust load test: a realistic mix against a running embedserver (loopback only).
 
     make loadtest                      # headless, 32 users, 60 s, against http://127.0.0.1:8000
-    locust -f loadtests/locustfile.py --host http://127.0.0.1:8000 --headless -u 64 -r 8 -t 2m
+    locust -f benchmarks/locustfile.py --host http://127.0.0.1:8000 --headless -u 64 -r 8 -t 2m
 
 The mix: short queries (OpenAI API, with instructions), 128-512-token passages (native API), and batch
 requests of 16-64 texts. Any 5xx fails the run (exit status 1). At the end /metrics is scraped and the

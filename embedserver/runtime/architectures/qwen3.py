@@ -13,9 +13,9 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.models.qwen3 import ModelArgs, Qwen3Model
 
-from embedserver.models.cpu_math import on_cpu, qwen3_block, qwen3_block_at
-from embedserver.models.cuda_block import CudaQwen3Block, fusable
-from embedserver.pooling import pool
+from embedserver.runtime.architectures.cpu_math import on_cpu, qwen3_block, qwen3_block_at
+from embedserver.runtime.architectures.cuda_block import CudaQwen3Block, fusable
+from embedserver.runtime.pooling import pool
 
 
 class Qwen3Encoder(nn.Module):

@@ -1,6 +1,6 @@
 """Texts to token ids, with the special tokens the model was trained with and no padding.
 
-Padding happens in one place (embedserver/padding.py), so the tokenizer's own padding and truncation are
+Padding happens in one place (embedserver/runtime/padding.py), so the tokenizer's own padding and truncation are
 switched off here (all-MiniLM's tokenizer.json pads everything to 128 otherwise).
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 from tokenizers import Tokenizer
 
 from embedserver.errors import InvalidRequest
-from embedserver.fast_bpe import fast_bpe_for
+from embedserver.tokenization.fast_bpe import fast_bpe_for
 
 
 class TextTokenizer:
@@ -31,7 +31,7 @@ class TextTokenizer:
         # texts: a round of 256 took 12-14 vs 20-21 ms on the H100 machine's CPU, one of 128 29 vs 46 ms on this
         # 2-core one). No end-to-end gain was measurable (docs/PERFORMANCE.md). Older tokenizers lack it.
         self._encode_ids = getattr(self._tok, "encode_batch_fast", self._tok.encode_batch)
-        # The same ids again, 2-5x faster, where they provably cannot differ (embedserver/fast_bpe.py).
+        # The same ids again, 2-5x faster, where they provably cannot differ (embedserver/tokenization/fast_bpe.py).
         self._fast = fast_bpe_for(path, self._tok)
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
         plain = self._tok.encode("x", add_special_tokens=False).ids

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
-from embedserver.calls import EmbedCall
+from embedserver.service.calls import EmbedCall
 
 TokenIds = Annotated[list[StrictInt], Field(min_length=1)]
 

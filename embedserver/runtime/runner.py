@@ -1,6 +1,6 @@
 """One loaded model: token ids in, pooled (not yet normalized) float32 vectors out.
 
-Knows nothing of HTTP, queues or caches. `embed` runs on the MLX thread (embedserver/device.py).
+Knows nothing of HTTP, queues or caches. `embed` runs on the MLX thread (embedserver/runtime/device.py).
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from typing import Protocol
 import mlx.core as mx
 import numpy as np
 
-from embedserver.cpu_threads import BlasThreadPolicy
-from embedserver.padding import batch_buckets, length_buckets, pad_right
-from embedserver.pooling import Pooling, pool
-from embedserver.tokenization import TextTokenizer
+from embedserver.runtime.padding import batch_buckets, length_buckets, pad_right
+from embedserver.runtime.pooling import Pooling, pool
+from embedserver.tokenization.tokenizer import TextTokenizer
+from embedserver.tuning.blas_threads import BlasThreadPolicy
 
 
 class Encoder(Protocol):
@@ -55,7 +55,7 @@ class Engine:
     # shrinks from hundreds of operation calls, each taking the GIL, to one call. Compiles on first use of a
     # shape, so it is meant with bucketed shapes warmed at load.
     compiled: bool = False
-    # On CPU with OpenBLAS: its threads per pass (embedserver/cpu_threads.py). Only `embed` applies it: a
+    # On CPU with OpenBLAS: its threads per pass (embedserver/tuning/blas_threads.py). Only `embed` applies it: a
     # launched pass may still be multiplying when the next is built.
     blas_threads: BlasThreadPolicy | None = None
 

@@ -16,8 +16,8 @@ from typing import Any, Literal
 
 import mlx.core as mx
 
-from embedserver import blas
-from embedserver.threads import named_executor
+from embedserver.tuning import blas
+from embedserver.tuning.threads import named_executor
 
 log = logging.getLogger(__name__)
 

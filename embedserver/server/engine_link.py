@@ -16,10 +16,10 @@ import numpy as np
 from fastapi import FastAPI
 from starlette.types import Message, Scope
 
-from embedserver import ipc
 from embedserver.api.state import ServerState
-from embedserver.calls import EmbedCall
 from embedserver.errors import APIError
+from embedserver.server import ipc
+from embedserver.service.calls import EmbedCall
 
 log = logging.getLogger(__name__)
 

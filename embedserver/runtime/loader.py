@@ -16,14 +16,15 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
-from embedserver import blas, device
 from embedserver.catalog import ModelSpec
-from embedserver.cpu_threads import BlasThreadPolicy
-from embedserver.engine import Encoder, Engine
-from embedserver.models.bert import BertEncoder
-from embedserver.models.qwen3 import Qwen3Encoder
-from embedserver.pooling import Pooling, declared_pooling
-from embedserver.tokenization import TextTokenizer
+from embedserver.runtime import device
+from embedserver.runtime.architectures.bert import BertEncoder
+from embedserver.runtime.architectures.qwen3 import Qwen3Encoder
+from embedserver.runtime.pooling import Pooling, declared_pooling
+from embedserver.runtime.runner import Encoder, Engine
+from embedserver.tokenization.tokenizer import TextTokenizer
+from embedserver.tuning import blas
+from embedserver.tuning.blas_threads import BlasThreadPolicy
 
 log = logging.getLogger(__name__)
 

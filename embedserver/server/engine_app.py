@@ -10,22 +10,23 @@ from functools import partial
 
 from fastapi import FastAPI
 
-from embedserver import __version__, device
-from embedserver.api import errors
+from embedserver import __version__
+from embedserver.api import error_handlers as errors
 from embedserver.api.layers import add_http_layers
 from embedserver.api.responses import JSON
 from embedserver.api.routes_native import router as native_router
 from embedserver.api.routes_openai import router as openai_router
 from embedserver.api.routes_ops import router as ops_router
 from embedserver.api.state import ServerState
-from embedserver.batching import BatchLimits
-from embedserver.cache import EmbeddingCache
+from embedserver.batching.worker import BatchLimits
 from embedserver.catalog import load_catalog, operator_model
 from embedserver.errors import ModelUnavailable
-from embedserver.loader import load_engine
 from embedserver.metrics import Metrics
-from embedserver.registry import Loader, ModelRegistry
-from embedserver.service import EmbeddingService
+from embedserver.runtime import device
+from embedserver.runtime.loader import load_engine
+from embedserver.service.cache import EmbeddingCache
+from embedserver.service.embeddings import EmbeddingService
+from embedserver.service.registry import Loader, ModelRegistry
 from embedserver.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from embedserver.api.errors import error_body
+from embedserver.api.error_handlers import error_body
 
 # Scope keys shared with embedserver/api/body.py.
 TASK_KEY = "embedserver.task"

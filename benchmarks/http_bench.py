@@ -1,8 +1,8 @@
 """HTTP benchmark of a running (or spawned) embedserver: latency, batch latency, throughput by concurrency,
 cache speedup, and the engine alone on the same inputs so serving overhead is a ratio. Loopback only.
 
-    python tests/benchmark.py --quick                          # spawns a server with MODEL_NAME / --model
-    python tests/benchmark.py --url http://127.0.0.1:8000 --iterations 200 --workers 8 --json out.json --plot out.png
+    python benchmarks/http_bench.py --quick                          # spawns a server with MODEL_NAME / --model
+    python benchmarks/http_bench.py --url http://127.0.0.1:8000 --iterations 200 --workers 8 --json out.json --plot out.png
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def percentiles(ms: list[float]) -> dict[str, float]:
 
 def server(model: str | None) -> AbstractContextManager[str]:
     """A server of our own (MODEL_NAME from --model or the environment)."""
-    from benchmarks.server_process import running_server
+    from embedserver_testing.server_process import running_server
 
     return running_server({"LOG_LEVEL": "WARNING", **({"MODEL_NAME": model} if model else {})})
 
@@ -118,7 +118,7 @@ def engine_alone(model: str, iterations: int) -> dict[str, Any]:
     """The same texts through the engine in this process, no HTTP and no batcher."""
     import embedserver  # noqa: F401  (optimized BLAS before MLX)
     from embedserver.catalog import load_catalog, operator_model
-    from embedserver.loader import load_engine
+    from embedserver.runtime.loader import load_engine
     from embedserver.settings import Settings
 
     settings = Settings()

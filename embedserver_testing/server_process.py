@@ -86,7 +86,7 @@ def model_server(
     when it is None; quiet logs, offline. `env` adds or overrides settings."""
     with tempfile.TemporaryDirectory() as tmp:
         if model is None:
-            from embedserver.random_model import write_random_qwen3
+            from embedserver_testing.random_model import write_random_qwen3
 
             model = str(write_random_qwen3(Path(tmp) / "tiny", seed=0, layout="hf"))
         base = {"MODEL_NAME": model, "LOG_LEVEL": "WARNING", "HF_HUB_OFFLINE": "1"}

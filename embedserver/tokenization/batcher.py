@@ -7,7 +7,7 @@ over the cores by itself. TOKENIZER_ROUNDS rounds may run at once per model.
 
 A short request whose model is idle is encoded on the event loop instead, when no round is running: its
 tokenization is then all that stands between it and the forward pass, and through the fast encoder
-(embedserver/fast_bpe.py) ~600 characters take ~60 µs, less than the hand-off to a thread and back. While the
+(embedserver/tokenization/fast_bpe.py) ~600 characters take ~60 µs, less than the hand-off to a thread and back. While the
 model is busy a text waits for the running pass anyway, so rounds keep that work off the event loop.
 """
 
@@ -17,8 +17,8 @@ import asyncio
 from collections.abc import Sequence
 from concurrent.futures import Executor
 
-from embedserver.threads import named_executor
-from embedserver.tokenization import TextTokenizer
+from embedserver.tokenization.tokenizer import TextTokenizer
+from embedserver.tuning.threads import named_executor
 
 # Threads for every model's tokenization rounds; each batcher runs at most `rounds` of them at once.
 tokenizer_executor = named_executor("tokenize", 16)

@@ -41,7 +41,7 @@ from typing import Any
 import orjson
 from tokenizers import Tokenizer
 
-from embedserver.threads import named_executor
+from embedserver.tuning.threads import named_executor
 
 log = logging.getLogger(__name__)
 

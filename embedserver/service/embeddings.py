@@ -9,15 +9,15 @@ import time
 
 import numpy as np
 
-from embedserver.batching import BatchWorker
-from embedserver.cache import EmbeddingCache, cache_key
-from embedserver.calls import EmbedCall, EmbedOutcome
-from embedserver.engine import Engine
+from embedserver.batching.worker import BatchWorker
 from embedserver.errors import InvalidRequest, shutting_down
 from embedserver.metrics import Metrics
-from embedserver.registry import ModelRegistry, ModelSlot
+from embedserver.runtime.runner import Engine
+from embedserver.service.cache import EmbeddingCache, cache_key
+from embedserver.service.calls import EmbedCall, EmbedOutcome
+from embedserver.service.registry import ModelRegistry, ModelSlot
+from embedserver.service.vectors import finish
 from embedserver.settings import Settings
-from embedserver.vectors import finish
 
 # JSON may carry "\ud800"-style escapes that decode to lone surrogates: not text, and not encodable to UTF-8.
 _SURROGATE = re.compile("[\ud800-\udfff]")

@@ -29,7 +29,7 @@ import numpy as np
 
 from embedserver.errors import InferenceError, ModelUnavailable, Overloaded
 from embedserver.metrics import Metrics
-from embedserver.padding import bucket_length, padded_shape, rows_to_run
+from embedserver.runtime.padding import bucket_length, padded_shape, rows_to_run
 
 log = logging.getLogger(__name__)
 
