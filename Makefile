@@ -51,12 +51,12 @@ format:
 
 benchmark:  ## quick HTTP benchmark (spawns a server with MODEL_NAME): latency, throughput at 1/8/32 clients
 	$(VENV)/bin/pip install -q -e ".[load]"
-	$(PY) benchmarks/http_bench.py --quick
+	$(PY) -m benchmarks.http_bench --quick
 
 benchmark-full:  ## full benchmark: 1-256 clients, JSON and PNG under results/
 	$(VENV)/bin/pip install -q -e ".[load]"
 	mkdir -p results
-	$(PY) benchmarks/http_bench.py --iterations 200 --workers 8 --json results/benchmark.json --plot results/benchmark.png
+	$(PY) -m benchmarks.http_bench --iterations 200 --workers 8 --json results/benchmark.json --plot results/benchmark.png
 
 loadtest:  ## locust against a running server on $(HOST):$(PORT): 32 users, 60 s, fails on any 5xx
 	$(VENV)/bin/pip install -q -e ".[load]"

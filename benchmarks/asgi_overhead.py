@@ -3,7 +3,7 @@ to the whole app (`create_app`, every HTTP layer), answered by the fast lane (`c
 or by FastAPI's route (the same body as `application/vnd.api+json`, which FastAPI reads as JSON and the lane
 leaves to the app).
 
-    HF_HUB_OFFLINE=1 python benchmarks/asgi_overhead.py MODEL_DIR [REQUESTS]
+    HF_HUB_OFFLINE=1 python -m benchmarks.asgi_overhead MODEL_DIR [REQUESTS]
 
 The text is in the cache after the first request, so the figures are the HTTP side, validation, the service's
 cache lookup and the response, without tokenization or a forward pass.
@@ -16,8 +16,6 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from embedserver.runtime.device import hard_exit
 from embedserver.server.engine_app import create_app

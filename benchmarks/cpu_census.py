@@ -1,5 +1,5 @@
 """Where the machine's CPU goes while a benchmark runs: per process, and per thread name within each (Linux
-/proc). `python benchmarks/cpu_census.py SECONDS` prints core-percentages, highest first, and the total
+/proc). `python -m benchmarks.cpu_census SECONDS` prints core-percentages, highest first, and the total
 against the number of cores, to tell a saturated machine from an idle one."""
 
 from __future__ import annotations

@@ -1,7 +1,10 @@
 """GPU benchmark, one device call: engine alone, sentence-transformers, and the server under concurrent HTTP
 load, on the same random weights of the real Qwen3-Embedding shape (bf16) and the same ~128-token texts.
 
-    python benchmarks/gpu_bench.py --out results/ [--shape 0.6b] [--duration 12]
+    python -m benchmarks.gpu_bench --out results/ [--shape 0.6b] [--duration 12] [--model DIR]
+
+Random weights are written under --work (default results/models) once per shape; --model runs a model
+directory of your own instead (a real checkpoint, say).
 """
 
 from __future__ import annotations
@@ -17,11 +20,9 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import embedserver  # noqa: F401  (BLAS preload before MLX)
+import embedserver.runtime  # noqa: F401  (readies the process for MLX: BLAS preload, MLX settings)
 from benchmarks.loadgen import run_load
-from benchmarks.stage_times import level_means
+from embedserver_testing.stage_times import level_means
 from embedserver_testing.random_model import write_random_qwen3
 from embedserver_testing.server_process import running_server
 
@@ -78,10 +79,10 @@ def bench_engine(model_dir: Path, texts: list[str]) -> dict[str, Any]:
 
     from embedserver.catalog import ModelSpec
     from embedserver.runtime.device import bound_gpu_memory
-    from embedserver.runtime.loader import load_engine
+    from embedserver.runtime.loader import load_runner
     from embedserver.settings import DEFAULT_GPU_WORKSPACE_BYTES
 
-    engine = load_engine(ModelSpec(name="bench", source=str(model_dir)))
+    runner = load_runner(ModelSpec(name="bench", source=str(model_dir)))
     # As the server runs it (GPU_WORKSPACE_GB's default): without a bound, the 4B shape at 256 x 128 queued more work
     # than the card holds and the allocator spent its time freeing (51k tokens/s against 75k at 128 x 128).
     mx.clear_cache()
@@ -90,7 +91,7 @@ def bench_engine(model_dir: Path, texts: list[str]) -> dict[str, Any]:
     rng = np.random.default_rng(1)
     for batch, length in [(32, 16), (32, 128), (128, 128), (256, 128), (64, 512), (8, 2048)]:
         seqs = [rng.integers(300, 30000, size=length).tolist() for _ in range(batch)]
-        dt = timed(lambda s=seqs: engine.embed(s))
+        dt = timed(lambda s=seqs: runner.embed(s))
         out["shapes"][f"{batch}x{length}"] = round(batch * length / dt)
         log(f"engine {batch}x{length}: {batch * length / dt:,.0f} tok/s")
 
@@ -103,9 +104,9 @@ def bench_engine(model_dir: Path, texts: list[str]) -> dict[str, Any]:
 
         pending = []
         for _ in range(rounds):
-            ids, lengths = pad_right(seqs, engine.tokenizer.pad_id)
+            ids, lengths = pad_right(seqs, runner.tokenizer.pad_id)
             lm = mx.array(lengths)
-            pooled = pool(engine.encoder(mx.array(ids), lm), lm, engine.pooling).astype(mx.float32)
+            pooled = pool(runner.encoder(mx.array(ids), lm), lm, runner.pooling).astype(mx.float32)
             mx.async_eval(pooled)
             pending.append(pooled)
             if len(pending) > 1:
@@ -121,7 +122,7 @@ def bench_engine(model_dir: Path, texts: list[str]) -> dict[str, Any]:
     def forward(ids: Any, lengths: Any) -> Any:
         from embedserver.runtime.pooling import pool
 
-        return pool(engine.encoder(ids, lengths), lengths, engine.pooling).astype(mx.float32)
+        return pool(runner.encoder(ids, lengths), lengths, runner.pooling).astype(mx.float32)
 
     compiled = mx.compile(forward)
     ids = mx.array(np.array(seqs, dtype=np.int32))
@@ -131,16 +132,16 @@ def bench_engine(model_dir: Path, texts: list[str]) -> dict[str, Any]:
     log(f"engine compiled 256x128: {out['compiled_256x128']:,} tok/s")
 
     # The real texts, as the server would batch them; also single-text latency.
-    encoded = engine.tokenizer.encode_batch(texts[:256])
-    dt = timed(lambda: engine.embed(encoded))
+    encoded = runner.tokenizer.encode_batch(texts[:256])
+    dt = timed(lambda: runner.embed(encoded))
     out["texts_256"] = round(sum(map(len, encoded)) / dt)
-    out["single_text_ms"] = round(timed(lambda: engine.embed(encoded[:1]), repeat=20) * 1000, 3)
-    out["single_text_spaced_ms"] = round(spaced(lambda: engine.embed(encoded[:1])) * 1000, 3)
+    out["single_text_ms"] = round(timed(lambda: runner.embed(encoded[:1]), repeat=20) * 1000, 3)
+    out["single_text_spaced_ms"] = round(spaced(lambda: runner.embed(encoded[:1])) * 1000, 3)
     log(
         f"engine on texts: {out['texts_256']:,} tok/s; one text {out['single_text_ms']} ms back to back, "
         f"{out['single_text_spaced_ms']} ms arriving alone"
     )
-    vectors = engine.embed(encoded[:8])
+    vectors = runner.embed(encoded[:8])
     out["_vectors"] = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).tolist()
     gc.collect()
     mx.clear_cache()
@@ -224,11 +225,13 @@ def main() -> None:
     parser.add_argument("--shape", default="0.6b")
     parser.add_argument("--duration", type=float, default=12.0)
     parser.add_argument("--skip", default="", help="comma list of: engine,st,server")
+    parser.add_argument("--model", type=Path, help="a model directory to run instead of random weights")
+    parser.add_argument("--work", type=Path, default=Path("results/models"), help="where random weights go")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     skip = set(filter(None, args.skip.split(",")))
-    model_dir = Path("/tmp/embedserver-bench") / f"qwen3-{args.shape}"
-    if not (model_dir / "model.safetensors").exists():
+    model_dir = args.model or args.work / f"qwen3-{args.shape}"
+    if args.model is None and not (model_dir / "model.safetensors").exists():
         log("writing random weights", model_dir)
         write_random_qwen3(model_dir, shape=args.shape, dtype="bfloat16", layout="hf")
     texts = make_texts(model_dir / "tokenizer.json", 2048, 128)

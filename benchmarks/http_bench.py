@@ -1,8 +1,8 @@
 """HTTP benchmark of a running (or spawned) embedserver: latency, batch latency, throughput by concurrency,
 cache speedup, and the engine alone on the same inputs so serving overhead is a ratio. Loopback only.
 
-    python benchmarks/http_bench.py --quick                          # spawns a server with MODEL_NAME / --model
-    python benchmarks/http_bench.py --url http://127.0.0.1:8000 --iterations 200 --workers 8 --json out.json --plot out.png
+    python -m benchmarks.http_bench --quick                          # spawns a server with MODEL_NAME / --model
+    python -m benchmarks.http_bench --url http://127.0.0.1:8000 --iterations 200 --workers 8 --json out.json --plot out.png
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ from typing import Any
 
 import httpx
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.plots import load_plot
 from benchmarks.traffic import texts
@@ -69,7 +67,7 @@ def throughput(url: str, model: str, levels: list[int], seconds: float, workers:
     seed, more texts than it can send), so the levels compare batching, not cache hits; the cache hits the
     server counted during the level are reported with it (0 unless a level outran the texts)."""
     from benchmarks.loadgen import run_load
-    from benchmarks.stage_times import level_means
+    from embedserver_testing.stage_times import level_means
 
     out = []
     for c in levels:
@@ -116,24 +114,24 @@ def cache_speedup(client: httpx.Client, model: str, iterations: int) -> dict[str
 
 def engine_alone(model: str, iterations: int) -> dict[str, Any]:
     """The same texts through the engine in this process, no HTTP and no batcher."""
-    import embedserver  # noqa: F401  (optimized BLAS before MLX)
+    import embedserver.runtime  # noqa: F401  (readies the process for MLX: BLAS preload, MLX settings)
     from embedserver.catalog import load_catalog, operator_model
-    from embedserver.runtime.loader import load_engine
+    from embedserver.runtime.loader import load_runner
     from embedserver.settings import Settings
 
     settings = Settings()
     _, spec = operator_model(load_catalog(settings.catalog_file, settings.model_sources), model)
-    engine = load_engine(spec)
-    engine.warmup()
+    runner = load_runner(spec)
+    runner.warmup()
     ms = []
     for text in texts(iterations, 100, seed=1):
-        ids = engine.tokenizer.encode_batch([text])
+        ids = runner.tokenizer.encode_batch([text])
         t = time.perf_counter()
-        engine.embed(ids)
+        runner.embed(ids)
         ms.append((time.perf_counter() - t) * 1000)
-    batch = engine.tokenizer.encode_batch(texts(128, 100, seed=7))
+    batch = runner.tokenizer.encode_batch(texts(128, 100, seed=7))
     t = time.perf_counter()
-    engine.embed(batch)
+    runner.embed(batch)
     dt = time.perf_counter() - t
     return {"single_ms": percentiles(ms), "batch128_tokens_per_s": round(sum(map(len, batch)) / dt)}
 

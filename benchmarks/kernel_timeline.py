@@ -2,10 +2,10 @@
 profiler, which records every kernel of the process, MLX's included). Tells a pass slowed on the device
 (kernels that take longer) from one the device waited for (gaps between kernels: the CPU side was late).
 
-  python benchmarks/kernel_timeline.py serve OUT.json       # the server (`python -m embedserver`, same env)
-  python benchmarks/kernel_timeline.py engine OUT.json [MODEL_DIR]  # the engine alone, the server's batch sizes
-  python benchmarks/kernel_timeline.py engine-beside-python OUT.json [MODEL_DIR]  # ... beside a busy thread
-  python benchmarks/kernel_timeline.py summary OUT.json [...]
+  python -m benchmarks.kernel_timeline serve OUT.json        # the server (`python -m embedserver`, same env)
+  python -m benchmarks.kernel_timeline runner OUT.json MODEL_DIR  # the model alone, the server's batch sizes
+  python -m benchmarks.kernel_timeline runner-beside-python OUT.json MODEL_DIR  # ... beside a busy thread
+  python -m benchmarks.kernel_timeline summary OUT.json [...]
 
 KERNEL_FROM (pass number, default 600 for `serve`: after the load-time warm-up) and KERNEL_PASSES (default
 60) choose the profiled passes. Needs torch with CUDA (the lent GPU machine has it).
@@ -18,32 +18,29 @@ import os
 import sys
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 PASS_PREFIX = "pass "
 
 
 def install(path: Path, first: int, passes: int) -> None:
-    """Wrap `Engine.launch`: passes number `first` to `first + passes - 1` run under torch's profiler, each
-    marked as a range named "pass ROWSxLENGTH" from its launch to its collection; the trace goes to `path`
-    when the last of them is collected."""
+    """Wrap `ModelRunner.embed`: passes number `first` to `first + passes - 1` run under torch's profiler, each
+    marked as a range named "pass ROWSxLENGTH"; the trace goes to `path` after the last of them."""
     import torch
     from torch.profiler import ProfilerActivity, profile, record_function
 
     from embedserver.runtime.padding import padded_shape
-    from embedserver.runtime.runner import Engine
+    from embedserver.runtime.runner import ModelRunner
 
-    real_launch = Engine.launch
+    real_embed = ModelRunner.embed
     state: dict[str, Any] = {"n": 0, "profiler": None}
 
-    def launch(self: Engine, batch: Sequence[Sequence[int]]) -> Callable[[], np.ndarray]:
+    def embed(self: ModelRunner, batch: Sequence[Sequence[int]]) -> np.ndarray:
         state["n"] += 1
         n = state["n"]
         if n == first:
@@ -51,24 +48,17 @@ def install(path: Path, first: int, passes: int) -> None:
             state["profiler"] = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
             state["profiler"].start()
         if not first <= n < first + passes:
-            return real_launch(self, batch)
+            return real_embed(self, batch)
         rows, length = padded_shape(batch, bucket_rows=self.bucket_rows)
-        marker = record_function(f"{PASS_PREFIX}{rows}x{length}")
-        marker.__enter__()
-        collect = real_launch(self, batch)
+        with record_function(f"{PASS_PREFIX}{rows}x{length}"):
+            vectors = real_embed(self, batch)
+        if n == first + passes - 1:
+            state["profiler"].stop()
+            state["profiler"].export_chrome_trace(str(path))
+            print(f"kernel timeline: {passes} passes written to {path}", flush=True)
+        return vectors
 
-        def marked_collect() -> np.ndarray:
-            vectors = collect()
-            marker.__exit__(None, None, None)
-            if n == first + passes - 1:
-                state["profiler"].stop()
-                state["profiler"].export_chrome_trace(str(path))
-                print(f"kernel timeline: {passes} passes written to {path}", flush=True)
-            return vectors
-
-        return marked_collect
-
-    Engine.launch = launch  # type: ignore[method-assign]
+    ModelRunner.embed = embed  # type: ignore[method-assign]
 
 
 def _intervals(events: list[dict[str, Any]]) -> list[tuple[float, float]]:
@@ -150,29 +140,29 @@ def busy_python(stop: threading.Event) -> None:
         x += 1
 
 
-def engine_alone(out: Path, model: str, passes: int, beside_python: bool) -> None:
-    """The server's batch sizes at 256 clients (48-96 x 128 tokens), one after another, as pipeline_check.py
-    runs them collected at once; with `beside_python`, next to a thread running Python without pause."""
-    import embedserver  # noqa: F401  (BLAS preload, MLX settings, before MLX loads)
+def runner_alone(out: Path, model: str, passes: int, beside_python: bool) -> None:
+    """The batch sizes a server runs at 256 clients (48-96 x 128 tokens), one after another; with
+    `beside_python`, next to a thread running Python without pause (a saturated event loop)."""
+    import embedserver.runtime  # noqa: F401  (readies the process for MLX: BLAS preload, MLX settings)
     from embedserver.catalog import ModelSpec
     from embedserver.runtime.device import bound_gpu_memory
-    from embedserver.runtime.loader import load_engine
+    from embedserver.runtime.loader import load_runner
     from embedserver.settings import DEFAULT_GPU_WORKSPACE_BYTES
 
-    engine = load_engine(ModelSpec(name="bench", source=model))
-    engine.bucket_rows = True
+    runner = load_runner(ModelSpec(name="bench", source=model))
+    runner.bucket_rows = True
     bound_gpu_memory(DEFAULT_GPU_WORKSPACE_BYTES)
     rng = np.random.default_rng(0)
     rows = rng.choice([48, 64, 64, 64, 96], size=passes + 20).tolist()
     batches = [[rng.integers(300, 30000, size=128).tolist() for _ in range(n)] for n in rows]
     for batch in {len(b): b for b in batches}.values():
-        engine.embed(batch)
+        runner.embed(batch)
     stop = threading.Event()
     if beside_python:
         threading.Thread(target=busy_python, args=(stop,), daemon=True).start()
     install(out, first=21, passes=passes)
     for batch in batches:
-        engine.embed(batch)
+        runner.embed(batch)
     stop.set()
 
 
@@ -182,11 +172,10 @@ def main() -> None:
         print("\n\n".join(summary(Path(p)) for p in rest))
         return
     passes = int(os.environ.get("KERNEL_PASSES", "60"))
-    if command in ("engine", "engine-beside-python"):
-        model = rest[1] if len(rest) > 1 else "/tmp/embedserver-bench/qwen3-0.6b"
-        engine_alone(Path(rest[0]), model, passes, beside_python=command == "engine-beside-python")
+    if command in ("runner", "runner-beside-python"):
+        runner_alone(Path(rest[0]), rest[1], passes, beside_python=command == "runner-beside-python")
         return
-    import embedserver  # noqa: F401  (BLAS preload, MLX settings, before MLX loads)
+    import embedserver.runtime  # noqa: F401  (readies the process for MLX: BLAS preload, MLX settings)
 
     install(Path(rest[0]), int(os.environ.get("KERNEL_FROM", "600")), passes)
     from embedserver.__main__ import main as serve

@@ -101,7 +101,6 @@ if __name__ == "__main__":
     import sys
     from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from benchmarks.gpu_bench import make_texts
 
     url, model_dir, concurrency, seconds = (

@@ -9,8 +9,8 @@ Passes (exit 0) when every answer was 200 or 429 (429s with Retry-After, in Open
 timed out, the p99 latency of accepted requests stayed under --p99-limit-ms, and the server's resident memory
 after the idle period is within --memory-slack of what it was after the capacity phase.
 
-    python benchmarks/overload.py                       # tiny random model on this machine, 60 s at 5x
-    python benchmarks/overload.py --seconds 5 --json results/overload.json
+    python -m benchmarks.overload                       # tiny random model on this machine, 60 s at 5x
+    python -m benchmarks.overload --seconds 5 --json results/overload.json
 """
 
 from __future__ import annotations
@@ -24,8 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.traffic import Tally, post, report, rss_mb, unique_text
 from embedserver_testing.server_process import model_server

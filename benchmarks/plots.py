@@ -1,7 +1,7 @@
 """Throughput and p99 latency against concurrency, as a PNG: for `benchmarks/http_bench.py --plot` and for the GPU
 benchmark's results.
 
-    python benchmarks/plots.py gpu_results.json OUT.png    # gpu_bench.py's server levels, engine and s-t as lines
+    python -m benchmarks.plots gpu_results.json OUT.png    # gpu_bench.py's server levels, engine and s-t as lines
 """
 
 from __future__ import annotations

@@ -5,13 +5,13 @@
 #   usage: benchmarks/profile_server.sh OUT_DIR [CONCURRENCY] [SECONDS]
 set -euo pipefail
 out=${1:?out dir}; conc=${2:-128}; secs=${3:-10}
-model=/tmp/embedserver-bench/qwen3-0.6b
+model=${MODEL_DIR:?set MODEL_DIR to a model directory (python -m embedserver_testing.random_model DIR --shape 0.6b)}
 port=8765
 MODEL_NAME=$model PORT=$port MAX_BATCH_SIZE=256 MAX_BATCH_TOKENS=65536 MAX_QUEUE_TEXTS=100000 \
   CACHE_MAX_ENTRIES=0 LOG_LEVEL=WARNING python3 -m embedserver > "$out/profile_server.log" 2>&1 &
 server=$!
 for _ in $(seq 300); do curl -sf localhost:$port/health > /dev/null && break; sleep 0.2; done
-python3 benchmarks/loadgen.py "http://127.0.0.1:$port/v1/embeddings" "$model" "$conc" $((secs + 6)) > "$out/profile_load.txt" &
+python3 -m benchmarks.loadgen "http://127.0.0.1:$port/v1/embeddings" "$model" "$conc" $((secs + 6)) > "$out/profile_load.txt" &
 load=$!
 sleep 4
 py-spy record --pid $server -d "$secs" --threads ${PYSPY_FLAGS:---nonblocking -r 200} --format raw -o "$out/profile.raw" > /dev/null 2>&1 || true

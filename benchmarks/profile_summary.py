@@ -1,7 +1,7 @@
 """Summarize a py-spy `--format raw --threads` profile (benchmarks/profile_server.sh): per thread, the share of
 samples, then the functions that thread spends the most samples in (inclusive) and the leaves it sits in.
 
-    python benchmarks/profile_summary.py profile.raw [TOP]
+    python -m benchmarks.profile_summary profile.raw [TOP]
 """
 
 from __future__ import annotations

@@ -6,10 +6,10 @@
 # Optional: CENSUS_S=N records a CPU census (benchmarks/cpu_census.py) for N seconds during each load level;
 # SERVER_CPUS / LOAD_CPUS (taskset lists, e.g. 0-11 and 12-15) pin the server and the load generator;
 # READY_S (60) is how long to wait for the server's health before loading it anyway;
-# SERVER_CMD replaces `python3 -m embedserver` (e.g. "python3 benchmarks/forward_trace.py serve OUT/trace.csv").
+# SERVER_CMD replaces `python3 -m embedserver` (e.g. "python3 -m benchmarks.kernel_timeline serve OUT/trace.json").
 set -euo pipefail
 out=${1:?}; conc=${2:?}; secs=${3:?}; shift 3
-model=/tmp/embedserver-bench/qwen3-0.6b
+model=${MODEL_DIR:?set MODEL_DIR to a model directory (python -m embedserver_testing.random_model DIR --shape 0.6b)}
 port=8766
 for config in "$@"; do
   name=${config%%:*}; envs=${config#*:}
@@ -21,15 +21,15 @@ for config in "$@"; do
     ${SERVER_CPUS:+taskset -c $SERVER_CPUS} ${SERVER_CMD:-python3 -m embedserver} > "$out/server-$name.log" 2>&1 &
     server=$!
     for _ in $(seq $((${READY_S:-60} * 5))); do curl -sf localhost:$port/health > /dev/null && break; sleep 0.2; done
-    if [[ $name == cached* ]]; then python3 benchmarks/loadgen.py "http://127.0.0.1:$port/v1/embeddings" $model 64 3 > /dev/null; fi
+    if [[ $name == cached* ]]; then python3 -m benchmarks.loadgen "http://127.0.0.1:$port/v1/embeddings" $model 64 3 > /dev/null; fi
     grep -h "warmed" "$out/server-$name.log" || true
     for c in ${conc//,/ }; do
       if [ -n "${CENSUS_S:-}" ]; then
-        (sleep 3 && python3 benchmarks/cpu_census.py "$CENSUS_S" > "$out/census-$name-$c.txt") &
+        (sleep 3 && python3 -m benchmarks.cpu_census "$CENSUS_S" > "$out/census-$name-$c.txt") &
         census=$!
       fi
       printf '%s ' "$name"
-      ${LOAD_CPUS:+taskset -c $LOAD_CPUS} python3 benchmarks/loadgen.py "http://127.0.0.1:$port/v1/embeddings" $model "$c" "$secs"
+      ${LOAD_CPUS:+taskset -c $LOAD_CPUS} python3 -m benchmarks.loadgen "http://127.0.0.1:$port/v1/embeddings" $model "$c" "$secs"
       if [ -n "${CENSUS_S:-}" ]; then wait $census; fi
     done
     curl -s localhost:$port/metrics > "$out/metrics-$name.txt"

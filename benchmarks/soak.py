@@ -5,7 +5,7 @@ The mix (closed loop, CLIENTS at once): short queries drawn from a small pool (s
 requests (400s). Passes (exit 0) with no 5xx, no client errors, resident memory at the end (median of the last
 10% of samples) within --growth of its median just after the warm-up (25-35% of the run), and the cache within CACHE_MAX_BYTES.
 
-    python benchmarks/soak.py --minutes 20 --json results/soak.json --csv results/soak_rss.csv
+    python -m benchmarks.soak --minutes 20 --json results/soak.json --csv results/soak_rss.csv
 """
 
 from __future__ import annotations
@@ -18,8 +18,6 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import httpx
 import numpy as np

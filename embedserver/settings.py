@@ -42,9 +42,9 @@ class Settings(BaseSettings):
     # JSON, and this process batches and runs the model for all of them (see embedserver/server/supervisor.py).
     # auto: 2 on CUDA machines with at least 8 cores (1.8x the requests/s of one process on an H100), else 0.
     http_workers: int | Literal["auto"] = Field("auto", union_mode="left_to_right")
-    # mx.compile the forward pass per bucketed shape, all compiled at load (GPU backends only; see engine.py).
+    # mx.compile the forward pass per bucketed shape, all compiled at load (GPU backends only; see runner.py).
     compile: bool = False
-    # On CUDA, run Qwen3 layers with fused projections and the project's kernels (models/cuda_block.py);
+    # On CUDA, run Qwen3 layers with fused projections and the project's kernels (embedserver/runtime/architectures/cuda_block.py);
     # false runs mlx-lm's layers, for comparison or as a fallback.
     cuda_kernels: bool = True
     # GPU memory beyond the loaded weights for work in flight and MLX's buffer cache (capped at MLX's own limit,
@@ -65,6 +65,12 @@ class Settings(BaseSettings):
 
     # Tokenization rounds that may run at once per model (each round is one parallel encode_batch call).
     tokenizer_rounds: int = Field(2, ge=1, le=16)
+    # Byte-level BPE through tiktoken where it provably gives the ids `tokenizers` gives (Qwen3's tokenizer;
+    # embedserver/tokenization/fast_bpe.py); false: `tokenizers` for every model.
+    fast_tokenizer: bool = True
+    # The embedding routes' valid JSON requests answered without FastAPI's routing and validation
+    # (embedserver/api/fast_lane.py); false: every request through FastAPI. Answers are the same either way.
+    fast_lane: bool = True
 
     max_text_length: int = Field(8192, ge=8)
     max_request_inputs: int = Field(2048, ge=1)

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-import embedserver  # noqa: F401  (loads the optimized BLAS before MLX)
+import embedserver.runtime  # noqa: F401  (readies the process for MLX before any test imports MLX)
 from embedserver.server.engine_app import create_app
 from embedserver.settings import Settings
 from embedserver_testing.random_model import write_random_qwen3

@@ -354,7 +354,7 @@ def test_rows_to_run_pads_a_little_or_cuts_to_the_bucket_below(queued: int, run:
 
 @pytest.mark.parametrize(("bucketed", "tokens", "padding"), [(False, 3 * 16, 0.0), (True, 4 * 16, 0.25)])
 async def test_padding_metrics_count_filler_rows(bucketed: bool, tokens: int, padding: float) -> None:
-    """Three 16-token texts run as 4 rows when the engine pads batch sizes to buckets: the fourth row is
+    """Three 16-token texts run as 4 rows when the runner pads batch sizes to buckets: the fourth row is
     padding the device computes, so the padded-token and padding-share metrics include it."""
     metrics = Metrics()
     limits = BatchLimits(max_size=8, max_tokens=4096, wait_s=0.005, max_queue=100)

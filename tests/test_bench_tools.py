@@ -1,20 +1,25 @@
-"""The benchmark scripts that read the server's own numbers: per-stage means from a /metrics scrape, and a
-py-spy profile per thread. Wrong here, a diagnosis of the server would be wrong too."""
+"""The benchmark tools that read the server's own numbers: per-stage means from a /metrics scrape, a py-spy
+profile per thread, a kernel timeline per pass. Wrong here, a diagnosis of the server would be wrong too.
+The scripts in benchmarks/ are run as a user runs them (`python -m benchmarks.NAME`), never imported."""
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 from prometheus_client import generate_latest
 
-from benchmarks.kernel_timeline import pass_stats, summary
-from benchmarks.profile_summary import summarize
-from benchmarks.stage_times import level_means, stage_means
 from embedserver.metrics import Metrics
 from embedserver_testing.server_process import server_process
+from embedserver_testing.stage_times import level_means, stage_means
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_stage_means_average_each_histogram_over_every_model() -> None:
@@ -43,13 +48,27 @@ def test_stage_means_since_an_earlier_scrape_cover_what_came_between() -> None:
     assert level_means(generate_latest(metrics.registry).decode(), since=earlier) == {"forward_mean_ms": 5.0}
 
 
-def test_profile_summary_shares_per_thread_and_counts_a_frame_once_per_stack() -> None:
+def _run_benchmark(*args: str, timeout: float = 120) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def test_profile_summary_shares_per_thread_and_counts_a_frame_once_per_stack(tmp_path: Path) -> None:
     raw = [
         "thread (0x1): mlx_0;run (a.py:1);f (b.py:2);f (b.py:2) 6",  # recursion: f counted once
         "thread (0x1): mlx_0;run (a.py:1);g (b.py:9) 2",
         "thread (0x2): MainThread;loop (c.py:3) 2",
     ]
-    text = summarize(raw, top=10)
+    (tmp_path / "profile.raw").write_text("\n".join(raw) + "\n")
+    text = _run_benchmark("benchmarks.profile_summary", str(tmp_path / "profile.raw"), "10")
     assert "== thread (0x1): mlx_0: 8 samples (80.0%)" in text
     assert "== thread (0x2): MainThread: 2 samples (20.0%)" in text
     assert "100.0%  run (a.py:1)" in text
@@ -72,51 +91,6 @@ def test_a_benchmark_server_whose_model_fails_stops_the_wait_at_once(tmp_path: P
     assert time.monotonic() - started < 60
 
 
-def test_forward_trace_records_each_pass_and_summarizes_by_shape(
-    tiny_qwen3: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The trace wraps Engine.launch: one row per forward pass with its texts and padded rows, vectors
-    unchanged; the summary leaves out passes before the last idle second (a server's warm-up)."""
-    import mlx.core as mx
-
-    from benchmarks.forward_trace import install, summary
-    from embedserver.catalog import ModelSpec
-    from embedserver.runtime.loader import load_engine
-    from embedserver.runtime.runner import Engine
-
-    monkeypatch.setattr(Engine, "launch", Engine.launch)  # restored after the test, as is async_eval
-    monkeypatch.setattr(mx, "async_eval", mx.async_eval)
-    engine = load_engine(ModelSpec(name="t", source=str(tiny_qwen3)))
-    engine.bucket_rows = True
-    expected = engine.embed([[5, 6, 7]] * 3)
-    warmup, trace = tmp_path / "warmup.csv", tmp_path / "trace.csv"
-    trace_to = install(warmup)
-    engine.embed([[5]])
-    trace_to(trace)
-    time.sleep(1.1)
-    traced = engine.embed([[5, 6, 7]] * 3)
-    engine.embed([[5, 6, 7]] * 4)
-    assert traced.tolist() == expected.tolist()
-    assert len(warmup.read_text().splitlines()) == 2  # header and one pass
-    text = summary(trace)
-    assert "(1 forward passes" in text  # the pass after the idle second only
-    assert "4 x 16" in text and "filler rows: 0.0%" in text
-    summary_all = summary(warmup)
-    assert "1 x 16" in summary_all
-
-
-async def test_batching_simulation_drives_the_real_worker() -> None:
-    """The scheduling simulation's figures hang together: requests answered, the device never busier than the
-    wall clock, filler a share of the rows run."""
-    from benchmarks.batching_sim import run
-
-    result = await run(clients=8, outside_s=0.01, seconds=0.5, bucketed=True, spread=True)
-    assert result["requests_per_s"] > 0
-    assert 0 < result["device_busy"] <= 1.0
-    assert 0 <= result["filler_share"] < 1
-    assert 1 <= result["texts_per_batch"] <= 8
-
-
 def test_kernel_timeline_splits_device_time_per_pass(tmp_path: Path) -> None:
     """Two marked passes (µs): the first waits 100 for its first kernel and idles 300 between kernels; a
     kernel outside every pass is not counted, nor the profiler's copy of a mark on the GPU's timeline."""
@@ -133,28 +107,18 @@ def test_kernel_timeline_splits_device_time_per_pass(tmp_path: Path) -> None:
         kernel(2000, 450),
         kernel(5000, 10),
     ]
-    first, second = pass_stats({"traceEvents": events})
-    assert first == {
-        "shape": "64x128",
-        "span": 1000.0,
-        "kernels": 2,
-        "busy": 500.0,
-        "delay": 100.0,
-        "idle": 300.0,
-        "tail": 100.0,
-        "gaps_over_50us": 1,
-    }
-    assert (second["shape"], second["busy"], second["delay"], second["tail"]) == ("96x128", 450.0, 0.0, 50.0)
     path = tmp_path / "trace.json"
     path.write_text(json.dumps({"traceEvents": events}))
-    text = summary(path)
-    assert "64x128" in text and "96x128" in text and "2 passes" in text
+    lines = _run_benchmark("benchmarks.kernel_timeline", "summary", str(path)).splitlines()
+    assert "(2 passes; ms, means)" in lines[0]
+    # shape, passes, kernels, then means in ms of span, busy, delay, idle, tail; gaps over 50 µs
+    rows = {line.split()[0]: line.split() for line in lines[2:5]}
+    assert rows["64x128"] == ["64x128", "1", "2", "1.00", "0.50", "0.10", "0.30", "0.10", "1.0"]
+    assert rows["96x128"] == ["96x128", "1", "1", "0.50", "0.45", "0.00", "0.00", "0.05", "0.0"]
+    assert rows["all"][:3] == ["all", "2", "2"]
 
 
 def test_the_gpu_results_plot_is_a_png(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
     levels = [{"concurrency": c, "tokens_per_s": 1000.0 * c, "p99_ms": 5.0 + c} for c in (1, 8, 32, 128, 256)]
     results = {
         "shape": "0.6b",
@@ -166,28 +130,11 @@ def test_the_gpu_results_plot_is_a_png(tmp_path: Path) -> None:
     }
     (tmp_path / "gpu_results.json").write_text(json.dumps(results))
     out = tmp_path / "load.png"
-    subprocess.run(
-        [sys.executable, "benchmarks/plots.py", str(tmp_path / "gpu_results.json"), str(out)],
-        check=True,
-        cwd=Path(__file__).resolve().parent.parent,
-    )
+    _run_benchmark("benchmarks.plots", str(tmp_path / "gpu_results.json"), str(out))
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
 
 
 def test_the_asgi_overhead_benchmark_measures_both_paths(tiny_qwen3: Path) -> None:
-    import os
-    import re
-    import subprocess
-    import sys
-
-    done = subprocess.run(
-        [sys.executable, "benchmarks/asgi_overhead.py", str(tiny_qwen3), "50"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=Path(__file__).resolve().parent.parent,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    lines = re.findall(r"fast lane (\d+) us a request; FastAPI route (\d+) us a request", done.stdout)
+    text = _run_benchmark("benchmarks.asgi_overhead", str(tiny_qwen3), "50")
+    lines = re.findall(r"fast lane (\d+) us a request; FastAPI route (\d+) us a request", text)
     assert len(lines) == 3 and all(int(lane) > 0 and int(route) > 0 for lane, route in lines)

@@ -18,7 +18,7 @@ from embedserver.runtime.architectures.cpu_math import (
     qwen3_block_at,
     silu,
 )
-from embedserver.runtime.loader import load_engine
+from embedserver.runtime.loader import load_runner
 from embedserver.runtime.pooling import pool
 
 
@@ -60,7 +60,7 @@ def test_masked_attention_matches_mlx_sdpa() -> None:
 def test_the_last_layer_at_the_pooled_token_equals_the_full_layer_there(tiny_qwen3: Path) -> None:
     """Under last-token pooling the last layer runs at each sequence's pooled position only; it must give the
     full layer's states at those positions (rows of different lengths, one of a single token)."""
-    model = load_engine(ModelSpec(name="t", source=str(tiny_qwen3))).encoder.model  # type: ignore[attr-defined]
+    model = load_runner(ModelSpec(name="t", source=str(tiny_qwen3))).encoder.model  # type: ignore[attr-defined]
     ids = mx.array(np.random.default_rng(0).integers(300, 30000, size=(5, 48)))
     rows = mx.array([47, 9, 32, 0, 46])
     h = qwen3_block(model.layers[0], model.embed_tokens(ids))
@@ -71,10 +71,10 @@ def test_the_last_layer_at_the_pooled_token_equals_the_full_layer_there(tiny_qwe
 
 
 def test_the_engine_pools_the_same_vectors_through_the_shortcut(tiny_qwen3: Path) -> None:
-    """The engine's last-token path (the shortcut above) against the whole pass followed by pooling."""
-    engine = load_engine(ModelSpec(name="t", source=str(tiny_qwen3)))
+    """The runner's last-token path (the shortcut above) against the whole pass followed by pooling."""
+    runner = load_runner(ModelSpec(name="t", source=str(tiny_qwen3)))
     ids = mx.array(np.random.default_rng(1).integers(300, 30000, size=(4, 40)))
     lengths = mx.array([40, 7, 1, 23])
-    whole = pool(engine.encoder(ids, lengths), lengths, "last")
-    shortcut = engine.encoder.last_token_states(ids, lengths)  # type: ignore[attr-defined]
+    whole = pool(runner.encoder(ids, lengths), lengths, "last")
+    shortcut = runner.encoder.last_token_states(ids, lengths)  # type: ignore[attr-defined]
     assert np.allclose(np.array(shortcut), np.array(whole), atol=2e-6)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from embedserver.catalog import ModelSpec
-from embedserver.runtime.loader import load_engine
+from embedserver.runtime.loader import load_runner
 from embedserver.tuning import blas
 from embedserver.tuning.blas_threads import BlasThreadPolicy
 
@@ -61,18 +61,21 @@ def test_the_engine_sets_the_count_before_each_pass() -> None:
 def test_vectors_are_the_same_with_any_thread_count(tiny_qwen3: Path) -> None:
     threads = blas.openblas_threads()
     assert threads is not None
-    engine = load_engine(ModelSpec(name="tiny", source=str(tiny_qwen3)))
-    assert engine.blas_threads is not None  # on CPU with OpenBLAS
+    runner = load_runner(ModelSpec(name="tiny", source=str(tiny_qwen3)))
+    policy = runner.blas_threads
+    assert policy is not None  # on CPU with OpenBLAS
     batch = [list(range(300, 300 + n)) for n in (5, 40, 17, 64)]
     try:
+        runner.blas_threads = None  # the counts set here, not the policy's
         threads.set(1)
-        one = np.array(engine.launch(batch)())
+        one = runner.embed(batch).copy()
         threads.set(threads.started)
-        every = np.array(engine.launch(batch)())
+        every = runner.embed(batch)
         assert np.allclose(one, every, rtol=1e-5, atol=1e-6)
-        engine.embed(batch)  # through the policy: the first pass gives it the time per token...
+        runner.blas_threads = policy
+        runner.embed(batch)  # through the policy: the first pass gives it the time per token...
         assert threads.current == threads.started
-        engine.embed(batch)  # ...by which the next is short
+        runner.embed(batch)  # ...by which the next is short
         assert threads.current == (threads.started - 1 or 1)  # the tiny model's passes are short
     finally:
         threads.set(threads.started)

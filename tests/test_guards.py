@@ -106,7 +106,7 @@ async def test_draining_turns_readiness_off_and_refuses_new_work(client: httpx.A
     transport = client._transport
     assert isinstance(transport, httpx.ASGITransport)
     state: ServerState = transport.app.state.server  # type: ignore[attr-defined]
-    state.service.draining = True  # what SIGTERM does (embedserver.__main__._DrainingServer)
+    state.service.draining = True  # what SIGTERM does (embedserver.server.http_server.DrainingServer)
     r = await client.get("/ready")
     assert r.status_code == 503 and r.json()["status"] == "draining"
     r = await client.post("/v1/embeddings", json={"input": "late"})

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from embedserver.catalog import ModelSpec
-from embedserver.runtime.loader import ModelLoadError, load_engine, resolve_source
+from embedserver.runtime.loader import ModelLoadError, load_runner, resolve_source
 from embedserver.server.engine_app import create_app
 from tests.conftest import started
 
@@ -32,8 +32,8 @@ def test_hub_model_loads_from_the_local_cache_offline(
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
     directory, revision = resolve_source("Qwen/Qwen3-Embedding-Tiny")
     assert revision == "a" * 40 and (directory / "config.json").is_file()
-    hub = load_engine(ModelSpec(name="hub", source="Qwen/Qwen3-Embedding-Tiny"))
-    local = load_engine(ModelSpec(name="local", source=str(tiny_qwen3)))
+    hub = load_runner(ModelSpec(name="hub", source="Qwen/Qwen3-Embedding-Tiny"))
+    local = load_runner(ModelSpec(name="local", source=str(tiny_qwen3)))
     ids = local.tokenizer.encode_batch(["same weights, same vector"])
     assert np.allclose(hub.embed(ids), local.embed(ids), atol=1e-6)
 
@@ -71,7 +71,7 @@ def test_broken_model_directories_fail_with_a_reason(
     directory = _broken_copy(tmp_path, tiny_qwen3)
     breakage(directory)
     with pytest.raises(ModelLoadError, match=message):
-        load_engine(ModelSpec(name="broken", source=str(directory)))
+        load_runner(ModelSpec(name="broken", source=str(directory)))
 
 
 def test_missing_local_directory_fails_clearly() -> None:
@@ -86,7 +86,7 @@ def test_weights_that_do_not_match_the_config_fail(tmp_path: Path, tiny_qwen3: P
     )
     (directory / "config.json").write_text(config)
     with pytest.raises(ModelLoadError, match="do not match"):
-        load_engine(ModelSpec(name="broken", source=str(directory)))
+        load_runner(ModelSpec(name="broken", source=str(directory)))
 
 
 async def test_unavailable_default_falls_back_loudly_when_not_named(

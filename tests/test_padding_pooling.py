@@ -6,9 +6,10 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
+from embedserver.api.responses import to_base64
 from embedserver.runtime.padding import bucket_batch, bucket_length, pad_right
 from embedserver.runtime.pooling import pool
-from embedserver.service.vectors import finish, to_base64
+from embedserver.service.embeddings import finish
 
 
 @pytest.mark.parametrize(

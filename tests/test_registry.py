@@ -19,12 +19,15 @@ from embedserver.catalog import Catalog, ModelSpec
 from embedserver.errors import ModelUnavailable
 from embedserver.metrics import Metrics
 from embedserver.runtime.device import mlx_executor
-from embedserver.runtime.loader import ModelLoadError, load_engine
-from embedserver.runtime.runner import Engine
+from embedserver.runtime.device_policy import DevicePlan, ready_for_device
+from embedserver.runtime.loader import ModelLoadError, load_runner
+from embedserver.runtime.runner import ModelRunner
 from embedserver.server.engine_app import create_app
 from embedserver.service.registry import ModelRegistry
 from embedserver.settings import Settings
 from tests.conftest import started
+
+PLAN = DevicePlan(max_batch=8, max_tokens=4096)
 
 
 class CountingLoader:
@@ -33,12 +36,12 @@ class CountingLoader:
         self.delay = delay
         self.fail = fail or set()
 
-    def __call__(self, spec: ModelSpec) -> Engine:
+    def __call__(self, spec: ModelSpec) -> ModelRunner:
         self.loads.append(spec.name)
         time.sleep(self.delay)  # runs on the MLX thread, like a real load
         if spec.name in self.fail:
             raise ModelLoadError(f"{spec.name}: corrupt weights")
-        return load_engine(spec)
+        return ready_for_device(load_runner(spec), PLAN)
 
 
 def _registry(tiny_qwen3: Path, loader: CountingLoader, max_models: int = 2) -> ModelRegistry:
@@ -49,7 +52,7 @@ def _registry(tiny_qwen3: Path, loader: CountingLoader, max_models: int = 2) -> 
         max_models=max_models,
         limits=BatchLimits(max_size=8, max_tokens=4096, wait_s=0.001, max_queue=100),
         loader=loader,
-        executor=mlx_executor,
+        executor=mlx_executor(),
         metrics=Metrics(),
     )
 
@@ -59,10 +62,10 @@ async def test_concurrent_first_requests_load_once(tiny_qwen3: Path) -> None:
     registry = _registry(tiny_qwen3, loader)
 
     async def use() -> str:
-        async with registry.acquire("b") as slot:
-            return slot.status
+        async with registry.acquire("b") as model:
+            return model.runner.name
 
-    assert await asyncio.gather(*(use() for _ in range(10))) == ["ready"] * 10
+    assert await asyncio.gather(*(use() for _ in range(10))) == ["b"] * 10
     assert loader.loads == ["b"]
     await registry.close()
 
@@ -75,7 +78,7 @@ async def test_a_loaded_model_and_everything_alive_then_leave_the_collectors_sca
     try:
         slot = await registry.load("a")
         assert gc.get_freeze_count() > 1000
-        assert not any(gc.is_tracked(o) and o is slot.engine for o in gc.get_objects())
+        assert not any(gc.is_tracked(o) and o is slot.runner for o in gc.get_objects())
     finally:
         await registry.close()
         gc.unfreeze()
@@ -109,15 +112,15 @@ async def test_a_gpu_load_runs_one_full_collection(tiny_qwen3: Path, monkeypatch
 
 
 async def test_an_evicted_model_is_freed_although_it_was_frozen(tiny_qwen3: Path) -> None:
-    """The engine refers to itself (its compiled forward pass), so only the collector frees it; frozen at its
+    """The runner refers to itself (its compiled forward pass), so only the collector frees it; frozen at its
     load, it must still go when evicted, or its weights would stay on the device."""
     gc.unfreeze()
     registry = _registry(tiny_qwen3, CountingLoader(), max_models=2)
     try:
         await registry.load("a")
-        evicted = weakref.ref((await registry.load("b")).engine)
+        evicted = weakref.ref((await registry.load("b")).runner)
         await registry.load("c")  # evicts b, the least recently used model that is not the default
-        assert registry._slots["b"].engine is None
+        assert registry._slots["b"].runner is None
         assert evicted() is None
     finally:
         await registry.close()
@@ -132,7 +135,7 @@ async def test_least_recently_used_is_evicted_but_never_the_default(tiny_qwen3: 
     await registry.load("c")  # room for two: b goes (a is the default)
     slots = registry.slots()
     assert slots["a"].status == "ready" and slots["c"].status == "ready"
-    assert slots["b"].status == "unloaded" and slots["b"].engine is None
+    assert slots["b"].status == "unloaded" and slots["b"].runner is None
     await registry.load("b")  # reload on demand; now c is the LRU non-default
     assert registry.slots()["c"].status == "unloaded"
     assert loader.loads == ["a", "b", "c", "b"]
@@ -173,17 +176,17 @@ async def test_eviction_waits_for_requests_in_flight(make_settings: Callable[...
     gate = threading.Event()
     gate.set()
 
-    def loader(spec: ModelSpec) -> Engine:
-        engine = load_engine(spec)
+    def loader(spec: ModelSpec) -> ModelRunner:
+        runner = load_runner(spec)
         if spec.name == "tiny-mlx":
-            embed = engine.embed
+            embed = runner.embed
 
             def held(sequences: list[list[int]]) -> np.ndarray:
                 gate.wait(timeout=60)
                 return embed(sequences)
 
-            engine.embed = held  # type: ignore[method-assign]
-        return engine
+            runner.embed = held  # type: ignore[method-assign]
+        return runner
 
     texts = [f"in flight {i}" for i in range(5)]
     async with started(create_app(make_settings(max_models=2, cache_max_entries=0), loader=loader)) as client:
@@ -253,17 +256,17 @@ async def test_a_warm_up_shape_too_large_for_the_device_names_itself_and_the_lim
     bare allocation error."""
     from embedserver.runtime import device
 
-    def loader(spec: ModelSpec) -> Engine:
-        engine = load_engine(spec)
-        embed = engine.embed
+    def loader(spec: ModelSpec) -> ModelRunner:
+        runner = load_runner(spec)
+        embed = runner.embed
 
         def limited(batch: list[list[int]]) -> np.ndarray:
             if len(batch) * len(batch[0]) > 1024:
                 raise RuntimeError("cudaMallocAsync(&data, size, stream) failed: out of memory")
             return embed(batch)
 
-        engine.embed = limited  # type: ignore[method-assign]
-        return engine
+        runner.embed = limited  # type: ignore[method-assign]
+        return ready_for_device(runner, PLAN)
 
     monkeypatch.setattr(device, "backend", lambda: "cuda")  # the GPU branch of the load
     monkeypatch.setattr(device, "bound_gpu_memory", lambda workspace: None)
@@ -273,7 +276,7 @@ async def test_a_warm_up_shape_too_large_for_the_device_names_itself_and_the_lim
         max_models=1,
         limits=BatchLimits(max_size=8, max_tokens=4096, wait_s=0.001, max_queue=100),
         loader=loader,
-        executor=mlx_executor,
+        executor=mlx_executor(),
         metrics=Metrics(),
     )
     with pytest.raises(ModelUnavailable) as info:
@@ -288,13 +291,13 @@ async def test_a_warm_up_shape_too_large_for_the_device_names_itself_and_the_lim
 def test_warmup_failure_carries_its_shape(tiny_qwen3: Path) -> None:
     from embedserver.runtime.runner import WarmupFailed
 
-    engine = load_engine(ModelSpec(name="t", source=str(tiny_qwen3)))
+    runner = load_runner(ModelSpec(name="t", source=str(tiny_qwen3)))
 
     def failing(batch: list[list[int]]) -> np.ndarray:
         raise ValueError("no")
 
-    engine.embed = failing  # type: ignore[method-assign]
+    runner.embed = failing  # type: ignore[method-assign]
     with pytest.raises(WarmupFailed) as info:
-        engine.warmup()
+        runner.warmup()
     assert (info.value.rows, info.value.length) == (1, 16)
     assert isinstance(info.value.__cause__, ValueError)

@@ -15,7 +15,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from embedserver.api.error_handlers import send_error
 from embedserver.metrics import HttpMetrics
-from embedserver.server.http_protocol import GONE_KEY, TASK_KEY
+
+# Scope keys the HTTP protocol reads: the task serving the request, and whether its client has gone.
+TASK_KEY = "embedserver.task"
+GONE_KEY = "embedserver.client_gone"
 
 
 class RequestBody:

@@ -17,7 +17,8 @@ from embedserver.settings import Settings
 
 def add_http_layers(app: FastAPI, settings: Settings, metrics: HttpMetrics) -> None:
     # The last added runs first: CORS, request metrics (so refusals are counted too), API keys, body, lane.
-    app.add_middleware(FastLane)
+    if settings.fast_lane:
+        app.add_middleware(FastLane)
     app.add_middleware(RequestBody, max_bytes=settings.max_body_bytes, metrics=metrics)
     if settings.api_key:
         open_paths = {"/health", "/ready"} | (set() if settings.metrics_require_key else {"/metrics"})

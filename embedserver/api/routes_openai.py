@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from embedserver.api.responses import JSON
+from embedserver.api.responses import JSON, to_base64
 from embedserver.api.schemas import EmbeddingRequest
 from embedserver.api.state import Embedder, embedder_of
-from embedserver.service.vectors import to_base64
 
 router = APIRouter()
 

@@ -1,4 +1,4 @@
-"""Operations: GET /health, /ready, /models, /v1/models (OpenAI's listing), /metrics. All read the engine
+"""Operations: GET /health, /ready, /models, /v1/models (OpenAI's listing), /metrics. All read the runner
 process's state; front-end processes (HTTP_WORKERS) forward these paths to it."""
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from embedserver import __version__
 from embedserver.api.responses import JSON
 from embedserver.api.state import state_of
-from embedserver.runtime import device
 
 router = APIRouter()
 
@@ -29,11 +28,11 @@ async def health(request: Request) -> JSON:
     body = {
         "status": "ok" if ready else "unavailable",
         "default_model": registry.default,
-        "embedding_dim": default.engine.dimension if default and default.engine else None,
+        "embedding_dim": default.runner.dimension if default and default.runner else None,
         "models": models,
         "fallback": state.fallback,
-        "device": device.info(),
-        "memory": device.memory(),
+        "device": state.device(),
+        "memory": state.memory(),
         "uptime_s": round(time.monotonic() - state.started, 3),
         "version": __version__,
     }
@@ -60,7 +59,7 @@ def model_cards(request: Request) -> list[dict[str, Any]]:
     cards = []
     for name, spec in registry.catalog.models.items():
         slot = slots.get(name)
-        engine = slot.engine if slot else None
+        runner = slot.runner if slot else None
         cards.append(
             {
                 "id": name,
@@ -69,9 +68,9 @@ def model_cards(request: Request) -> list[dict[str, Any]]:
                 "owned_by": "embedserver",
                 "source": spec.source,
                 "aliases": list(spec.aliases),
-                "dimension": engine.dimension if engine else spec.dimension,
-                "pooling": engine.pooling if engine else spec.pooling,
-                "loaded": engine is not None,
+                "dimension": runner.dimension if runner else spec.dimension,
+                "pooling": runner.pooling if runner else spec.pooling,
+                "loaded": runner is not None,
                 "status": slot.status if slot else "unloaded",
                 "default": name == registry.default,
             }

@@ -4,6 +4,7 @@ state."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -26,8 +27,13 @@ class Embedder(Protocol):
 
 @dataclass
 class ServerState:
+    """What the operations routes of the engine process read. The device's description and memory come as
+    functions, so this layer never imports the runtime (or MLX)."""
+
     service: EmbeddingService
     metrics: Metrics
+    device: Callable[[], dict[str, Any]]
+    memory: Callable[[], dict[str, int]]
     started: float = field(default_factory=time.monotonic)
     # Set when the default model could not be had and the offline model serves instead.
     fallback: dict[str, Any] | None = None

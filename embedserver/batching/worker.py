@@ -89,7 +89,7 @@ class BatchWorker:
         bucketed_rows: bool = False,
     ) -> None:
         self.model = model
-        # The engine pads batch sizes to buckets (GPUs): while busy, cut batches to bucket sizes (rows_to_run).
+        # The runner pads batch sizes to buckets (GPUs): while busy, cut batches to bucket sizes (rows_to_run).
         self._bucketed_rows = bucketed_rows
         self._embed = embed
         self._limits = limits
@@ -97,7 +97,7 @@ class BatchWorker:
         self._executor = executor
         self._queue: deque[WorkItem] = deque()
         self._wakeup = asyncio.Event()
-        self._slots = asyncio.Semaphore(2)
+        self._handoffs = asyncio.Semaphore(2)
         self._running: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
         self._admitted = 0  # texts inside admit() blocks
@@ -175,8 +175,8 @@ class BatchWorker:
                 while not self._queue:
                     self._wakeup.clear()
                     await self._wakeup.wait()
-                # Hold a slot before cutting the batch: texts arriving while both slots are busy still join.
-                await self._slots.acquire()
+                # Hold a hand-off before cutting the batch: texts arriving while both are taken still join.
+                await self._handoffs.acquire()
                 if self._running:
                     # The MLX thread is busy anyway: waiting for the batch to fill costs no latency.
                     await self._fill()
@@ -190,11 +190,11 @@ class BatchWorker:
                     window, max_size=self._limits.max_size, max_tokens=self._limits.max_tokens
                 )
                 if not batches:
-                    self._slots.release()
+                    self._handoffs.release()
                 self._planned = batches
                 for index, batch in enumerate(batches):
                     if index:
-                        await self._slots.acquire()
+                        await self._handoffs.acquire()
                     task = asyncio.create_task(self._run_batch(batch))
                     self._running.add(task)
                     task.add_done_callback(self._running.discard)
@@ -285,7 +285,7 @@ class BatchWorker:
             # Metrics after the callers resume (they were scheduled first): a lone request does not wait for them.
             loop.call_soon(record)
         finally:
-            self._slots.release()
+            self._handoffs.release()
 
     def _record_waits(self, waits: list[float]) -> None:
         queue_wait = self._metrics.queue_wait.labels(self.model)
@@ -314,7 +314,7 @@ class BatchWorker:
 
         def record() -> None:
             m, model = self._metrics, self.model
-            # Filler rows (the engine's batch buckets) are padding too: the device computes them all the same.
+            # Filler rows (the runner's batch buckets) are padding too: the device computes them all the same.
             padded = shape[0] * shape[1]
             m.inference_seconds.labels(model).observe(seconds)
             m.batches.labels(model).inc()

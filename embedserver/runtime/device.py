@@ -10,6 +10,7 @@ import logging
 import os
 import resource
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from importlib.metadata import version
 from typing import Any, Literal
@@ -23,8 +24,11 @@ log = logging.getLogger(__name__)
 
 Backend = Literal["metal", "cuda", "cpu"]
 
-# One worker: the thread that owns MLX.
-mlx_executor = named_executor("mlx", 1)
+
+@cache
+def mlx_executor() -> ThreadPoolExecutor:
+    """The one thread that owns MLX, made on first use."""
+    return named_executor("mlx", 1)
 
 
 @cache

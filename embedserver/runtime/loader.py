@@ -1,4 +1,4 @@
-"""Find a model's files (local directory, Python package, or the Hugging Face hub) and build its Engine.
+"""Find a model's files (local directory, Python package, or the Hugging Face hub) and build its ModelRunner.
 
 Only JSON, tokenizer files and safetensors are read: no pickle, no code from the model directory.
 """
@@ -21,7 +21,7 @@ from embedserver.runtime import device
 from embedserver.runtime.architectures.bert import BertEncoder
 from embedserver.runtime.architectures.qwen3 import Qwen3Encoder
 from embedserver.runtime.pooling import Pooling, declared_pooling
-from embedserver.runtime.runner import Encoder, Engine
+from embedserver.runtime.runner import Encoder, ModelRunner
 from embedserver.tokenization.tokenizer import TextTokenizer
 from embedserver.tuning import blas
 from embedserver.tuning.blas_threads import BlasThreadPolicy
@@ -96,8 +96,10 @@ def _local_revision(directory: Path) -> str:
     return digest.hexdigest()
 
 
-def load_engine(spec: ModelSpec, *, dtype: str = "auto", cuda_kernels: bool = True) -> Engine:
-    """Build the engine for `spec` (runs on the MLX thread). `cuda_kernels`: on CUDA, run the layers through
+def load_runner(
+    spec: ModelSpec, *, dtype: str = "auto", cuda_kernels: bool = True, fast_tokenizer: bool = True
+) -> ModelRunner:
+    """Build the runner for `spec` (runs on the MLX thread). `cuda_kernels`: on CUDA, run the layers through
     the project's fused kernels where the architecture has them (CUDA_KERNELS)."""
     directory, revision = resolve_source(spec.source)
     config = _read_json(directory / "config.json")
@@ -108,7 +110,7 @@ def load_engine(spec: ModelSpec, *, dtype: str = "auto", cuda_kernels: bool = Tr
     tokenizer_path = directory / "tokenizer.json"
     if not tokenizer_path.is_file():
         raise ModelLoadError(f"{spec.name}: {directory} has no tokenizer.json")
-    tokenizer = TextTokenizer(tokenizer_path, end_token=_END_TOKENS.get(str(model_type)))
+    tokenizer = TextTokenizer(tokenizer_path, end_token=_END_TOKENS.get(str(model_type)), fast=fast_tokenizer)
     encoder = architecture(config)
     target = _target_dtype(spec.dtype if spec.dtype != "auto" else dtype)
     _load_weights(encoder, directory, config, target)
@@ -121,7 +123,7 @@ def load_engine(spec: ModelSpec, *, dtype: str = "auto", cuda_kernels: bool = Tr
         log.warning(
             "%s: catalog says dimension %d, the model has %d", spec.name, spec.dimension, encoder.hidden_size
         )
-    return Engine(
+    return ModelRunner(
         name=spec.name,
         source=spec.source,
         revision=revision,

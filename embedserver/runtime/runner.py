@@ -1,4 +1,4 @@
-"""One loaded model: token ids in, pooled (not yet normalized) float32 vectors out.
+"""One loaded model, ready to run: token ids in, pooled (not yet normalized) float32 vectors out.
 
 Knows nothing of HTTP, queues or caches. `embed` runs on the MLX thread (embedserver/runtime/device.py).
 """
@@ -6,7 +6,7 @@ Knows nothing of HTTP, queues or caches. `embed` runs on the MLX thread (embedse
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -35,7 +35,7 @@ class Encoder(Protocol):
 
 
 @dataclass
-class Engine:
+class ModelRunner:
     name: str
     source: str
     revision: str
@@ -55,8 +55,7 @@ class Engine:
     # shrinks from hundreds of operation calls, each taking the GIL, to one call. Compiles on first use of a
     # shape, so it is meant with bucketed shapes warmed at load.
     compiled: bool = False
-    # On CPU with OpenBLAS: its threads per pass (embedserver/tuning/blas_threads.py). Only `embed` applies it: a
-    # launched pass may still be multiplying when the next is built.
+    # On CPU with OpenBLAS: its threads per pass (embedserver/tuning/blas_threads.py).
     blas_threads: BlasThreadPolicy | None = None
 
     def __post_init__(self) -> None:
@@ -71,33 +70,21 @@ class Engine:
         return pool(hidden, lengths, self.pooling).astype(mx.float32)
 
     def embed(self, batch: Sequence[Sequence[int]]) -> np.ndarray:
-        """Pooled float32 vectors [len(batch), dimension] for token-id sequences of any lengths."""
+        """Pooled float32 vectors [len(batch), dimension] for token-id sequences of any lengths. Runs on the
+        MLX thread."""
         policy = self.blas_threads
-        if policy is None:
-            return self.launch(batch)()
         lengths = [len(ids) for ids in batch]
-        policy.before(lengths)
+        if policy is not None:
+            policy.before(lengths)
         started = time.perf_counter()
-        vectors = self.launch(batch)()
-        policy.after(lengths, time.perf_counter() - started)
-        return vectors
-
-    def launch(self, batch: Sequence[Sequence[int]]) -> Callable[[], np.ndarray]:
-        """Build the forward pass and queue it on the device without waiting; the returned function waits
-        for it and returns what `embed` would. Both run on the MLX thread. Launching the next batch before
-        collecting this one overlaps building its graph with the device's work: +5% for the engine alone
-        on an H100, but no gain inside the server (benchmarks/pipeline_check.py, docs/PERFORMANCE.md)."""
-        ids, lengths = pad_right(batch, self.tokenizer.pad_id, bucket_rows=self.bucket_rows)
+        ids, padded_lengths = pad_right(batch, self.tokenizer.pad_id, bucket_rows=self.bucket_rows)
         forward = self._compiled_forward if self.compiled else self._forward
-        pooled = forward(mx.array(ids), mx.array(lengths))
-        mx.async_eval(pooled)  # type: ignore[no-untyped-call]  # (mlx's stubs leave it untyped)
-        rows = len(batch)
-
-        def collect() -> np.ndarray:
-            mx.eval(pooled)  # waits for the device with the GIL released (MLX's binding releases it)
-            return np.array(pooled, copy=False)[:rows]
-
-        return collect
+        pooled = forward(mx.array(ids), mx.array(padded_lengths))
+        mx.eval(pooled)  # waits for the device with the GIL released (MLX's binding releases it)
+        vectors = np.array(pooled, copy=False)[: len(batch)]
+        if policy is not None:
+            policy.after(lengths, time.perf_counter() - started)
+        return vectors
 
     def warmup(self, *, max_batch: int = 2, max_tokens: int = 128, max_length: int = 64) -> int:
         """Run every bucketed shape up to the limits once, so kernel set-up (tens of ms a shape on CUDA) does

@@ -1,4 +1,8 @@
-"""Builds the FastAPI app: settings -> catalog -> registry -> service -> routes."""
+"""The engine process's app (the composition root): settings -> catalog -> registry -> service -> app.
+
+The engine owns MLX, the models, the cache and the batch queues. Alone (HTTP_WORKERS=0) its app serves HTTP
+itself; behind front-end processes only their forwarded calls reach it (embedserver/server/engine_link.py).
+"""
 
 from __future__ import annotations
 
@@ -10,20 +14,17 @@ from functools import partial
 
 from fastapi import FastAPI
 
-from embedserver import __version__
-from embedserver.api import error_handlers as errors
-from embedserver.api.layers import add_http_layers
-from embedserver.api.responses import JSON
-from embedserver.api.routes_native import router as native_router
-from embedserver.api.routes_openai import router as openai_router
+from embedserver.api.app import build_app
 from embedserver.api.routes_ops import router as ops_router
 from embedserver.api.state import ServerState
 from embedserver.batching.worker import BatchLimits
-from embedserver.catalog import load_catalog, operator_model
+from embedserver.catalog import ModelSpec, load_catalog, operator_model
 from embedserver.errors import ModelUnavailable
 from embedserver.metrics import Metrics
 from embedserver.runtime import device
-from embedserver.runtime.loader import load_engine
+from embedserver.runtime.device_policy import DevicePlan, ready_for_device
+from embedserver.runtime.loader import load_runner
+from embedserver.runtime.runner import ModelRunner
 from embedserver.service.cache import EmbeddingCache
 from embedserver.service.embeddings import EmbeddingService
 from embedserver.service.registry import Loader, ModelRegistry
@@ -57,15 +58,14 @@ def create_app(
             max_queue=settings.max_queue_texts,
             max_wait_s=settings.max_queue_wait_s,
         ),
-        loader=loader or partial(load_engine, dtype=settings.dtype, cuda_kernels=settings.cuda_kernels),
-        executor=device.mlx_executor,
+        loader=loader or partial(_load, settings),
+        executor=device.mlx_executor(),
         metrics=metrics,
         tokenize_rounds=settings.tokenizer_rounds,
-        compile_forward=settings.compile,
-        gpu_workspace_bytes=int(settings.gpu_workspace_gb * (1 << 30)),
     )
     cache = EmbeddingCache(settings.cache_max_entries, settings.cache_max_bytes)
-    state = ServerState(service=EmbeddingService(settings, registry, cache, metrics), metrics=metrics)
+    service = EmbeddingService(settings, registry, cache, metrics)
+    state = ServerState(service=service, metrics=metrics, device=device.info, memory=device.memory)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -78,21 +78,29 @@ def create_app(
             app.state.startup.cancel()
             await registry.close()
 
-    app = FastAPI(
-        title="embedserver",
-        version=__version__,
-        default_response_class=JSON,
+    app = build_app(
+        service,
+        settings,
         lifespan=lifespan,
+        operations=ops_router,
+        http_metrics=metrics if http else None,
+        state=state,
     )
-    app.state.server = state
-    app.state.embedder = state.service
-    errors.install(app)
-    app.include_router(openai_router)
-    app.include_router(native_router)
-    app.include_router(ops_router)
-    if http:
-        add_http_layers(app, settings, metrics)
     return app
+
+
+def _load(settings: Settings, spec: ModelSpec) -> ModelRunner:
+    """A model loaded and readied for this device (runs on the MLX thread)."""
+    plan = DevicePlan(
+        max_batch=settings.max_batch_size,
+        max_tokens=settings.max_batch_tokens,
+        compile_forward=settings.compile,
+        gpu_workspace_bytes=int(settings.gpu_workspace_gb * (1 << 30)),
+    )
+    runner = load_runner(
+        spec, dtype=settings.dtype, cuda_kernels=settings.cuda_kernels, fast_tokenizer=settings.fast_tokenizer
+    )
+    return ready_for_device(runner, plan)
 
 
 async def _start_default(state: ServerState, *, allow_fallback: bool) -> None:

@@ -21,18 +21,13 @@ from dataclasses import asdict
 from typing import Any
 
 import numpy as np
-import uvicorn
 from fastapi import APIRouter, FastAPI, Request, Response
 
-from embedserver import __version__, errors
-from embedserver.api import error_handlers as api_errors
-from embedserver.api.layers import add_http_layers
-from embedserver.api.responses import JSON
-from embedserver.api.routes_native import router as native_router
-from embedserver.api.routes_openai import router as openai_router
+from embedserver import errors
+from embedserver.api.app import build_app
+from embedserver.logs import configure_logging
 from embedserver.server import ipc
-from embedserver.server.draining import DrainingServer
-from embedserver.server.http_protocol import with_deadlines
+from embedserver.server.http_server import serve_http
 from embedserver.service.calls import EmbedCall, EmbedOutcome
 from embedserver.settings import Settings
 from embedserver.tuning.gc_freeze import freeze_long_lived
@@ -139,14 +134,11 @@ def create_frontend_app(settings: Settings, engine_path: str) -> FastAPI:
             if client.transport is not None:
                 client.transport.close()
 
-    app = FastAPI(title="embedserver", version=__version__, default_response_class=JSON, lifespan=lifespan)
-    app.state.embedder = service
-    api_errors.install(app)
-    app.include_router(openai_router)
-    app.include_router(native_router)
-    app.include_router(_forwarding_router(client))
-    app.state.metrics = ForwardedMetrics(client)
-    add_http_layers(app, settings, app.state.metrics)
+    metrics = ForwardedMetrics(client)
+    app = build_app(
+        service, settings, lifespan=lifespan, operations=_forwarding_router(client), http_metrics=metrics
+    )
+    app.state.metrics = metrics
     return app
 
 
@@ -176,16 +168,7 @@ async def _exit_when_lost(client: EngineClient) -> None:
 def run(sock: socket.socket, engine_path: str) -> None:
     """Entry point of a spawned front-end process."""
     settings = Settings()
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level)
     app = create_frontend_app(settings, engine_path)
     metrics: ForwardedMetrics = app.state.metrics
-    config = uvicorn.Config(
-        app,
-        log_level=settings.log_level.lower(),
-        access_log=settings.log_level == "DEBUG",
-        timeout_graceful_shutdown=settings.shutdown_grace_s,
-        http=with_deadlines(
-            settings.header_timeout_s, settings.body_timeout_s, on_body_timeout=metrics.body_timeout
-        ),
-    )
-    DrainingServer(config, app.state.embedder).run(sockets=[sock])
+    serve_http(app, settings, on_body_timeout=metrics.body_timeout, sockets=[sock])

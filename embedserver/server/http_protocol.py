@@ -21,11 +21,8 @@ from typing import Any
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from embedserver.api.body import GONE_KEY, TASK_KEY
 from embedserver.api.error_handlers import error_body
-
-# Scope keys shared with embedserver/api/body.py.
-TASK_KEY = "embedserver.task"
-GONE_KEY = "embedserver.client_gone"
 
 
 def _timeout_response(message: str) -> bytes:

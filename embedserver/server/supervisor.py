@@ -40,7 +40,7 @@ def frontend_count(setting: int | Literal["auto"], backend: str, cores: int) -> 
     return 2 if backend == "cuda" and cores >= 8 else 0
 
 
-def serve(settings: Settings, workers: int) -> None:
+def serve_with_frontends(settings: Settings, workers: int) -> None:
     try:
         listener = _listen(settings.host, settings.port)
     except OSError as exc:
@@ -103,28 +103,28 @@ class Frontends:
         self._due = [0.0] * count
 
     def start(self) -> None:
-        for slot in range(self.count):
-            self._spawn(slot)
+        for index in range(self.count):
+            self._spawn(index)
 
-    def _spawn(self, slot: int) -> None:
+    def _spawn(self, index: int) -> None:
         proc = self._context.Process(
             target=frontend.run,
             args=(self.listener, self.engine_path),
-            name=f"embedserver-frontend-{slot}",
+            name=f"embedserver-frontend-{index}",
         )
         proc.start()
-        self._procs[slot] = proc
-        self._started[slot] = time.monotonic()
+        self._procs[index] = proc
+        self._started[index] = time.monotonic()
 
     def replace_dead(self) -> None:
         now = time.monotonic()
-        for slot, proc in enumerate(self._procs):
+        for index, proc in enumerate(self._procs):
             if proc is not None and proc.is_alive():
                 continue
             if proc is not None:
-                young = now - self._started[slot] < _YOUNG_S
-                self._failures[slot] = self._failures[slot] + 1 if young else 1
-                delay = doubling(1.0, self._failures[slot], _MAX_DELAY_S)
+                young = now - self._started[index] < _YOUNG_S
+                self._failures[index] = self._failures[index] + 1 if young else 1
+                delay = doubling(1.0, self._failures[index], _MAX_DELAY_S)
                 log.error(
                     "front-end process %s exited (status %s); starting another in %.0f s",
                     proc.pid,
@@ -132,10 +132,10 @@ class Frontends:
                     delay,
                 )
                 proc.close()
-                self._procs[slot] = None
-                self._due[slot] = now + delay
-            if now >= self._due[slot]:
-                self._spawn(slot)
+                self._procs[index] = None
+                self._due[index] = now + delay
+            if now >= self._due[index]:
+                self._spawn(index)
 
     async def stop(self, grace_s: float) -> None:
         alive = [p for p in self._procs if p is not None and p.is_alive()]

@@ -12,15 +12,24 @@ import numpy as np
 from embedserver.batching.worker import BatchWorker
 from embedserver.errors import InvalidRequest, shutting_down
 from embedserver.metrics import Metrics
-from embedserver.runtime.runner import Engine
+from embedserver.runtime.runner import ModelRunner
 from embedserver.service.cache import EmbeddingCache, cache_key
 from embedserver.service.calls import EmbedCall, EmbedOutcome
-from embedserver.service.registry import ModelRegistry, ModelSlot
-from embedserver.service.vectors import finish
+from embedserver.service.registry import LoadedModel, ModelRegistry
 from embedserver.settings import Settings
 
 # JSON may carry "\ud800"-style escapes that decode to lone surrogates: not text, and not encodable to UTF-8.
 _SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def finish(vectors: np.ndarray, *, dimensions: int | None, normalize: bool) -> np.ndarray:
+    """Truncate to the first `dimensions` (Matryoshka), then L2-normalize; the cut must come first, or the
+    shortened vector would not have unit norm."""
+    out = vectors[:, :dimensions] if dimensions else vectors
+    if normalize:
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        out = out / np.maximum(norms, 1e-12)
+    return np.ascontiguousarray(out, dtype=np.float32)
 
 
 def format_query(task: str, text: str) -> str:
@@ -42,32 +51,30 @@ class EmbeddingService:
         if self.draining:
             raise shutting_down()
         self._check_inputs(call.inputs)
-        async with self.registry.acquire(call.model) as slot:
-            engine, worker = slot.engine, slot.worker
-            assert engine is not None and worker is not None
-            if call.dimensions is not None and not 1 <= call.dimensions <= engine.dimension:
+        async with self.registry.acquire(call.model) as model:
+            runner, worker = model.runner, model.worker
+            if call.dimensions is not None and not 1 <= call.dimensions <= runner.dimension:
                 raise InvalidRequest(
-                    f"dimensions must be between 1 and {engine.dimension} for model {engine.name}, "
+                    f"dimensions must be between 1 and {runner.dimension} for model {runner.name}, "
                     f"got {call.dimensions}",
                     param="dimensions",
                 )
             with worker.admit(len(call.inputs)):
-                raw, tokens, cached = await self._compute(slot, call)
+                raw, tokens, cached = await self._compute(model, call)
         vectors = finish(raw, dimensions=call.dimensions, normalize=call.normalize)
-        return EmbedOutcome(model=engine.name, vectors=vectors, tokens=tokens, cached=cached)
+        return EmbedOutcome(model=runner.name, vectors=vectors, tokens=tokens, cached=cached)
 
-    async def _compute(self, slot: ModelSlot, call: EmbedCall) -> tuple[np.ndarray, int, list[bool]]:
-        engine, worker = slot.engine, slot.worker
-        assert engine is not None and worker is not None
-        instruction = self._instruction(call, engine)
+    async def _compute(self, model: LoadedModel, call: EmbedCall) -> tuple[np.ndarray, int, list[bool]]:
+        runner, worker = model.runner, model.worker
+        instruction = self._instruction(call, runner)
         truncate = self.settings.truncate if call.truncate is None else call.truncate
-        max_length = min(engine.max_length, self.settings.max_text_length)
+        max_length = min(runner.max_length, self.settings.max_text_length)
         if isinstance(call.inputs[0], str):
             texts = call.inputs
-            raw, tokens, cached = await self._embed_texts(slot, texts, instruction, max_length, truncate)
+            raw, tokens, cached = await self._embed_texts(model, texts, instruction, max_length, truncate)
         else:
             ids = [
-                engine.tokenizer.fit(engine.tokenizer.wrap_ids(seq), max_length, truncate=truncate, index=i)
+                runner.tokenizer.fit(runner.tokenizer.wrap_ids(seq), max_length, truncate=truncate, index=i)
                 for i, seq in enumerate(call.inputs)
             ]
             raw = await self._run(worker, ids)
@@ -94,10 +101,10 @@ class EmbeddingService:
             elif not item:
                 raise InvalidRequest(f"input[{index}] is an empty token list", param="input")
 
-    def _instruction(self, call: EmbedCall, engine: Engine) -> str | None:
+    def _instruction(self, call: EmbedCall, runner: ModelRunner) -> str | None:
         if call.instruction is not None:
-            if engine.query_task is None:
-                raise InvalidRequest(f"model {engine.name} does not take instructions", param="instruction")
+            if runner.query_task is None:
+                raise InvalidRequest(f"model {runner.name} does not take instructions", param="instruction")
             if not call.instruction.strip() or _SURROGATE.search(call.instruction):
                 raise InvalidRequest(
                     "instruction must be non-empty valid Unicode text (no unpaired surrogates)",
@@ -105,20 +112,19 @@ class EmbeddingService:
                 )
             return call.instruction
         if call.input_type == "query":
-            return engine.query_task  # None for models trained without instructions: queries embed as-is
+            return runner.query_task  # None for models trained without instructions: queries embed as-is
         return None
 
     async def _embed_texts(
-        self, slot: ModelSlot, texts: list[str], instruction: str | None, max_length: int, truncate: bool
+        self, model: LoadedModel, texts: list[str], instruction: str | None, max_length: int, truncate: bool
     ) -> tuple[np.ndarray, int, list[bool]]:
-        engine, worker, tokenize = slot.engine, slot.worker, slot.tokenize
-        assert engine is not None and worker is not None and tokenize is not None
-        model = engine.name
+        runner, worker, tokenize = model.runner, model.worker, model.tokenize
+        name = runner.name
         keys = [
             cache_key(
-                model=engine.source,
-                revision=engine.revision,
-                pooling=engine.pooling,
+                model=runner.source,
+                revision=runner.revision,
+                pooling=runner.pooling,
                 instruction=instruction,
                 max_length=max_length,
                 truncate=truncate,
@@ -137,15 +143,15 @@ class EmbeddingService:
                 cached[index] = True
             elif key not in misses:
                 misses[key] = (text, index)
-        self.metrics.cache_hits.labels(model).inc(sum(cached))
-        self.metrics.cache_misses.labels(model).inc(len(misses))
+        self.metrics.cache_hits.labels(name).inc(sum(cached))
+        self.metrics.cache_misses.labels(name).inc(len(misses))
         if misses:
             started = time.perf_counter()
             prompts = [format_query(instruction, t) if instruction else t for t, _ in misses.values()]
             encoded = await tokenize.encode(prompts, idle=not worker.busy)
-            self.metrics.tokenize_seconds.labels(model).observe(time.perf_counter() - started)
+            self.metrics.tokenize_seconds.labels(name).observe(time.perf_counter() - started)
             sequences = [
-                engine.tokenizer.fit(ids, max_length, truncate=truncate, index=index)
+                runner.tokenizer.fit(ids, max_length, truncate=truncate, index=index)
                 for (_, index), ids in zip(misses.values(), encoded, strict=True)
             ]
             vectors = await self._run(worker, sequences)

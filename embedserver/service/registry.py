@@ -15,26 +15,23 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import mlx.core as mx
-
 from embedserver.backoff import doubling
 from embedserver.batching.worker import BatchLimits, BatchWorker
 from embedserver.catalog import Catalog, ModelSpec
 from embedserver.errors import ModelUnavailable
 from embedserver.metrics import Metrics
-from embedserver.runtime import device
-from embedserver.runtime.runner import Engine, WarmupFailed
-from embedserver.settings import DEFAULT_GPU_WORKSPACE_BYTES
+from embedserver.runtime.device_policy import free_memory
+from embedserver.runtime.runner import ModelRunner
 from embedserver.tokenization.batcher import TokenizeBatcher
-from embedserver.tuning.gc_freeze import collect_everything, freeze_long_lived
+from embedserver.tuning.gc_freeze import freeze_long_lived
 
 log = logging.getLogger(__name__)
 
-Loader = Callable[[ModelSpec], Engine]
+# Builds a model ready to serve on this device (runs on the MLX thread): embedserver/runtime/loader.py and
+# device_policy.py.
+Loader = Callable[[ModelSpec], ModelRunner]
 Status = Literal["unloaded", "loading", "ready", "failed"]
 
-# Warm every bucketed shape up to this many tokens per text at load (longer texts pay their first-use cost).
-_WARM_LENGTH = 512
 _BACKOFF_MIN_S = 1.0
 _BACKOFF_MAX_S = 60.0
 # A dead batch worker is restarted on its own after this, doubling while it keeps dying within _DEATH_MEMORY_S.
@@ -43,12 +40,21 @@ _DEATH_MEMORY_S = 300.0
 
 
 @dataclass(eq=False)
+class LoadedModel:
+    """A model that can serve: its runner, the worker that batches for it, and its tokenization rounds."""
+
+    runner: ModelRunner
+    worker: BatchWorker
+    tokenize: TokenizeBatcher
+
+
+@dataclass(eq=False)
 class ModelSlot:
+    """One catalog model's place in the registry, loaded or not."""
+
     spec: ModelSpec
     status: Status = "unloaded"
-    engine: Engine | None = None
-    worker: BatchWorker | None = None
-    tokenize: TokenizeBatcher | None = None
+    loaded: LoadedModel | None = None
     error: str | None = None
     leases: int = 0
     last_used: float = 0.0
@@ -59,20 +65,21 @@ class ModelSlot:
     last_death: float = 0.0
 
     @property
+    def runner(self) -> ModelRunner | None:
+        return self.loaded.runner if self.loaded is not None else None
+
+    @property
     def busy(self) -> bool:
-        return self.leases > 0 or (self.worker is not None and self.worker.busy)
+        return self.leases > 0 or (self.loaded is not None and self.loaded.worker.busy)
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"status": self.status, "source": self.spec.source}
-        if self.engine is not None:
-            out |= {
-                "dimension": self.engine.dimension,
-                "pooling": self.engine.pooling,
-                "revision": self.engine.revision,
-            }
-        if self.worker is not None and not self.worker.alive and self.status == "ready":
-            out["status"] = "worker_failed"
-            out["error"] = self.worker.failure
+        if self.loaded is not None:
+            runner, worker = self.loaded.runner, self.loaded.worker
+            out |= {"dimension": runner.dimension, "pooling": runner.pooling, "revision": runner.revision}
+            if not worker.alive and self.status == "ready":
+                out["status"] = "worker_failed"
+                out["error"] = worker.failure
         if self.error:
             out["error"] = self.error
         return out
@@ -90,12 +97,8 @@ class ModelRegistry:
         executor: Executor,
         metrics: Metrics,
         tokenize_rounds: int = 1,
-        compile_forward: bool = False,
-        gpu_workspace_bytes: int = DEFAULT_GPU_WORKSPACE_BYTES,
     ) -> None:
         self.catalog = catalog
-        self._compile = compile_forward
-        self._gpu_workspace = gpu_workspace_bytes
         self._tokenize_rounds = tokenize_rounds
         self.default = default
         self.max_models = max_models
@@ -112,13 +115,14 @@ class ModelRegistry:
         return dict(self._slots)
 
     @asynccontextmanager
-    async def acquire(self, name: str | None) -> AsyncIterator[ModelSlot]:
+    async def acquire(self, name: str | None) -> AsyncIterator[LoadedModel]:
         """A ready model, held (not evictable) until the block exits."""
         slot = await self._ready(self.catalog.resolve(name or self.default))
+        assert slot.loaded is not None  # _ready returns only ready slots
         slot.leases += 1
         slot.last_used = time.monotonic()
         try:
-            yield slot
+            yield slot.loaded
         finally:
             slot.leases -= 1
 
@@ -128,7 +132,7 @@ class ModelRegistry:
     async def _ready(self, spec: ModelSpec) -> ModelSlot:
         while True:
             slot = self._slots.setdefault(spec.name, ModelSlot(spec))
-            if slot.status == "ready" and slot.worker is not None and slot.worker.alive:
+            if slot.status == "ready" and slot.loaded is not None and slot.loaded.worker.alive:
                 return slot
             if slot.load_task is None:
                 if slot.status == "failed" and time.monotonic() < slot.retry_at:
@@ -143,42 +147,42 @@ class ModelRegistry:
         try:
             async with self._admin:
                 started = time.perf_counter()
-                if slot.worker is not None:  # its worker died: replace the worker, keep the weights
-                    await slot.worker.stop()
-                engine = slot.engine
-                if engine is None:
+                if slot.loaded is not None:  # its worker died: replace the worker, keep the weights
+                    runner = slot.loaded.runner
+                    await slot.loaded.worker.stop()
+                else:
                     try:
                         await self._make_room(slot)
                     except ModelUnavailable:
                         slot.status = "unloaded"  # no room right now: not a failure of the model itself
                         raise
                     loop = asyncio.get_running_loop()
-                    engine = await loop.run_in_executor(self._executor, self._load_and_warm, slot.spec)
+                    runner = await loop.run_in_executor(self._executor, self._loader, slot.spec)
                 worker = BatchWorker(
                     name,
-                    engine.embed,
+                    runner.embed,
                     limits=self._limits,
                     metrics=self._metrics,
                     executor=self._executor,
-                    bucketed_rows=engine.bucket_rows,
+                    bucketed_rows=runner.bucket_rows,
                 )
                 worker.on_death = lambda: self._worker_died(slot)
                 worker.start()
-                slot.engine, slot.worker = engine, worker
-                slot.tokenize = TokenizeBatcher(engine.tokenizer, rounds=self._tokenize_rounds)
+                tokenize = TokenizeBatcher(runner.tokenizer, rounds=self._tokenize_rounds)
+                slot.loaded = LoadedModel(runner, worker, tokenize)
                 slot.status, slot.error, slot.failures = "ready", None, 0
                 self._metrics.model_loads.labels(name, "ok").inc()
                 self._metrics.model_load_seconds.labels(name).observe(time.perf_counter() - started)
                 self._metrics.models_loaded.set(self._loaded_count())
                 log.info(
-                    "model %s ready (dim %d) in %.1fs", name, engine.dimension, time.perf_counter() - started
+                    "model %s ready (dim %d) in %.1fs", name, runner.dimension, time.perf_counter() - started
                 )
                 freeze_long_lived()  # the model's Python objects live as long as it is loaded
         except ModelUnavailable:
             raise
         except Exception as exc:
             slot.failures += 1
-            slot.status, slot.error, slot.engine, slot.worker = "failed", _reason(exc), None, None
+            slot.status, slot.error, slot.loaded = "failed", _reason(exc), None
             slot.retry_at = time.monotonic() + doubling(_BACKOFF_MIN_S, slot.failures, _BACKOFF_MAX_S)
             self._metrics.model_loads.labels(name, "error").inc()
             log.error("model %s failed to load: %s", name, slot.error)
@@ -198,7 +202,7 @@ class ModelRegistry:
 
     def _restart(self, slot: ModelSlot) -> None:
         self._restart_timers.pop(slot.spec.name, None)
-        if slot.status != "ready" or slot.worker is None or slot.worker.alive:
+        if slot.status != "ready" or slot.loaded is None or slot.loaded.worker.alive:
             return  # evicted, or a request restarted it first
 
         async def restart() -> None:
@@ -212,49 +216,15 @@ class ModelRegistry:
         self._restarts.add(task)
         task.add_done_callback(self._restarts.discard)
 
-    def _load_and_warm(self, spec: ModelSpec) -> Engine:
-        engine = self._loader(spec)
-        if device.backend() == "cpu":
-            # New shapes cost nothing extra on CPU: a token warm-up, and exact batch sizes (no filler rows).
-            engine.warmup()
-        else:
-            engine.bucket_rows = True
-            engine.compiled = self._compile
-            device.bound_gpu_memory(self._gpu_workspace)
-            started = time.perf_counter()
-            try:
-                shapes = engine.warmup(
-                    max_batch=self._limits.max_size,
-                    max_tokens=self._limits.max_tokens,
-                    max_length=_WARM_LENGTH,
-                )
-            except BaseException as exc:
-                _free_memory()  # a failed warm-up's leftovers (its traceback holds arrays) not kept for the retry
-                if not isinstance(exc, WarmupFailed):
-                    raise
-                limits = self._limits
-                raise RuntimeError(
-                    f"{exc}; if the device ran out of memory, lower MAX_BATCH_TOKENS (now {limits.max_tokens}) "
-                    f"or MAX_BATCH_SIZE (now {limits.max_size})"
-                ) from exc
-            # The warm-up leaves tens of GB of buffers in MLX's cache, sized for shapes traffic rarely repeats;
-            # kept, they push the allocator into freeing (and synchronizing the device) on later misses. Its
-            # arrays are freed already (no cycles), so no full collection here: the freeze once the model is
-            # ready runs one, and a thawing one here held the GIL for another 26 ms (108k objects on this
-            # 2-core machine; 50-100 ms under load), stalling every other model's traffic.
-            mx.clear_cache()
-            log.info("%s: warmed %d shapes in %.1fs", spec.name, shapes, time.perf_counter() - started)
-        return engine
-
     def _loaded_count(self) -> int:
-        return sum(1 for s in self._slots.values() if s.engine is not None)
+        return sum(1 for s in self._slots.values() if s.loaded is not None)
 
     async def _make_room(self, incoming: ModelSlot) -> None:
         while self._loaded_count() >= self.max_models:
             candidates = [
                 s
                 for s in self._slots.values()
-                if s is not incoming and s.engine is not None and s.spec.name != self.default and not s.busy
+                if s is not incoming and s.loaded is not None and s.spec.name != self.default and not s.busy
             ]
             if not candidates:
                 raise ModelUnavailable(
@@ -265,12 +235,12 @@ class ModelRegistry:
 
     async def _evict(self, slot: ModelSlot) -> None:
         log.info("evicting model %s (least recently used)", slot.spec.name)
-        if slot.worker is not None:
-            await slot.worker.stop()
-        slot.engine, slot.worker, slot.tokenize, slot.status = None, None, None, "unloaded"
+        if slot.loaded is not None:
+            await slot.loaded.worker.stop()
+        slot.loaded, slot.status = None, "unloaded"
         self._metrics.model_evictions.labels(slot.spec.name).inc()
         self._metrics.models_loaded.set(self._loaded_count())
-        await asyncio.get_running_loop().run_in_executor(self._executor, _free_memory)
+        await asyncio.get_running_loop().run_in_executor(self._executor, free_memory)
 
     async def close(self) -> None:
         for timer in self._restart_timers.values():
@@ -280,13 +250,8 @@ class ModelRegistry:
         for slot in self._slots.values():
             if slot.load_task is not None:
                 slot.load_task.cancel()
-            if slot.worker is not None:
-                await slot.worker.stop()
-
-
-def _free_memory() -> None:
-    collect_everything()
-    mx.clear_cache()
+            if slot.loaded is not None:
+                await slot.loaded.worker.stop()
 
 
 def _reason(exc: BaseException) -> str:

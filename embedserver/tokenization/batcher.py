@@ -15,23 +15,30 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
+from functools import cache
 
 from embedserver.tokenization.tokenizer import TextTokenizer
 from embedserver.tuning.threads import named_executor
 
-# Threads for every model's tokenization rounds; each batcher runs at most `rounds` of them at once.
-tokenizer_executor = named_executor("tokenize", 16)
+
+@cache
+def tokenizer_executor() -> ThreadPoolExecutor:
+    """Threads for every model's tokenization rounds (each batcher runs at most `rounds` of them at once),
+    made on first use."""
+    return named_executor("tokenize", 16)
+
+
 # The most characters encoded on the event loop (~500 tokens, ~0.2 ms), and then only while no round runs.
 INLINE_CHARS = 2048
 
 
 class TokenizeBatcher:
     def __init__(
-        self, tokenizer: TextTokenizer, *, rounds: int = 1, executor: Executor = tokenizer_executor
+        self, tokenizer: TextTokenizer, *, rounds: int = 1, executor: Executor | None = None
     ) -> None:
         self._tokenizer = tokenizer
-        self._executor = executor
+        self._executor = executor or tokenizer_executor()
         self._rounds = rounds
         self._pending: list[tuple[Sequence[str], asyncio.Future[list[list[int]]]]] = []
         # Running drain loops, held so they are not garbage-collected; at most `rounds` of them.

@@ -34,6 +34,7 @@ import re
 import threading
 import unicodedata
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -55,7 +56,14 @@ _PATTERNS = {QWEN_PATTERN}
 # A batch is split over threads from this many characters a thread (~2k tokens, about a millisecond).
 _CHUNK_CHARS = 8_192
 _bpe_threads = min(8, os.cpu_count() or 1)
-bpe_executor = named_executor("bpe", _bpe_threads)
+
+
+@cache
+def _bpe_executor() -> ThreadPoolExecutor:
+    """Threads for large batches, made on first use."""
+    return named_executor("bpe", _bpe_threads)
+
+
 _POST_PROCESSORS = {"ByteLevel", "TemplateProcessing"}
 # Between texts in one tiktoken call; tiktoken never splits a word across it, so each text encodes as alone.
 _SEPARATOR = "\uffff<embedserver-separator>\uffff"
@@ -80,7 +88,7 @@ class FastBPE:
         if chunks < 2:
             return self._encode_all(texts)
         parts = _split_by_chars(texts, chunks)
-        return [ids for part in bpe_executor.map(self._encode_all, parts) for ids in part]
+        return [ids for part in _bpe_executor().map(self._encode_all, parts) for ids in part]
 
     def encode(self, text: str) -> list[int]:
         return self._encode_all([text])[0]

@@ -23,7 +23,7 @@ class TextTokenizer:
     tokenizer does not do it itself (and never twice).
     """
 
-    def __init__(self, path: Path, *, end_token: str | None = None) -> None:
+    def __init__(self, path: Path, *, end_token: str | None = None, fast: bool = True) -> None:
         self._tok = Tokenizer.from_file(str(path))
         self._tok.no_padding()
         self._tok.no_truncation()
@@ -32,7 +32,8 @@ class TextTokenizer:
         # 2-core one). No end-to-end gain was measurable (docs/PERFORMANCE.md). Older tokenizers lack it.
         self._encode_ids = getattr(self._tok, "encode_batch_fast", self._tok.encode_batch)
         # The same ids again, 2-5x faster, where they provably cannot differ (embedserver/tokenization/fast_bpe.py).
-        self._fast = fast_bpe_for(path, self._tok)
+        # FAST_TOKENIZER=false (`fast`) keeps `tokenizers` for every text.
+        self._fast = fast_bpe_for(path, self._tok) if fast else None
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
         plain = self._tok.encode("x", add_special_tokens=False).ids
         full = self._tok.encode("x", add_special_tokens=True).ids

@@ -2,7 +2,7 @@
 
 The `mlx-cpu` wheel links the reference (netlib) BLAS, which multiplies float32 matrices ~40x slower than
 OpenBLAS. libmlx resolves `cblas_sgemm` through the process's global symbol scope first, so loading an
-optimized library with RTLD_GLOBAL *before* MLX is imported makes MLX use it. `embedserver/__init__.py` calls
+optimized library with RTLD_GLOBAL *before* MLX is imported makes MLX use it. `embedserver/runtime/__init__.py` calls
 `preload()` so that happens before any module imports MLX.
 """
 

@@ -28,7 +28,7 @@ _LONG_MS_PER_TEXT = 20.0
 
 
 class BlasThreadPolicy:
-    """Sets OpenBLAS's threads before each pass of one engine, from the time per token its passes took."""
+    """Sets OpenBLAS's threads before each pass of one runner, from the time per token its passes took."""
 
     def __init__(self, threads: ThreadCount) -> None:
         self._threads = threads

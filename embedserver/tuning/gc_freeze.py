@@ -28,7 +28,7 @@ def freeze_long_lived() -> None:
 
 
 def collect_everything() -> None:
-    """A full collection that also reaches frozen objects (an evicted model's engine is one: it refers to
+    """A full collection that also reaches frozen objects (an evicted model's runner is one: it refers to
     itself through its compiled forward pass, so only the collector frees it, and its GPU memory with it);
     what is still alive afterwards is frozen again."""
     gc.unfreeze()

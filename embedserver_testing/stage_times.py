@@ -1,7 +1,7 @@
 """Where a request's time went inside the server, from a `/metrics` scrape: the mean of each stage's
 histogram (tokenization round, queue wait, forward pass per batch, whole request) and the batch sizes.
 
-    python benchmarks/stage_times.py METRICS.txt [METRICS.txt ...]
+    python -m embedserver_testing.stage_times METRICS.txt [METRICS.txt ...]
 
 Means over everything the server did since it started (server_matrix.sh scrapes after its last load level),
 so compare scrapes of servers that ran the same load.
