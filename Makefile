@@ -2,8 +2,13 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
+SOURCES := embedserver embedserver_testing tests scripts benchmarks
 
-.PHONY: install install-dev run dev health test test-fast lint format clean reference loadtest benchmark benchmark-full fuzz
+.PHONY: help install install-dev run dev health test test-fast lint format clean reference loadtest benchmark benchmark-full fuzz
+.DEFAULT_GOAL := help
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F '\t' '{printf "  make %-15s %s\n", $$1, $$2}'
 
 # Stamps: `make run` and `make test` reinstall only when the project's requirements change.
 $(VENV)/.installed: pyproject.toml scripts/install.sh
@@ -34,20 +39,21 @@ health:  ## ask a running server how it is
 test: $(VENV)/.installed-dev  ## the whole test suite
 	$(PY) -m pytest -q
 
-test-fast:  ## tests without starting server processes
+test-fast: $(VENV)/.installed-dev  ## tests without starting server processes
 	$(PY) -m pytest -q -m "not slow"
 
 fuzz:  ## schemathesis against a running server on $(HOST):$(PORT), 500 examples per operation: fails on any 5xx
 	$(VENV)/bin/st run http://$(HOST):$(PORT)/openapi.json --checks not_a_server_error --max-examples 500 --report-dir results/schemathesis
 
-lint:  ## ruff and mypy (strict)
-	$(PY) -m ruff check embedserver tests scripts benchmarks loadtests
-	$(PY) -m ruff format --check embedserver tests scripts benchmarks loadtests
+lint: $(VENV)/.installed-dev  ## ruff, ruff format --check, mypy --strict, and the import rules (import-linter)
+	$(PY) -m ruff check $(SOURCES)
+	$(PY) -m ruff format --check $(SOURCES)
 	$(PY) -m mypy
+	$(VENV)/bin/lint-imports
 
-format:
-	$(PY) -m ruff format embedserver tests scripts benchmarks loadtests
-	$(PY) -m ruff check --fix embedserver tests scripts benchmarks loadtests
+format:  ## ruff format and ruff's fixes
+	$(PY) -m ruff format $(SOURCES)
+	$(PY) -m ruff check --fix $(SOURCES)
 
 benchmark:  ## quick HTTP benchmark (spawns a server with MODEL_NAME): latency, throughput at 1/8/32 clients
 	$(VENV)/bin/pip install -q -e ".[load]"

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from embedserver.runtime.device import hard_exit

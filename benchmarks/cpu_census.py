@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections import Counter
+from collections import defaultdict
 from pathlib import Path
 
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -31,12 +31,12 @@ def _threads() -> dict[tuple[int, int], tuple[str, str, int]]:
     return out
 
 
-def census(seconds: float) -> tuple[Counter[str], Counter[tuple[str, str]]]:
+def census(seconds: float) -> tuple[dict[str, float], dict[tuple[str, str], float]]:
     before = _threads()
     time.sleep(seconds)
     after = _threads()
-    processes: Counter[str] = Counter()
-    threads: Counter[tuple[str, str]] = Counter()
+    processes: dict[str, float] = defaultdict(float)
+    threads: dict[tuple[str, str], float] = defaultdict(float)
     for key, (label, name, ticks) in after.items():
         used = (ticks - before.get(key, (label, name, 0))[2]) / _TICK / seconds * 100
         if used > 0:
@@ -49,10 +49,11 @@ def main() -> None:
     seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 5.0
     processes, threads = census(seconds)
     total = sum(processes.values())
-    print(f"CPU over {seconds:.0f} s: {total:.0f}% of {os.cpu_count() * 100}% ({os.cpu_count()} cores)")
-    for label, used in processes.most_common(20):
+    cores = os.cpu_count() or 1
+    print(f"CPU over {seconds:.0f} s: {total:.0f}% of {cores * 100}% ({cores} cores)")
+    for label, used in sorted(processes.items(), key=lambda kv: -kv[1])[:20]:
         print(f"{used:7.1f}%  {label}")
-        for (owner, name), t_used in threads.most_common():
+        for (owner, name), t_used in sorted(threads.items(), key=lambda kv: -kv[1]):
             if owner == label and t_used >= 3:
                 print(f"          {t_used:6.1f}%  thread {name}")
 

@@ -13,7 +13,6 @@ import argparse
 import gc
 import json
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,9 +21,9 @@ import numpy as np
 
 import embedserver.runtime  # noqa: F401  (readies the process for MLX: BLAS preload, MLX settings)
 from benchmarks.loadgen import run_load
-from embedserver_testing.stage_times import level_means
 from embedserver_testing.random_model import write_random_qwen3
 from embedserver_testing.server_process import running_server
+from embedserver_testing.stage_times import level_means
 
 
 def log(*parts: Any) -> None:
@@ -37,7 +36,7 @@ def make_texts(tokenizer_path: Path, n: int, tokens: int, seed: int = 0) -> list
 
     tok = Tokenizer.from_file(str(tokenizer_path))
     rng = np.random.default_rng(seed)
-    texts = []
+    texts: list[str] = []
     while len(texts) < n:
         ids = rng.integers(300, 30000, size=tokens * 2).tolist()
         text = tok.decode(ids)
@@ -107,7 +106,7 @@ def bench_engine(model_dir: Path, texts: list[str]) -> dict[str, Any]:
             ids, lengths = pad_right(seqs, runner.tokenizer.pad_id)
             lm = mx.array(lengths)
             pooled = pool(runner.encoder(mx.array(ids), lm), lm, runner.pooling).astype(mx.float32)
-            mx.async_eval(pooled)
+            mx.async_eval(pooled)  # type: ignore[no-untyped-call]
             pending.append(pooled)
             if len(pending) > 1:
                 np.array(pending.pop(0))

@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import csv
 import random
-import sys
 import time
 from pathlib import Path
 from typing import Any

@@ -116,7 +116,8 @@ async def test_query_instructions_follow_the_model_card(client: httpx.AsyncClien
     async def embed(**fields: Any) -> np.ndarray:
         r = await client.post("/v1/embeddings", json={"input": "what is mlx", **fields})
         assert r.status_code == 200, r.text
-        return _vectors(r.json())[0]
+        vector: np.ndarray = _vectors(r.json())[0]
+        return vector
 
     query = await embed(input_type="query")
     manual = _vectors(

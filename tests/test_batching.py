@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -64,7 +65,7 @@ class Scripted:
 
 
 @pytest.fixture
-async def worker() -> BatchWorker:
+async def worker() -> AsyncIterator[BatchWorker]:
     limits = BatchLimits(max_size=8, max_tokens=4096, wait_s=0.005, max_queue=20)
     w = BatchWorker("m", Scripted(), limits=limits, metrics=Metrics(), executor=ThreadPoolExecutor(1))
     w.start()
@@ -216,7 +217,7 @@ async def test_tokenize_rounds_gather_concurrent_requests(tiny_qwen3: Path, roun
     calls: list[int] = []
     original = tokenizer.encode_batch
 
-    def counting(texts: list[str]) -> list[list[int]]:
+    def counting(texts: Sequence[str]) -> list[list[int]]:
         calls.append(len(texts))
         return original(texts)
 
@@ -239,7 +240,7 @@ async def test_short_texts_of_an_idle_model_are_encoded_on_the_event_loop(tiny_q
     threads: list[str] = []
     original = tokenizer.encode_batch
 
-    def recording(texts: list[str]) -> list[list[int]]:
+    def recording(texts: Sequence[str]) -> list[list[int]]:
         threads.append(threading.current_thread().name)
         return original(texts)
 
@@ -255,7 +256,7 @@ async def test_short_texts_of_an_idle_model_are_encoded_on_the_event_loop(tiny_q
 
     threads.clear()  # a round in progress: an idle model's request joins the rounds, not the event loop
     results = await asyncio.gather(batcher.encode([long_text]), batcher.encode(["short"], idle=True))
-    assert results == [original([long_text]), original(["short"])]
+    assert list(results) == [original([long_text]), original(["short"])]
     assert loop_thread not in threads
 
 

@@ -30,9 +30,9 @@ def test_stage_means_average_each_histogram_over_every_model() -> None:
     metrics.batch_size.labels("a").observe(64)
     metrics.tokenize_seconds.labels("a").observe(0.002)
     means = stage_means(generate_latest(metrics.registry).decode())
-    assert means["embedserver_inference_seconds"] == (3, pytest.approx(0.040))
+    assert means["embedserver_inference_seconds"] == pytest.approx((3, 0.040))
     assert means["embedserver_batch_size"] == (1, 64)
-    assert means["embedserver_tokenization_seconds"] == (1, pytest.approx(0.002))
+    assert means["embedserver_tokenization_seconds"] == pytest.approx((1, 0.002))
     assert "embedserver_queue_wait_seconds" not in means  # nothing observed: no mean
 
 
@@ -43,7 +43,7 @@ def test_stage_means_since_an_earlier_scrape_cover_what_came_between() -> None:
     metrics.inference_seconds.labels("a").observe(0.004)
     metrics.inference_seconds.labels("b").observe(0.006)
     means = stage_means(generate_latest(metrics.registry).decode(), since=earlier)
-    assert means["embedserver_inference_seconds"] == (2, pytest.approx(0.005))
+    assert means["embedserver_inference_seconds"] == pytest.approx((2, 0.005))
     assert stage_means(earlier, since=earlier) == {}
     assert level_means(generate_latest(metrics.registry).decode(), since=earlier) == {"forward_mean_ms": 5.0}
 

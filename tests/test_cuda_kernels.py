@@ -118,7 +118,8 @@ def test_qk_norm_rope_matches_mlx_operations(dtype: mx.Dtype) -> None:
         part = part.reshape(batch, length, n, head_dim)
         if weight is None:
             return part.transpose(0, 2, 1, 3)
-        return rope(mx.fast.rms_norm(part, weight, 1e-6).transpose(0, 2, 1, 3))
+        rotated: mx.array = rope(mx.fast.rms_norm(part, weight, 1e-6).transpose(0, 2, 1, 3))
+        return rotated
 
     q_ref = reference(qkv[..., : heads * head_dim], heads, q_weight)
     k_ref = reference(qkv[..., heads * head_dim : (heads + kv_heads) * head_dim], kv_heads, k_weight)

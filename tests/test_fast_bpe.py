@@ -165,7 +165,7 @@ def _toy_bpe(tmp_path: Path, merges: list[list[str]]) -> Path:
     """Byte-level BPE over the 256 bytes plus "bc", "ab" and "abc" (ids 256, 257, 258)."""
     byte_chars = sorted(fast_bpe._byte_of_char(), key=lambda char: fast_bpe._byte_of_char()[char])
     vocab = {char: index for index, char in enumerate(byte_chars)} | {"bc": 256, "ab": 257, "abc": 258}
-    spec = {
+    spec: dict[str, object] = {
         "version": "1.0",
         "truncation": None,
         "padding": None,

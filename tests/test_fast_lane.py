@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
+from starlette.types import Message, Receive, Scope, Send
 
 from embedserver.api.fast_lane import FastLane
 from embedserver.errors import InvalidRequest, Overloaded
@@ -39,7 +40,7 @@ class App:
     def __init__(self) -> None:
         self.seen: list[tuple[str, str, bytes]] = []
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         body = b""
         while True:
             message = await receive()
@@ -72,12 +73,12 @@ async def _call(
         {"type": "http.request", "body": chunk, "more_body": index < len(chunks) - 1}
         for index, chunk in enumerate(chunks)
     ]
-    sent: list[dict[str, Any]] = []
+    sent: list[Message] = []
 
     async def receive() -> dict[str, Any]:
         return messages.pop(0) if messages else {"type": "http.disconnect"}
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: Message) -> None:
         sent.append(message)
 
     await lane(scope, receive, send)

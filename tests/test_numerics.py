@@ -21,7 +21,8 @@ def _engine(source: str | Path, **spec: Any) -> ModelRunner:
 
 
 def _normalized(vectors: np.ndarray) -> np.ndarray:
-    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    normalized: np.ndarray = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    return normalized
 
 
 def _batched_and_alone(runner: ModelRunner, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:

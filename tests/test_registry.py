@@ -7,7 +7,7 @@ import gc
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import mlx.core as mx
@@ -181,11 +181,11 @@ async def test_eviction_waits_for_requests_in_flight(make_settings: Callable[...
         if spec.name == "tiny-mlx":
             embed = runner.embed
 
-            def held(sequences: list[list[int]]) -> np.ndarray:
+            def held(sequences: Sequence[Sequence[int]]) -> np.ndarray:
                 gate.wait(timeout=60)
                 return embed(sequences)
 
-            runner.embed = held  # type: ignore[method-assign]
+            runner.embed = held  # type: ignore[method-assign,assignment]
         return runner
 
     texts = [f"in flight {i}" for i in range(5)]
@@ -260,7 +260,7 @@ async def test_a_warm_up_shape_too_large_for_the_device_names_itself_and_the_lim
         runner = load_runner(spec)
         embed = runner.embed
 
-        def limited(batch: list[list[int]]) -> np.ndarray:
+        def limited(batch: Sequence[Sequence[int]]) -> np.ndarray:
             if len(batch) * len(batch[0]) > 1024:
                 raise RuntimeError("cudaMallocAsync(&data, size, stream) failed: out of memory")
             return embed(batch)
@@ -293,7 +293,7 @@ def test_warmup_failure_carries_its_shape(tiny_qwen3: Path) -> None:
 
     runner = load_runner(ModelSpec(name="t", source=str(tiny_qwen3)))
 
-    def failing(batch: list[list[int]]) -> np.ndarray:
+    def failing(batch: Sequence[Sequence[int]]) -> np.ndarray:
         raise ValueError("no")
 
     runner.embed = failing  # type: ignore[method-assign]

@@ -54,9 +54,11 @@ def test_openai_options_are_strict(fields: dict[str, Any]) -> None:
 def test_native_bodies() -> None:
     assert EmbedRequest(text="hi").normalize is True
     assert EmbedBatchRequest(texts=["a", "b"], normalize=False).texts == ["a", "b"]
-    for bad in ({"text": None}, {"text": 3}, {}):
+    bad_texts: list[dict[str, object]] = [{"text": None}, {"text": 3}, {}]
+    for bad in bad_texts:
         with pytest.raises(ValidationError):
             EmbedRequest.model_validate(bad)
-    for bad in ({"texts": "a"}, {"texts": [1]}, {"texts": None}):
+    bad_batches: list[dict[str, object]] = [{"texts": "a"}, {"texts": [1]}, {"texts": None}]
+    for bad in bad_batches:
         with pytest.raises(ValidationError):
             EmbedBatchRequest.model_validate(bad)

@@ -35,7 +35,7 @@ class Clock:
 
 def test_restart_delays(monkeypatch: pytest.MonkeyPatch) -> None:
     clock = Clock()
-    monkeypatch.setattr(supervisor.time, "monotonic", clock)
+    monkeypatch.setattr("embedserver.server.supervisor.time.monotonic", clock)
     started: list[FakeProcess] = []
 
     class Context:
