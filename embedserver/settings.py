@@ -40,7 +40,8 @@ class Settings(BaseSettings):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     # 0: one process serves HTTP and runs the model. N >= 1: N front-end processes take HTTP, validation and
     # JSON, and this process batches and runs the model for all of them (see embedserver/server/supervisor.py).
-    # auto: 2 on CUDA machines with at least 8 cores (1.8x the requests/s of one process on an H100), else 0.
+    # auto: 2 on CUDA machines with at least 8 cores (where HTTP and JSON would otherwise share the
+    # interpreter lock with batching), else 0 (on CPU the model needs the cores).
     http_workers: int | Literal["auto"] = Field("auto", union_mode="left_to_right")
     # mx.compile the forward pass per bucketed shape, all compiled at load (GPU backends only; see runner.py).
     compile: bool = False
@@ -50,9 +51,8 @@ class Settings(BaseSettings):
     # GPU memory beyond the loaded weights for work in flight and MLX's buffer cache (capped at MLX's own limit,
     # a share of the card). MLX queues kernels ahead of the GPU and frees their buffers only as they finish;
     # past this much it waits instead (models/cuda_block.py's few, large operations otherwise had 81 GB in
-    # flight on an 80 GB H100 during the warm-up). Large enough that the cache keeps the buffers of every batch
-    # shape in use: with 8 GB it kept freeing them mid-pass, each free waiting for the device (2-9% fewer
-    # requests/s at 256 clients on an H100).
+    # flight on an 80 GB card during the warm-up). Large enough that the cache keeps the buffers of every batch
+    # shape in use; a smaller cache frees them mid-pass, and each free waits for the device.
     gpu_workspace_gb: float = Field(DEFAULT_GPU_WORKSPACE_BYTES / (1 << 30), gt=0)
 
     max_batch_size: int = Field(64, ge=1, le=4096)

@@ -139,12 +139,28 @@ def test_mlx_cuda_graphs_are_left_to_mlx_unless_the_environment_says_otherwise(
 def test_mlx_ops_per_buffer_is_bounded_on_cuda_unless_the_environment_says_otherwise(
     cuda: bool, given: str | None, seen: str
 ) -> None:
-    """With MLX's CUDA wheel installed (faked here through package metadata) embedserver sets 8 operations
+    """With MLX's CUDA wheel installed (faked here through package metadata) the runtime sets 8 operations
     per command buffer before MLX loads; elsewhere, or when the environment sets it, it leaves it alone."""
     env = {k: v for k, v in os.environ.items() if k != "MLX_MAX_OPS_PER_BUFFER"}
     if given is not None:
         env["MLX_MAX_OPS_PER_BUFFER"] = given
     fake = "import importlib.metadata as m; m.version = lambda name: '0.32.4'; " if cuda else ""
-    code = fake + "import os, embedserver; print(os.environ.get('MLX_MAX_OPS_PER_BUFFER', 'unset'))"
+    code = fake + "import os, embedserver.runtime; print(os.environ.get('MLX_MAX_OPS_PER_BUFFER', 'unset'))"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == seen
+
+
+def test_importing_the_package_or_a_front_end_loads_no_native_library_and_sets_nothing() -> None:
+    """Front-end processes import the HTTP layer and their own module only: no MLX, no OpenBLAS preload,
+    no MLX variables, no thread pools. The runtime does that work, when a process imports it."""
+    env = {k: v for k, v in os.environ.items() if k != "MLX_MAX_OPS_PER_BUFFER"}
+    code = (
+        "import importlib.metadata as m; m.version = lambda name: '0.32.4'\n"  # as if MLX's CUDA wheel were here
+        "import os, sys, threading, embedserver, embedserver.__main__, embedserver.server.frontend\n"
+        "import embedserver.api.app, embedserver.server.serve\n"
+        "from embedserver.tuning import blas\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('mlx', 'mlx_lm')), blas._preloaded,"
+        " os.environ.get('MLX_MAX_OPS_PER_BUFFER'), threading.active_count())"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["[]", "None", "None", "1"]

@@ -1,4 +1,4 @@
-"""The CUDA path of the Qwen3 layer (models/cuda_block.py, models/cuda_kernels.py).
+"""The CUDA path of the Qwen3 layer (runtime/architectures/cuda_block.py and cuda_kernels.py).
 
 Which layers it takes and how it fuses weights is checked everywhere; the kernels themselves only run where
 MLX has a CUDA device (the lent GPU machine: `python -m pytest tests/test_cuda_kernels.py`), against mlx-lm's

@@ -29,7 +29,9 @@ async def test_a_full_backlog_is_429_at_once_and_other_models_keep_serving(
     async with started(app) as client:
         await client.post("/v1/embeddings", json={"input": "warm"})
         # Hold tiny's batches on the event loop (not the MLX thread, which every model shares).
-        worker = app.state.server.service.registry.slots()["tiny"].worker
+        loaded = app.state.server.service.registry.slots()["tiny"].loaded
+        assert loaded is not None
+        worker = loaded.worker
         release = asyncio.Event()
         forward = worker._forward
 
@@ -71,6 +73,7 @@ def test_overload_script_sheds_load_with_only_200_and_429(tmp_path: Path) -> Non
         timeout=300,
         cwd=ROOT,
     )  # fmt: skip
+    assert out.exists(), run.stdout[-3000:] + run.stderr[-3000:]
     result = json.loads(out.read_text())
     assert set(result["statuses"]) <= {"200", "429"} and result["statuses"].get("429", 0) > 0
     assert result["checks"]["429s_well_formed"] and result["checks"]["no_client_errors"]

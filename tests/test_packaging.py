@@ -3,6 +3,7 @@ from an unrelated directory, with its catalog found as package data, and holds n
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import sysconfig

@@ -2,8 +2,8 @@
 
 A POST to /v1/embeddings, /embed or /embed_batch with a JSON body that parses and validates is answered here,
 by the same functions the routes call, without FastAPI's routing, dependency resolution, body parsing and
-validation: a cached request costs the whole app 97-101 µs here against 188-202 µs through FastAPI's route
-on the 2-core CI machine (benchmarks/asgi_overhead.py). Everything else goes to the app unchanged: other paths and methods, other content
+validation, which are about half of what a cached request costs the whole app (`python -m
+benchmarks.asgi_overhead MODEL_DIR` measures both paths). Everything else goes to the app unchanged: other paths and methods, other content
 types, and any body that does not parse (orjson) or validate (the same pydantic model, in the same Python
 mode as FastAPI's) is replayed to the app, so every error keeps exactly the status, shape and wording the
 routes give it. Errors the service raises are rendered by the app's own handler function; anything else

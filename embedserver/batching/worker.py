@@ -109,7 +109,7 @@ class BatchWorker:
         self._forward_started = 0.0  # when the MLX thread began its current (or last) forward pass
         self._forward_shape = (0, 0)  # that pass's padded (rows, length)
         self._forward_s = 0.0  # recent forward-pass duration (moving average)
-        # Recent duration per padded shape: a 16-row pass takes ~6 ms, a 128-row one ~40 ms (0.6B, H100).
+        # Recent duration per padded shape: on a GPU a 128-row pass takes several times a 16-row one.
         self._shape_s: dict[tuple[int, int], float] = {}
         self.failure: str | None = None
         self.on_death: Callable[[], None] | None = None  # the registry's restart hook

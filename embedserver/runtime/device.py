@@ -44,7 +44,7 @@ def default_dtype(kind: Backend) -> mx.Dtype | None:
     """Weights dtype per backend; None keeps the checkpoint's own (and its quantization).
 
     CPU: float32, because MLX's bf16/fp16/quantized CPU matmuls have no BLAS path (~30x slower).
-    CUDA: bfloat16, dequantized (4-bit kernels were slower than bf16 at serving batch sizes on an H100).
+    CUDA: bfloat16, dequantized (MLX's 4-bit kernels are slower than bf16 at serving batch sizes there).
     Metal: the checkpoint as shipped (quantization pays off where memory bandwidth is the limit).
     """
     return {"cpu": mx.float32, "cuda": mx.bfloat16, "metal": None}[kind]

@@ -15,8 +15,8 @@ def bucket_length(length: int) -> int:
 
 
 # Batch sizes that reach the model: powers of two and the halfway points between them, so at most a third of
-# the rows are filler. On CUDA the first forward pass at a new shape costs 60-100 ms more than the next ones
-# (0.6B model, H100: benchmarks/shape_cost.py), so the server must see few shapes, warmed at load.
+# the rows are filler. On CUDA the first forward pass at a new shape costs tens of milliseconds of kernel set-up
+# more than the next ones, so the server must see few shapes, warmed at load.
 _BATCH_BUCKETS = (
     1,
     2,
@@ -61,8 +61,8 @@ def rows_to_run(queued: int) -> int:
     """How many of `queued` texts a worker whose GPU is busy should put in the next (bucketed) batch: all of
     them when they are few or padding to their bucket adds at most 10% filler rows, else the bucket below;
     the rest wait for the batch after, which is filling anyway. 99 texts run as 96 rather than as 128 rows
-    with 29 of filler (at 256 clients on an H100, batches averaged ~100 texts: ~29% of the GPU's work was
-    filler)."""
+    with 29 of filler: under heavy load batches of about 100 texts are common, and padding each up would
+    spend about a quarter of the GPU's work on filler."""
     up = bucket_batch(queued)
     if queued < _MIN_CUT or up - queued <= _MAX_FILLER * up:
         return queued

@@ -105,7 +105,7 @@ class ModelRunner:
 
 class WarmupFailed(RuntimeError):
     """A shape of the load-time warm-up could not run; on GPUs, usually out of memory (the 4B model at
-    65,536 tokens per batch on an 80 GB H100). Names the shape, which the error from MLX does not."""
+    65,536 tokens per batch on an 80 GB card). Names the shape, which the error from MLX does not."""
 
     def __init__(self, rows: int, length: int, cause: Exception) -> None:
         super().__init__(f"warm-up failed at a batch of {rows} x {length} tokens: {cause}")

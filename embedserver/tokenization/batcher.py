@@ -1,13 +1,13 @@
 """Tokenization for concurrent requests, gathered: one `encode_batch` call per round, on a thread.
 
-A thread hop per request (anyio.to_thread) put dozens of threads in contention for the GIL under load and
-capped an H100 server at ~1,000 requests/s. Here texts that arrive while a round runs wait for the next one,
+A thread hop per request (anyio.to_thread) puts dozens of threads in contention for the GIL under load, and
+that contention, not the GPU, capped the server's requests/s. Here texts that arrive while a round runs wait for the next one,
 so under load each round covers many requests; the tokenizer releases the GIL and spreads a large batch
 over the cores by itself. TOKENIZER_ROUNDS rounds may run at once per model.
 
 A short request whose model is idle is encoded on the event loop instead, when no round is running: its
 tokenization is then all that stands between it and the forward pass, and through the fast encoder
-(embedserver/tokenization/fast_bpe.py) ~600 characters take ~60 µs, less than the hand-off to a thread and back. While the
+(fast_bpe.py) a short text takes less time than the hand-off to a thread and back. While the
 model is busy a text waits for the running pass anyway, so rounds keep that work off the event loop.
 """
 
@@ -29,7 +29,7 @@ def tokenizer_executor() -> ThreadPoolExecutor:
     return named_executor("tokenize", 16)
 
 
-# The most characters encoded on the event loop (~500 tokens, ~0.2 ms), and then only while no round runs.
+# The most characters encoded on the event loop (~500 tokens), and then only while no round runs.
 INLINE_CHARS = 2048
 
 

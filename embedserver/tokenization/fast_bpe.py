@@ -1,8 +1,8 @@
 """Byte-level BPE through tiktoken, used only where it provably gives the ids `tokenizers` gives.
 
-A fresh 128-token text takes `tokenizers` ~300 µs on the 2-core CI machine (0.25-0.8 ms on the H100 host);
-tiktoken encodes it in 60-100 µs (0.12-0.17 ms there). For a lone request that was a third of what serving added
-to the forward pass, and under load it is CPU the event loop needs.
+tiktoken encodes a text several times faster than `tokenizers` (docs/perf/log.md has the figures). For a lone
+request tokenization is a sizeable part of what serving adds to the forward pass, and under load it is CPU
+the event loop needs.
 
 Taken only when nothing can differ; otherwise `tokenizers` encodes everything, as before:
 - the model is byte-level BPE without dropout, unknown token, byte fallback, affixes or `ignore_merges`, and
@@ -96,7 +96,7 @@ class FastBPE:
     def _encode_all(self, texts: Sequence[str]) -> list[list[int]]:
         """Every plain stretch of every text in one tiktoken call, a separator token between them: one release
         of the interpreter lock for the lot. Taking it back once per text instead waited behind a busy event
-        loop each time (up to its 5 ms switch interval) and made 256-client tokenization 3x slower."""
+        loop each time (up to its 5 ms switch interval), which made tokenization under load several times slower."""
         layouts: list[list[int]] = []  # per text: added-token ids, and -1 where its next plain stretch goes
         plain: list[str] = []
         for text in texts:
@@ -138,7 +138,7 @@ class FastBPE:
         return parts
 
     def _normalized(self, text: str) -> str:
-        # Python's quick check first: `tokenizers`' normalizer holds the interpreter lock for ~30-60 µs a text.
+        # Python's quick check first: `tokenizers`' normalizer holds the interpreter lock for every text.
         # Text NFC by Python's tables is left alone by `tokenizers`' (tests/test_fast_bpe.py checks every code
         # point); other text goes through the latter.
         if self._normalizer is not None and not unicodedata.is_normalized("NFC", text):

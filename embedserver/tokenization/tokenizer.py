@@ -27,11 +27,10 @@ class TextTokenizer:
         self._tok = Tokenizer.from_file(str(path))
         self._tok.no_padding()
         self._tok.no_truncation()
-        # Without character offsets, which nothing here reads: the same ids in less CPU time (fresh random-token
-        # texts: a round of 256 took 12-14 vs 20-21 ms on the H100 machine's CPU, one of 128 29 vs 46 ms on this
-        # 2-core one). No end-to-end gain was measurable (docs/PERFORMANCE.md). Older tokenizers lack it.
+        # Without character offsets, which nothing here reads: the same ids in less CPU time. Older tokenizers
+        # lack it.
         self._encode_ids = getattr(self._tok, "encode_batch_fast", self._tok.encode_batch)
-        # The same ids again, 2-5x faster, where they provably cannot differ (embedserver/tokenization/fast_bpe.py).
+        # The same ids again, several times faster, where they provably cannot differ (fast_bpe.py).
         # FAST_TOKENIZER=false (`fast`) keeps `tokenizers` for every text.
         self._fast = fast_bpe_for(path, self._tok) if fast else None
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)

@@ -2,13 +2,10 @@
 
 OpenBLAS splits a matrix product over every core, and its idle threads spin for ~0.1 s after each product
 before they sleep. On a small machine serving a small model that spin takes the core the event loop, the
-tokenizer and HTTP need: serving the tiny test model to one client on 2 cores, OpenBLAS's worker thread took
-~47% of the machine's CPU samples (perf), and a one-text pass that needs that thread took 15.9 ms instead of
-3.0 while another process kept a core busy. So a batched pass that is short for its size leaves one core to
-the serving side (1 thread of 2 here: 32 clients 692 vs 600 texts/s, mean of five runs, one client
-unchanged; docs/PERFORMANCE.md), while a lone text (nothing else to serve) and a pass that is long for its
-size (a real model, matrix-bound, where the serving side's ~1 ms a request is noise) keep every thread: the
-0.6B model on 2 cores takes 1.5-1.7x longer on one.
+tokenizer and HTTP need, and a pass that needs a spinning thread waits for it. So a batched pass that is
+short for its size leaves one core to the serving side, while a lone text (nothing else to serve) and a pass
+that is long for its size (a real model, matrix-bound, where the serving side's cost per request is noise)
+keep every thread, since such a model slows down markedly on fewer threads (docs/perf/log.md has the figures).
 """
 
 from __future__ import annotations
@@ -22,8 +19,8 @@ class ThreadCount(Protocol):
     def set(self, threads: int) -> None: ...
 
 
-# Above this a pass's texts cost the device far more than their requests cost the serving side (~1 ms each on
-# a 2-core machine): a pass of the tiny test model takes ~1 ms a text, of the 0.6B model ~470 ms.
+# Above this a pass's texts cost the device far more than their requests cost the serving side (about a
+# millisecond each on a small machine); the tiny test model stays well below it, the real models far above.
 _LONG_MS_PER_TEXT = 20.0
 
 

@@ -2,9 +2,9 @@
 
 Every few hundred allocations the collector scans young objects, and now and then all of them: the modules,
 FastAPI's routes, pydantic's schemas and a loaded model's Python objects, about 120,000 objects that never
-become garbage. Under load those full scans held the GIL 60-100 ms (tiny model, 64 clients, this 2-core
-machine), stalling the event loop and the MLX thread's way back from each forward pass (CUPTI trace on an
-H100: 150-220 ms with the GPU idle after a pass, about once every 2 s). Freezing what is alive once start-up
+become garbage. Under load each of those full scans holds the GIL for tens of milliseconds, stalling the
+event loop and the MLX thread's way back from a forward pass, which leaves the GPU idle meanwhile (docs/perf/log.md).
+Freezing what is alive once start-up
 is done moves it out of every later scan, as Instagram's Django servers do; the collector still runs for the
 objects requests create.
 """

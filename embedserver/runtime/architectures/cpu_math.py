@@ -1,9 +1,9 @@
 """Attention and SiLU for MLX's CPU backend, where exponentials, not matrix products, dominated.
 
-MLX's CPU `exp` (used by its softmax, SiLU and attention) evaluates one element at a time: on this
-project's 2-core x86-64 machine 2M of them took 31-36 ms, while `power(2, x * log2 e)` of the same values took
-13-14 ms with the same accuracy (relative error 9e-7 against float64 for both). In the tiny test model's
-forward pass the softmax and SiLU were ~78% of the time and the matrix products ~10%. This block is mlx-lm's
+MLX's CPU `exp` (used by its softmax, SiLU and attention) evaluates one element at a time, while
+`power(2, x * log2 e)` is vectorized and about twice as fast with the same accuracy; in a small model's
+forward pass on CPU the softmax and SiLU took most of the time, more than the matrix products (docs/perf/log.md).
+This block is mlx-lm's
 Qwen3 `TransformerBlock` (same weights, same order of operations, causal attention with grouped KV heads)
 with those two functions written through `power`. GPUs keep mlx-lm's fused kernels. (The BERT encoder keeps
 MLX's attention: with `attention` below it measured the same, its matrix products dominating.)

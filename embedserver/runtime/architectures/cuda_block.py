@@ -3,8 +3,7 @@
 Same weights and the same mathematics as mlx-lm's block (see cuda_kernels.py for the numerics), arranged for
 fewer passes over memory: q, k and v come from one matrix product (their weight rows concatenated), gate and
 up from another; `qk_norm_rope` turns the first into attention's inputs and `swiglu` the second into the down
-projection's. Measured parts on an H100 at 256 x 128 tokens: the three q/k/v products took 18.0 ms against
-12.6 ms as one, gate and up 22.8 ms against 18.5 ms (benchmarks/layer_parts.py).
+projection's. One larger product keeps the GPU busier than three small ones (docs/perf/log.md has the figures).
 
 The fused weight matrices are built once at load; the original projection weights become views of them, so
 the model holds each weight once.

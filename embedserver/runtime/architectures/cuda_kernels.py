@@ -1,12 +1,10 @@
 """Two CUDA kernels for the Qwen3 layer, where mlx-lm's composition of MLX operations moves data many times.
 
-Measured on an H100 (0.6B shape, 256 x 128 tokens, `benchmarks/layer_parts.py`): the per-head RMSNorm of
-queries and keys, RoPE and the transposes into attention's layout, run alone as mlx-lm composes them, took
-28 ms over the 28 layers (RoPE on a transposed view first copies it; each step is another pass over memory).
-`qk_norm_rope` does it in one pass, 10.8 ms: it reads the fused q|k|v projection once and writes q, k
-(normalized, rotated) and v in the [batch, heads, length, head_dim] layout attention wants. `swiglu` reads
-the fused gate|up projection and writes silu(gate) * up. With the fused products (cuda_block.py) the forward
-pass went from 80.8 to 71.0 ms.
+As mlx-lm composes them, the per-head RMSNorm of queries and keys, RoPE and the transposes into attention's
+layout each make another pass over memory (RoPE on a transposed view first copies it). `qk_norm_rope` does
+it in one pass: it reads the fused q|k|v projection once and writes q, k (normalized, rotated) and v in the
+[batch, heads, length, head_dim] layout attention wants. `swiglu` reads the fused gate|up projection and
+writes silu(gate) * up. What each saved is measured in docs/perf/log.md.
 
 Numerics follow MLX's own kernels step for step (mlx/backend/cuda/rms_norm.cu and rope.cu): float32
 arithmetic, the normalized value rounded to the weights' dtype before the weight multiply, RoPE's angle as
