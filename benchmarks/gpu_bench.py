@@ -1,10 +1,17 @@
-"""GPU benchmark, one device call: engine alone, sentence-transformers, and the server under concurrent HTTP
-load, on the same random weights of the real Qwen3-Embedding shape (bf16) and the same ~128-token texts.
+"""GPU benchmark in one command: the model alone, sentence-transformers, and the server with its defaults under
+concurrent HTTP load, on the same weights and texts, for short queries, 128- and 512-token passages and a
+mixed workload. Every request is one text never sent before (the cache never answers).
 
-    python -m benchmarks.gpu_bench --out results/ [--shape 0.6b] [--duration 12] [--model DIR]
+    python -m benchmarks.gpu_bench --out results/ [--shape 0.6b] [--model DIR] [--duration 10]
+        [--lengths 16,128,512,mixed] [--concurrency 1,32,256,512] [--skip model,st,server]
+        [--server NAME=PATH ...] [--env NAME=VALUE ...]
 
-Random weights are written under --work (default results/models) once per shape; --model runs a model
-directory of your own instead (a real checkpoint, say).
+Random weights of the chosen shape are written under --work once; --model runs a model directory of your own
+instead. --server runs the server from another source tree too (PATH put first on PYTHONPATH), so two trees
+are compared in the same run: `--server old=/src/old --server new=.`. --env adds a server setting for every
+server run. For each level: requests/s, tokens/s, p50/p99 at the client, the server's own stage means from
+/metrics over that level, and the GPU's peak memory (nvidia-smi) while the server ran. Results:
+OUT/gpu_results.json, and a table on stdout.
 """
 
 from __future__ import annotations
@@ -13,17 +20,25 @@ import argparse
 import gc
 import json
 import os
+import re
+import subprocess
+import threading
 import time
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-import embedserver.runtime  # noqa: F401  (readies the process for MLX: BLAS preload, MLX settings)
 from benchmarks.loadgen import run_load
 from embedserver_testing.random_model import write_random_qwen3
 from embedserver_testing.server_process import running_server
 from embedserver_testing.stage_times import level_means
+
+# The mixed workload: three short queries for each passage.
+MIXED = ((16, 3), (256, 1))
 
 
 def log(*parts: Any) -> None:
@@ -31,22 +46,32 @@ def log(*parts: Any) -> None:
 
 
 def make_texts(tokenizer_path: Path, n: int, tokens: int, seed: int = 0) -> list[str]:
-    """Texts of exactly `tokens` tokens with the appended <|endoftext|> (random common-vocabulary tokens)."""
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_file(str(tokenizer_path))
+    """`n` random texts of exactly `tokens` tokens with the appended <|endoftext|>: words that are each one
+    token of the vocabulary with their leading space (" word"), which the byte-level pre-tokenizer keeps whole,
+    so a text of k such words is k tokens. Random draws from tens of thousands of words: never the same text."""
+    vocab = json.loads(tokenizer_path.read_text())["model"]["vocab"]
+    words = sorted(token[1:] for token in vocab if re.fullmatch("\u0120[a-z]{3,12}", token))
     rng = np.random.default_rng(seed)
-    texts: list[str] = []
-    while len(texts) < n:
-        ids = rng.integers(300, 30000, size=tokens * 2).tolist()
-        text = tok.decode(ids)
-        enc = tok.encode(text).ids  # post-processor appends <|endoftext|>
-        if len(enc) < tokens:
-            continue
-        text = tok.decode(enc[: tokens - 1])
-        if len(tok.encode(text).ids) == tokens:
-            texts.append(text)
-    return texts
+    picks = rng.integers(0, len(words), size=(n, tokens - 1))
+    return ["".join(" " + words[i] for i in row) for row in picks]
+
+
+def workload_texts(tokenizer: Path, length: str, n: int, seed: int) -> list[str]:
+    """Texts for one workload: `length` tokens each, or the mixed query/passage workload (MIXED)."""
+    if length != "mixed":
+        return make_texts(tokenizer, n, int(length), seed)
+    out: list[str] = []
+    for index, (tokens, share) in enumerate(MIXED):
+        out += make_texts(tokenizer, n * share // sum(s for _, s in MIXED) + 1, tokens, seed * 10 + index)
+    order = np.random.default_rng(seed).permutation(len(out))
+    return [out[i] for i in order[:n]]
+
+
+def level_texts(length: str, clients: int, seconds: float) -> int:
+    """How many texts a load level may need: enough for ~50 requests/s a client (up to 128 clients) of
+    16-token texts, fewer for longer ones, which run slower."""
+    tokens = 128 if length == "mixed" else max(16, int(length))
+    return int(min(clients, 128) * 50 * seconds * 16 / tokens) + 2000
 
 
 def timed(fn: Any, repeat: int = 5, warmup: int = 2) -> float:
@@ -60,205 +85,216 @@ def timed(fn: Any, repeat: int = 5, warmup: int = 2) -> float:
     return float(np.median(times))
 
 
-def spaced(fn: Any, repeat: int = 20, gap_s: float = 0.005) -> float:
-    """Median time of `fn` called alone, `gap_s` after the previous call: how a one-client server meets each
-    request (back to back, the CPU that queues the kernels stays busy and the pass is faster)."""
-    fn()
-    times = []
-    for _ in range(repeat):
-        time.sleep(gap_s)
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
-
-
-def bench_engine(model_dir: Path, texts: list[str]) -> dict[str, Any]:
+def bench_model(model_dir: Path, texts: dict[str, list[str]]) -> dict[str, Any]:
+    """The model alone, as the server's defaults run it: batches of real texts and a lone text."""
     import mlx.core as mx
 
+    import embedserver.runtime  # noqa: F401  (readies the process for MLX: BLAS preload, MLX settings)
     from embedserver.catalog import ModelSpec
-    from embedserver.runtime.device import bound_gpu_memory
+    from embedserver.runtime.device_policy import DevicePlan, ready_for_device
     from embedserver.runtime.loader import load_runner
-    from embedserver.settings import DEFAULT_GPU_WORKSPACE_BYTES
+    from embedserver.settings import Settings
 
+    defaults = Settings(_env_file=None)  # type: ignore[call-arg]
     runner = load_runner(ModelSpec(name="bench", source=str(model_dir)))
-    # As the server runs it (GPU_WORKSPACE_GB's default): without a bound, the 4B shape at 256 x 128 queued more work
-    # than the card holds and the allocator spent its time freeing (51k tokens/s against 75k at 128 x 128).
-    mx.clear_cache()
-    bound_gpu_memory(DEFAULT_GPU_WORKSPACE_BYTES)
-    out: dict[str, Any] = {"device": str(mx.default_device()), "shapes": {}}
-    rng = np.random.default_rng(1)
-    for batch, length in [(32, 16), (32, 128), (128, 128), (256, 128), (64, 512), (8, 2048)]:
-        seqs = [rng.integers(300, 30000, size=length).tolist() for _ in range(batch)]
-        dt = timed(lambda s=seqs: runner.embed(s))
-        out["shapes"][f"{batch}x{length}"] = round(batch * length / dt)
-        log(f"engine {batch}x{length}: {batch * length / dt:,.0f} tok/s")
-
-    # Back-to-back batches with the next graph built while the GPU runs the previous one.
-    seqs = [rng.integers(300, 30000, size=128).tolist() for _ in range(256)]
-
-    def pipelined(rounds: int = 8) -> None:
-        from embedserver.runtime.padding import pad_right
-        from embedserver.runtime.pooling import pool
-
-        pending = []
-        for _ in range(rounds):
-            ids, lengths = pad_right(seqs, runner.tokenizer.pad_id)
-            lm = mx.array(lengths)
-            pooled = pool(runner.encoder(mx.array(ids), lm), lm, runner.pooling).astype(mx.float32)
-            mx.async_eval(pooled)  # type: ignore[no-untyped-call]
-            pending.append(pooled)
-            if len(pending) > 1:
-                np.array(pending.pop(0))
-        for p in pending:
-            np.array(p)
-
-    dt = timed(pipelined, repeat=3, warmup=1)
-    out["pipelined_256x128"] = round(8 * 256 * 128 / dt)
-    log(f"engine pipelined 256x128: {out['pipelined_256x128']:,} tok/s")
-
-    # Compiled forward at a fixed shape (kernel fusion), to see what mx.compile would buy.
-    def forward(ids: Any, lengths: Any) -> Any:
-        from embedserver.runtime.pooling import pool
-
-        return pool(runner.encoder(ids, lengths), lengths, runner.pooling).astype(mx.float32)
-
-    compiled = mx.compile(forward)
-    ids = mx.array(np.array(seqs, dtype=np.int32))
-    lengths = mx.array(np.full(256, 128, dtype=np.int32))
-    dt = timed(lambda: mx.eval(compiled(ids, lengths)))
-    out["compiled_256x128"] = round(256 * 128 / dt)
-    log(f"engine compiled 256x128: {out['compiled_256x128']:,} tok/s")
-
-    # The real texts, as the server would batch them; also single-text latency.
-    encoded = runner.tokenizer.encode_batch(texts[:256])
-    dt = timed(lambda: runner.embed(encoded))
-    out["texts_256"] = round(sum(map(len, encoded)) / dt)
-    out["single_text_ms"] = round(timed(lambda: runner.embed(encoded[:1]), repeat=20) * 1000, 3)
-    out["single_text_spaced_ms"] = round(spaced(lambda: runner.embed(encoded[:1])) * 1000, 3)
-    log(
-        f"engine on texts: {out['texts_256']:,} tok/s; one text {out['single_text_ms']} ms back to back, "
-        f"{out['single_text_spaced_ms']} ms arriving alone"
+    plan = DevicePlan(
+        max_batch=256,
+        max_tokens=65536,
+        gpu_workspace_bytes=int(defaults.gpu_workspace_gb * (1 << 30)),
     )
-    vectors = runner.embed(encoded[:8])
+    ready_for_device(runner, plan)
+    out: dict[str, Any] = {"device": str(mx.default_device()), "lengths": {}}
+    for length, pool in texts.items():
+        encoded = runner.tokenizer.encode_batch(pool[:256])
+        batch = 256 if length in ("16", "128", "mixed") else 64
+        tokens = sum(map(len, encoded[:batch]))
+        dt = timed(lambda e=encoded[:batch]: runner.embed(e))
+        one = timed(lambda e=encoded[:1]: runner.embed(e), repeat=20)
+        out["lengths"][length] = {
+            "batch": batch,
+            "tokens_per_s": round(tokens / dt),
+            "texts_per_s": round(batch / dt, 1),
+            "one_text_ms": round(one * 1000, 3),
+        }
+        log(
+            f"model alone, {length} tokens: batch {batch} {tokens / dt:,.0f} tok/s; one text {one * 1000:.2f} ms"
+        )
+    out["peak_memory_gb"] = round(mx.get_peak_memory() / 1e9, 2)
+    vectors = runner.embed(runner.tokenizer.encode_batch(texts[next(iter(texts))][:8]))
     out["_vectors"] = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).tolist()
     gc.collect()
     mx.clear_cache()
     return out
 
 
-def bench_sentence_transformers(model_dir: Path, texts: list[str]) -> dict[str, Any]:
+def bench_sentence_transformers(model_dir: Path, texts: dict[str, list[str]]) -> dict[str, Any]:
     import torch
     from sentence_transformers import SentenceTransformer
 
     model = SentenceTransformer(str(model_dir), device="cuda", model_kwargs={"torch_dtype": torch.bfloat16})
-    out: dict[str, Any] = {"version": __import__("sentence_transformers").__version__}
-    for batch in (64, 256):
-        model.encode(texts[:batch], batch_size=batch)
+    out: dict[str, Any] = {"version": __import__("sentence_transformers").__version__, "lengths": {}}
+    torch.cuda.reset_peak_memory_stats()
+    for length, pool in texts.items():
+        sample = pool[:2048]
+        model.encode(sample[:256], batch_size=256)
         torch.cuda.synchronize()
         t = time.perf_counter()
-        model.encode(texts, batch_size=batch, normalize_embeddings=True)
+        model.encode(sample, batch_size=256, normalize_embeddings=True)
         torch.cuda.synchronize()
         dt = time.perf_counter() - t
-        out[f"batch_{batch}_texts_per_s"] = round(len(texts) / dt, 1)
-        out[f"batch_{batch}_tokens_per_s"] = round(len(texts) * 128 / dt)
-        log(
-            f"sentence-transformers batch {batch}: {len(texts) / dt:,.0f} texts/s, {len(texts) * 128 / dt:,.0f} tok/s"
-        )
-    out["_vectors"] = model.encode(texts[:8], normalize_embeddings=True).tolist()
+        out["lengths"][length] = {"texts_per_s": round(len(sample) / dt, 1)}
+        log(f"sentence-transformers, {length} tokens: {len(sample) / dt:,.0f} texts/s (batch 256)")
+    out["peak_reserved_gb"] = round(torch.cuda.max_memory_reserved() / 1e9, 2)
+    first = next(iter(texts))
+    out["_vectors"] = model.encode(texts[first][:8], normalize_embeddings=True).tolist()
+    del model
     gc.collect()
     torch.cuda.empty_cache()
     return out
 
 
-def bench_server(model_dir: Path, texts: list[str], duration: float, out_dir: Path) -> dict[str, Any]:
+@contextmanager
+def gpu_memory_peak() -> Iterator[dict[str, float]]:
+    """The most device memory nvidia-smi reports in use while the block runs (GB; absent without it)."""
+    peak: dict[str, float] = {}
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.5):
+            try:
+                out = subprocess.run(
+                    ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                    capture_output=True,
+                    text=True,
+                    timeout=5,
+                ).stdout.split()
+            except (OSError, subprocess.TimeoutExpired):
+                return
+            if out:
+                peak["gb"] = max(peak.get("gb", 0.0), float(out[0]) / 1024)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield peak
+    finally:
+        stop.set()
+        thread.join()
+
+
+def bench_server(
+    name: str,
+    source: Path | None,
+    model_dir: Path,
+    lengths: list[str],
+    concurrency: list[int],
+    duration: float,
+    env: dict[str, str],
+    out_dir: Path,
+) -> dict[str, Any]:
     import httpx
 
-    env = {
-        "MODEL_NAME": str(model_dir),
-        "MAX_BATCH_SIZE": "256",
-        "MAX_BATCH_TOKENS": "65536",
-        "MAX_QUEUE_TEXTS": "100000",
-        "BATCH_WAIT_MS": os.environ.get("BENCH_BATCH_WAIT_MS", "2"),
-        "CACHE_MAX_ENTRIES": "0",  # measure compute, not the cache
-        "LOG_LEVEL": "WARNING",
-    }
-    with running_server(env, out_dir / "server.log") as url:
-        bodies = [
-            json.dumps({"input": t, "model": str(model_dir), "encoding_format": "base64"}).encode()
-            for t in texts
-        ]
-        results = []
-        one_client: dict[str, Any] = {}
-        for concurrency in (1, 8, 32, 128, 256):
-            before = httpx.get(f"{url}/metrics").text
-            r = run_load(
-                f"{url}/v1/embeddings",
-                bodies,
-                concurrency,
-                duration if concurrency > 1 else duration / 2,
-                processes=min(8, max(1, concurrency // 16)),
-            )
-            results.append(r.summary())
-            log("server", r.summary())
-            if concurrency == 1:
-                one_client = _one_client_split(r.summary(), httpx.get(f"{url}/metrics").text, before)
-                log("server, one client:", one_client)
-        metrics = httpx.get(f"{url}/metrics").text
-        (out_dir / "server_metrics.txt").write_text(metrics)
-        return {"load": results, "one_client": one_client}
+    server_env = {"MODEL_NAME": str(model_dir), "LOG_LEVEL": "WARNING", **env}
+    if source is not None:
+        server_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(source), os.environ.get("PYTHONPATH")]))
+    results: dict[str, Any] = {"source": str(source or "."), "env": env, "lengths": {}}
+    with gpu_memory_peak() as peak, running_server(server_env, out_dir / f"server-{name}.log", 600) as url:
+        for length in lengths:
+            levels = []
+            for clients in concurrency:
+                seconds = duration if clients > 1 else duration / 2
+                # Fresh random texts for every level (a seed per server, length and level): no cache hits.
+                seed = zlib.crc32(f"{name}/{length}/{clients}".encode())
+                pool = workload_texts(
+                    model_dir / "tokenizer.json", length, level_texts(length, clients, seconds), seed
+                )
+                bodies = [json.dumps({"input": t}).encode() for t in pool]
+                before = httpx.get(f"{url}/metrics").text
+                r = run_load(
+                    f"{url}/v1/embeddings", bodies, clients, seconds, processes=min(8, max(1, clients // 32))
+                )
+                summary = r.summary() | level_means(httpx.get(f"{url}/metrics").text, since=before)
+                levels.append(summary)
+                log(f"server {name}, {length} tokens:", summary)
+            results["lengths"][length] = levels
+        (out_dir / f"server-{name}-metrics.txt").write_text(httpx.get(f"{url}/metrics").text)
+    results["gpu_memory_peak_gb"] = round(peak.get("gb", 0.0), 2) or None
+    return results
 
 
-def _one_client_split(summary: dict[str, Any], metrics: str, before: str) -> dict[str, Any]:
-    """A lone client's p50 against the forward pass of the same requests (the server's histograms over that
-    level only): what the serving side adds, free of the device's drift between separately timed runs."""
-    out: dict[str, Any] = level_means(metrics, since=before)
-    if "forward_mean_ms" in out:
-        out["p50_over_forward_ms"] = round(summary["p50_ms"] - out["forward_mean_ms"], 3)
-    return out
+def table(results: dict[str, Any]) -> str:
+    lines = [
+        f"{'server':>8} {'length':>6} {'clients':>7} {'req/s':>9} {'tok/s':>10} {'p50 ms':>8} {'p99 ms':>8}"
+    ]
+    for name, server in results.get("server", {}).items():
+        for length, levels in server["lengths"].items():
+            for level in levels:
+                lines.append(
+                    f"{name:>8} {length:>6} {level['concurrency']:>7} {level['requests_per_s']:>9,.0f} "
+                    f"{level['tokens_per_s']:>10,.0f} {level['p50_ms']:>8.2f} {level['p99_ms']:>8.2f}"
+                )
+        lines.append(f"{name:>8} GPU memory peak {server['gpu_memory_peak_gb']} GB")
+    return "\n".join(lines)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", type=Path, default=Path("results"))
     parser.add_argument("--shape", default="0.6b")
-    parser.add_argument("--duration", type=float, default=12.0)
-    parser.add_argument("--skip", default="", help="comma list of: engine,st,server")
     parser.add_argument("--model", type=Path, help="a model directory to run instead of random weights")
     parser.add_argument("--work", type=Path, default=Path("results/models"), help="where random weights go")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per load level")
+    parser.add_argument("--lengths", default="16,128,512,mixed")
+    parser.add_argument("--concurrency", default="1,32,256,512")
+    parser.add_argument("--skip", default="", help="comma list of: model,st,server")
+    parser.add_argument(
+        "--server", action="append", default=[], help="NAME=PATH: a source tree to serve from"
+    )
+    parser.add_argument(
+        "--env", action="append", default=[], help="NAME=VALUE: a server setting for every run"
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     skip = set(filter(None, args.skip.split(",")))
+    lengths = args.lengths.split(",")
+    concurrency = [int(c) for c in args.concurrency.split(",")]
     model_dir = args.model or args.work / f"qwen3-{args.shape}"
     if args.model is None and not (model_dir / "model.safetensors").exists():
         log("writing random weights", model_dir)
         write_random_qwen3(model_dir, shape=args.shape, dtype="bfloat16", layout="hf")
-    texts = make_texts(model_dir / "tokenizer.json", 2048, 128)
-    results: dict[str, Any] = {"shape": args.shape, "date": time.strftime("%Y-%m-%d"), "text_tokens": 128}
+    servers = [item.split("=", 1) for item in args.server] or [["server", ""]]
+    texts = {length: workload_texts(model_dir / "tokenizer.json", length, 2048, seed=1) for length in lengths}
+    results: dict[str, Any] = {"shape": args.shape, "date": time.strftime("%Y-%m-%d"), "server": {}}
     try:
-        import subprocess as sp
-
-        results["gpu"] = sp.run(
+        results["gpu"] = subprocess.run(
             ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True
         ).stdout.strip()
     except OSError:
-        results["gpu"] = "unknown"
-    if "engine" not in skip:
-        results["engine"] = bench_engine(model_dir, texts)
+        results["gpu"] = "none"
+    results["cpu_cores"] = os.cpu_count()
+    if "model" not in skip:
+        results["model"] = bench_model(model_dir, texts)
     if "st" not in skip:
         results["sentence_transformers"] = bench_sentence_transformers(model_dir, texts)
-    if "engine" not in skip and "st" not in skip:
-        a = np.array(results["engine"].pop("_vectors"))
+    if "model" not in skip and "st" not in skip:
+        a = np.array(results["model"].pop("_vectors"))
         b = np.array(results["sentence_transformers"].pop("_vectors"))
-        results["engine_vs_st_cosine_min"] = round(float((a * b).sum(axis=1).min()), 5)
-        log("cosine engine vs sentence-transformers (bf16):", results["engine_vs_st_cosine_min"])
+        results["model_vs_st_cosine_min"] = round(float((a * b).sum(axis=1).min()), 5)
+        log("cosine, model alone vs sentence-transformers (bf16):", results["model_vs_st_cosine_min"])
     if "server" not in skip:
-        results["server"] = bench_server(model_dir, texts, args.duration, args.out)
+        env = dict(item.split("=", 1) for item in args.env)
+        for name, path in servers:
+            source = Path(path).resolve() if path else None
+            results["server"][name] = bench_server(
+                name, source, model_dir, lengths, concurrency, args.duration, env, args.out
+            )
     for section in results.values():
         if isinstance(section, dict):
             section.pop("_vectors", None)
     (args.out / "gpu_results.json").write_text(json.dumps(results, indent=2))
-    log(json.dumps(results, indent=2))
+    print(table(results), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,10 @@
 """HTTP load generator: C concurrent clients, each sending one request at a time, spread over worker
-processes so the client side is not the bottleneck. Used by the benchmarks; loopback only."""
+processes so the client side is not the bottleneck. Used by the benchmarks; loopback only.
+
+Each process gets its own share of the bodies and each client its own stride through that share, so no body
+is sent twice until a share runs out (`repeats` counts what was sent again): with bodies of unique texts, the
+server's cache never answers.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ class LoadResult:
     errors: int
     tokens: int
     latencies_ms: list[float]
+    repeats: int = 0
 
     def summary(self) -> dict[str, Any]:
         lat = np.array(self.latencies_ms) if self.latencies_ms else np.array([np.nan])
@@ -27,6 +33,7 @@ class LoadResult:
             "concurrency": self.concurrency,
             "requests": self.requests,
             "errors": self.errors,
+            "repeats": self.repeats,
             "requests_per_s": round(self.requests / self.seconds, 1),
             "tokens_per_s": round(self.tokens / self.seconds, 1),
             "p50_ms": round(float(np.percentile(lat, 50)), 2),
@@ -36,22 +43,24 @@ class LoadResult:
 
 
 async def _clients(
-    url: str, bodies: list[bytes], concurrency: int, duration: float, offset: int
-) -> tuple[int, int, int, list[float]]:
+    url: str, bodies: list[bytes], concurrency: int, duration: float
+) -> tuple[int, int, int, list[float], int]:
     import aiohttp
 
     done = errors = tokens = 0
+    sent = 0
     latencies: list[float] = []
     deadline = time.perf_counter() + duration
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as session:
 
         async def client(k: int) -> None:
-            nonlocal done, errors, tokens
-            i = offset + k
+            nonlocal done, errors, tokens, sent
+            i = k
             while time.perf_counter() < deadline:
                 body = bodies[i % len(bodies)]
                 i += concurrency
+                sent += 1
                 started = time.perf_counter()
                 async with session.post(url, data=body, headers={"content-type": "application/json"}) as r:
                     payload = await r.json()
@@ -63,10 +72,10 @@ async def _clients(
                 tokens += payload["usage"]["prompt_tokens"]
 
         await asyncio.gather(*(client(k) for k in range(concurrency)))
-    return done, errors, tokens, latencies
+    return done, errors, tokens, latencies, max(0, sent - len(bodies))
 
 
-def _worker(args: tuple[str, list[bytes], int, float, int]) -> tuple[int, int, int, list[float]]:
+def _worker(args: tuple[str, list[bytes], int, float]) -> tuple[int, int, int, list[float], int]:
     try:
         import uvloop
 
@@ -81,8 +90,7 @@ def run_load(
 ) -> LoadResult:
     processes = max(1, min(processes, concurrency))
     shares = [concurrency // processes + (1 if p < concurrency % processes else 0) for p in range(processes)]
-    # Different starting texts per process, so processes do not send the same text at the same time.
-    jobs = [(url, bodies, share, duration, index * 7919) for index, share in enumerate(shares)]
+    jobs = [(url, bodies[index::processes], share, duration) for index, share in enumerate(shares)]
     with mp.get_context("spawn").Pool(processes) as pool:
         parts = pool.map(_worker, jobs)
     # Each worker ran for `duration` (process start-up is outside that window).
@@ -93,6 +101,7 @@ def run_load(
         errors=sum(p[1] for p in parts),
         tokens=sum(p[2] for p in parts),
         latencies_ms=[x for p in parts for x in p[3]],
+        repeats=sum(p[4] for p in parts),
     )
 
 

@@ -1,7 +1,7 @@
 """Throughput and p99 latency against concurrency, as a PNG: for `benchmarks/http_bench.py --plot` and for the GPU
 benchmark's results.
 
-    python -m benchmarks.plots gpu_results.json OUT.png    # gpu_bench.py's server levels, engine and s-t as lines
+    python -m benchmarks.plots gpu_results.json OUT.png [LENGTH]   # gpu_bench's server levels at LENGTH tokens
 """
 
 from __future__ import annotations
@@ -47,14 +47,24 @@ def load_plot(
 
 
 def main() -> None:
+    """The first server's levels at the given length (default 128 tokens) of a gpu_bench result, with the
+    model alone and sentence-transformers on the same texts as lines."""
     results = json.loads(Path(sys.argv[1]).read_text())
-    engine = results["engine"]["shapes"]["256x128"]
-    st = results["sentence_transformers"]["batch_256_tokens_per_s"]
+    length = sys.argv[3] if len(sys.argv) > 3 else "128"
+    name, server = next(iter(results["server"].items()))
+    lines: dict[str, float] = {}
+    if length in results.get("model", {}).get("lengths", {}):
+        alone = results["model"]["lengths"][length]
+        lines[f"model alone, batch {alone['batch']}"] = alone["tokens_per_s"]
+    if length in results.get("sentence_transformers", {}).get("lengths", {}) and length != "mixed":
+        texts_per_s = results["sentence_transformers"]["lengths"][length]["texts_per_s"]
+        lines["sentence-transformers, batch 256"] = texts_per_s * int(length)
     load_plot(
-        results["server"]["load"],
-        f"embedserver, {results['shape']} shape bf16, {results['gpu']} ({results['date']})",
+        server["lengths"][length],
+        f"embedserver ({name}), {results['shape']} shape bf16, {length}-token texts, {results['gpu']} "
+        f"({results['date']})",
         Path(sys.argv[2]),
-        {"engine alone, 256 x 128": engine, "sentence-transformers, batch 256": st},
+        lines,
     )
 
 

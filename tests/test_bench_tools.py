@@ -124,9 +124,9 @@ def test_the_gpu_results_plot_is_a_png(tmp_path: Path) -> None:
         "shape": "0.6b",
         "gpu": "test card",
         "date": "2026-11-26",
-        "engine": {"shapes": {"256x128": 300_000}},
-        "sentence_transformers": {"batch_256_tokens_per_s": 100_000},
-        "server": {"load": levels},
+        "model": {"lengths": {"128": {"batch": 256, "tokens_per_s": 300_000}}},
+        "sentence_transformers": {"lengths": {"128": {"texts_per_s": 800.0}}},
+        "server": {"new": {"lengths": {"128": levels}}},
     }
     (tmp_path / "gpu_results.json").write_text(json.dumps(results))
     out = tmp_path / "load.png"
@@ -138,3 +138,22 @@ def test_the_asgi_overhead_benchmark_measures_both_paths(tiny_qwen3: Path) -> No
     text = _run_benchmark("benchmarks.asgi_overhead", str(tiny_qwen3), "50")
     lines = re.findall(r"fast lane (\d+) us a request; FastAPI route (\d+) us a request", text)
     assert len(lines) == 3 and all(int(lane) > 0 and int(route) > 0 for lane, route in lines)
+
+
+@pytest.mark.slow
+def test_the_gpu_benchmark_runs_end_to_end_on_any_device(tiny_qwen3: Path, tmp_path: Path) -> None:
+    """The one-command GPU benchmark also runs where there is no GPU (nor sentence-transformers): the model
+    alone and the server with its defaults, on unique texts of exactly the asked length."""
+    _run_benchmark(
+        "benchmarks.gpu_bench",
+        *("--out", str(tmp_path), "--model", str(tiny_qwen3), "--skip", "st"),
+        *("--lengths", "16,mixed", "--concurrency", "1,4", "--duration", "1"),
+        timeout=300,
+    )
+    results = json.loads((tmp_path / "gpu_results.json").read_text())
+    assert set(results["model"]["lengths"]) == {"16", "mixed"}
+    levels = results["server"]["server"]["lengths"]["16"]
+    assert [level["concurrency"] for level in levels] == [1, 4]
+    for level in levels:
+        assert level["requests"] > 0 and level["errors"] == 0 and level["repeats"] == 0
+        assert level["tokens_per_s"] == pytest.approx(16 * level["requests_per_s"], rel=0.01)
