@@ -231,3 +231,25 @@ def test_text_python_finds_nfc_is_left_alone_by_the_tokenizers_normalizer() -> N
         text = "".join(rng.choice(rng.choice((marks, letters, jamo))) for _ in range(rng.randrange(2, 6)))
         if unicodedata.is_normalized("NFC", text):
             assert nfc.normalize_str(text) == text, [hex(ord(c)) for c in text]
+
+
+def test_a_file_another_process_verified_skips_the_merge_check_and_only_that_file(
+    tiny_qwen3: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Front-ends trust the engine's check of the same file content (its digest), never of another file."""
+    path = tiny_qwen3 / "tokenizer.json"
+    tokenizer = Tokenizer.from_file(str(path))
+    monkeypatch.setattr(fast_bpe, "_built", {})
+    monkeypatch.setattr(fast_bpe, "_checked", {})
+    checks: list[int] = []
+
+    def counted(vocab: object, merges: object) -> bool:
+        checks.append(1)
+        return True
+
+    monkeypatch.setattr(fast_bpe, "_check_merges", counted)
+    assert fast_bpe_for(path, tokenizer, verified=fast_bpe.digest(path)) is not None
+    assert checks == []
+    monkeypatch.setattr(fast_bpe, "_built", {})
+    assert fast_bpe_for(path, tokenizer, verified="0" * 32) is not None
+    assert checks == [1]

@@ -218,3 +218,29 @@ def test_a_port_in_use_is_a_clear_start_up_failure(catalog_file: Path) -> None:
         )
     assert run.returncode == 3
     assert f"cannot listen on 127.0.0.1:{port}" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_front_ends_tokenize_and_the_engines_cache_answers_as_one_process(
+    catalog_file: Path, tmp_path: Path
+) -> None:
+    """Front-ends prepare requests (instructions, tokenization, keys) and the engine's cache serves every
+    front-end: the same vectors, usage and `cached` flags as one process gives, repeated texts included."""
+    texts = ["a query about mlx", "a passage", "a query about mlx"]
+    answers = []
+    for workers in (0, 2):
+        env = {**_env(catalog_file, workers), "CACHE_MAX_ENTRIES": "100"}
+        with server_process(env, tmp_path / f"server-{workers}.log", timeout=120) as (url, _):
+            # A front-end's first request may wait for the model's tokenizer to load there.
+            body = {"texts": texts, "input_type": "query"}
+            first = httpx.post(f"{url}/embed_batch", json=body, timeout=60).json()
+            # New connections, so the kernel may give each to either front-end.
+            body = {"texts": texts[:2], "input_type": "query"}
+            again = [httpx.post(f"{url}/embed_batch", json=body, timeout=60).json() for _ in range(3)]
+            answers.append((first, again))
+    (single, single_again), (split, split_again) = answers
+    assert split["cached"] == single["cached"] == [False, False, False]
+    assert split["tokens"] == single["tokens"]
+    assert np.allclose(split["embeddings"], single["embeddings"], atol=1e-5)
+    assert split["embeddings"][0] == split["embeddings"][2]
+    for got in split_again:
+        assert got["cached"] == [True, True] and np.allclose(got["embeddings"], single_again[0]["embeddings"])

@@ -88,3 +88,19 @@ def test_api_errors_cross_as_themselves() -> None:
         "overloaded",
         {"Retry-After": "3"},
     )
+
+
+@pytest.mark.parametrize("keyed", [True, False])
+def test_a_prepared_request_crosses_as_ids_and_keys(keyed: bool) -> None:
+    from embedserver.service.requests import PreparedRequest
+
+    sequences = [[151643], [5, 6, 7, 2**31 - 1], list(range(1000))]
+    keys = [bytes([i]) * 20 for i in range(3)] if keyed else None
+    sent = PreparedRequest("tiny", sequences, keys, 0.25)
+    meta, payload = ipc.pack_request(sent)
+    assert "sequences" not in meta and len(payload) == 4 * 1005 + (60 if keyed else 0)
+    receiver = Collect()
+    receiver.data_received(ipc.frame(ipc.EMBED, 9, meta, payload))
+    ((kind, id_, got_meta, got_payload),) = receiver.frames
+    assert (kind, id_) == (ipc.EMBED, 9)
+    assert ipc.unpack_request(got_meta, got_payload) == sent

@@ -11,7 +11,7 @@ import pytest
 from embedserver.catalog import ModelSpec
 from embedserver.runtime.loader import load_runner
 from embedserver.runtime.runner import ModelRunner
-from embedserver.service.embeddings import format_query
+from embedserver.service.requests import format_query
 
 END_OF_TEXT = 151643
 

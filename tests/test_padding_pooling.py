@@ -9,7 +9,7 @@ import pytest
 from embedserver.api.responses import to_base64
 from embedserver.runtime.padding import bucket_batch, bucket_length, pad_right
 from embedserver.runtime.pooling import pool
-from embedserver.service.embeddings import finish
+from embedserver.service.requests import finish
 
 
 @pytest.mark.parametrize(

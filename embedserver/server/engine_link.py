@@ -1,15 +1,18 @@
 """The engine process's end of the front-end link (HTTP_WORKERS): one connection per front-end process.
 
-EMBED frames become EmbeddingService.embed calls (the same admission, cache, tokenization and batching as in
-one process: texts of every front-end meet in one batch queue per model); CANCEL cancels one, which drops its
-queued texts; GET runs an operations route on this process's app; RECORD adds a front-end's HTTP metrics to
-this process's, so /metrics shows every process.
+DESCRIBE frames answer what a front-end needs to prepare requests for a model (embedserver/service/requests.py),
+loading it if needed. EMBED frames carry requests the front-end has validated and tokenized: token ids and
+cache keys, which go through the same cache, admission and batching as in one process (the texts of every
+front-end meet in one batch queue per model); the answer is the raw pooled vectors as one buffer. CANCEL
+cancels a call, which drops its queued texts; GET runs an operations route on this process's app; RECORD
+adds a front-end's HTTP metrics to this process's, so /metrics shows every process.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -19,7 +22,7 @@ from starlette.types import Message, Scope
 from embedserver.api.state import ServerState
 from embedserver.errors import APIError
 from embedserver.server import ipc
-from embedserver.service.calls import EmbedCall
+from embedserver.service.requests import PreparedRequest
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +37,13 @@ class EngineLink(ipc.FrameProtocol):
         self._tasks: dict[int, asyncio.Task[None]] = {}
 
     def frame_received(self, kind: int, id_: int, meta: Any, payload: bytes) -> None:
-        if kind in (ipc.EMBED, ipc.GET):
-            work = self._embed(id_, meta) if kind == ipc.EMBED else self._get(id_, meta["path"])
+        if kind in (ipc.EMBED, ipc.GET, ipc.DESCRIBE):
+            if kind == ipc.EMBED:
+                work = self._embed(id_, ipc.unpack_request(meta, payload))
+            elif kind == ipc.DESCRIBE:
+                work = self._describe(id_, meta["model"])
+            else:
+                work = self._get(id_, meta["path"])
             task = asyncio.create_task(work)
             self._tasks[id_] = task
             task.add_done_callback(lambda _: self._tasks.pop(id_, None))
@@ -44,16 +52,17 @@ class EngineLink(ipc.FrameProtocol):
             if running is not None:
                 running.cancel()
         elif kind == ipc.RECORD:
-            self._record(meta)
+            for event in meta:
+                self._record(event)
 
     def connection_lost(self, exc: Exception | None) -> None:
         # The front-end is gone, and with it everyone waiting on these calls.
         for task in list(self._tasks.values()):
             task.cancel()
 
-    async def _embed(self, id_: int, meta: dict[str, Any]) -> None:
+    async def _embed(self, id_: int, request: PreparedRequest) -> None:
         try:
-            outcome = await self.service.embed(EmbedCall(**meta))
+            raw, cached = await self.service.embed_prepared(request)
         except APIError as exc:
             self.send(ipc.ERROR, id_, ipc.error_meta(exc))
         except asyncio.CancelledError:
@@ -62,14 +71,21 @@ class EngineLink(ipc.FrameProtocol):
             log.exception("embedding request failed")
             self.send(ipc.ERROR, id_, ipc.error_meta(APIError("internal server error")))
         else:
-            vectors = np.ascontiguousarray(outcome.vectors, dtype=np.float32)
-            header = {
-                "model": outcome.model,
-                "tokens": outcome.tokens,
-                "cached": outcome.cached,
-                "shape": vectors.shape,
-            }
-            self.send(ipc.RESULT, id_, header, vectors.tobytes())
+            vectors = np.ascontiguousarray(raw, dtype=np.float32)
+            self.send(ipc.RESULT, id_, {"cached": cached, "shape": vectors.shape}, vectors.tobytes())
+
+    async def _describe(self, id_: int, model: str | None) -> None:
+        try:
+            info = await self.service.describe(model)
+        except APIError as exc:
+            self.send(ipc.ERROR, id_, ipc.error_meta(exc))
+        except asyncio.CancelledError:
+            return
+        except Exception:
+            log.exception("describing model %s failed", model)
+            self.send(ipc.ERROR, id_, ipc.error_meta(APIError("internal server error")))
+        else:
+            self.send(ipc.INFO, id_, asdict(info))
 
     async def _get(self, id_: int, path: str) -> None:
         """Run the route on this app in-process (no socket): its answer goes back to the front-end as is."""

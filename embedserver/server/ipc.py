@@ -1,5 +1,8 @@
 """Frames between the front-end processes and the engine process (HTTP_WORKERS), over a Unix socket.
 
+Front-ends send prepared requests (token ids and cache keys, never texts) and get raw pooled vectors back,
+each as one binary buffer.
+
 A frame is `<u32 length><u8 kind><u32 id><u32 meta length>`, then `meta` (JSON) and a raw payload (the
 vectors, as float32 bytes: no per-float encoding on either side). `meta` is written by orjson, or, when it
 holds what orjson refuses but a request may carry (lone surrogates, integers past 64 bits), by the standard
@@ -15,19 +18,26 @@ import json
 import struct
 from typing import Any, cast
 
+import numpy as np
 import orjson
 
 from embedserver import errors
+from embedserver.service.cache import KEY_BYTES
+from embedserver.service.requests import PreparedRequest
 
 # Front-end -> engine.
-EMBED = 1  # meta: an EmbedCall's fields
+EMBED = (
+    1  # a PreparedRequest: meta {"model", "lengths", "keyed", "tokenize_s"}; payload: keys, then int32 ids
+)
 CANCEL = 2  # the caller of EMBED `id` went away
 GET = 3  # meta: {"path"}; an operations route, answered by the engine's own app
-RECORD = 4  # meta: {"event", ...}; an HTTP metric observed by the front-end (no answer)
+RECORD = 4  # meta: [{"event", ...}, ...]; HTTP metrics observed by the front-end (no answer)
+DESCRIBE = 5  # meta: {"model"}; the ModelInfo of the model a request naming it gets
 # Engine -> front-end.
-RESULT = 10  # meta: {"model", "tokens", "cached", "shape"}; payload: float32 vectors
+RESULT = 10  # meta: {"cached", "shape"}; payload: float32 raw pooled vectors, one per sequence
 ERROR = 11  # meta: an APIError's fields
 RESPONSE = 12  # meta: {"status", "headers"}; payload: the body
+INFO = 13  # meta: a ModelInfo's fields
 
 _STDLIB_JSON = 0x80  # flag in `kind`: meta was written by the json module
 _HEAD = struct.Struct("<IBII")
@@ -122,3 +132,32 @@ def rebuild_error(meta: dict[str, Any]) -> errors.APIError:
     )
     exc.status, exc.type = meta["status"], meta["type"]
     return exc
+
+
+def pack_request(request: PreparedRequest) -> tuple[dict[str, Any], bytes]:
+    """Token ids travel as one int32 buffer and cache keys as raw bytes before it: no per-id JSON."""
+    lengths = [len(seq) for seq in request.sequences]
+    ids = np.fromiter((i for seq in request.sequences for i in seq), dtype=np.int32, count=sum(lengths))
+    keys = b"".join(request.keys) if request.keys is not None else b""
+    meta = {
+        "model": request.model,
+        "lengths": lengths,
+        "keyed": request.keys is not None,
+        "tokenize_s": request.tokenize_s,
+    }
+    return meta, keys + ids.tobytes()
+
+
+def unpack_request(meta: dict[str, Any], payload: bytes) -> PreparedRequest:
+    lengths: list[int] = meta["lengths"]
+    keys: list[bytes] | None = None
+    offset = 0
+    if meta["keyed"]:
+        keys = [payload[i * KEY_BYTES : (i + 1) * KEY_BYTES] for i in range(len(lengths))]
+        offset = len(lengths) * KEY_BYTES
+    flat = np.frombuffer(payload, dtype=np.int32, offset=offset).tolist()
+    sequences, start = [], 0
+    for length in lengths:
+        sequences.append(flat[start : start + length])
+        start += length
+    return PreparedRequest(meta["model"], sequences, keys, float(meta["tokenize_s"]))

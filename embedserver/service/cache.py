@@ -13,6 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# A key's size: front-ends send keys as raw bytes (embedserver/server/ipc.py).
+KEY_BYTES = 20
+
 
 @dataclass(frozen=True)
 class CachedEmbedding:
@@ -30,7 +33,7 @@ def cache_key(
     truncate: bool,
     text: str,
 ) -> bytes:
-    digest = hashlib.blake2b(digest_size=20)
+    digest = hashlib.blake2b(digest_size=KEY_BYTES)
     for part in (model, revision, pooling, instruction or "", f"{max_length}:{truncate}", text):
         encoded = part.encode("utf-8", "surrogatepass")
         # Length-prefix each part so ("ab", "c") and ("a", "bc") never collide.

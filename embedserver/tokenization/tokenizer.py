@@ -12,6 +12,7 @@ from pathlib import Path
 from tokenizers import Tokenizer
 
 from embedserver.errors import InvalidRequest
+from embedserver.tokenization import fast_bpe
 from embedserver.tokenization.fast_bpe import fast_bpe_for
 
 
@@ -23,7 +24,12 @@ class TextTokenizer:
     tokenizer does not do it itself (and never twice).
     """
 
-    def __init__(self, path: Path, *, end_token: str | None = None, fast: bool = True) -> None:
+    def __init__(
+        self, path: Path, *, end_token: str | None = None, fast: bool = True, verified: str | None = None
+    ) -> None:
+        """`verified`: see fast_bpe.fast_bpe_for."""
+        self.path = path
+        self.end_token = end_token
         self._tok = Tokenizer.from_file(str(path))
         self._tok.no_padding()
         self._tok.no_truncation()
@@ -32,7 +38,9 @@ class TextTokenizer:
         self._encode_ids = getattr(self._tok, "encode_batch_fast", self._tok.encode_batch)
         # The same ids again, several times faster, where they provably cannot differ (fast_bpe.py).
         # FAST_TOKENIZER=false (`fast`) keeps `tokenizers` for every text.
-        self._fast = fast_bpe_for(path, self._tok) if fast else None
+        self._fast = fast_bpe_for(path, self._tok, verified=verified) if fast else None
+        # The file's digest while the fast encoder is in use: what another process may trust (`verified`).
+        self.fast_digest = fast_bpe.digest(path) if self._fast is not None else None
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
         plain = self._tok.encode("x", add_special_tokens=False).ids
         full = self._tok.encode("x", add_special_tokens=True).ids
