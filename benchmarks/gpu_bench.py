@@ -4,12 +4,12 @@ mixed workload. Every request is one text never sent before (the cache never ans
 
     python -m benchmarks.gpu_bench --out results/ [--shape 0.6b] [--model DIR] [--duration 10]
         [--lengths 16,128,512,mixed] [--concurrency 1,32,256,512] [--skip model,st,server]
-        [--server NAME=PATH ...] [--env NAME=VALUE ...]
+        [--server NAME=PATH[,SETTING=VALUE...] ...] [--env SETTING=VALUE ...]
 
 Random weights of the chosen shape are written under --work once; --model runs a model directory of your own
-instead. --server runs the server from another source tree too (PATH put first on PYTHONPATH), so two trees
-are compared in the same run: `--server old=/src/old --server new=.`. --env adds a server setting for every
-server run. For each level: requests/s, tokens/s, p50/p99 at the client, the server's own stage means from
+instead. --server runs the server from a source tree (PATH put first on PYTHONPATH), with settings of its
+own, so trees and settings are compared in the same run: `--server old=/src/old --server new=.
+--server new2=.,HTTP_WORKERS=2`. --env adds a server setting for every server run. For each level: requests/s, tokens/s, p50/p99 at the client, the server's own stage means from
 /metrics over that level, and the GPU's peak memory (nvidia-smi) while the server ran. Results:
 OUT/gpu_results.json, and a table on stdout.
 """
@@ -285,10 +285,12 @@ def main() -> None:
         log("cosine, model alone vs sentence-transformers (bf16):", results["model_vs_st_cosine_min"])
     if "server" not in skip:
         env = dict(item.split("=", 1) for item in args.env)
-        for name, path in servers:
+        for name, spec in servers:
+            path, *pairs = spec.split(",")
             source = Path(path).resolve() if path else None
+            own = env | dict(pair.split("=", 1) for pair in pairs)
             results["server"][name] = bench_server(
-                name, source, model_dir, lengths, concurrency, args.duration, env, args.out
+                name, source, model_dir, lengths, concurrency, args.duration, own, args.out
             )
     for section in results.values():
         if isinstance(section, dict):

@@ -138,6 +138,15 @@ class Metrics:
             "embedserver_model_evictions_total", "Models unloaded to make room", ["model"], registry=r
         )
         self.models_loaded = Gauge("embedserver_models_loaded", "Models currently loaded", registry=r)
+        self._series: dict[str, ModelSeries] = {}
+
+    def for_model(self, model: str) -> ModelSeries:
+        """One model's series, looked up once: prometheus_client's `labels()` validates and locks on every
+        call, a cost the hot path pays per request and per batch otherwise."""
+        series = self._series.get(model)
+        if series is None:
+            series = self._series[model] = ModelSeries(self, model)
+        return series
 
     def request_done(self, endpoint: str, status: int, seconds: float) -> None:
         self.requests.labels(endpoint, str(status)).inc()
@@ -148,3 +157,24 @@ class Metrics:
 
     def body_timeout(self) -> None:
         self.timeouts.inc()
+
+
+class ModelSeries:
+    """The per-model series of `Metrics`, bound to one model."""
+
+    def __init__(self, m: Metrics, model: str) -> None:
+        self.queue_depth = m.queue_depth.labels(model)
+        self.queue_wait = m.queue_wait.labels(model)
+        self.tokenize_seconds = m.tokenize_seconds.labels(model)
+        self.inference_seconds = m.inference_seconds.labels(model)
+        self.batch_size = m.batch_size.labels(model)
+        self.batch_tokens = m.batch_tokens.labels(model)
+        self.padding_ratio = m.padding_ratio.labels(model)
+        self.batches = m.batches.labels(model)
+        self.batch_failures = m.batch_failures.labels(model)
+        self.tokens = m.tokens.labels(model)
+        self.texts = m.texts.labels(model)
+        self.dropped = m.dropped.labels(model)
+        self.rejected = m.rejected.labels(model)
+        self.cache_hits = m.cache_hits.labels(model)
+        self.cache_misses = m.cache_misses.labels(model)

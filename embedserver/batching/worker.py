@@ -94,6 +94,7 @@ class BatchWorker:
         self._embed = embed
         self._limits = limits
         self._metrics = metrics
+        self._series = metrics.for_model(model)
         self._executor = executor
         self._queue: deque[WorkItem] = deque()
         self._wakeup = asyncio.Event()
@@ -118,14 +119,23 @@ class BatchWorker:
     @contextmanager
     def admit(self, texts: int) -> Iterator[None]:
         """Hold `texts` places in this model's backlog (texts being tokenized, queued or running) while the
-        block runs. A full backlog answers 429 at once, before the request costs any tokenization or queueing;
-        a request alone is always admitted, however large, so no request is refused forever."""
+        block runs (see `reserve`)."""
+        self.reserve(texts)
+        try:
+            yield
+        finally:
+            self.release(texts)
+
+    def reserve(self, texts: int) -> None:
+        """Take `texts` places in the backlog until `release`. A full backlog answers 429 at once, before the
+        request costs any tokenization or queueing; a request alone is always admitted, however large, so no
+        request is refused forever."""
         if self._admitted:
             backlog = self._admitted + texts
             wait = backlog / self._rate if self._rate else 0.0
             limits = self._limits
             if backlog > limits.max_queue or (limits.max_wait_s and wait > limits.max_wait_s):
-                self._metrics.rejected.labels(self.model).inc(texts)
+                self._series.rejected.inc(texts)
                 raise Overloaded(
                     f"model {self.model} has {self._admitted} texts in progress, about {wait:.1f} s of work "
                     f"(limits: MAX_QUEUE_TEXTS {limits.max_queue}, MAX_QUEUE_WAIT_S {limits.max_wait_s:g}); "
@@ -133,10 +143,9 @@ class BatchWorker:
                     headers={"Retry-After": str(max(1, math.ceil(min(wait, 60))))},
                 )
         self._admitted += texts
-        try:
-            yield
-        finally:
-            self._admitted -= texts
+
+    def release(self, texts: int) -> None:
+        self._admitted -= texts
 
     def submit(self, sequences: Sequence[list[int]]) -> list[asyncio.Future[np.ndarray]]:
         """Queue sequences (admitted through `admit`); their futures resolve to pooled vectors."""
@@ -145,7 +154,6 @@ class BatchWorker:
         loop = asyncio.get_running_loop()
         items = [WorkItem(list(ids), loop.create_future()) for ids in sequences]
         self._queue.extend(items)
-        self._metrics.queue_depth.labels(self.model).set(len(self._queue))
         self._wakeup.set()
         return [item.future for item in items]
 
@@ -160,6 +168,7 @@ class BatchWorker:
     # --- lifecycle ----------------------------------------------------------------------------------------
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"batcher-{self.model}")
+        self._series.queue_depth.set_function(lambda: len(self._queue))  # read when /metrics is scraped
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -240,15 +249,13 @@ class BatchWorker:
             else:
                 window.append(item)
         if dropped:
-            self._metrics.dropped.labels(self.model).inc(dropped)
-        self._metrics.queue_depth.labels(self.model).set(len(self._queue))
+            self._series.dropped.inc(dropped)
         return window
 
     def _keep_for_next(self, window: list[WorkItem], run: int) -> list[WorkItem]:
         """Run the first `run` items of the window; put the rest back at the head of the queue, in order."""
         if run < len(window):
             self._queue.extendleft(reversed(window[run:]))
-            self._metrics.queue_depth.labels(self.model).set(len(self._queue))
         return window[:run]
 
     async def _run_batch(self, batch: list[WorkItem]) -> None:
@@ -263,10 +270,10 @@ class BatchWorker:
             try:
                 vectors, record = await self._forward(batch)
             except _Abandoned:
-                self._metrics.dropped.labels(self.model).inc(len(batch))
+                self._series.dropped.inc(len(batch))
                 return
             except Exception as exc:
-                self._metrics.batch_failures.labels(self.model).inc()
+                self._series.batch_failures.inc()
                 log.warning("batch of %d for %s failed (%r)", len(batch), self.model, exc)
                 if len(batch) == 1:
                     _set_exception(batch[0], exc)
@@ -288,7 +295,7 @@ class BatchWorker:
             self._handoffs.release()
 
     def _record_waits(self, waits: list[float]) -> None:
-        queue_wait = self._metrics.queue_wait.labels(self.model)
+        queue_wait = self._series.queue_wait
         for wait in waits:
             queue_wait.observe(wait)
 
@@ -313,16 +320,16 @@ class BatchWorker:
         real = sum(len(s) for s in sequences)
 
         def record() -> None:
-            m, model = self._metrics, self.model
+            m = self._series
             # Filler rows (the runner's batch buckets) are padding too: the device computes them all the same.
             padded = shape[0] * shape[1]
-            m.inference_seconds.labels(model).observe(seconds)
-            m.batches.labels(model).inc()
-            m.batch_size.labels(model).observe(len(sequences))
-            m.batch_tokens.labels(model).observe(padded)
-            m.padding_ratio.labels(model).observe(1 - real / padded)
-            m.tokens.labels(model).inc(real)
-            m.texts.labels(model).inc(len(sequences))
+            m.inference_seconds.observe(seconds)
+            m.batches.inc()
+            m.batch_size.observe(len(sequences))
+            m.batch_tokens.observe(padded)
+            m.padding_ratio.observe(1 - real / padded)
+            m.tokens.inc(real)
+            m.texts.inc(len(sequences))
 
         bad = ~np.isfinite(vectors).all(axis=1)
         if bad.any():
@@ -367,7 +374,7 @@ class BatchWorker:
         self._planned = []
         while self._queue:
             _set_exception(self._queue.popleft(), exc)
-        self._metrics.queue_depth.labels(self.model).set(0)
+        self._series.queue_depth.set_function(lambda: 0)
 
 
 class _Abandoned(Exception):

@@ -34,12 +34,16 @@ class EngineLink(ipc.FrameProtocol):
         state: ServerState = app.state.server
         self.service = state.service
         self.metrics = state.metrics
-        self._tasks: dict[int, asyncio.Task[None]] = {}
+        # Calls in progress, by id: tasks, or the futures of requests started without one (`_start`).
+        self._tasks: dict[int, asyncio.Future[Any]] = {}
 
     def frame_received(self, kind: int, id_: int, meta: Any, payload: bytes) -> None:
         if kind in (ipc.EMBED, ipc.GET, ipc.DESCRIBE):
             if kind == ipc.EMBED:
-                work = self._embed(id_, ipc.unpack_request(meta, payload))
+                request = ipc.unpack_request(meta, payload)
+                if self._start(id_, request):
+                    return
+                work = self._embed(id_, request)
             elif kind == ipc.DESCRIBE:
                 work = self._describe(id_, meta["model"])
             else:
@@ -60,6 +64,38 @@ class EngineLink(ipc.FrameProtocol):
         for task in list(self._tasks.values()):
             task.cancel()
 
+    def _start(self, id_: int, request: PreparedRequest) -> bool:
+        """Start a request on a ready model without a task (the common case under load); False when the
+        model must load first, which a task waits for."""
+        try:
+            started = self.service.start_prepared(request)
+        except APIError as exc:
+            self.send(ipc.ERROR, id_, ipc.error_meta(exc))
+            return True
+        if started is None:
+            return False
+        self._tasks[id_] = started
+        started.add_done_callback(lambda done: self._answer(id_, done))
+        return True
+
+    def _answer(self, id_: int, done: asyncio.Future[tuple[np.ndarray, list[bool]]]) -> None:
+        self._tasks.pop(id_, None)
+        if done.cancelled():
+            return  # the caller left: nobody to answer
+        exc = done.exception()
+        if isinstance(exc, APIError):
+            self.send(ipc.ERROR, id_, ipc.error_meta(exc))
+        elif exc is not None:
+            log.error("embedding request failed", exc_info=exc)
+            self.send(ipc.ERROR, id_, ipc.error_meta(APIError("internal server error")))
+        else:
+            raw, cached = done.result()
+            self._send_vectors(id_, raw, cached)
+
+    def _send_vectors(self, id_: int, raw: np.ndarray, cached: list[bool]) -> None:
+        vectors = np.ascontiguousarray(raw, dtype=np.float32)
+        self.send(ipc.RESULT, id_, {"cached": cached, "shape": vectors.shape}, vectors.tobytes())
+
     async def _embed(self, id_: int, request: PreparedRequest) -> None:
         try:
             raw, cached = await self.service.embed_prepared(request)
@@ -71,8 +107,7 @@ class EngineLink(ipc.FrameProtocol):
             log.exception("embedding request failed")
             self.send(ipc.ERROR, id_, ipc.error_meta(APIError("internal server error")))
         else:
-            vectors = np.ascontiguousarray(raw, dtype=np.float32)
-            self.send(ipc.RESULT, id_, {"cached": cached, "shape": vectors.shape}, vectors.tobytes())
+            self._send_vectors(id_, raw, cached)
 
     async def _describe(self, id_: int, model: str | None) -> None:
         try:

@@ -57,6 +57,9 @@ class EmbeddingService:
         self.registry = registry
         self.cache = cache
         self.metrics = metrics
+        # Read when /metrics is scraped, not written per request.
+        metrics.cache_entries.set_function(lambda: len(cache))
+        metrics.cache_bytes.set_function(lambda: cache.bytes)
         self.draining = False  # set on SIGTERM: accepted work finishes, new work is refused
 
     async def embed(self, call: EmbedCall) -> EmbedOutcome:
@@ -76,6 +79,78 @@ class EmbeddingService:
         async with self.registry.acquire(name) as model:
             return model_info(model.runner)
 
+    def start_prepared(
+        self, request: PreparedRequest
+    ) -> asyncio.Future[tuple[np.ndarray, list[bool]]] | None:
+        """What `embed_prepared` gives, started without a coroutine of its own when the model is ready (None
+        when it is not: then `embed_prepared` waits for it): the engine's cost per request under load is the
+        cache lookups and one queue entry per text, and a callback when the texts are done. Cancelling the
+        future drops the request's queued texts."""
+        if self.draining:
+            raise shutting_down()
+        held = self.registry.lease_ready(request.model)
+        if held is None:
+            return None
+        slot, model = held
+        worker, count = model.worker, len(request.sequences)
+        try:
+            worker.reserve(count)
+        except BaseException:
+            self.registry.release(slot)
+            raise
+        loop = asyncio.get_running_loop()
+        result: asyncio.Future[tuple[np.ndarray, list[bool]]] = loop.create_future()
+        series = self.metrics.for_model(model.runner.name)
+        keys = request.keys
+        found = [self._cached(key) for key in keys] if keys is not None else [None] * count
+        misses = [i for i, vector in enumerate(found) if vector is None]
+        if keys is not None:
+            series.tokenize_seconds.observe(request.tokenize_s)
+            if count > len(misses):
+                series.cache_hits.inc(count - len(misses))
+            if misses:
+                series.cache_misses.inc(len(misses))
+        try:
+            futures = worker.submit([request.sequences[i] for i in misses]) if misses else []
+        except BaseException:
+            worker.release(count)
+            self.registry.release(slot)
+            raise
+        waiting = len(futures)
+
+        def text_done(future: asyncio.Future[np.ndarray]) -> None:
+            nonlocal waiting
+            waiting -= 1
+            if result.done():
+                return
+            if future.cancelled() or future.exception() is not None:
+                failure = future.exception() if not future.cancelled() else asyncio.CancelledError()
+                result.set_exception(failure)  # type: ignore[arg-type]
+            elif waiting == 0:
+                complete()
+
+        def complete() -> None:
+            vectors: list[np.ndarray | None] = list(found)
+            for i, future in zip(misses, futures, strict=True):
+                vectors[i] = vector = future.result()
+                if keys is not None:
+                    self.cache.put(keys[i], vector, len(request.sequences[i]))
+            raw = vectors[0][None, :] if count == 1 else np.stack(vectors)  # type: ignore[index,arg-type]
+            result.set_result((raw, [vector is not None for vector in found]))
+
+        def finished(_: asyncio.Future[tuple[np.ndarray, list[bool]]]) -> None:
+            for future in futures:
+                future.cancel()  # the worker skips what nobody waits for (a no-op once done)
+            worker.release(count)
+            self.registry.release(slot)
+
+        result.add_done_callback(finished)
+        if not futures:
+            complete()
+        for future in futures:
+            future.add_done_callback(text_done)
+        return result
+
     async def embed_prepared(self, request: PreparedRequest) -> tuple[np.ndarray, list[bool]]:
         """Raw pooled vectors for a front-end's token ids, one per sequence, and which came from the cache."""
         if self.draining:
@@ -86,7 +161,7 @@ class EmbeddingService:
                     raw = await self._run(model.worker, request.sequences)
                     return raw, [False] * len(request.sequences)
                 name = model.runner.name
-                self.metrics.tokenize_seconds.labels(name).observe(request.tokenize_s)
+                self.metrics.for_model(name).tokenize_seconds.observe(request.tokenize_s)
                 return await self._cached_or_run(model, request.keys, request.sequences)
 
     async def _compute(
@@ -126,7 +201,7 @@ class EmbeddingService:
             started = time.perf_counter()
             prompts = [format_query(instruction, texts[i]) if instruction else texts[i] for i in misses]
             encoded = await tokenize.encode(prompts, idle=not worker.busy)
-            self.metrics.tokenize_seconds.labels(runner.name).observe(time.perf_counter() - started)
+            self.metrics.for_model(runner.name).tokenize_seconds.observe(time.perf_counter() - started)
             for i, ids in zip(misses, encoded, strict=True):
                 sequences[i] = runner.tokenizer.fit(ids, max_length, truncate=truncate, index=i)
         known: list[np.ndarray | None] = []
@@ -153,16 +228,14 @@ class EmbeddingService:
         name = model.runner.name
         found = known if known is not None else [self._cached(key) for key in keys]
         misses = [i for i, vector in enumerate(found) if vector is None]
-        self.metrics.cache_hits.labels(name).inc(len(keys) - len(misses))
-        self.metrics.cache_misses.labels(name).inc(len(misses))
+        self.metrics.for_model(name).cache_hits.inc(len(keys) - len(misses))
+        self.metrics.for_model(name).cache_misses.inc(len(misses))
         vectors: list[np.ndarray | None] = list(found)
         if misses:
             computed = await self._run(model.worker, [sequences[i] for i in misses])
             for i, vector in zip(misses, computed, strict=True):
                 vectors[i] = vector
                 self.cache.put(keys[i], vector, len(sequences[i]))
-            self.metrics.cache_entries.set(len(self.cache))
-            self.metrics.cache_bytes.set(self.cache.bytes)
         return np.stack(vectors), [vector is not None for vector in found]  # type: ignore[arg-type]
 
     def _cached(self, key: bytes) -> np.ndarray | None:

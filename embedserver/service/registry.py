@@ -126,6 +126,19 @@ class ModelRegistry:
         finally:
             slot.leases -= 1
 
+    def lease_ready(self, name: str | None) -> tuple[ModelSlot, LoadedModel] | None:
+        """The model for `name`, held as `acquire` holds it, when it is ready now (else None: use `acquire`,
+        which loads it); `release` ends the hold. For callers that cannot wait, on the hot path."""
+        slot = self._slots.get(self.catalog.resolve(name or self.default).name)
+        if slot is None or slot.status != "ready" or slot.loaded is None or not slot.loaded.worker.alive:
+            return None
+        slot.leases += 1
+        slot.last_used = time.monotonic()
+        return slot, slot.loaded
+
+    def release(self, slot: ModelSlot) -> None:
+        slot.leases -= 1
+
     async def load(self, name: str) -> ModelSlot:
         return await self._ready(self.catalog.resolve(name))
 

@@ -1,0 +1,123 @@
+"""What the engine process spends per request outside the model, with front-ends (HTTP_WORKERS): prepared
+requests (token ids and cache keys) fed to its end of the link as front-ends send them, `CLIENTS` in flight
+at a time, answered by a model whose forward pass returns at once. The time is the engine's event loop and
+batch worker only: IPC decoding, admission, cache, queueing, batch planning, results and IPC encoding.
+
+    python -m benchmarks.engine_overhead MODEL_DIR [REQUESTS] [CLIENTS] [TOKENS] [--profile]
+
+`--profile` prints the functions that take the most of that time (cProfile).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import cProfile
+import os
+import pstats
+import sys
+import time
+from typing import Any, cast
+
+import numpy as np
+
+
+class _Transport:
+    """Counts the engine's answers and, like clients that send again as soon as they are answered, hands the
+    link one new request for each answer, so `clients` stay in flight."""
+
+    def __init__(self, link: Any, frames: list[bytes], clients: int) -> None:
+        self.link = link
+        self.frames = frames
+        self.sent = 0
+        self.answers = 0
+        self.done = asyncio.Event()
+        self._send(clients)
+
+    def _send(self, n: int) -> None:
+        chunk = self.frames[self.sent : self.sent + n]
+        self.sent += len(chunk)
+        if chunk:
+            asyncio.get_running_loop().call_soon(self.link.data_received, b"".join(chunk))
+
+    def write(self, data: bytes) -> None:
+        from embedserver.server import ipc
+
+        offset, answers = 0, 0
+        while offset < len(data):
+            (length,) = ipc._PREFIX.unpack_from(data, offset)
+            offset += ipc._PREFIX.size + length
+            answers += 1
+        self.answers += answers
+        self._send(answers)
+        if self.answers >= len(self.frames):
+            self.done.set()
+
+    def is_closing(self) -> bool:
+        return False
+
+
+async def _run(model: str, requests: int, clients: int, tokens: int, profile: bool) -> None:
+    from embedserver.server import ipc
+    from embedserver.server.engine_app import create_app
+    from embedserver.server.engine_link import EngineLink
+    from embedserver.service.requests import PreparedRequest
+    from embedserver.settings import Settings
+
+    settings = Settings(_env_file=None, model_name=model, cache_max_entries=0, max_queue_texts=100_000)  # type: ignore[call-arg]
+    app = create_app(settings, http=False)
+    async with app.router.lifespan_context(app):
+        await app.state.startup
+        slot = app.state.server.service.registry.slots()[app.state.server.service.registry.default]
+        runner = slot.runner
+        dimension = runner.dimension
+
+        def instant(batch: list[list[int]]) -> np.ndarray:
+            return np.zeros((len(batch), dimension), dtype=np.float32)
+
+        runner.embed = instant
+        link = EngineLink(app)
+        rng = np.random.default_rng(0)
+        frames = []
+        for i in range(requests):
+            ids = rng.integers(300, 30000, size=tokens).tolist()
+            key = i.to_bytes(20, "little")
+            meta, payload = ipc.pack_request(PreparedRequest(runner.name, [ids], [key], 0.0001))
+            frames.append(ipc.frame(ipc.EMBED, i + 1, meta, payload))
+        profiler = cProfile.Profile() if profile else None
+        await asyncio.sleep(0.1)
+        cpu = time.process_time()
+        started = time.perf_counter()
+        if profiler:
+            profiler.enable()
+        transport = _Transport(link, frames, clients)
+        link.connection_made(cast(Any, transport))
+        await transport.done.wait()
+        if profiler:
+            profiler.disable()
+        wall = time.perf_counter() - started
+        cpu = time.process_time() - cpu
+        print(
+            f"{requests} requests of {tokens} tokens, {clients} in flight: {wall / requests * 1e6:.0f} µs a "
+            f"request of wall time, {cpu / requests * 1e6:.0f} µs of CPU ({requests / wall:,.0f} requests/s)"
+        )
+        if profiler:
+            pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+
+
+def main() -> None:
+    import embedserver.runtime  # noqa: F401  (readies the process for MLX: BLAS preload, MLX settings)
+
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    model = args[0]
+    requests = int(args[1]) if len(args) > 1 else 20_000
+    clients = int(args[2]) if len(args) > 2 else 256
+    tokens = int(args[3]) if len(args) > 3 else 16
+    os.environ.setdefault("LOG_LEVEL", "WARNING")
+    asyncio.run(_run(model, requests, clients, tokens, "--profile" in sys.argv))
+    from embedserver.runtime.device import hard_exit
+
+    hard_exit(0)
+
+
+if __name__ == "__main__":
+    main()
