@@ -13,7 +13,7 @@ _DEFAULT_CATALOG = Path(__file__).resolve().parent / "catalog.toml"
 
 # GPU memory for work in flight and cached buffers beyond the loaded weights (GPU_WORKSPACE_GB; see the field
 # below).
-DEFAULT_GPU_WORKSPACE_BYTES = 32 << 30
+DEFAULT_GPU_WORKSPACE_BYTES = 4 << 30
 
 
 class Settings(BaseSettings):
@@ -50,13 +50,16 @@ class Settings(BaseSettings):
     cuda_kernels: bool = True
     # GPU memory beyond the loaded weights for work in flight and MLX's buffer cache (capped at MLX's own limit,
     # a share of the card). MLX queues kernels ahead of the GPU and frees their buffers only as they finish;
-    # past this much it waits instead (models/cuda_block.py's few, large operations otherwise had 81 GB in
-    # flight on an 80 GB card during the warm-up). Large enough that the cache keeps the buffers of every batch
-    # shape in use; a smaller cache frees them mid-pass, and each free waits for the device.
+    # past this much it waits instead (cuda_block.py's few, large operations otherwise had 81 GB in flight on
+    # an 80 GB card during the warm-up). 4 GB serves the 0.6B model in under 8 GB of device memory in all, a
+    # few percent slower than a cache that keeps every batch shape's buffers (32 GB: ~40 GB in all), where a
+    # smaller cache frees buffers mid-pass and each free waits for the device (docs/PERFORMANCE.md).
     gpu_workspace_gb: float = Field(DEFAULT_GPU_WORKSPACE_BYTES / (1 << 30), gt=0)
 
-    max_batch_size: int = Field(64, ge=1, le=4096)
-    max_batch_tokens: int = Field(16384, ge=16)
+    # Under load a forward pass costs a few milliseconds whatever its size (kernel launches), so short texts
+    # need large batches: 256 texts of up to 128 tokens in one pass.
+    max_batch_size: int = Field(256, ge=1, le=4096)
+    max_batch_tokens: int = Field(32768, ge=16)
     batch_wait_ms: float = Field(5.0, ge=0, le=1000)
     max_queue_texts: int = Field(8192, ge=1)
     # Past this many seconds of estimated backlog (texts in progress / recent texts per second), new requests

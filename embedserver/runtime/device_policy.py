@@ -30,7 +30,7 @@ class DevicePlan:
     max_batch: int
     max_tokens: int
     compile_forward: bool = False
-    gpu_workspace_bytes: int = 32 << 30
+    gpu_workspace_bytes: int = 4 << 30
 
 
 def ready_for_device(runner: ModelRunner, plan: DevicePlan) -> ModelRunner:

@@ -85,9 +85,8 @@ class EmbeddingService:
         """What `embed_prepared` gives, started without a coroutine of its own when the model is ready (None
         when it is not: then `embed_prepared` waits for it): the engine's cost per request under load is the
         cache lookups and one queue entry per text, and a callback when the texts are done. Cancelling the
-        future drops the request's queued texts."""
-        if self.draining:
-            raise shutting_down()
+        future drops the request's queued texts. Not refused while draining: the front-end accepted the request
+        before its own drain began (it refuses new ones itself), and accepted requests finish."""
         held = self.registry.lease_ready(request.model)
         if held is None:
             return None
@@ -152,9 +151,8 @@ class EmbeddingService:
         return result
 
     async def embed_prepared(self, request: PreparedRequest) -> tuple[np.ndarray, list[bool]]:
-        """Raw pooled vectors for a front-end's token ids, one per sequence, and which came from the cache."""
-        if self.draining:
-            raise shutting_down()
+        """Raw pooled vectors for a front-end's token ids, one per sequence, and which came from the cache
+        (accepted by the front-end, so not refused while draining: see `start_prepared`)."""
         async with self.registry.acquire(request.model) as model:
             with model.worker.admit(len(request.sequences)):
                 if request.keys is None:
