@@ -197,7 +197,9 @@ def bench_server(
     if source is not None:
         server_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(source), os.environ.get("PYTHONPATH")]))
     results: dict[str, Any] = {"source": str(source or "."), "env": env, "lengths": {}}
-    with gpu_memory_peak() as peak, running_server(server_env, out_dir / f"server-{name}.log", 600) as url:
+    # Started from the tree itself: `python -m` puts the working directory first on the path.
+    server_log = out_dir.resolve() / f"server-{name}.log"
+    with gpu_memory_peak() as peak, running_server(server_env, server_log, 600, cwd=source) as url:
         for length in lengths:
             levels = []
             for clients in concurrency:
@@ -216,7 +218,7 @@ def bench_server(
                 levels.append(summary)
                 log(f"server {name}, {length} tokens:", summary)
             results["lengths"][length] = levels
-        (out_dir / f"server-{name}-metrics.txt").write_text(httpx.get(f"{url}/metrics").text)
+        (out_dir.resolve() / f"server-{name}-metrics.txt").write_text(httpx.get(f"{url}/metrics").text)
     results["gpu_memory_peak_gb"] = round(peak.get("gb", 0.0), 2) or None
     return results
 

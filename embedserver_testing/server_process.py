@@ -79,8 +79,10 @@ def _raise_if_failed(health: httpx.Response, log: Path | None) -> None:
 
 
 @contextmanager
-def running_server(env: dict[str, str], log: Path | None = None, timeout: float = 300) -> Iterator[str]:
-    with server_process(env, log, timeout) as (url, _):
+def running_server(
+    env: dict[str, str], log: Path | None = None, timeout: float = 300, *, cwd: Path | None = None
+) -> Iterator[str]:
+    with server_process(env, log, timeout, cwd=cwd) as (url, _):
         yield url
 
 
