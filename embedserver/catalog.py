@@ -48,8 +48,9 @@ class Catalog:
         """Catalog name, alias or source (case-insensitive) to its entry; 404 otherwise."""
         key = self._index.get(name.strip().lower())
         if key is None:
+            shown = name if len(name) <= 100 else name[:100] + "..."  # an error never grows with the input
             raise ModelNotFound(
-                f"model {name!r} is not served here; available: {', '.join(sorted(self.models))}",
+                f"model {shown!r} is not served here; available: {', '.join(sorted(self.models))}",
                 param="model",
             )
         return self.models[key]

@@ -99,7 +99,17 @@ class Settings(BaseSettings):
     def _upper(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("cors_origins", "api_key", mode="before")
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _keys(cls, value: object) -> object:
+        # Set but holding no key (" ", ","): refused, or authentication would be off without anyone saying so.
+        if isinstance(value, str) and value and not value.replace(",", "").strip():
+            raise ValueError(
+                "API_KEY is set but holds no key (only spaces or commas); unset it or give a key"
+            )
+        return cls._split_list(value)
+
+    @field_validator("cors_origins", mode="before")
     @classmethod
     def _split_list(cls, value: object) -> object:
         # Accept a plain comma-separated list as well as JSON.

@@ -307,3 +307,50 @@ async def test_metrics_expose_every_stage(client: httpx.AsyncClient) -> None:
 async def test_unknown_route_is_404_in_openai_shape(client: httpx.AsyncClient) -> None:
     _assert_openai_error(await client.get("/v1/nothing"), 404)
     _assert_openai_error(await client.get("/v1/embeddings"), 405)
+
+
+async def test_a_body_that_is_not_json_is_told_so(client: httpx.AsyncClient) -> None:
+    """curl -d sends a form content type: the answer names the content type to send, not a missing object."""
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    r = await client.post("/v1/embeddings", content=b'{"input": "x"}', headers=form)
+    message = _assert_openai_error(r, 400)["message"]
+    assert message == (
+        "the request body must be JSON (content-type: application/json), "
+        "got 'application/x-www-form-urlencoded'"
+    )
+    r = await client.post("/embed", content=b'{"text": "x"}', headers=form)
+    assert r.status_code == 422 and "must be JSON" in r.json()["error"]["message"]
+
+
+async def test_an_unknown_model_name_is_not_echoed_whole(client: httpx.AsyncClient) -> None:
+    r = await client.post("/v1/embeddings", json={"input": "x", "model": "m" * 100_000})
+    assert r.status_code == 404 and len(r.content) < 1000
+    assert "'" + "m" * 100 + "...'" in r.json()["error"]["message"]
+
+
+async def test_health_ready_and_metrics_answer_head(client: httpx.AsyncClient) -> None:
+    for path in ("/health", "/ready", "/metrics"):
+        r = await client.head(path)
+        assert r.status_code == 200, path
+
+
+@pytest.mark.parametrize(
+    "body", [b'{"text": "\xff\xfe"}', b'{"text": ' + b"[" * 5000 + b"]" * 5000 + b"}", b'{"text": "cut']
+)
+async def test_a_body_that_is_not_valid_json_is_an_input_error(
+    client: httpx.AsyncClient, body: bytes
+) -> None:
+    """Invalid UTF-8, nesting past the parser's limit, a truncated body: 400 on the OpenAI API, 422 natively."""
+    json_type = {"content-type": "application/json"}
+    for path, status in (("/v1/embeddings", 400), ("/embed", 422)):
+        r = await client.post(path, content=body, headers=json_type)
+        assert r.status_code == status, path
+        assert "body is not valid JSON" in r.json()["error"]["message"]
+
+
+async def test_a_compressed_body_is_refused_not_misread(client: httpx.AsyncClient) -> None:
+    headers = {"content-type": "application/json", "content-encoding": "gzip"}
+    r = await client.post("/v1/embeddings", content=b'{"input": "x"}', headers=headers)
+    assert r.status_code == 415 and r.json()["error"]["code"] == "unsupported_content_encoding"
+    identity = {"content-type": "application/json", "content-encoding": "identity"}
+    assert (await client.post("/v1/embeddings", json={"input": "x"}, headers=identity)).status_code == 200

@@ -81,6 +81,8 @@ def test_settings_read_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"CATALOG_FILE": "/nonexistent.toml"}, "does not exist"),
         ({"GPU_WORKSPACE_GB": "0"}, "gpu_workspace_gb"),
         ({"CUDA_KERNELS": "maybe"}, "cuda_kernels"),
+        ({"API_KEY": " "}, "API_KEY is set but holds no key"),  # authentication silently off otherwise
+        ({"API_KEY": ", ,"}, "API_KEY is set but holds no key"),
     ],
 )
 def test_bad_settings_fail_clearly(

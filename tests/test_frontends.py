@@ -126,6 +126,7 @@ def test_operations_routes_describe_the_engine(frontends: tuple[str, subprocess.
     assert httpx.get(f"{url}/ready").json() == {"ready": True, "default_model": "tiny", "status": "ready"}
     assert {m["id"] for m in httpx.get(f"{url}/v1/models").json()["data"]} >= {"tiny", "minilm"}
     assert httpx.get(f"{url}/models").json()["default"] == "tiny"
+    assert [httpx.head(f"{url}{path}").status_code for path in ("/health", "/ready", "/metrics")] == [200] * 3
 
 
 def test_metrics_count_the_requests_of_every_front_end(

@@ -119,3 +119,18 @@ def test_openai_client_sees_errors_as_its_own_exceptions(server: str) -> None:
     with pytest.raises(openai.BadRequestError):
         client.embeddings.create(model="tiny", input="")
     assert {m.id for m in client.models.list()} >= {"tiny", "minilm"}
+
+
+def test_answers_carry_no_server_banner_and_are_neither_sniffed_nor_cached(server: str) -> None:
+    """Every answer, from a route, the fast lane, an error or an operations route, in either process layout."""
+    answers = [
+        httpx.post(f"{server}/v1/embeddings", json={"input": "headers"}),  # the fast lane
+        httpx.post(f"{server}/v1/embeddings", json={"input": []}),  # an error from FastAPI
+        httpx.get(f"{server}/health"),
+        httpx.get(f"{server}/metrics"),
+        httpx.get(f"{server}/nowhere"),
+    ]
+    for answer in answers:
+        assert "server" not in answer.headers, answer.request.url
+        assert answer.headers["x-content-type-options"] == "nosniff"
+        assert answer.headers["cache-control"] == "no-store"

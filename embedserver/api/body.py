@@ -35,6 +35,16 @@ class RequestBody:
             if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
                 await self._too_large(send)
                 return
+            if name == b"content-encoding" and value.strip().lower() not in (b"", b"identity"):
+                # Read as if it were not compressed it would be garbage, or worse, a different request.
+                shown = value[:40].decode("latin-1")
+                await send_error(
+                    send,
+                    415,
+                    f"content-encoding {shown!r} is not supported: send the body uncompressed",
+                    code="unsupported_content_encoding",
+                )
+                return
         task = asyncio.current_task()
         scope[TASK_KEY] = task
         received = 0

@@ -69,10 +69,25 @@ def install(app: FastAPI) -> None:
     async def _invalid(request: Request, exc: RequestValidationError) -> JSON:
         status = 400 if request.url.path.startswith("/v1/") else 422
         message, param = _describe(exc)
+        content_type = request.headers.get("content-type", "")
+        if request.method == "POST" and "json" not in content_type.lower():
+            # FastAPI reads only JSON bodies; any other body arrives as nothing, and its complaint would be
+            # about a missing object, not about what the client can fix (curl -d sends a form type).
+            sent = _echo(content_type) if content_type else "none"
+            message, param = (
+                f"the request body must be JSON (content-type: application/json), got {sent}",
+                None,
+            )
         return JSON(error_body(message, "invalid_request_error", param=param), status)
 
     @app.exception_handler(HTTPException)
-    async def _http(_: Request, exc: HTTPException) -> JSON:
+    async def _http(request: Request, exc: HTTPException) -> JSON:
+        if exc.status_code == 400 and str(exc.detail).startswith("There was an error parsing the body"):
+            # Not JSON at all (invalid UTF-8, nesting too deep, truncated): an input error like any other,
+            # 422 on the native API as documented.
+            status = 400 if request.url.path.startswith("/v1/") else 422
+            message = "the request body is not valid JSON (UTF-8 text, nesting within the parser's limit)"
+            return JSON(error_body(message, "invalid_request_error"), status)
         type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
         return JSON(
@@ -85,6 +100,11 @@ def install(app: FastAPI) -> None:
     async def _unexpected(_: Request, exc: Exception) -> JSON:
         log.exception("unhandled error")
         return JSON(error_body("internal server error", "server_error"), 500)
+
+
+def _echo(value: str, limit: int = 100) -> str:
+    """A client's value quoted back at most `limit` characters long, so an error never grows with the input."""
+    return repr(value if len(value) <= limit else value[:limit] + "...")
 
 
 def _describe(exc: RequestValidationError) -> tuple[str, str | None]:

@@ -16,7 +16,7 @@ from embedserver.api.state import state_of
 router = APIRouter()
 
 
-@router.get("/health", response_class=JSON)
+@router.api_route("/health", methods=["GET", "HEAD"], response_class=JSON)
 async def health(request: Request) -> JSON:
     """200 when the default model can serve; 503 (same body) while it loads or when it failed."""
     state = state_of(request)
@@ -39,7 +39,7 @@ async def health(request: Request) -> JSON:
     return JSON(body, 200 if ready else 503)
 
 
-@router.get("/ready", response_class=JSON)
+@router.api_route("/ready", methods=["GET", "HEAD"], response_class=JSON)
 async def ready(request: Request) -> JSON:
     """Readiness for a load balancer: 200 only when the default model can serve right now."""
     service = state_of(request).service
@@ -94,6 +94,6 @@ async def list_models(request: Request) -> dict[str, Any]:
     return {"object": "list", "data": model_cards(request)}
 
 
-@router.get("/metrics")
+@router.api_route("/metrics", methods=["GET", "HEAD"])
 async def metrics(request: Request) -> Response:
     return Response(generate_latest(state_of(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)

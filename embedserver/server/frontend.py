@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 # Answered by the engine's own app (embedserver/api/routes_ops.py): they describe its models and metrics.
 FORWARDED_PATHS = ("/health", "/ready", "/models", "/v1/models", "/metrics")
+# Probed with HEAD by load balancers and monitors, as the engine's own app allows.
+HEAD_PATHS = ("/health", "/ready", "/metrics")
 
 
 def create_frontend_app(settings: Settings, engine_path: str) -> FastAPI:
@@ -53,6 +55,8 @@ def create_frontend_app(settings: Settings, engine_path: str) -> FastAPI:
         finally:
             warm.cancel()
             watcher.cancel()
+            metrics.flush()  # the last requests' records, before the link closes
+            client.flush()
             if client.transport is not None:
                 client.transport.close()
 
@@ -73,9 +77,9 @@ def _forwarding_router(client: EngineClient) -> APIRouter:
         return Response(body, status_code=meta["status"], headers=headers)
 
     for path in FORWARDED_PATHS:
-        router.add_api_route(
-            path, forward, methods=["GET"], name=path, summary=f"GET {path} (answered by the engine process)"
-        )
+        summary = f"GET {path} (answered by the engine process)"
+        methods = ["GET", "HEAD"] if path in HEAD_PATHS else ["GET"]
+        router.add_api_route(path, forward, methods=methods, name=path, summary=summary)
     return router
 
 

@@ -44,6 +44,7 @@ def serve_http(
         log_level=settings.log_level.lower(),
         access_log=settings.log_level == "DEBUG",
         timeout_graceful_shutdown=settings.shutdown_grace_s,
+        server_header=False,  # no `server: uvicorn`: what runs here is nobody's business
         http=with_deadlines(
             settings.header_timeout_s, settings.body_timeout_s, on_body_timeout=on_body_timeout
         ),

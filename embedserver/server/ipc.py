@@ -90,10 +90,11 @@ class FrameProtocol(asyncio.Protocol):
             return
         encoded = frame(kind, id_, meta, payload)
         if not self._outgoing:
-            asyncio.get_running_loop().call_soon(self._flush)
+            asyncio.get_running_loop().call_soon(self.flush)
         self._outgoing.append(encoded)
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """Write the frames queued this loop turn now (also called at the turn's end)."""
         outgoing, self._outgoing = self._outgoing, []
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(b"".join(outgoing))

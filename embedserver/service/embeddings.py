@@ -122,9 +122,10 @@ class EmbeddingService:
             waiting -= 1
             if result.done():
                 return
-            if future.cancelled() or future.exception() is not None:
-                failure = future.exception() if not future.cancelled() else asyncio.CancelledError()
-                result.set_exception(failure)  # type: ignore[arg-type]
+            if future.cancelled():
+                result.cancel()
+            elif (failure := future.exception()) is not None:
+                result.set_exception(failure)
             elif waiting == 0:
                 complete()
 
