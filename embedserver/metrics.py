@@ -42,7 +42,10 @@ class Metrics:
             registry=r,
         )
         self.queue_depth = Gauge(
-            "embedserver_queue_depth", "Texts waiting for a batch", ["model"], registry=r
+            "embedserver_queue_depth",
+            "Texts waiting for the model (queued, or cut into batches not yet running)",
+            ["model"],
+            registry=r,
         )
         self.queue_wait = Histogram(
             "embedserver_queue_wait_seconds",

@@ -157,6 +157,10 @@ class BatchWorker:
         self._wakeup.set()
         return [item.future for item in items]
 
+    def waiting(self) -> int:
+        """Texts waiting for the model: queued, or in batches cut and not yet handed to the MLX thread."""
+        return len(self._queue) + sum(map(len, self._planned))
+
     @property
     def busy(self) -> bool:
         return bool(self._queue) or bool(self._running) or any(self._planned)
@@ -168,7 +172,8 @@ class BatchWorker:
     # --- lifecycle ----------------------------------------------------------------------------------------
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"batcher-{self.model}")
-        self._series.queue_depth.set_function(lambda: len(self._queue))  # read when /metrics is scraped
+        # Read when /metrics is scraped: texts queued, and texts cut into batches not yet handed to the MLX thread.
+        self._series.queue_depth.set_function(self.waiting)
 
     async def stop(self) -> None:
         if self._task is not None:
