@@ -185,6 +185,8 @@ def test_keys_and_overload_answers_cross_the_link(catalog_file: Path, tmp_path: 
         refused = httpx.post(f"{url}/v1/embeddings", json={"input": "x"})
         assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key"
         assert httpx.get(f"{url}/metrics").status_code == 200  # open, as in one process
+        assert httpx.get(f"{url}/health").json() == {"status": "ok"}  # the public answer, as in one process
+        assert "models" in httpx.get(f"{url}/health", headers=auth).json()
         big = {"input": [f"keeps the model busy, text {i} " * 20 for i in range(1500)]}
         with ThreadPoolExecutor(1) as pool:
             running = pool.submit(httpx.post, f"{url}/v1/embeddings", json=big, headers=auth, timeout=120)

@@ -50,7 +50,11 @@ async def test_every_configured_key_works(guarded: httpx.AsyncClient) -> None:
 
 
 async def test_health_ready_and_metrics_stay_open(guarded: httpx.AsyncClient) -> None:
-    assert (await guarded.get("/health")).status_code == 200
+    public = await guarded.get("/health")
+    # Without the key: the status alone; versions, paths, memory and load errors are for the operator.
+    assert public.status_code == 200 and public.json() == {"status": "ok"}
+    full = await guarded.get("/health", headers={"Authorization": "Bearer key-one"})
+    assert full.status_code == 200 and {"device", "memory", "models", "version"} <= set(full.json())
     r = await guarded.get("/ready")
     assert r.status_code == 200 and r.json()["ready"] is True
     metrics = await guarded.get("/metrics")

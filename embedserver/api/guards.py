@@ -8,6 +8,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from embedserver.api.error_handlers import send_error
 
+# Scope flag: an open path asked for without a valid key. Routes answer it with what anyone may see.
+PUBLIC_KEY = "embedserver.public"
+
 
 class ApiKeys:
     """`Authorization: Bearer <key>` on every path but the open ones, keys compared in constant time."""
@@ -18,7 +21,11 @@ class ApiKeys:
         self.open_paths = open_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.open_paths or self._authorized(scope):
+        if scope["type"] != "http" or self._authorized(scope):
+            await self.app(scope, receive, send)
+            return
+        if scope["path"] in self.open_paths:
+            scope[PUBLIC_KEY] = True
             await self.app(scope, receive, send)
             return
         await send_error(

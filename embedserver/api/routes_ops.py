@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from embedserver import __version__
+from embedserver.api.guards import PUBLIC_KEY
 from embedserver.api.responses import JSON
 from embedserver.api.state import state_of
 
@@ -18,13 +19,17 @@ router = APIRouter()
 
 @router.api_route("/health", methods=["GET", "HEAD"], response_class=JSON)
 async def health(request: Request) -> JSON:
-    """200 when the default model can serve; 503 (same body) while it loads or when it failed."""
+    """200 when the default model can serve; 503 (same body) while it loads or when it failed. With API_KEY
+    set, a request without the key gets the status alone: versions, paths, memory and load errors are for
+    the operator."""
     state = state_of(request)
     registry = state.service.registry
     slots = registry.slots()
     default = slots.get(registry.default)
     models = {name: slot.describe() for name, slot in slots.items()}
     ready = default is not None and models[registry.default]["status"] == "ready"
+    if request.scope.get(PUBLIC_KEY):
+        return JSON({"status": "ok" if ready else "unavailable"}, 200 if ready else 503)
     body = {
         "status": "ok" if ready else "unavailable",
         "default_model": registry.default,

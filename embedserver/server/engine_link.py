@@ -19,6 +19,7 @@ import numpy as np
 from fastapi import FastAPI
 from starlette.types import Message, Scope
 
+from embedserver.api.guards import PUBLIC_KEY
 from embedserver.api.state import ServerState
 from embedserver.errors import APIError
 from embedserver.server import ipc
@@ -47,7 +48,7 @@ class EngineLink(ipc.FrameProtocol):
             elif kind == ipc.DESCRIBE:
                 work = self._describe(id_, meta["model"])
             else:
-                work = self._get(id_, meta["path"])
+                work = self._get(id_, meta["path"], public=bool(meta.get("public")))
             task = asyncio.create_task(work)
             self._tasks[id_] = task
             task.add_done_callback(lambda _: self._tasks.pop(id_, None))
@@ -122,7 +123,7 @@ class EngineLink(ipc.FrameProtocol):
         else:
             self.send(ipc.INFO, id_, asdict(info))
 
-    async def _get(self, id_: int, path: str) -> None:
+    async def _get(self, id_: int, path: str, *, public: bool = False) -> None:
         """Run the route on this app in-process (no socket): its answer goes back to the front-end as is."""
         answer: dict[str, Any] = {"status": 500, "headers": []}
         body: list[bytes] = []
@@ -153,6 +154,8 @@ class EngineLink(ipc.FrameProtocol):
             "client": None,
             "server": None,
         }
+        if public:
+            scope[PUBLIC_KEY] = True  # the front-end's guard found no key: the public answer
         try:
             await self.app(scope, receive, send)
         except Exception:

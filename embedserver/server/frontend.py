@@ -22,6 +22,7 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, FastAPI, Request, Response
 
 from embedserver.api.app import build_app
+from embedserver.api.guards import PUBLIC_KEY
 from embedserver.errors import APIError
 from embedserver.logs import configure_logging
 from embedserver.server import ipc
@@ -72,7 +73,9 @@ def _forwarding_router(client: EngineClient) -> APIRouter:
     router = APIRouter()
 
     async def forward(request: Request) -> Response:
-        _, meta, body = await client.call(ipc.GET, {"path": request.url.path})  # always a RESPONSE
+        # Always a RESPONSE; `public`: asked for without the API key (embedserver/api/guards.py).
+        asked = {"path": request.url.path, "public": bool(request.scope.get(PUBLIC_KEY))}
+        _, meta, body = await client.call(ipc.GET, asked)
         headers = {k: v for k, v in meta["headers"] if k.lower() != "content-length"}
         return Response(body, status_code=meta["status"], headers=headers)
 
