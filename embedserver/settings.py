@@ -29,6 +29,10 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     dev_mode: bool = False
 
+    # Names a request's Host header may carry (comma-separated; "*" any, "*.example.com" a domain's). Empty: only
+    # loopback names when HOST is a loopback address, any name otherwise (embedserver/api/hosts.py).
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
     enable_cors: bool = False
     # Comma-separated (or a JSON list); NoDecode lets the validator below see the raw string.
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
@@ -109,7 +113,7 @@ class Settings(BaseSettings):
             )
         return cls._split_list(value)
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins", "allowed_hosts", mode="before")
     @classmethod
     def _split_list(cls, value: object) -> object:
         # Accept a plain comma-separated list as well as JSON.

@@ -70,7 +70,7 @@ def test_headers_sent_a_byte_at_a_time_do_not_hold_the_server(strict_server: str
     slow = [_connect(strict_server) for _ in range(16)]
     try:
         for sock in slow:
-            sock.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\n")
+            sock.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: localhost\r\n")
         # While sixteen clients trickle headers, others are served at once.
         started_at = time.monotonic()
         for _ in range(6):
@@ -91,7 +91,7 @@ def test_headers_sent_a_byte_at_a_time_do_not_hold_the_server(strict_server: str
 def test_a_body_that_stops_arriving_is_408(strict_server: str) -> None:
     with _connect(strict_server) as sock:
         sock.sendall(
-            b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
+            b"POST /v1/embeddings HTTP/1.1\r\nHost: localhost\r\ncontent-type: application/json\r\n"
             b"content-length: 100\r\n\r\n" + b'{"input": "'
         )
         started_at = time.monotonic()
@@ -124,7 +124,7 @@ def test_a_client_gone_while_queued_is_dropped_before_its_texts_run(strict_serve
     body = orjson.dumps({"input": [f"abandoned while queued {i}" for i in range(3)]})
     with _connect(strict_server) as sock:
         sock.sendall(
-            b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
+            b"POST /v1/embeddings HTTP/1.1\r\nHost: localhost\r\ncontent-type: application/json\r\n"
             b"content-length: %d\r\n\r\n" % len(body) + body
         )
         time.sleep(0.3)

@@ -151,3 +151,36 @@ async def test_dead_worker_fails_its_requests_with_503_and_is_restarted_on_its_o
     r = await client.post("/v1/embeddings", json={"input": "second"})
     assert r.status_code == 200
     assert 'embedserver_worker_restarts_total{model="tiny"} 1.0' in (await client.get("/metrics")).text
+
+
+async def test_a_host_header_naming_another_site_is_refused(make_settings: Callable[..., Settings]) -> None:
+    """DNS rebinding: a page that makes a browser send to 127.0.0.1 under its own name gets a 400, on a
+    server bound to loopback; names meaning this machine pass, with or without a port."""
+    async with started(create_app(make_settings())) as client:
+        refused = await client.get("/v1/models", headers={"host": "rebound.attacker.example"})
+        assert refused.status_code == 400
+        assert refused.json()["error"]["code"] == "invalid_host"
+        assert "'rebound.attacker.example'" in refused.json()["error"]["message"]
+        for host in ("localhost", "localhost:8000", "127.0.0.1:8000", "[::1]:8000"):
+            assert (await client.get("/v1/models", headers={"host": host})).status_code == 200, host
+    domain = make_settings(allowed_hosts="*.example.com, embed.internal")
+    async with started(create_app(domain)) as client:
+        for host, status in (("api.example.com", 200), ("embed.internal:80", 200), ("example.org", 400)):
+            assert (await client.get("/v1/models", headers={"host": host})).status_code == status, host
+    anywhere = make_settings(host="0.0.0.0")  # containers: load balancers send names of their own
+    async with started(create_app(anywhere)) as client:
+        assert (await client.get("/v1/models", headers={"host": "embed-svc.default"})).status_code == 200
+
+
+async def test_not_ready_until_every_front_end_has_its_tokenizer(make_settings: Callable[..., Settings]) -> None:
+    """With front-ends, each loads the default model's tokenizer and reports it; until all have, their first
+    requests would wait for that load, so a load balancer is told to wait."""
+    app = create_app(make_settings())
+    async with started(app) as client:
+        state = app.state.server
+        state.cold_frontends = 1
+        r = await client.get("/ready")
+        assert r.status_code == 503 and r.json()["status"] == "warming"
+        assert (await client.get("/health")).status_code == 503
+        state.cold_frontends -= 1  # what the engine does on the front-end's report
+        assert (await client.get("/ready")).json() == {"ready": True, "default_model": "tiny", "status": "ready"}

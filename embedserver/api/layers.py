@@ -11,14 +11,15 @@ from embedserver.api.body import RequestBody
 from embedserver.api.fast_lane import FastLane
 from embedserver.api.guards import ApiKeys
 from embedserver.api.headers import ResponseHeaders
+from embedserver.api.hosts import AllowedHosts, allowed_hosts
 from embedserver.api.request_metrics import RequestMetrics
 from embedserver.metrics import HttpMetrics
 from embedserver.settings import Settings
 
 
 def add_http_layers(app: FastAPI, settings: Settings, metrics: HttpMetrics) -> None:
-    # The last added runs first: CORS, response headers, request metrics (so refusals are counted too), API
-    # keys, body, lane.
+    # The last added runs first: CORS, response headers, the Host check, request metrics (so refusals are
+    # counted too), API keys, body, lane.
     if settings.fast_lane:
         app.add_middleware(FastLane)
     app.add_middleware(RequestBody, max_bytes=settings.max_body_bytes, metrics=metrics)
@@ -26,6 +27,7 @@ def add_http_layers(app: FastAPI, settings: Settings, metrics: HttpMetrics) -> N
         open_paths = {"/health", "/ready"} | (set() if settings.metrics_require_key else {"/metrics"})
         app.add_middleware(ApiKeys, keys=settings.api_key, open_paths=open_paths)
     app.add_middleware(RequestMetrics, metrics=metrics)
+    app.add_middleware(AllowedHosts, hosts=allowed_hosts(settings.allowed_hosts, settings.host))
     app.add_middleware(ResponseHeaders)
     if settings.enable_cors:
         app.add_middleware(

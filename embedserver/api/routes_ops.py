@@ -27,7 +27,9 @@ async def health(request: Request) -> JSON:
     slots = registry.slots()
     default = slots.get(registry.default)
     models = {name: slot.describe() for name, slot in slots.items()}
-    ready = default is not None and models[registry.default]["status"] == "ready"
+    ready = (
+        default is not None and models[registry.default]["status"] == "ready" and state.cold_frontends <= 0
+    )
     if request.scope.get(PUBLIC_KEY):
         return JSON({"status": "ok" if ready else "unavailable"}, 200 if ready else 503)
     body = {
@@ -47,10 +49,13 @@ async def health(request: Request) -> JSON:
 @router.api_route("/ready", methods=["GET", "HEAD"], response_class=JSON)
 async def ready(request: Request) -> JSON:
     """Readiness for a load balancer: 200 only when the default model can serve right now."""
-    service = state_of(request).service
+    state = state_of(request)
+    service = state.service
     registry = service.registry
     slot = registry.slots().get(registry.default)
     status = slot.describe()["status"] if slot is not None else "unloaded"
+    if status == "ready" and state.cold_frontends > 0:
+        status = "warming"  # front-ends still loading the tokenizer
     if service.draining:
         status = "draining"
     ok = status == "ready"

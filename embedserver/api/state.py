@@ -37,6 +37,9 @@ class ServerState:
     started: float = field(default_factory=time.monotonic)
     # Set when the default model could not be had and the offline model serves instead.
     fallback: dict[str, Any] | None = None
+    # Front-end processes started that have not yet loaded the default model's tokenizer: the server is not
+    # ready until each has (their first requests would wait for it).
+    cold_frontends: int = 0
 
 
 def state_of(request: Request) -> ServerState:

@@ -33,6 +33,7 @@ class EngineLink(ipc.FrameProtocol):
         super().__init__()
         self.app = app
         state: ServerState = app.state.server
+        self.state = state
         self.service = state.service
         self.metrics = state.metrics
         # Calls in progress, by id: tasks, or the futures of requests started without one (`_start`).
@@ -171,3 +172,5 @@ class EngineLink(ipc.FrameProtocol):
             self.metrics.client_gone(meta["stage"])
         elif event == "body_timeout":
             self.metrics.body_timeout()
+        elif event == "warm":
+            self.state.cold_frontends -= 1

@@ -87,8 +87,10 @@ def _forwarding_router(client: EngineClient) -> APIRouter:
 
 
 async def _describe_default(service: RemoteService) -> None:
+    """Load the default model's tokenizer, then tell the engine, which is not ready until every front-end is."""
     with contextlib.suppress(APIError):  # a default that cannot load: the requests will say why
         await service.model(None)
+        service.client.send(ipc.RECORD, 0, [{"event": "warm"}])
 
 
 async def _exit_when_lost(client: EngineClient) -> None:

@@ -64,6 +64,7 @@ async def _serve(settings: Settings, workers: int, listener: socket.socket) -> N
         async with app.router.lifespan_context(app):
             links = await loop.create_unix_server(lambda: EngineLink(app), path)
             pool = Frontends(workers, listener, path)
+            app.state.server.cold_frontends = workers  # each reports when it is warm (engine_link.py)
             pool.start()
             log.info(
                 "embedserver on http://%s:%d: %d front-end processes, engine pid %d",
