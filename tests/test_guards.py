@@ -172,7 +172,9 @@ async def test_a_host_header_naming_another_site_is_refused(make_settings: Calla
         assert (await client.get("/v1/models", headers={"host": "embed-svc.default"})).status_code == 200
 
 
-async def test_not_ready_until_every_front_end_has_its_tokenizer(make_settings: Callable[..., Settings]) -> None:
+async def test_not_ready_until_every_front_end_has_its_tokenizer(
+    make_settings: Callable[..., Settings],
+) -> None:
     """With front-ends, each loads the default model's tokenizer and reports it; until all have, their first
     requests would wait for that load, so a load balancer is told to wait."""
     app = create_app(make_settings())
@@ -183,4 +185,8 @@ async def test_not_ready_until_every_front_end_has_its_tokenizer(make_settings: 
         assert r.status_code == 503 and r.json()["status"] == "warming"
         assert (await client.get("/health")).status_code == 503
         state.cold_frontends -= 1  # what the engine does on the front-end's report
-        assert (await client.get("/ready")).json() == {"ready": True, "default_model": "tiny", "status": "ready"}
+        assert (await client.get("/ready")).json() == {
+            "ready": True,
+            "default_model": "tiny",
+            "status": "ready",
+        }
