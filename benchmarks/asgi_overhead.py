@@ -34,7 +34,7 @@ async def _per_request_us(app: Any, headers: list[tuple[bytes, bytes]], requests
         "raw_path": b"/v1/embeddings",
         "root_path": "",
         "query_string": b"",
-        "headers": [(b"host", b"bench"), (b"content-length", str(len(BODY)).encode()), *headers],
+        "headers": [(b"host", b"localhost"), (b"content-length", str(len(BODY)).encode()), *headers],
         "server": ("127.0.0.1", 8000),
         "client": ("127.0.0.1", 50000),
     }
