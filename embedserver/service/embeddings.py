@@ -152,16 +152,11 @@ class EmbeddingService:
         return result
 
     async def embed_prepared(self, request: PreparedRequest) -> tuple[np.ndarray, list[bool]]:
-        """Raw pooled vectors for a front-end's token ids, one per sequence, and which came from the cache
-        (accepted by the front-end, so not refused while draining: see `start_prepared`)."""
-        async with self.registry.acquire(request.model) as model:
-            with model.worker.admit(len(request.sequences)):
-                if request.keys is None:
-                    raw = await self._run(model.worker, request.sequences)
-                    return raw, [False] * len(request.sequences)
-                name = model.runner.name
-                self.metrics.for_model(name).tokenize_seconds.observe(request.tokenize_s)
-                return await self._cached_or_run(model, request.keys, request.sequences)
+        """Raw pooled vectors for a front-end's token ids, one per sequence, and which came from the cache:
+        `start_prepared`, after waiting for the model to load when it is not ready."""
+        while (started := self.start_prepared(request)) is None:
+            await self.registry.load(request.model)  # raises when the model cannot be had
+        return await started
 
     async def _compute(
         self, model: LoadedModel, info: ModelInfo, call: EmbedCall
