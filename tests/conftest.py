@@ -4,6 +4,7 @@ packaged MiniLM, a test catalog, and apps driven in-process through httpx."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -116,6 +117,17 @@ def metric_sample(metrics: str, series: str, default: float | None = None) -> fl
     if default is not None:
         return default
     raise AssertionError(f"{series} not in /metrics")
+
+
+def metric_reaches(url: str, series: str, at_least: float, timeout_s: float = 5.0) -> float:
+    """The series' value once it is at least `at_least`. Front-ends send their records to the engine in
+    batches after the answer, so a count is eventually right, not at the instant the client reads a reply."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = metric_sample(httpx.get(f"{url}/metrics").text, series, 0.0)
+        if value >= at_least or time.monotonic() > deadline:
+            return value
+        time.sleep(0.05)
 
 
 _exit_status = 0
