@@ -6,7 +6,8 @@ nothing, or one byte at a time, holds its connection forever. Here
   request's first byte), and the body within BODY_TIMEOUT_S of the headers; otherwise the client gets a 408
   and the connection is closed;
 - a client that disconnects before its answer cancels the task serving it (the request registers it in its
-  scope, see embedserver/api/body.py), so its queued texts are dropped before they are computed.
+  scope, see embedserver/api/body.py), so its queued texts are dropped before they are computed; reading
+  resumes once a body is complete, whatever its size, so the close is seen.
 
 All of it costs the hot path a few assignments: one sweep a second over the open connections checks the
 deadlines (no timer per request), and disconnects arrive through uvicorn's own connection_lost.
@@ -79,6 +80,11 @@ def with_deadlines(
         def on_message_complete(self) -> None:
             self._body_since = None
             super().on_message_complete()
+            # uvicorn pauses reading while more than 64 KiB of body waits for the app, and resumes only when
+            # the app asks for more. After the last chunk the app never asks again, so a pause made here would
+            # last until the answer was sent: the client's close would go unseen and its texts computed for
+            # nobody. The body is complete; a pipelined request that follows pauses reading on its own.
+            self.flow.resume_reading()
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._headers_since = self._body_since = None
