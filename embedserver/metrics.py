@@ -23,6 +23,8 @@ class HttpMetrics(Protocol):
 
     def body_timeout(self) -> None: ...
 
+    def connection_closed(self, reason: str) -> None: ...
+
 
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
@@ -110,6 +112,12 @@ class Metrics:
             "Requests refused with 408 because the body did not arrive within BODY_TIMEOUT_S",
             registry=r,
         )
+        self.connections_closed = Counter(
+            "embedserver_connections_closed_total",
+            "Connections the server cut (reason: headers_too_large, send_timeout, unsent_bytes)",
+            ["reason"],
+            registry=r,
+        )
         self.rejected = Counter(
             "embedserver_rejected_total",
             "Texts refused with 429 because the queue was full",
@@ -160,6 +168,9 @@ class Metrics:
 
     def body_timeout(self) -> None:
         self.timeouts.inc()
+
+    def connection_closed(self, reason: str) -> None:
+        self.connections_closed.labels(reason).inc()
 
 
 class ModelSeries:

@@ -90,6 +90,13 @@ class Settings(BaseSettings):
     # request's first byte on a kept-alive one), the whole body within BODY_TIMEOUT_S of the headers.
     header_timeout_s: float = Field(10.0, gt=0, le=600)
     body_timeout_s: float = Field(30.0, gt=0, le=3600)
+    # Request line and headers together (431 past either); nginx and Apache allow about 8 KiB per line.
+    max_header_bytes: int = Field(32 * 1024, ge=1024, le=1024 * 1024)
+    max_header_count: int = Field(100, ge=8, le=10_000)
+    # An answer a client leaves unread: dropped when it takes none of it for SEND_TIMEOUT_S, and, longest
+    # stalled first, while stalled answers in one process hold more than MAX_UNSENT_BYTES.
+    send_timeout_s: float = Field(30.0, gt=0, le=3600)
+    max_unsent_bytes: int = Field(256 * 1024 * 1024, ge=64 * 1024)
     # One key or several (comma-separated). When set, every endpoint but /health, /ready and (unless
     # METRICS_REQUIRE_KEY) /metrics needs `Authorization: Bearer <key>`.
     api_key: Annotated[list[str], NoDecode] = Field(default_factory=list)

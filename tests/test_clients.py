@@ -29,6 +29,8 @@ def strict_server(
         "HF_HUB_OFFLINE": "1",
         "HEADER_TIMEOUT_S": "1",
         "BODY_TIMEOUT_S": "1",
+        "SEND_TIMEOUT_S": "2",
+        "MAX_UNSENT_BYTES": str(1024 * 1024),
         "MAX_QUEUE_WAIT_S": "0",
         "HTTP_WORKERS": str(request.param),
     }
@@ -145,3 +147,112 @@ def test_a_client_gone_while_queued_is_dropped_before_its_texts_run(strict_serve
     assert grew('embedserver_dropped_total{model="tiny"}') == 3  # never computed
     assert grew('embedserver_requests_total{endpoint="/v1/embeddings",status="499"}') == 1
     assert grew('embedserver_texts_total{model="tiny"}') == 1500
+
+
+def _status(raw: bytes) -> int:
+    return int(raw.split(b" ", 2)[1])
+
+
+def _send_until_refused(sock: socket.socket, chunks: Iterator[bytes]) -> bytes:
+    """Send until the server answers and closes; the answer."""
+    try:
+        for chunk in chunks:
+            sock.sendall(chunk)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    try:
+        return _read_all(sock)
+    except ConnectionResetError:
+        return b""
+
+
+@pytest.mark.slow
+def test_headers_past_the_limits_are_431_before_anything_runs(strict_server: str) -> None:
+    head = b"POST /v1/embeddings HTTP/1.1\r\nHost: localhost\r\n"
+    with _connect(strict_server) as sock:  # one field past MAX_HEADER_BYTES (32 KiB)
+        raw = _send_until_refused(sock, iter([head + b"x-big: " + b"a" * 40_000 + b"\r\n\r\n"]))
+        assert _status(raw) == 431 and b"MAX_HEADER_BYTES" in raw
+    with _connect(strict_server) as sock:  # more fields than MAX_HEADER_COUNT (100)
+        fields = b"".join(b"x-f%d: 1\r\n" % i for i in range(120))
+        assert _status(_send_until_refused(sock, iter([head + fields + b"\r\n"]))) == 431
+    with _connect(strict_server) as sock:  # a header that never ends: cut once past the limit, not at 10 MB
+        sock.settimeout(10)
+        endless = (b"a" * 65536 for _ in range(160))
+        raw = _send_until_refused(sock, iter([head + b"x-endless: ", *endless]))
+        assert raw == b"" or _status(raw) == 431
+    response = httpx.post(
+        f"{strict_server}/v1/embeddings", json={"input": "still served"}, headers={"x-ok": "a" * 8000}
+    )
+    assert response.status_code == 200
+    assert (
+        metric_reaches(strict_server, 'embedserver_connections_closed_total{reason="headers_too_large"}', 3)
+        >= 3
+    )
+
+
+def _unread_answers(url: str, texts: list[str], requests: int) -> socket.socket:
+    """A connection that asks for `texts` `requests` times (pipelined) and reads nothing: past the few MB
+    the kernel's socket buffers take, the answers wait in the server."""
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((host, int(port)))
+    body = orjson.dumps({"input": texts})
+    request = (
+        b"POST /v1/embeddings HTTP/1.1\r\nHost: localhost\r\ncontent-type: application/json\r\n"
+        b"content-length: %d\r\n\r\n" % len(body) + body
+    )
+    sock.sendall(request * requests)
+    return sock
+
+
+def _cuts(url: str, reason: str) -> float:
+    return metric_sample(
+        httpx.get(f"{url}/metrics").text, f'embedserver_connections_closed_total{{reason="{reason}"}}', 0.0
+    )
+
+
+def _wait_for_cut(url: str, reason: str, before: float) -> float:
+    series = f'embedserver_connections_closed_total{{reason="{reason}"}}'
+    return metric_reaches(url, series, before + 1, timeout_s=20) - before
+
+
+def _read_what_is_left(sock: socket.socket) -> int:
+    sock.settimeout(10)
+    received = 0
+    try:
+        while chunk := sock.recv(1 << 20):
+            received += len(chunk)
+    except ConnectionResetError:
+        pass
+    return received
+
+
+@pytest.mark.slow
+def test_an_answer_left_unread_is_dropped_after_the_send_deadline(strict_server: str) -> None:
+    texts = [f"unread answer {i} {time.monotonic()}" for i in range(300)]
+    answer = len(httpx.post(f"{strict_server}/v1/embeddings", json={"input": texts}, timeout=60).content)
+    before = _cuts(strict_server, "send_timeout")
+    # 30 answers, ~7 MB: past what the kernel's socket buffers take, and under MAX_UNSENT_BYTES (1 MiB) held
+    # here, since uvicorn writes a pipelined answer only once the one before it has left its buffer.
+    with _unread_answers(strict_server, texts, 30) as slow:
+        started = time.monotonic()
+        assert _wait_for_cut(strict_server, "send_timeout", before) == 1
+        assert 1.5 < time.monotonic() - started < 15  # SEND_TIMEOUT_S=2
+        assert _read_what_is_left(slow) < 30 * answer  # the client sees its answers cut short
+
+
+@pytest.mark.slow
+def test_unread_answers_past_the_memory_bound_are_dropped_at_once(strict_server: str) -> None:
+    texts = [f"unread answers {i} {time.monotonic()}" for i in range(2048)]
+    answer = len(httpx.post(f"{strict_server}/v1/embeddings", json={"input": texts}, timeout=60).content)
+    assert answer > 1024 * 1024  # one answer alone is past MAX_UNSENT_BYTES
+    before = _cuts(strict_server, "unsent_bytes")
+    hogs = [_unread_answers(strict_server, texts, 4) for _ in range(8)]  # spread over the front-ends
+    try:
+        started = time.monotonic()
+        assert _wait_for_cut(strict_server, "unsent_bytes", before) >= 1
+        assert time.monotonic() - started < 1.9  # before SEND_TIMEOUT_S: the memory bound cut them
+    finally:
+        for sock in hogs:
+            sock.close()

@@ -16,12 +16,17 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from embedserver.server.http_protocol import with_deadlines
+from embedserver.metrics import Metrics
+from embedserver.server.http_protocol import ConnectionLimits, guarded_protocol
 
 # Each overridden hook and the parameters it takes (besides self).
 HOOKS = {
     "connection_made": ["transport"],
+    "data_received": ["data"],
     "on_message_begin": [],
+    "on_url": ["url"],
+    "on_header": ["name", "value"],
+    "send_400_response": ["msg"],
     "on_headers_complete": [],
     "on_message_complete": [],
     "connection_lost": ["exc"],
@@ -63,12 +68,16 @@ class _Transport(asyncio.Transport):
     def close(self) -> None:
         self.closed = True
 
+    def get_write_buffer_size(self) -> int:
+        return 0
+
 
 async def test_the_connection_state_the_protocol_reads_is_there() -> None:
     async def app(scope: Any, receive: Any, send: Any) -> None:  # never called: no request is sent
         raise AssertionError
 
-    protocol_class = with_deadlines(0.5, 0.5)
+    limits = ConnectionLimits(0.5, 0.5, 0.5, 4096, 16, 1 << 20)
+    protocol_class = guarded_protocol(limits, Metrics())
     protocol: Any = protocol_class(  # type: ignore[call-arg]
         config=Config(app, lifespan="off"), server_state=ServerState(), app_state={}
     )
@@ -82,3 +91,21 @@ async def test_the_connection_state_the_protocol_reads_is_there() -> None:
     assert transport.written.startswith(b"HTTP/1.1 408 ") and transport.closed
     protocol.connection_lost(None)
     assert protocol not in protocol.connections
+
+
+async def test_a_header_past_the_limit_is_431_through_uvicorns_parser_error_path() -> None:
+    """The count and size checks raise from parser callbacks; uvicorn must still route that to
+    send_400_response, which the protocol answers with 431."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        raise AssertionError("a refused request never reaches the app")
+
+    limits = ConnectionLimits(5, 5, 5, 4096, 16, 1 << 20)
+    protocol: Any = guarded_protocol(limits, Metrics())(  # type: ignore[call-arg]
+        config=Config(app, lifespan="off"), server_state=ServerState(), app_state={}
+    )
+    transport = _Transport()
+    protocol.connection_made(transport)
+    headers = b"".join(b"x-h%d: v\r\n" % i for i in range(20))
+    protocol.data_received(b"GET /health HTTP/1.1\r\nhost: localhost\r\n" + headers + b"\r\n")
+    assert transport.written.startswith(b"HTTP/1.1 431 ") and transport.closed

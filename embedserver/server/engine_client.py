@@ -178,6 +178,9 @@ class ForwardedMetrics:
     def body_timeout(self) -> None:
         self._add({"event": "body_timeout"})
 
+    def connection_closed(self, reason: str) -> None:
+        self._add({"event": "closed", "reason": reason})
+
     def _add(self, event: dict[str, Any]) -> None:
         if not self._events:
             asyncio.get_running_loop().call_later(_RECORD_EVERY_S, self.flush)

@@ -172,5 +172,7 @@ class EngineLink(ipc.FrameProtocol):
             self.metrics.client_gone(meta["stage"])
         elif event == "body_timeout":
             self.metrics.body_timeout()
+        elif event == "closed":
+            self.metrics.connection_closed(meta["reason"])
         elif event == "warm":
             self.state.cold_frontends -= 1

@@ -107,4 +107,4 @@ def run(sock: socket.socket, engine_path: str) -> None:
     configure_logging(settings.log_level)
     app = create_frontend_app(settings, engine_path)
     metrics: ForwardedMetrics = app.state.metrics
-    serve_http(app, settings, on_body_timeout=metrics.body_timeout, sockets=[sock])
+    serve_http(app, settings, metrics=metrics, sockets=[sock])

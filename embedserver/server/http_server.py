@@ -4,14 +4,14 @@ deadlines and disconnect handling, and a draining step on SIGTERM/SIGINT."""
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable
 from types import FrameType
 
 import uvicorn
 from fastapi import FastAPI
 
 from embedserver.api.state import Embedder
-from embedserver.server.http_protocol import with_deadlines
+from embedserver.metrics import HttpMetrics
+from embedserver.server.http_protocol import ConnectionLimits, guarded_protocol
 from embedserver.settings import Settings
 
 
@@ -32,7 +32,7 @@ def serve_http(
     app: FastAPI,
     settings: Settings,
     *,
-    on_body_timeout: Callable[[], None],
+    metrics: HttpMetrics,
     sockets: list[socket.socket] | None = None,
 ) -> None:
     """Serve `app` until SIGTERM/SIGINT; on `sockets` when given (a front-end accepting on the engine's
@@ -45,8 +45,6 @@ def serve_http(
         access_log=settings.log_level == "DEBUG",
         timeout_graceful_shutdown=settings.shutdown_grace_s,
         server_header=False,  # no `server: uvicorn`: what runs here is nobody's business
-        http=with_deadlines(
-            settings.header_timeout_s, settings.body_timeout_s, on_body_timeout=on_body_timeout
-        ),
+        http=guarded_protocol(ConnectionLimits.from_settings(settings), metrics),
     )
     DrainingServer(config, app.state.embedder).run(sockets=sockets)

@@ -34,5 +34,5 @@ def serve(settings: Settings) -> None:
     from embedserver.server.http_server import serve_http
 
     app = create_app(settings)
-    serve_http(app, settings, on_body_timeout=app.state.server.metrics.body_timeout)
+    serve_http(app, settings, metrics=app.state.server.metrics)
     hard_exit(0)
