@@ -34,6 +34,14 @@ class ModelNotFound(APIError):
     code = "model_not_found"
 
 
+class ModelNotDownloaded(APIError):
+    """A catalog model whose files are not here, named by a request where requests may not start downloads."""
+
+    status = 404
+    type = "invalid_request_error"
+    code = "model_not_downloaded"
+
+
 class Overloaded(APIError):
     status = 429
     type = "rate_limit_error"

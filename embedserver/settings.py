@@ -83,6 +83,11 @@ class Settings(BaseSettings):
     max_request_inputs: int = Field(2048, ge=1)
     truncate: bool = True
 
+    # Hub models not on disk: the default model (and its fallback) is downloaded at start-up; a request naming
+    # another may start a download only when DOWNLOAD_ON_REQUEST (else 404 model_not_downloaded). A download
+    # whose files stop growing for DOWNLOAD_STALL_S is given up (start-up then falls back).
+    download_on_request: bool = False
+    download_stall_s: float = Field(60.0, gt=0, le=3600)
     # On SIGTERM: accepted requests get this long to finish before the process exits.
     shutdown_grace_s: int = Field(30, ge=0, le=3600)
     max_body_bytes: int = Field(2 * 1024 * 1024, ge=1024)

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from embedserver.catalog import ModelSpec
-from embedserver.runtime.loader import ModelLoadError, load_runner, resolve_source
+from embedserver.runtime.loader import load_runner
+from embedserver.runtime.model_files import ModelLoadError, resolve_source
 from embedserver.server.engine_app import create_app
 from tests.conftest import started
 
@@ -30,8 +31,8 @@ def test_hub_model_loads_from_the_local_cache_offline(
     _hub_cache(tmp_path, "Qwen/Qwen3-Embedding-Tiny", tiny_qwen3)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
-    directory, revision = resolve_source("Qwen/Qwen3-Embedding-Tiny")
-    assert revision == "a" * 40 and (directory / "config.json").is_file()
+    files = resolve_source("Qwen/Qwen3-Embedding-Tiny")
+    assert files.revision == "a" * 40 and (files.directory / "config.json").is_file()
     hub = load_runner(ModelSpec(name="hub", source="Qwen/Qwen3-Embedding-Tiny"))
     local = load_runner(ModelSpec(name="local", source=str(tiny_qwen3)))
     ids = local.tokenizer.encode_batch(["same weights, same vector"])

