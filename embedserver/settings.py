@@ -88,7 +88,10 @@ class Settings(BaseSettings):
     # whose files stop growing for DOWNLOAD_STALL_S is given up (start-up then falls back).
     download_on_request: bool = False
     download_stall_s: float = Field(60.0, gt=0, le=3600)
-    # On SIGTERM: accepted requests get this long to finish before the process exits.
+    # On SIGTERM: /ready turns 503 while requests are still served for DRAIN_DELAY_S (a load balancer's health
+    # checks notice), then the listener closes and accepted requests get SHUTDOWN_GRACE_S to finish; the
+    # process is gone within both plus a few seconds whatever still runs.
+    drain_delay_s: float = Field(5.0, ge=0, le=600)
     shutdown_grace_s: int = Field(30, ge=0, le=3600)
     max_body_bytes: int = Field(2 * 1024 * 1024, ge=1024)
     # Slow clients: request headers must arrive within HEADER_TIMEOUT_S of the connection opening (or of the

@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,16 +26,20 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _start(catalog_file: Path, log: Path, workers: int = 0) -> tuple[subprocess.Popen[bytes], str]:
+def _start(
+    catalog_file: Path, log: Path, workers: int = 0, extra: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
     port = _free_port()
     env = {
         **os.environ,
+        "DRAIN_DELAY_S": "0",
         "PORT": str(port),
         "CATALOG_FILE": str(catalog_file),
         "MODEL_NAME": "tiny",
         "HF_HUB_OFFLINE": "1",
         "LOG_LEVEL": "INFO",
         "HTTP_WORKERS": str(workers),
+        **(extra or {}),
     }
     with log.open("wb") as out:
         proc = subprocess.Popen(
@@ -93,6 +98,76 @@ def test_sigterm_lets_accepted_requests_finish(catalog_file: Path, tmp_path: Pat
     sender.join(timeout=120)
     response = result["response"]
     assert response.status_code == 200 and len(response.json()["data"]) == 1500
+
+
+def _in_background(url: str, texts: list[str]) -> tuple[threading.Thread, dict[str, object]]:
+    result: dict[str, object] = {}
+
+    def send() -> None:
+        try:
+            result["response"] = httpx.post(f"{url}/v1/embeddings", json={"input": texts}, timeout=120)
+        except httpx.TransportError as exc:
+            result["error"] = exc
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    return sender, result
+
+
+@pytest.mark.parametrize("workers", [0, 2], ids=["one-process", "front-ends"])
+def test_sigterm_turns_readiness_off_while_serving_then_refuses_connections_at_once(
+    catalog_file: Path, tmp_path: Path, workers: int
+) -> None:
+    """What a load balancer needs: /ready 503 for DRAIN_DELAY_S while requests are still served, then new
+    connections refused at once (never queued with nobody to accept them), accepted work finished."""
+    log = tmp_path / "server.log"
+    proc, url = _start(catalog_file, log, workers, {"DRAIN_DELAY_S": "2"})
+    texts = [f"in flight through the drain, text {i} " * 20 for i in range(1500)]  # ~9 s of work here
+    sender, result = _in_background(url, texts)
+    time.sleep(1.0)
+    signalled = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    ready = httpx.get(f"{url}/ready", headers={"connection": "close"})
+    assert ready.status_code == 503 and ready.json()["status"] == "draining"
+    served = httpx.post(f"{url}/v1/embeddings", json={"input": "arrived during the delay"}, timeout=30)
+    assert served.status_code == 200
+    time.sleep(max(0.0, signalled + 2.8 - time.monotonic()))
+    assert proc.poll() is None  # still finishing the request in flight
+    begun = time.monotonic()
+    with pytest.raises(httpx.ConnectError):
+        httpx.post(f"{url}/v1/embeddings", json={"input": "too late"}, timeout=10)
+    assert time.monotonic() - begun < 1.0
+    sender.join(timeout=120)
+    response = result["response"]
+    assert isinstance(response, httpx.Response) and response.status_code == 200
+    assert proc.wait(timeout=60) in (0, -signal.SIGTERM)
+
+
+@pytest.mark.parametrize("workers", [0, 2], ids=["one-process", "front-ends"])
+def test_shutdown_is_bounded_when_work_outlasts_the_grace(
+    catalog_file: Path, tmp_path: Path, workers: int
+) -> None:
+    """A request still running when SHUTDOWN_GRACE_S ends gets 503 shutting_down (no 500, no traceback), and a
+    batch that keeps the MLX thread past every step is cut by the watchdog: the process is gone within
+    DRAIN_DELAY_S + SHUTDOWN_GRACE_S + 5 s."""
+    log = tmp_path / "server.log"
+    one_batch = {"MAX_BATCH_SIZE": "2048", "MAX_BATCH_TOKENS": str(2048 * 256), "SHUTDOWN_GRACE_S": "1"}
+    proc, url = _start(catalog_file, log, workers, one_batch)
+    texts = [f"outlasts the grace, text {i} " * 20 for i in range(2048)]  # one batch of >10 s here
+    sender, result = _in_background(url, texts)
+    time.sleep(1.5)
+    signalled = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    code = proc.wait(timeout=60)
+    assert time.monotonic() - signalled < 1 + 5 + 2.5
+    sender.join(timeout=30)
+    response = result.get("response")
+    assert isinstance(response, httpx.Response), result  # answered, not dropped
+    assert response.status_code == 503 and response.json()["error"]["code"] == "shutting_down"
+    text = log.read_text()
+    assert "Exception in ASGI application" not in text and "Traceback" not in text
+    assert code in (0, 1, -signal.SIGTERM)
 
 
 def test_openai_client_gets_the_servers_embeddings(server: str) -> None:

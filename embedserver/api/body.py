@@ -14,6 +14,7 @@ import asyncio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from embedserver.api.error_handlers import send_error
+from embedserver.errors import shutting_down
 from embedserver.metrics import HttpMetrics
 
 # Scope keys the HTTP protocol reads: the task serving the request, and whether its client has gone.
@@ -78,6 +79,19 @@ class RequestBody:
             if scope.get(GONE_KEY) and task.uncancel() == 0:
                 # Cancelled by the protocol because the client left: nobody to answer.
                 self.metrics.client_gone("waiting" if read else "body")
+                return
+            if not started and not refused and task.uncancel() == 0:
+                # Cancelled by uvicorn when the shutdown grace ran out: the client is still there and gets a
+                # clear answer, not a 500 and a traceback.
+                error = shutting_down()
+                await send_error(
+                    send,
+                    error.status,
+                    error.message,
+                    code=error.code or "shutting_down",
+                    headers=[(b"connection", b"close")],
+                    kind=error.type,
+                )
                 return
             raise
 

@@ -34,9 +34,10 @@ async def send_error(
     *,
     code: str,
     headers: list[tuple[bytes, bytes]] | None = None,
+    kind: str = "invalid_request_error",
 ) -> None:
     """An error answered from ASGI middleware, before any route runs, in the same shape as the routes'."""
-    payload = orjson.dumps(error_body(message, "invalid_request_error", code=code))
+    payload = orjson.dumps(error_body(message, kind, code=code))
     await send(
         {
             "type": "http.response.start",

@@ -56,7 +56,7 @@ async def ready(request: Request) -> JSON:
     status = slot.describe()["status"] if slot is not None else "unloaded"
     if status == "ready" and state.cold_frontends > 0:
         status = "warming"  # front-ends still loading the tokenizer
-    if service.draining:
+    if service.draining or state.leaving:
         status = "draining"
     ok = status == "ready"
     return JSON({"ready": ok, "default_model": registry.default, "status": status}, 200 if ok else 503)

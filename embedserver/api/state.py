@@ -40,6 +40,8 @@ class ServerState:
     # Front-end processes started that have not yet loaded the default model's tokenizer: the server is not
     # ready until each has (their first requests would wait for it).
     cold_frontends: int = 0
+    # Set on SIGTERM: /ready is 503 while requests are still served for DRAIN_DELAY_S.
+    leaving: bool = False
 
 
 def state_of(request: Request) -> ServerState:

@@ -107,4 +107,5 @@ def run(sock: socket.socket, engine_path: str) -> None:
     configure_logging(settings.log_level)
     app = create_frontend_app(settings, engine_path)
     metrics: ForwardedMetrics = app.state.metrics
-    serve_http(app, settings, metrics=metrics, sockets=[sock])
+    # The engine waits out DRAIN_DELAY_S before it stops the front-ends: they close at once.
+    serve_http(app, settings, metrics=metrics, sockets=[sock], drain_delay_s=0)

@@ -34,5 +34,6 @@ def serve(settings: Settings) -> None:
     from embedserver.server.http_server import serve_http
 
     app = create_app(settings)
-    serve_http(app, settings, metrics=app.state.server.metrics)
+    state = app.state.server
+    serve_http(app, settings, metrics=state.metrics, leaving=lambda: setattr(state, "leaving", True))
     hard_exit(0)

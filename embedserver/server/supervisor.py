@@ -3,8 +3,10 @@ HTTP_WORKERS front-end processes (embedserver/server/frontend.py) accepting on o
 
 The engine speaks to its front-ends over a Unix socket in a private temporary directory. A front-end that
 dies is started again (after 1 s, doubling while it keeps dying young); front-ends stop by themselves when the
-engine goes away. On SIGTERM the engine refuses new calls (503 shutting_down, /ready 503), the front-ends stop
-accepting and finish their requests within SHUTDOWN_GRACE_S, then the engine exits.
+engine goes away. On SIGTERM /ready turns 503 while everything still serves for DRAIN_DELAY_S; then the engine
+closes its copy of the listener and refuses new calls (503 shutting_down), the front-ends close theirs (new
+connections are refused at once) and finish their requests within SHUTDOWN_GRACE_S, then the engine exits; a
+watchdog bounds the whole (embedserver/server/shutdown.py). SIGINT and a second signal skip the delay.
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ import time
 from multiprocessing.process import BaseProcess
 from typing import Literal
 
+from embedserver.api.state import ServerState
 from embedserver.backoff import doubling
 from embedserver.server import frontend
 from embedserver.server.engine_link import EngineLink
+from embedserver.server.shutdown import arm_watchdog
 from embedserver.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -57,8 +61,14 @@ async def _serve(settings: Settings, workers: int, listener: socket.socket) -> N
     app = create_app(settings, http=False)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    signals: list[int] = []
+
+    def on_signal(sig: int) -> None:
+        signals.append(sig)
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal, sig)
     with tempfile.TemporaryDirectory(prefix="embedserver-") as private:
         path = os.path.join(private, "engine.sock")
         async with app.router.lifespan_context(app):
@@ -78,9 +88,24 @@ async def _serve(settings: Settings, workers: int, listener: socket.socket) -> N
                     await asyncio.wait_for(stop.wait(), 0.5)
                 if not stop.is_set():
                     pool.replace_dead()
-            app.state.server.service.draining = True
-            await pool.stop(settings.shutdown_grace_s + 5)
+            await _leave(app.state.server, settings, signals, listener)
+            await pool.stop(settings.shutdown_grace_s + 1)
             links.close()
+
+
+async def _leave(state: ServerState, settings: Settings, signals: list[int], listener: socket.socket) -> None:
+    """Not ready, still serving for DRAIN_DELAY_S (SIGTERM only; a second signal ends the wait); then new
+    calls are refused and this process's copy of the listener closed, so once the front-ends close theirs
+    the port refuses connections instead of queueing them with nobody to accept."""
+    state.leaving = True
+    delay = settings.drain_delay_s if signals[0] == signal.SIGTERM else 0.0
+    arm_watchdog(delay, settings.shutdown_grace_s)
+    if delay > 0:
+        log.info("SIGTERM: not ready; still serving for %.1f s (DRAIN_DELAY_S), then draining", delay)
+        deadline = time.monotonic() + delay
+        while time.monotonic() < deadline and len(signals) == 1:
+            await asyncio.sleep(0.05)
+    state.service.draining = True
     listener.close()
 
 
