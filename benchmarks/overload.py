@@ -47,14 +47,15 @@ async def _capacity(url: str, clients: int, texts: int, seconds: float, rng: ran
 
 async def _overload(
     url: str, rate: float, texts: int, seconds: float, rng: random.Random, pid: int
-) -> tuple[Tally, list[float], int]:
+) -> tuple[Tally, list[float], int, int]:
     """Open loop: one request every 1/rate seconds whatever the answers; returns the tally, RSS samples and
-    how many 429s lacked Retry-After or the error shape."""
+    how many 429s lacked Retry-After or the error shape, and how many were queue timeouts."""
     import aiohttp
 
     tally = Tally()
     rss: list[float] = []
     malformed = 0
+    late = [0]
     serial = iter(range(10**9, 2 * 10**9))
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
 
@@ -64,7 +65,10 @@ async def _overload(
             answer = await post(session, url, body, tally, texts, timeout=120)
             if answer is not None and answer[0] == 429:
                 _, headers, payload = answer
-                if not headers.get("Retry-After") or orjson.loads(payload)["error"]["code"] != "overloaded":
+                # overloaded: refused at admission; queue_timeout: accepted, then waited past MAX_QUEUE_WAIT_S.
+                code = orjson.loads(payload)["error"]["code"]
+                late[0] += code == "queue_timeout"
+                if not headers.get("Retry-After") or code not in ("overloaded", "queue_timeout"):
                     malformed += 1
 
         tasks: set[asyncio.Task[None]] = set()
@@ -89,7 +93,7 @@ async def _overload(
                 next_sample += 1.0
             await asyncio.sleep(min(0.005, 1 / rate))
         await asyncio.gather(*tasks)
-    return tally, rss, malformed
+    return tally, rss, malformed, late[0]
 
 
 def _descriptor_budget() -> int:
@@ -137,7 +141,7 @@ def _run(url: str, pid: int, args: argparse.Namespace) -> dict[str, Any]:
     rss_before = rss_mb(pid)
     rate = args.factor * capacity_texts_s / args.texts
     started = time.perf_counter()
-    tally, rss, malformed = asyncio.run(_overload(url, rate, args.texts, args.seconds, rng, pid))
+    tally, rss, malformed, queue_timeouts = asyncio.run(_overload(url, rate, args.texts, args.seconds, rng, pid))
     overload_s = time.perf_counter() - started
     time.sleep(args.idle_s)
     rss_after = rss_mb(pid)
@@ -159,6 +163,7 @@ def _run(url: str, pid: int, args: argparse.Namespace) -> dict[str, Any]:
         "offered_requests_per_s": round(rate, 1),
         "overload_seconds": round(overload_s, 1),
         "accepted_texts_per_s": round(tally.texts_ok / overload_s, 1),
+        "queue_timeouts": queue_timeouts,
         **summary,
         "rss_mb": {
             "after_capacity_phase": round(rss_before, 1),

@@ -42,6 +42,14 @@ class ModelNotDownloaded(APIError):
     code = "model_not_downloaded"
 
 
+class TooManyTokens(APIError):
+    """One request bringing more tokens to compute than MAX_REQUEST_TOKENS."""
+
+    status = 413
+    type = "invalid_request_error"
+    code = "too_many_tokens"
+
+
 class Overloaded(APIError):
     status = 429
     type = "rate_limit_error"

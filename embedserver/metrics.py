@@ -118,6 +118,12 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.expired = Counter(
+            "embedserver_expired_total",
+            "Queued texts failed with 429 queue_timeout because they waited past MAX_QUEUE_WAIT_S",
+            ["model"],
+            registry=r,
+        )
         self.rejected = Counter(
             "embedserver_rejected_total",
             "Texts refused with 429 because the queue was full",
@@ -190,5 +196,6 @@ class ModelSeries:
         self.texts = m.texts.labels(model)
         self.dropped = m.dropped.labels(model)
         self.rejected = m.rejected.labels(model)
+        self.expired = m.expired.labels(model)
         self.cache_hits = m.cache_hits.labels(model)
         self.cache_misses = m.cache_misses.labels(model)

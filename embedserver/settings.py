@@ -67,8 +67,13 @@ class Settings(BaseSettings):
     batch_wait_ms: float = Field(5.0, ge=0, le=1000)
     max_queue_texts: int = Field(8192, ge=1)
     # Past this many seconds of estimated backlog (texts in progress / recent texts per second), new requests
-    # get 429 at once instead of waiting: bounds the latency of what is accepted. 0 turns it off.
+    # get 429 at once instead of waiting; a request that still waits longer than this with none of its texts
+    # computed fails with 429 queue_timeout instead of being answered late. Bounds accepted latency. 0: off.
     max_queue_wait_s: float = Field(5.0, ge=0)
+    # Tokens to compute: per request (413 past it; OpenAI's own limit for an embeddings request), and in
+    # progress per model before new requests get 429 (a request alone is always taken).
+    max_request_tokens: int = Field(300_000, ge=1)
+    max_queue_tokens: int = Field(2_000_000, ge=1)
 
     # Tokenization rounds that may run at once per model (each round is one parallel encode_batch call).
     tokenizer_rounds: int = Field(2, ge=1, le=16)

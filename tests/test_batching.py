@@ -406,3 +406,104 @@ async def test_the_next_batch_fills_for_as_long_as_the_running_shape_takes() -> 
         assert embed.calls[-2:] == [8, 10]
     finally:
         await w.stop()
+
+
+class Slow:
+    """embed() stand-in that takes `seconds` per batch and records the first id of every row it computed."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.computed: list[int] = []
+
+    def __call__(self, batch: list[list[int]]) -> np.ndarray:
+        time.sleep(self.seconds)
+        self.computed.extend(seq[0] for seq in batch)
+        return np.ones((len(batch), 2), dtype=np.float32)
+
+
+def _started(embed: Slow, limits: BatchLimits) -> BatchWorker:
+    worker = BatchWorker("m", embed, limits=limits, metrics=Metrics(), executor=ThreadPoolExecutor(1))
+    worker.start()
+    return worker
+
+
+async def test_a_large_request_shares_batches_with_small_ones_that_arrive_behind_it() -> None:
+    """Batches take one text from each waiting request in turn: 3 texts arriving behind 400 queued ones are
+    computed in the next batches, not after all 400."""
+    embed = Slow(0.01)
+    worker = _started(embed, BatchLimits(max_size=8, max_tokens=4096, wait_s=0.001, max_queue=1000))
+    try:
+        large = worker.submit([[1000 + i, 5] for i in range(400)])
+        await asyncio.sleep(0.03)  # the first batches of the large request are running
+        small = worker.submit([[1, 5], [2, 5], [3, 5]])
+        await asyncio.gather(*small)
+        done_of_large = sum(future.done() for future in large)
+        assert done_of_large < 100, f"the small request waited for {done_of_large} of the large one's texts"
+        await asyncio.gather(*large)
+        assert sorted(embed.computed) == [1, 2, 3, *range(1000, 1400)]  # each text once
+    finally:
+        await worker.stop()
+
+
+async def test_a_large_request_that_progresses_is_not_cut_by_the_wait_bound() -> None:
+    """The bound is on a request's wait for its next text, not on its size: 8 texts in batches of 2 take four
+    times the bound and are all computed, since each batch computes some of them."""
+    embed = Slow(0.2)
+    limits = BatchLimits(max_size=2, max_tokens=4096, wait_s=0.001, max_queue=1000, max_wait_s=0.3)
+    worker = _started(embed, limits)
+    try:
+        vectors = await asyncio.gather(*worker.submit([[i, 5] for i in range(1, 9)]))
+        assert len(vectors) == 8 and sorted(embed.computed) == list(range(1, 9))
+    finally:
+        await worker.stop()
+
+
+async def test_tokens_are_bounded_per_request_and_per_model() -> None:
+    from embedserver.errors import TooManyTokens
+
+    embed = Slow(0.2)
+    limits = BatchLimits(
+        max_size=8,
+        max_tokens=4096,
+        wait_s=0.001,
+        max_queue=1000,
+        max_request_tokens=100,
+        max_queue_tokens=150,
+    )
+    worker = _started(embed, limits)
+    try:
+        with pytest.raises(TooManyTokens) as too_many:
+            worker.submit([[1] * 60, [2] * 41])  # 101 tokens in one request
+        assert too_many.value.status == 413 and "MAX_REQUEST_TOKENS" in too_many.value.message
+        first = worker.submit([[1] * 100])  # alone: taken whatever the budget
+        with pytest.raises(Overloaded) as full:
+            worker.submit([[2] * 60])  # 100 + 60 tokens in progress > 150
+        assert "MAX_QUEUE_TOKENS" in full.value.message
+        fits = worker.submit([[3] * 50])
+        await asyncio.gather(*first, *fits)
+        after = worker.submit([[4] * 100])  # the budget is free again once the work is done
+        await asyncio.gather(*after)
+        assert sorted(embed.computed) == [1, 3, 4]
+    finally:
+        await worker.stop()
+
+
+async def test_texts_that_wait_past_the_bound_fail_with_queue_timeout_and_are_never_computed() -> None:
+    """Admission estimates the wait; when the machine turns out slower (here: a 0.5 s batch), texts still
+    waiting after MAX_QUEUE_WAIT_S get 429 queue_timeout instead of an answer arbitrarily late."""
+    embed = Slow(0.5)
+    metrics = Metrics()
+    limits = BatchLimits(max_size=2, max_tokens=4096, wait_s=0.001, max_queue=1000, max_wait_s=0.3)
+    worker = BatchWorker("m", embed, limits=limits, metrics=metrics, executor=ThreadPoolExecutor(1))
+    worker.start()
+    try:
+        began = time.perf_counter()
+        futures = [worker.submit([[i, 5]])[0] for i in range(1, 9)]  # 8 requests, 4 batches of 0.5 s
+        outcomes = await asyncio.gather(*futures, return_exceptions=True)
+        late = [o for o in outcomes if isinstance(o, Overloaded)]
+        assert late and all(o.code == "queue_timeout" and o.status == 429 for o in late)
+        assert time.perf_counter() - began < 1.6  # not the 2 s that computing every text would take
+        assert len(embed.computed) + len(late) == 8 and len(embed.computed) <= 4
+        assert metrics.expired.labels("m")._value.get() == len(late)
+    finally:
+        await worker.stop()

@@ -30,6 +30,7 @@ def strict_server(
         "HEADER_TIMEOUT_S": "1",
         "BODY_TIMEOUT_S": "1",
         "SEND_TIMEOUT_S": "2",
+        "MAX_REQUEST_TOKENS": "1000000",  # one request keeps the model busy for seconds
         "MAX_UNSENT_BYTES": str(1024 * 1024),
         "MAX_QUEUE_WAIT_S": "0",
         "HTTP_WORKERS": str(request.param),

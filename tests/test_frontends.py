@@ -31,6 +31,7 @@ def _env(catalog_file: Path, workers: int) -> dict[str, str]:
         "HF_HUB_OFFLINE": "1",
         "HTTP_WORKERS": str(workers),
         "CACHE_MAX_ENTRIES": "0",
+        "MAX_REQUEST_TOKENS": "1000000",  # requests that keep the model busy for seconds
     }
 
 

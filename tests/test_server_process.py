@@ -33,6 +33,7 @@ def _start(
     env = {
         **os.environ,
         "DRAIN_DELAY_S": "0",
+        "MAX_REQUEST_TOKENS": "1000000",  # requests that keep the model busy for seconds
         "PORT": str(port),
         "CATALOG_FILE": str(catalog_file),
         "MODEL_NAME": "tiny",

@@ -1,10 +1,14 @@
 """Dynamic micro-batching: one worker per model turns queued texts into padded batches.
 
-Handlers enqueue one `WorkItem` per text (client batches are split, so requests of any size share batches
-fairly). The worker wakes on the first item. When the MLX thread is idle it cuts a batch at once (waiting
+Handlers enqueue one `WorkItem` per text, grouped by request. Batches take texts from the waiting requests in
+turn (one from each, round and round), so a request of 2,048 texts shares every batch with the small ones
+that arrive behind it instead of holding the model until it is done. The worker wakes on the first item. When the MLX thread is idle it cuts a batch at once (waiting
 would only add latency); while a batch runs, the next one keeps filling until shortly before the running one
 is expected to end (from recent passes of its padded shape; at least BATCH_WAIT_MS), or until it is full.
-It takes what is queued, drops items whose caller is gone, sorts by length and cuts batches by count and
+It takes what is queued, drops items whose caller is gone, fails with 429 queue_timeout those of requests that
+have waited longer than MAX_QUEUE_WAIT_S without any of their texts computed (admission estimates the wait;
+this makes it a bound even when the machine slows down under it, while a large request that progresses batch
+after batch is never cut), sorts by length and cuts batches by count and
 padded-token budget (`plan_batches`, a pure function). Forward passes run on the MLX thread; up to two
 batches are handed to it at once, so the next one is ready the moment the current one ends.
 
@@ -27,7 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from embedserver.errors import InferenceError, ModelUnavailable, Overloaded
+from embedserver.errors import InferenceError, ModelUnavailable, Overloaded, TooManyTokens
 from embedserver.metrics import Metrics
 from embedserver.runtime.padding import bucket_length, padded_shape, rows_to_run
 
@@ -45,6 +49,14 @@ class WorkItem:
     ids: list[int]
     future: asyncio.Future[np.ndarray]
     enqueued: float = field(default_factory=time.perf_counter)
+    request: _Request | None = None  # the queue group it waits in (None outside a worker)
+
+
+class _Request(deque[WorkItem]):
+    """One request's texts waiting in a worker's queue, in order."""
+
+    queued = False  # in the worker's round-robin queue now
+    progressed = 0.0  # when the last of its texts was computed (0: none yet)
 
 
 @dataclass(frozen=True)
@@ -58,6 +70,10 @@ class BatchLimits:
     # How many batches' worth of queued items one planning round takes; bounded so a flood of short texts
     # cannot keep a long one waiting for more than a round.
     window_batches: int = 8
+    # Tokens: one request may bring at most max_request_tokens to compute (413 past it), and a model takes
+    # new requests while fewer than max_queue_tokens wait or run (429 past it; a request alone always).
+    max_request_tokens: int = 300_000
+    max_queue_tokens: int = 2_000_000
 
 
 def plan_batches(items: Sequence[WorkItem], *, max_size: int, max_tokens: int) -> list[list[WorkItem]]:
@@ -96,7 +112,10 @@ class BatchWorker:
         self._metrics = metrics
         self._series = metrics.for_model(model)
         self._executor = executor
-        self._queue: deque[WorkItem] = deque()
+        # One group per request, in arrival order; batches take from the groups in turn (_take_window).
+        self._queue: deque[_Request] = deque()
+        self._queued = 0  # items in _queue
+        self._tokens = 0  # tokens of the items queued, planned or running
         self._wakeup = asyncio.Event()
         self._handoffs = asyncio.Semaphore(2)
         self._running: set[asyncio.Task[None]] = set()
@@ -148,22 +167,42 @@ class BatchWorker:
         self._admitted -= texts
 
     def submit(self, sequences: Sequence[list[int]]) -> list[asyncio.Future[np.ndarray]]:
-        """Queue sequences (admitted through `admit`); their futures resolve to pooled vectors."""
+        """Queue one request's sequences (admitted through `admit`); their futures resolve to pooled vectors.
+        Refused past the token limits: 413 for the request alone, 429 for a model with enough waiting."""
         if self._task is None or self._task.done():
             raise ModelUnavailable(f"model {self.model} is not serving: {self.failure or 'stopped'}")
+        tokens = sum(map(len, sequences))
+        limits = self._limits
+        if tokens > limits.max_request_tokens:
+            raise TooManyTokens(
+                f"the request has {tokens} tokens to compute; the limit is {limits.max_request_tokens} "
+                "(MAX_REQUEST_TOKENS): split it"
+            )
+        if self._tokens and self._tokens + tokens > limits.max_queue_tokens:
+            self._series.rejected.inc(len(sequences))
+            raise Overloaded(
+                f"model {self.model} has {self._tokens} tokens in progress (MAX_QUEUE_TOKENS "
+                f"{limits.max_queue_tokens}); retry later",
+                headers={"Retry-After": "1"},
+            )
         loop = asyncio.get_running_loop()
-        items = [WorkItem(list(ids), loop.create_future()) for ids in sequences]
-        self._queue.extend(items)
-        self._wakeup.set()
-        return [item.future for item in items]
+        request = _Request()
+        request.extend(WorkItem(list(ids), loop.create_future(), request=request) for ids in sequences)
+        if request:
+            request.queued = True
+            self._queue.append(request)
+            self._queued += len(request)
+            self._tokens += tokens
+            self._wakeup.set()
+        return [item.future for item in request]
 
     def waiting(self) -> int:
         """Texts waiting for the model: queued, or in batches cut and not yet handed to the MLX thread."""
-        return len(self._queue) + sum(map(len, self._planned))
+        return self._queued + sum(map(len, self._planned))
 
     @property
     def busy(self) -> bool:
-        return bool(self._queue) or bool(self._running) or any(self._planned)
+        return bool(self._queued) or bool(self._running) or any(self._planned)
 
     @property
     def alive(self) -> bool:
@@ -186,7 +225,7 @@ class BatchWorker:
     async def _run(self) -> None:
         try:
             while True:
-                while not self._queue:
+                while not self._queued:
                     self._wakeup.clear()
                     await self._wakeup.wait()
                 # Hold a hand-off before cutting the batch: texts arriving while both are taken still join.
@@ -203,17 +242,19 @@ class BatchWorker:
                 batches = plan_batches(
                     window, max_size=self._limits.max_size, max_tokens=self._limits.max_tokens
                 )
-                if not batches:
-                    self._handoffs.release()
-                self._planned = batches
-                for index, batch in enumerate(batches):
-                    if index:
-                        await self._handoffs.acquire()
-                    task = asyncio.create_task(self._run_batch(batch))
-                    self._running.add(task)
-                    task.add_done_callback(self._running.discard)
-                    batches[index] = []
                 self._planned = []
+                if not batches:  # everything taken had been left or had expired
+                    self._handoffs.release()
+                    continue
+                # One batch per hand-off: the one holding the longest-waiting text (so no text waits forever
+                # behind shorter ones); the rest go back to their requests and are planned again with whatever
+                # arrives meanwhile, so a request arriving now joins the next batch, not the one after a
+                # large request's last.
+                first = min(batches, key=lambda batch: min(item.enqueued for item in batch))
+                self._return([item for batch in batches if batch is not first for item in batch])
+                task = asyncio.create_task(self._run_batch(first))
+                self._running.add(task)
+                task.add_done_callback(self._running.discard)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug in the worker itself: fail what waits rather than hang it
@@ -233,7 +274,7 @@ class BatchWorker:
         expected = self._shape_s.get(self._forward_shape, self._forward_s)
         expected_end = self._forward_started + expected * (1 - _CUT_AHEAD)
         deadline = max(started + self._limits.wait_s, expected_end)
-        while len(self._queue) < self._limits.max_size and self._in_executor:
+        while self._queued < self._limits.max_size and self._in_executor:
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
                 break
@@ -244,28 +285,81 @@ class BatchWorker:
                 break
 
     def _take_window(self) -> list[WorkItem]:
+        """Up to window_batches batches' worth of items, one from each waiting request in turn. Items whose
+        caller left are dropped; those that waited past MAX_QUEUE_WAIT_S fail with 429 queue_timeout."""
         limit = self._limits.max_size * self._limits.window_batches
         window: list[WorkItem] = []
-        dropped = 0
-        while self._queue and len(window) < limit:
-            item = self._queue.popleft()
-            if item.future.done():  # caller cancelled (client went away): nobody wants this result
-                dropped += 1
+        gone: list[WorkItem] = []
+        queue = self._queue
+        while queue and len(window) < limit:
+            group = queue.popleft()
+            item = group.popleft()
+            if group:
+                queue.append(group)  # its next text waits for the other requests' turn
             else:
-                window.append(item)
-        if dropped:
-            self._series.dropped.inc(dropped)
-        return window
+                group.queued = False
+            (gone if item.future.done() else window).append(item)
+        self._queued -= len(window) + len(gone)
+        if gone:  # callers cancelled (clients went away): nobody wants these results
+            self._series.dropped.inc(len(gone))
+            self._settle(gone)
+        kept = self._unexpired(window)
+        if len(kept) < len(window):
+            self._settle([item for item in window if item.future.done()])
+        return kept
+
+    def _unexpired(self, items: list[WorkItem]) -> list[WorkItem]:
+        """`items` without those whose request has waited past MAX_QUEUE_WAIT_S since it was queued or last
+        had a text computed, which fail with 429 queue_timeout: admission keeps this rare, this keeps it a
+        bound when the machine slows down under the estimate. The wait is the request's, not the text's: a
+        request of 2,048 texts takes longer than the bound by itself, and is fine while it progresses."""
+        max_wait = self._limits.max_wait_s
+        if not max_wait:
+            return items
+        oldest = time.perf_counter() - max_wait
+        late = [item for item in items if max(item.enqueued, _progressed(item)) < oldest]
+        if not late:
+            return items
+        error = Overloaded(
+            f"model {self.model}: the text waited more than {max_wait:g} s (MAX_QUEUE_WAIT_S) for the model; "
+            "retry later",
+            code="queue_timeout",
+            headers={"Retry-After": str(max(1, math.ceil(max_wait)))},
+        )
+        for item in late:
+            _set_exception(item, error)
+        self._series.expired.inc(len(late))
+        return [item for item in items if not item.future.done()]
+
+    def _settle(self, items: Sequence[WorkItem]) -> None:
+        """Items leave the worker (computed, failed, dropped or expired): their tokens free the budget."""
+        self._tokens -= sum(len(item.ids) for item in items)
 
     def _keep_for_next(self, window: list[WorkItem], run: int) -> list[WorkItem]:
-        """Run the first `run` items of the window; put the rest back at the head of the queue, in order."""
-        if run < len(window):
-            self._queue.extendleft(reversed(window[run:]))
+        """Run the first `run` items of the window; put the rest back."""
+        self._return(window[run:])
         return window[:run]
 
+    def _return(self, items: list[WorkItem]) -> None:
+        """Put items taken from the queue back at the heads of their requests, in order, each request ahead
+        of those that arrived after it."""
+        for item in reversed(items):
+            request = item.request
+            assert request is not None  # every queued item belongs to one
+            request.appendleft(item)
+            if not request.queued:
+                request.queued = True
+                self._queue.appendleft(request)
+        self._queued += len(items)
+
     async def _run_batch(self, batch: list[WorkItem]) -> None:
+        taken = batch
         try:
-            batch = [item for item in batch if not item.future.done()]
+            # Waiting for a hand-off, some may have been left, or waited too long.
+            live = [item for item in batch if not item.future.done()]
+            if len(live) < len(batch):
+                self._series.dropped.inc(len(batch) - len(live))
+            batch = self._unexpired(live)
             if not batch:
                 return
             started = time.perf_counter()
@@ -292,11 +386,15 @@ class BatchWorker:
                     except Exception as item_exc:
                         _set_exception(item, item_exc)
                 return
+            now = time.perf_counter()
             for item, vector in zip(batch, vectors, strict=True):
                 _set_result(item, vector)
+                if item.request is not None:
+                    item.request.progressed = now
             # Metrics after the callers resume (they were scheduled first): a lone request does not wait for them.
             loop.call_soon(record)
         finally:
+            self._settle(taken)  # computed, failed, left or expired: every item of the batch is done with
             self._handoffs.release()
 
     def _record_waits(self, waits: list[float]) -> None:
@@ -353,7 +451,7 @@ class BatchWorker:
             sample = texts / max(now - self._last_done, 1e-6)
             self._rate = sample if not self._rate else 0.9 * self._rate + 0.1 * sample
         self._last_done = now
-        self._backlogged = bool(self._queue) or len(self._running) > 1
+        self._backlogged = bool(self._queued) or len(self._running) > 1
 
     def _timed_embed(
         self,
@@ -376,10 +474,21 @@ class BatchWorker:
         for batch in self._planned:
             for item in batch:
                 _set_exception(item, exc)
+            self._settle(batch)
         self._planned = []
         while self._queue:
-            _set_exception(self._queue.popleft(), exc)
+            group = self._queue.popleft()
+            group.queued = False
+            for item in group:
+                _set_exception(item, exc)
+            self._settle(group)
+            group.clear()
+        self._queued = 0
         self._series.queue_depth.set_function(lambda: 0)
+
+
+def _progressed(item: WorkItem) -> float:
+    return item.request.progressed if item.request is not None else 0.0
 
 
 class _Abandoned(Exception):

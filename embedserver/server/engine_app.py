@@ -58,6 +58,8 @@ def create_app(
             wait_s=settings.batch_wait_ms / 1000,
             max_queue=settings.max_queue_texts,
             max_wait_s=settings.max_queue_wait_s,
+            max_request_tokens=settings.max_request_tokens,
+            max_queue_tokens=settings.max_queue_tokens,
         ),
         loader=loader or partial(_load, settings),
         fetch=partial(_fetch, settings),
