@@ -141,7 +141,9 @@ def _run(url: str, pid: int, args: argparse.Namespace) -> dict[str, Any]:
     rss_before = rss_mb(pid)
     rate = args.factor * capacity_texts_s / args.texts
     started = time.perf_counter()
-    tally, rss, malformed, queue_timeouts = asyncio.run(_overload(url, rate, args.texts, args.seconds, rng, pid))
+    tally, rss, malformed, queue_timeouts = asyncio.run(
+        _overload(url, rate, args.texts, args.seconds, rng, pid)
+    )
     overload_s = time.perf_counter() - started
     time.sleep(args.idle_s)
     rss_after = rss_mb(pid)
