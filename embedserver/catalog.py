@@ -15,6 +15,8 @@ from typing import Any, Literal
 from embedserver.errors import ModelNotFound
 
 PoolingSetting = Literal["auto", "last", "mean", "cls"]
+# What a model is for: vectors (/v1/embeddings) or relevance scores of query-document pairs (/v1/rerank).
+Task = Literal["embed", "rerank"]
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,7 @@ class ModelSpec:
     dtype: str = "auto"
     query_task: str | None = None
     max_tokens: int = 32768
+    task: Task = "embed"
 
 
 @dataclass
@@ -85,7 +88,7 @@ def operator_model(catalog: Catalog, name: str) -> tuple[Catalog, ModelSpec]:
         return catalog.with_model(spec), spec
 
 
-_FIELDS = {"source", "aliases", "dimension", "pooling", "dtype", "query_task", "max_tokens"}
+_FIELDS = {"source", "aliases", "dimension", "pooling", "dtype", "query_task", "max_tokens", "task"}
 
 
 def _spec(name: str, entry: dict[str, Any], path: Path) -> ModelSpec:
@@ -96,4 +99,6 @@ def _spec(name: str, entry: dict[str, Any], path: Path) -> ModelSpec:
         raise ValueError(f"{path}: model {name!r} needs a source")
     if entry.get("pooling", "auto") not in ("auto", "last", "mean", "cls"):
         raise ValueError(f"{path}: model {name!r}: pooling must be auto, last, mean or cls")
+    if entry.get("task", "embed") not in ("embed", "rerank"):
+        raise ValueError(f"{path}: model {name!r}: task must be embed or rerank")
     return ModelSpec(name=name, **{**entry, "aliases": tuple(entry.get("aliases", ()))})

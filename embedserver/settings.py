@@ -86,6 +86,8 @@ class Settings(BaseSettings):
 
     max_text_length: int = Field(8192, ge=8)
     max_request_inputs: int = Field(2048, ge=1)
+    # The reranker a rerank request gets when it names none (text-embeddings-inference's shape has no model).
+    rerank_model: str = "rerank-small"
     truncate: bool = True
 
     # Hub models not on disk: the default model (and its fallback) is downloaded at start-up; a request naming

@@ -205,6 +205,50 @@ def _random_weights(dims: Qwen3Shape, seed: int, std: float) -> dict[str, np.nda
     return out
 
 
+def write_random_qwen3_reranker(
+    directory: Path, *, seed: int = 0, quantize_bits: int | None = None, std: float = 0.08
+) -> Path:
+    """A Qwen3-Reranker of the tiny shape with random weights, as the originals ship it: a Qwen3ForCausalLM
+    checkpoint (`model.*` and an untied `lm_head`), the causal LM's tokenizer (nothing appended), no pooling
+    files; `quantize_bits` quantizes every matrix, lm_head too, as MLX conversions do."""
+    import mlx.core as mx
+
+    dims = Qwen3Shape(**TINY)
+    directory.mkdir(parents=True, exist_ok=True)
+    weights = {f"model.{k}": v for k, v in _random_weights(dims, seed, std).items()}
+    # Drawn after the body, so the body equals write_random_qwen3's for the same seed.
+    weights["lm_head.weight"] = np.random.RandomState(seed + 1).standard_normal(
+        (VOCAB_SIZE, dims.hidden_size)
+    ).astype(np.float32) * np.float32(std)
+    arrays = {k: mx.array(v) for k, v in weights.items()}
+    config = {
+        "architectures": ["Qwen3ForCausalLM"],
+        "model_type": "qwen3",
+        **asdict(dims),
+        "vocab_size": VOCAB_SIZE,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 1000000.0,
+        "max_position_embeddings": 32768,
+        "tie_word_embeddings": False,
+        "hidden_act": "silu",
+        "attention_bias": False,
+        "torch_dtype": "float32",
+        "bos_token_id": 151643,
+        "eos_token_id": 151645,
+    }
+    if quantize_bits:
+        group = 64
+        for key in [k for k in arrays if k.endswith(".weight") and arrays[k].ndim == 2]:
+            w, scales, biases = mx.quantize(arrays[key], group_size=group, bits=quantize_bits)
+            base = key.removesuffix(".weight")
+            arrays[key], arrays[f"{base}.scales"], arrays[f"{base}.biases"] = w, scales, biases
+        config["quantization"] = {"group_size": group, "bits": quantize_bits}
+    mx.save_safetensors(str(directory / "model.safetensors"), arrays, metadata={"format": "pt"})
+    (directory / "config.json").write_text(json.dumps(config, indent=2))
+    _write_tokenizer(directory, append_end_of_text=False)
+    return directory
+
+
 def _write_tokenizer(directory: Path, *, append_end_of_text: bool) -> None:
     source = qwen_tokenizer_json()
     tokenizer = json.loads(source.read_text())

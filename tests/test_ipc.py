@@ -56,7 +56,7 @@ async def test_an_operations_route_that_raises_still_answers_the_front_end() -> 
     sent: list[bytes] = []
     link = EngineLink(app)
     link.connection_made(SimpleNamespace(write=sent.append, is_closing=lambda: False))  # type: ignore[arg-type]
-    link.data_received(ipc.frame(ipc.GET, 7, {"path": "/health"}))
+    link.data_received(ipc.frame(ipc.ROUTE, 7, {"path": "/health"}))
     for _ in range(50):
         await asyncio.sleep(0.01)
         if sent:

@@ -54,7 +54,7 @@ async def send_error(
 
 def api_error_response(exc: APIError, path: str) -> JSON:
     status = exc.status
-    if isinstance(exc, InvalidRequest) and not path.startswith("/v1/"):
+    if isinstance(exc, InvalidRequest) and not path.startswith(("/v1/", "/v2/")):
         status = 422  # the native API answers every input error with 422, as its clients expect
     return JSON(
         error_body(exc.message, exc.type, param=exc.param, code=exc.code), status, headers=exc.headers
@@ -68,7 +68,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSON:
-        status = 400 if request.url.path.startswith("/v1/") else 422
+        status = 400 if request.url.path.startswith(("/v1/", "/v2/")) else 422
         message, param = _describe(exc)
         content_type = request.headers.get("content-type", "")
         if request.method == "POST" and "json" not in content_type.lower():
@@ -86,7 +86,7 @@ def install(app: FastAPI) -> None:
         if exc.status_code == 400 and str(exc.detail).startswith("There was an error parsing the body"):
             # Not JSON at all (invalid UTF-8, nesting too deep, truncated): an input error like any other,
             # 422 on the native API as documented.
-            status = 400 if request.url.path.startswith("/v1/") else 422
+            status = 400 if request.url.path.startswith(("/v1/", "/v2/")) else 422
             message = "the request body is not valid JSON (UTF-8 text, nesting within the parser's limit)"
             return JSON(error_body(message, "invalid_request_error"), status)
         type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"

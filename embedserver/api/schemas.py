@@ -57,3 +57,41 @@ class EmbedRequest(_Options):
 
 class EmbedBatchRequest(_Options):
     texts: Annotated[list[NonEmptyText], Field(min_length=1)]
+
+
+class RerankDocument(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    text: StrictStr
+
+
+class RerankRequest(BaseModel):
+    """The rerank body Cohere (/v1/rerank, /v2/rerank) and Jina clients send."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: StrictStr | None = Field(None, description="A reranker's catalog name; RERANK_MODEL when omitted")
+    query: StrictStr
+    documents: Annotated[list[StrictStr | RerankDocument], Field(min_length=1)]
+    top_n: StrictInt | None = Field(None, ge=1, description="Return only the N best")
+    return_documents: StrictBool = False
+    instruction: StrictStr | None = Field(
+        None, description="The task for the reranker's prompt (default: the model card's web-search task)"
+    )
+
+    def texts(self) -> list[str]:
+        return [d if isinstance(d, str) else d.text for d in self.documents]
+
+
+class TeiRerankRequest(BaseModel):
+    """The /rerank body text-embeddings-inference clients send."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: StrictStr | None = None
+    query: StrictStr
+    texts: Annotated[list[StrictStr], Field(min_length=1)]
+    raw_scores: StrictBool = False
+    return_text: StrictBool = False
+    truncate: StrictBool = True
+    instruction: StrictStr | None = None

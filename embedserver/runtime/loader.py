@@ -59,7 +59,10 @@ def load_runner(
     tokenizer = TextTokenizer(tokenizer_path, end_token=_END_TOKENS.get(str(model_type)), fast=fast_tokenizer)
     encoder = architecture(config)
     target = _target_dtype(spec.dtype if spec.dtype != "auto" else dtype)
-    _load_weights(encoder, directory, config, target)
+    weights = _read_weights(directory)
+    head = _score_head(weights, config, tokenizer, spec.name) if spec.task == "rerank" else None
+    _load_weights(encoder, weights, directory, config, target)
+    del weights
     if cuda_kernels and device.backend() == "cuda":
         fused = encoder.use_cuda_kernels()
         log.info("%s: CUDA kernels %s", spec.name, "on" if fused else "not applicable")
@@ -79,6 +82,8 @@ def load_runner(
         max_length=max_length,
         query_task=spec.query_task,
         blas_threads=_blas_thread_policy(),
+        task=spec.task,
+        score_head=head,
     )
 
 
@@ -93,7 +98,7 @@ def _target_dtype(name: str) -> mx.Dtype | None:
     return _DTYPES[name]
 
 
-def _load_weights(encoder: Encoder, directory: Path, config: dict[str, Any], target: mx.Dtype | None) -> None:
+def _read_weights(directory: Path) -> dict[str, mx.array]:
     files = sorted(directory.glob("*.safetensors"))
     if not files:
         raise ModelLoadError(f"{directory} has no .safetensors weights (other formats are not loaded)")
@@ -105,6 +110,49 @@ def _load_weights(encoder: Encoder, directory: Path, config: dict[str, Any], tar
             raise ModelLoadError(f"cannot read {path.name}: {exc}") from exc
         assert isinstance(loaded, dict)
         weights.update(loaded)
+    return weights
+
+
+def _score_head(
+    weights: dict[str, mx.array], config: dict[str, Any], tokenizer: TextTokenizer, name: str
+) -> mx.array:
+    """A reranker's answer needs two rows of the output projection, `yes` and `no`: their difference as a
+    float32 vector, so a pass yields logit(yes) - logit(no) per pair, never the vocabulary-wide logits. The
+    originals keep an `lm_head`; with tied embeddings it is the embedding matrix. Quantized rows (MLX
+    conversions) are expanded, the two of them only."""
+    ids = [tokenizer.token_id(token) for token in ("yes", "no")]
+    if None in ids:
+        raise ModelLoadError(f"{name}: the tokenizer has no 'yes' or 'no' token; not a Qwen3-Reranker")
+    bases = ["lm_head", "model.lm_head"]
+    if config.get("tie_word_embeddings", False) or not any(f"{b}.weight" in weights for b in bases):
+        bases = ["model.embed_tokens", "embed_tokens"]
+    base = next((b for b in bases if f"{b}.weight" in weights), None)
+    if base is None:
+        raise ModelLoadError(f"{name}: no lm_head or embed_tokens weights to score with")
+    rows = mx.array(ids)
+    matrix = weights[f"{base}.weight"][rows]
+    if f"{base}.scales" in weights:
+        quant = config.get("quantization") or {}
+        matrix = mx.dequantize(
+            matrix,
+            weights[f"{base}.scales"][rows],
+            weights[f"{base}.biases"][rows] if f"{base}.biases" in weights else None,
+            group_size=quant.get("group_size", 64),
+            bits=quant.get("bits", 4),
+        )
+    matrix = matrix.astype(mx.float32)
+    head = matrix[0] - matrix[1]
+    mx.eval(head)
+    return head
+
+
+def _load_weights(
+    encoder: Encoder,
+    weights: dict[str, mx.array],
+    directory: Path,
+    config: dict[str, Any],
+    target: mx.Dtype | None,
+) -> None:
     weights = encoder.sanitize(weights)
     quant = config.get("quantization")
     if quant and target is not None:

@@ -13,6 +13,7 @@ from typing import Protocol
 import mlx.core as mx
 import numpy as np
 
+from embedserver.catalog import Task
 from embedserver.runtime.padding import batch_buckets, length_buckets, pad_right
 from embedserver.runtime.pooling import Pooling, pool
 from embedserver.tokenization.tokenizer import TextTokenizer
@@ -47,7 +48,7 @@ class ModelRunner:
 
     @property
     def dimension(self) -> int:
-        return self.encoder.hidden_size
+        return 1 if self.score_head is not None else self.encoder.hidden_size
 
     # Pad batch sizes to a few buckets (see padding.py); on for GPUs, where a new shape is expensive.
     bucket_rows: bool = False
@@ -57,6 +58,10 @@ class ModelRunner:
     compiled: bool = False
     # On CPU with OpenBLAS: its threads per pass (embedserver/tuning/blas_threads.py).
     blas_threads: BlasThreadPolicy | None = None
+    # A reranker (task "rerank"): its pooled state times logit(yes) - logit(no)'s row gives one value per
+    # sequence (embedserver/service/reranking.py).
+    task: Task = "embed"
+    score_head: mx.array | None = None
 
     def __post_init__(self) -> None:
         self._compiled_forward = mx.compile(self._forward)
@@ -65,9 +70,12 @@ class ModelRunner:
         last_token_states = getattr(self.encoder, "last_token_states", None)
         if self.pooling == "last" and last_token_states is not None:
             # Only the pooled states: the encoder may skip work no other position needs (Qwen3 on CPU).
-            return last_token_states(ids, lengths).astype(mx.float32)  # type: ignore[no-any-return]
-        hidden = self.encoder(ids, lengths)
-        return pool(hidden, lengths, self.pooling).astype(mx.float32)
+            pooled = last_token_states(ids, lengths).astype(mx.float32)
+        else:
+            pooled = pool(self.encoder(ids, lengths), lengths, self.pooling).astype(mx.float32)
+        if self.score_head is not None:
+            return (pooled @ self.score_head)[:, None]  # type: ignore[no-any-return]
+        return pooled  # type: ignore[no-any-return]
 
     def embed(self, batch: Sequence[Sequence[int]]) -> np.ndarray:
         """Pooled float32 vectors [len(batch), dimension] for token-id sequences of any lengths. Runs on the

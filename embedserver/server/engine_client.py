@@ -24,6 +24,7 @@ from embedserver.service.requests import (
     ModelInfo,
     PreparedRequest,
     check_dimensions,
+    check_embedding_model,
     check_inputs,
     distinct,
     finish,
@@ -101,6 +102,7 @@ class RemoteService:
         settings = self.settings
         check_inputs(call.inputs, settings.max_request_inputs)
         info = await self.model(call.model)
+        check_embedding_model(info)
         check_dimensions(call.dimensions, info)
         tokenizer, rounds = self._tokenizers[info.name]
         instruction = instruction_for(call, info)

@@ -40,7 +40,7 @@ class EngineLink(ipc.FrameProtocol):
         self._tasks: dict[int, asyncio.Future[Any]] = {}
 
     def frame_received(self, kind: int, id_: int, meta: Any, payload: bytes) -> None:
-        if kind in (ipc.EMBED, ipc.GET, ipc.DESCRIBE):
+        if kind in (ipc.EMBED, ipc.ROUTE, ipc.DESCRIBE):
             if kind == ipc.EMBED:
                 request = ipc.unpack_request(meta, payload)
                 if self._start(id_, request):
@@ -49,7 +49,9 @@ class EngineLink(ipc.FrameProtocol):
             elif kind == ipc.DESCRIBE:
                 work = self._describe(id_, meta["model"])
             else:
-                work = self._get(id_, meta["path"], public=bool(meta.get("public")))
+                work = self._route(
+                    id_, meta["path"], meta.get("method", "GET"), payload, public=bool(meta.get("public"))
+                )
             task = asyncio.create_task(work)
             self._tasks[id_] = task
             task.add_done_callback(lambda _: self._tasks.pop(id_, None))
@@ -124,13 +126,14 @@ class EngineLink(ipc.FrameProtocol):
         else:
             self.send(ipc.INFO, id_, asdict(info))
 
-    async def _get(self, id_: int, path: str, *, public: bool = False) -> None:
-        """Run the route on this app in-process (no socket): its answer goes back to the front-end as is."""
+    async def _route(self, id_: int, path: str, method: str, body_in: bytes, *, public: bool = False) -> None:
+        """Run the route on this app in-process (no socket): its answer goes back to the front-end as is.
+        The operations routes, and reranking (the front-end has checked the key and the body's size)."""
         answer: dict[str, Any] = {"status": 500, "headers": []}
         body: list[bytes] = []
 
         async def receive() -> Message:
-            return {"type": "http.request", "body": b"", "more_body": False}
+            return {"type": "http.request", "body": body_in, "more_body": False}
 
         async def send(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -145,13 +148,13 @@ class EngineLink(ipc.FrameProtocol):
             "type": "http",
             "asgi": {"version": "3.0"},
             "http_version": "1.1",
-            "method": "GET",
+            "method": method,
             "scheme": "http",
             "path": path,
             "raw_path": path.encode(),
             "root_path": "",
             "query_string": b"",
-            "headers": [],
+            "headers": [(b"content-type", b"application/json")] if body_in else [],
             "client": None,
             "server": None,
         }

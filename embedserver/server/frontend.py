@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 FORWARDED_PATHS = ("/health", "/ready", "/models", "/v1/models", "/metrics")
 # Probed with HEAD by load balancers and monitors, as the engine's own app allows.
 HEAD_PATHS = ("/health", "/ready", "/metrics")
+# Reranking runs in the engine's app as a whole: a pair's prompt is built and tokenized there.
+FORWARDED_POSTS = ("/v1/rerank", "/v2/rerank", "/rerank")
 
 
 def create_frontend_app(settings: Settings, engine_path: str) -> FastAPI:
@@ -74,8 +76,13 @@ def _forwarding_router(client: EngineClient) -> APIRouter:
 
     async def forward(request: Request) -> Response:
         # Always a RESPONSE; `public`: asked for without the API key (embedserver/api/guards.py).
-        asked = {"path": request.url.path, "public": bool(request.scope.get(PUBLIC_KEY))}
-        _, meta, body = await client.call(ipc.GET, asked)
+        asked = {
+            "path": request.url.path,
+            "method": request.method,
+            "public": bool(request.scope.get(PUBLIC_KEY)),
+        }
+        payload = await request.body() if request.method == "POST" else b""
+        _, meta, body = await client.call(ipc.ROUTE, asked, payload)
         headers = {k: v for k, v in meta["headers"] if k.lower() != "content-length"}
         return Response(body, status_code=meta["status"], headers=headers)
 
@@ -83,6 +90,9 @@ def _forwarding_router(client: EngineClient) -> APIRouter:
         summary = f"GET {path} (answered by the engine process)"
         methods = ["GET", "HEAD"] if path in HEAD_PATHS else ["GET"]
         router.add_api_route(path, forward, methods=methods, name=path, summary=summary)
+    for path in FORWARDED_POSTS:
+        summary = f"POST {path} (answered by the engine process)"
+        router.add_api_route(path, forward, methods=["POST"], name=f"POST {path}", summary=summary)
     return router
 
 

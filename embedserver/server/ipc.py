@@ -30,7 +30,7 @@ EMBED = (
     1  # a PreparedRequest: meta {"model", "lengths", "keyed", "tokenize_s"}; payload: keys, then int32 ids
 )
 CANCEL = 2  # the caller of EMBED `id` went away
-GET = 3  # meta: {"path"}; an operations route, answered by the engine's own app
+ROUTE = 3  # meta: {"path", "method", "public"}, payload: the body; a route the engine's own app answers
 RECORD = 4  # meta: [{"event", ...}, ...]; HTTP metrics observed by the front-end (no answer)
 DESCRIBE = 5  # meta: {"model"}; the ModelInfo of the model a request naming it gets
 # Engine -> front-end.

@@ -21,6 +21,22 @@ class EmbedCall:
 
 
 @dataclass(frozen=True)
+class RerankCall:
+    query: str
+    documents: list[str]
+    model: str | None = None
+    instruction: str | None = None
+
+
+@dataclass(frozen=True)
+class RerankOutcome:
+    model: str
+    scores: list[float]  # P(yes) per document, in the order sent
+    logits: list[float]  # logit(yes) - logit(no): the raw scores
+    tokens: int
+
+
+@dataclass(frozen=True)
 class EmbedOutcome:
     model: str
     vectors: np.ndarray  # [n, dimensions], float32

@@ -16,13 +16,15 @@ from embedserver.batching.worker import BatchWorker
 from embedserver.errors import shutting_down
 from embedserver.metrics import Metrics
 from embedserver.runtime.runner import ModelRunner
+from embedserver.service import reranking
 from embedserver.service.cache import EmbeddingCache
-from embedserver.service.calls import EmbedCall, EmbedOutcome
+from embedserver.service.calls import EmbedCall, EmbedOutcome, RerankCall, RerankOutcome
 from embedserver.service.registry import LoadedModel, ModelRegistry
 from embedserver.service.requests import (
     ModelInfo,
     PreparedRequest,
     check_dimensions,
+    check_embedding_model,
     check_inputs,
     distinct,
     finish,
@@ -46,6 +48,7 @@ def model_info(runner: ModelRunner) -> ModelInfo:
         tokenizer_path=str(tokenizer.path),
         end_token=tokenizer.end_token,
         tokenizer_verified=tokenizer.fast_digest,
+        task=runner.task,
     )
 
 
@@ -68,11 +71,17 @@ class EmbeddingService:
         check_inputs(call.inputs, self.settings.max_request_inputs)
         async with self.registry.acquire(call.model) as model:
             info = model_info(model.runner)
+            check_embedding_model(info)
             check_dimensions(call.dimensions, info)
             with model.worker.admit(len(call.inputs)):
                 raw, tokens, cached = await self._compute(model, info, call)
         vectors = finish(raw, dimensions=call.dimensions, normalize=call.normalize)
         return EmbedOutcome(model=info.name, vectors=vectors, tokens=tokens, cached=cached)
+
+    async def rerank(self, call: RerankCall) -> RerankOutcome:
+        if self.draining:
+            raise shutting_down()
+        return await reranking.rerank(self, call, self.settings.rerank_model)
 
     async def describe(self, name: str | None) -> ModelInfo:
         """The model a request naming `name` gets (the default for None), loaded if it was not."""

@@ -39,6 +39,7 @@ class ModelInfo:
     end_token: str | None
     # The tokenizer file's digest when the engine encodes it through tiktoken: its check need not run again.
     tokenizer_verified: str | None = None
+    task: str = "embed"  # "rerank": a reranker, which /v1/embeddings refuses
 
     def tokenizer(self, *, fast: bool) -> TextTokenizer:
         path = Path(self.tokenizer_path)
@@ -79,6 +80,15 @@ def check_inputs(inputs: list[str] | list[list[int]], max_inputs: int) -> None:
                 )
         elif not item:
             raise InvalidRequest(f"input[{index}] is an empty token list", param="input")
+
+
+def check_embedding_model(model: ModelInfo) -> None:
+    if model.task != "embed":
+        raise InvalidRequest(
+            f"model {model.name} is a reranker: POST /v1/rerank (or /rerank) serves it, not embeddings",
+            param="model",
+            code="wrong_model_type",
+        )
 
 
 def check_dimensions(dimensions: int | None, model: ModelInfo) -> None:

@@ -69,6 +69,16 @@ class TextTokenizer:
         encodings = self._encode_ids(list(texts), add_special_tokens=True)
         return [enc.ids + self._extra for enc in encodings]
 
+    def encode_plain(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids with nothing added, special-token text (`<|im_start|>`) read as those tokens, as a
+        Hugging Face tokenizer called with add_special_tokens=False reads it (the reranker's prompt)."""
+        return [enc.ids for enc in self._encode_ids(list(texts), add_special_tokens=False)]
+
+    def token_id(self, token: str) -> int | None:
+        """The id of one vocabulary entry (`yes`), or None."""
+        found = self._tok.token_to_id(token)
+        return int(found) if found is not None else None
+
     def wrap_ids(self, ids: Sequence[int]) -> list[int]:
         """Client-supplied token ids: checked against the vocabulary, special tokens added where missing."""
         for token in ids:
