@@ -91,7 +91,9 @@ async def test_rerank_errors_say_what_to_do(rerank_client: httpx.AsyncClient) ->
     assert error["code"] == "wrong_model_type" and "/v1/rerank" in error["message"]
     assert _error(await rerank_client.post("/v1/rerank", json={"query": "q", "documents": []}), 400)
     assert _error(await rerank_client.post("/v1/rerank", json={"query": " ", "documents": ["d"]}), 400)
-    assert _error(await rerank_client.post("/rerank", json={"query": 1, "texts": ["d"]}), 422)  # as TEI answers
+    assert _error(
+        await rerank_client.post("/rerank", json={"query": 1, "texts": ["d"]}), 422
+    )  # as TEI answers
     too_many = {"query": "q", "documents": ["d"] * 3000}
     assert (
         "MAX_REQUEST_INPUTS" in _error(await rerank_client.post("/v1/rerank", json=too_many), 400)["message"]
