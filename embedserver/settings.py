@@ -86,8 +86,9 @@ class Settings(BaseSettings):
 
     max_text_length: int = Field(8192, ge=8)
     max_request_inputs: int = Field(2048, ge=1)
-    # The reranker a rerank request gets when it names none (text-embeddings-inference's shape has no model).
-    rerank_model: str = "rerank-small"
+    # The reranker a rerank request gets when it names none (text-embeddings-inference's shape has no model):
+    # rerank-small unless set. Set, it is also loaded (and downloaded if need be) at start-up, after MODEL_NAME.
+    rerank_model: str | None = None
     truncate: bool = True
 
     # Hub models not on disk: the default model (and its fallback) is downloaded at start-up; a request naming

@@ -102,6 +102,15 @@ async def test_rerank_errors_say_what_to_do(rerank_client: httpx.AsyncClient) ->
     assert _error(unknown, 404)["code"] == "model_not_found"
 
 
+async def test_models_and_health_cover_rerankers(rerank_client: httpx.AsyncClient) -> None:
+    await rerank_client.post("/v1/rerank", json={"query": "q", "documents": ["d"]})
+    cards = {card["id"]: card for card in (await rerank_client.get("/v1/models")).json()["data"]}
+    assert cards["tiny-rerank"]["task"] == "rerank" and cards["tiny"]["task"] == "embed"
+    assert cards["tiny-rerank"]["loaded"] is True
+    health = (await rerank_client.get("/health")).json()
+    assert health["models"]["tiny-rerank"]["status"] == "ready"
+
+
 @pytest.fixture(scope="module", params=[0, 2], ids=["one-process", "front-ends"])
 def rerank_server(
     request: pytest.FixtureRequest, catalog_file: Path, tmp_path_factory: pytest.TempPathFactory

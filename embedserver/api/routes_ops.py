@@ -78,6 +78,7 @@ def model_cards(request: Request) -> list[dict[str, Any]]:
                 "owned_by": "embedserver",
                 "source": spec.source,
                 "aliases": list(spec.aliases),
+                "task": spec.task,  # "embed": /v1/embeddings; "rerank": /v1/rerank
                 "dimension": runner.dimension if runner else spec.dimension,
                 "pooling": runner.pooling if runner else spec.pooling,
                 "loaded": runner is not None,

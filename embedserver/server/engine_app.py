@@ -19,7 +19,7 @@ from embedserver.api.routes_ops import router as ops_router
 from embedserver.api.state import ServerState
 from embedserver.batching.worker import BatchLimits
 from embedserver.catalog import ModelSpec, load_catalog, operator_model
-from embedserver.errors import ModelUnavailable
+from embedserver.errors import APIError, ModelUnavailable
 from embedserver.metrics import Metrics
 from embedserver.runtime import device
 from embedserver.runtime.device_policy import DevicePlan, ready_for_device
@@ -76,7 +76,9 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         device.check_blas()
         # Load in the background: the port opens at once and /health says 503 until the model is ready.
-        app.state.startup = asyncio.create_task(_start_default(state, allow_fallback=not explicit))
+        app.state.startup = asyncio.create_task(
+            _start(state, allow_fallback=not explicit, reranker=settings.rerank_model)
+        )
         try:
             yield
         finally:
@@ -114,6 +116,16 @@ def _load(settings: Settings, spec: ModelSpec, files: ModelFiles) -> ModelRunner
         fast_tokenizer=settings.fast_tokenizer,
     )
     return ready_for_device(runner, plan)
+
+
+async def _start(state: ServerState, *, allow_fallback: bool, reranker: str | None) -> None:
+    """The default model, then the reranker the operator named (RERANK_MODEL), if any."""
+    await _start_default(state, allow_fallback=allow_fallback)
+    if reranker:
+        try:
+            await state.service.registry.load(reranker)
+        except APIError as exc:
+            log.error("reranker %s could not be loaded: %s", reranker, exc.message)
 
 
 async def _start_default(state: ServerState, *, allow_fallback: bool) -> None:

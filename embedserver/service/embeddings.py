@@ -81,7 +81,7 @@ class EmbeddingService:
     async def rerank(self, call: RerankCall) -> RerankOutcome:
         if self.draining:
             raise shutting_down()
-        return await reranking.rerank(self, call, self.settings.rerank_model)
+        return await reranking.rerank(self, call, self.settings.rerank_model or "rerank-small")
 
     async def describe(self, name: str | None) -> ModelInfo:
         """The model a request naming `name` gets (the default for None), loaded if it was not."""
