@@ -260,6 +260,10 @@ async def test_health(client: httpx.AsyncClient) -> None:
     assert body["models"]["tiny"]["status"] == "ready" and body["fallback"] is None
     assert body["device"]["backend"] in {"cpu", "cuda", "metal"}
     assert body["memory"]["rss_bytes"] > 0 and body["uptime_s"] >= 0
+    # The seed project's fields, read by its tooling.
+    assert body["model_status"] == "ready" and body["model_name"] == "tiny"
+    assert body["memory_usage_mb"] == pytest.approx(body["memory"]["rss_bytes"] / 2**20, abs=0.1)
+    assert body["uptime_seconds"] == body["uptime_s"]
 
 
 async def test_models_listing(client: httpx.AsyncClient) -> None:
@@ -270,6 +274,8 @@ async def test_models_listing(client: httpx.AsyncClient) -> None:
     assert cards["minilm"]["loaded"] is False and cards["minilm"]["aliases"] == ["all-minilm-l6-v2"]
     openai = (await client.get("/v1/models")).json()
     assert openai["object"] == "list" and {m["id"] for m in openai["data"]} == set(cards)
+    # The seed project's fields, read by its tooling.
+    assert body["default_model"] == "tiny" and body["models"] == list(cards) and body["loaded_models"] == ["tiny"]
 
 
 async def test_second_model_loads_on_first_use(client: httpx.AsyncClient) -> None:

@@ -32,6 +32,8 @@ async def health(request: Request) -> JSON:
     )
     if request.scope.get(PUBLIC_KEY):
         return JSON({"status": "ok" if ready else "unavailable"}, 200 if ready else 503)
+    memory = state.memory()
+    uptime = round(time.monotonic() - state.started, 3)
     body = {
         "status": "ok" if ready else "unavailable",
         "default_model": registry.default,
@@ -39,9 +41,14 @@ async def health(request: Request) -> JSON:
         "models": models,
         "fallback": state.fallback,
         "device": state.device(),
-        "memory": state.memory(),
-        "uptime_s": round(time.monotonic() - state.started, 3),
+        "memory": memory,
+        "uptime_s": uptime,
         "version": __version__,
+        # The seed project's fields, which its clients and dashboards read.
+        "model_status": models[registry.default]["status"] if default is not None else "unloaded",
+        "model_name": registry.default,
+        "memory_usage_mb": round(memory["rss_bytes"] / 2**20, 1),
+        "uptime_seconds": uptime,
     }
     return JSON(body, 200 if ready else 503)
 
@@ -92,11 +99,16 @@ def model_cards(request: Request) -> list[dict[str, Any]]:
 @router.get("/models", response_class=JSON)
 async def models(request: Request) -> dict[str, Any]:
     state = state_of(request)
+    cards = model_cards(request)
     return {
         "object": "list",
-        "data": model_cards(request),
+        "data": cards,
         "default": state.service.registry.default,
         "fallback": state.fallback,
+        # The seed project's fields, which its clients read.
+        "models": [card["id"] for card in cards],
+        "default_model": state.service.registry.default,
+        "loaded_models": [card["id"] for card in cards if card["loaded"]],
     }
 
 
