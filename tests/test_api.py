@@ -275,7 +275,11 @@ async def test_models_listing(client: httpx.AsyncClient) -> None:
     openai = (await client.get("/v1/models")).json()
     assert openai["object"] == "list" and {m["id"] for m in openai["data"]} == set(cards)
     # The seed project's fields, read by its tooling.
-    assert body["default_model"] == "tiny" and body["models"] == list(cards) and body["loaded_models"] == ["tiny"]
+    assert (
+        body["default_model"] == "tiny"
+        and body["models"] == list(cards)
+        and body["loaded_models"] == ["tiny"]
+    )
 
 
 async def test_second_model_loads_on_first_use(client: httpx.AsyncClient) -> None:

@@ -154,3 +154,6 @@ def test_tei_shape_and_errors_cross_the_link(rerank_server: str) -> None:
     assert embed.status_code == 400 and embed.json()["error"]["code"] == "wrong_model_type"
     metrics = httpx.get(f"{rerank_server}/metrics").text
     assert 'embedserver_texts_total{model="tiny-rerank"}' in metrics
+    tokens = httpx.post(f"{rerank_server}/tokenize", json={"input": "x"}).json()["data"][0]["tokens"]
+    text = httpx.post(f"{rerank_server}/detokenize", json={"tokens": tokens}).json()["data"][0]["text"]
+    assert text == "x<|endoftext|>"

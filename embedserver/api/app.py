@@ -16,6 +16,7 @@ from embedserver.api.responses import JSON
 from embedserver.api.routes_native import router as native_router
 from embedserver.api.routes_openai import router as openai_router
 from embedserver.api.routes_rerank import router as rerank_router
+from embedserver.api.routes_tokenize import router as tokenize_router
 from embedserver.api.state import Embedder, ServerState
 from embedserver.metrics import HttpMetrics
 from embedserver.settings import Settings
@@ -42,6 +43,7 @@ def build_app(
         app.include_router(router)
     if state is not None:  # the process that holds the models (a front-end forwards reranking to it)
         app.include_router(rerank_router)
+        app.include_router(tokenize_router)
     if http_metrics is not None:
         add_http_layers(app, settings, http_metrics)
     return app

@@ -59,6 +59,23 @@ class EmbedBatchRequest(_Options):
     texts: Annotated[list[NonEmptyText], Field(min_length=1)]
 
 
+class TokenizeRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: StrictStr | None = Field(None, description="Catalog name or alias; the default model when omitted")
+    input: StrictStr | Annotated[list[StrictStr], Field(min_length=1)]
+    add_special_tokens: StrictBool = Field(
+        True, description="The special tokens the server adds before embedding (Qwen3: <|endoftext|>)"
+    )
+
+
+class DetokenizeRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: StrictStr | None = None
+    tokens: TokenIds | Annotated[list[TokenIds], Field(min_length=1)]
+
+
 class RerankDocument(BaseModel):
     model_config = ConfigDict(extra="ignore")
 

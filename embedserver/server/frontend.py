@@ -37,8 +37,9 @@ log = logging.getLogger(__name__)
 FORWARDED_PATHS = ("/health", "/ready", "/models", "/v1/models", "/metrics")
 # Probed with HEAD by load balancers and monitors, as the engine's own app allows.
 HEAD_PATHS = ("/health", "/ready", "/metrics")
-# Reranking runs in the engine's app as a whole: a pair's prompt is built and tokenized there.
-FORWARDED_POSTS = ("/v1/rerank", "/v2/rerank", "/rerank")
+# Reranking and the tokenizer routes run in the engine's app as a whole (a pair's prompt is built and
+# tokenized there; the tokenizer routes are rare and want the model's own tokenizer, loaded there).
+FORWARDED_POSTS = ("/v1/rerank", "/v2/rerank", "/rerank", "/tokenize", "/detokenize")
 
 
 def create_frontend_app(settings: Settings, engine_path: str) -> FastAPI:

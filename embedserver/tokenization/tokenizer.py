@@ -74,6 +74,13 @@ class TextTokenizer:
         Hugging Face tokenizer called with add_special_tokens=False reads it (the reranker's prompt)."""
         return [enc.ids for enc in self._encode_ids(list(texts), add_special_tokens=False)]
 
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of ids (special tokens written out), after checking them against the vocabulary."""
+        for token in ids:
+            if not 0 <= token < self.vocab_size:
+                raise InvalidRequest(f"token id {token} is outside the vocabulary (0..{self.vocab_size - 1})")
+        return str(self._tok.decode(list(ids), skip_special_tokens=False))
+
     def token_id(self, token: str) -> int | None:
         """The id of one vocabulary entry (`yes`), or None."""
         found = self._tok.token_to_id(token)
