@@ -107,12 +107,14 @@ async def test_unavailable_default_falls_back_loudly_when_not_named(
         assert (await client.get("/models")).json()["fallback"]["serving"] == "minilm"
         r = await client.post("/v1/embeddings", json={"input": "dog"})
         assert r.status_code == 200 and r.json()["model"] == "minilm"
+        # Not in the cache with the hub out of reach is not transient: a 404 clients do not retry (no
+        # Retry-After), naming what is served instead; "default" names whatever serves by default.
         r = await client.post("/v1/embeddings", json={"input": "dog", "model": "missing"})
-        assert (
-            r.status_code == 503
-            and r.json()["error"]["code"] == "model_unavailable"
-            and r.headers["retry-after"]
-        )
+        assert r.status_code == 404 and "retry-after" not in r.headers
+        error = r.json()["error"]
+        assert error["code"] == "model_not_downloaded" and "models served now: minilm" in error["message"]
+        r = await client.post("/v1/embeddings", json={"input": "dog", "model": "default"})
+        assert r.status_code == 200 and r.json()["model"] == "minilm"
     assert "FALLING BACK" in caplog.text
 
 
@@ -124,7 +126,32 @@ async def test_named_model_never_falls_back(make_settings: Any) -> None:
         assert body["default_model"] == "missing" and body["fallback"] is None
         assert "local Hugging Face cache" in body["models"]["missing"]["error"]
         r = await client.post("/v1/embeddings", json={"input": "x"})
-        assert r.status_code == 503 and "local Hugging Face cache" in r.json()["error"]["message"]
+        assert r.status_code == 404 and "local Hugging Face cache" in r.json()["error"]["message"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["/nonexistent/model/dir", "example-org/not-cached-offline"])
+def test_a_named_model_that_cannot_be_had_stops_the_start(name: str, tmp_path: Path) -> None:
+    """MODEL_NAME naming a missing directory, or a hub model not in the cache with the hub out of reach: the
+    process exits with status 2 and the reason, instead of staying up answering errors."""
+    import os
+    import subprocess
+    import sys
+
+    from embedserver_testing.server_process import free_port
+
+    env = {
+        **os.environ,
+        "MODEL_NAME": name,
+        "HF_HUB_OFFLINE": "1",
+        "HF_HUB_CACHE": str(tmp_path),
+        "PORT": str(free_port()),
+    }
+    run = subprocess.run(
+        [sys.executable, "-m", "embedserver"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert f"MODEL_NAME={name} cannot be served" in run.stdout + run.stderr
 
 
 async def test_operator_may_serve_a_local_directory(

@@ -30,7 +30,12 @@ class ModelLoadError(Exception):
 
 
 class ModelNotDownloaded(ModelLoadError):
-    """A hub model that is not in the local cache, asked for where downloads are not allowed."""
+    """A hub model that is not in the local cache, asked for where it cannot be downloaded: the hub is out of
+    reach (`reachable` False: no request can change that), or requests may not start downloads."""
+
+    def __init__(self, message: str, *, reachable: bool) -> None:
+        super().__init__(message)
+        self.reachable = reachable
 
 
 @dataclass(frozen=True)
@@ -75,12 +80,14 @@ def _from_hub(repo_id: str, *, download: bool, stall_s: float) -> ModelFiles:
         os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"} or constants.HF_HUB_OFFLINE
     )
     if offline:
-        raise ModelLoadError(
-            f"{repo_id} is not in the local Hugging Face cache and the hub cannot be reached"
+        raise ModelNotDownloaded(
+            f"{repo_id} is not in the local Hugging Face cache and the hub cannot be reached (HF_HUB_OFFLINE)",
+            reachable=False,
         )
     if not download:
         raise ModelNotDownloaded(
-            f"{repo_id} is not downloaded, and requests may not start downloads (DOWNLOAD_ON_REQUEST)"
+            f"{repo_id} is not downloaded, and requests may not start downloads (DOWNLOAD_ON_REQUEST)",
+            reachable=True,
         )
     repo_cache = Path(cache_dir or constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}"
     directory = _watched(

@@ -19,7 +19,7 @@ from embedserver.api.routes_ops import router as ops_router
 from embedserver.api.state import ServerState
 from embedserver.batching.worker import BatchLimits
 from embedserver.catalog import ModelSpec, load_catalog, operator_model
-from embedserver.errors import APIError, ModelUnavailable
+from embedserver.errors import APIError
 from embedserver.metrics import Metrics
 from embedserver.runtime import device
 from embedserver.runtime.device_policy import DevicePlan, ready_for_device
@@ -134,7 +134,7 @@ async def _start_default(state: ServerState, *, allow_fallback: bool) -> None:
     try:
         await registry.load(wanted)
         return
-    except ModelUnavailable as exc:
+    except APIError as exc:  # unavailable, or not downloaded where the hub is out of reach
         reason = exc.message
     fallback = registry.catalog.fallback
     if not allow_fallback or fallback is None or fallback == wanted:
@@ -151,5 +151,5 @@ async def _start_default(state: ServerState, *, allow_fallback: bool) -> None:
     registry.default = fallback
     try:
         await registry.load(fallback)
-    except ModelUnavailable as exc:
+    except APIError as exc:
         log.error("fallback model %s could not be loaded either: %s", fallback, exc.message)

@@ -25,6 +25,8 @@ def serve(settings: Settings) -> None:
     from embedserver.runtime.device import backend, hard_exit
     from embedserver.server.supervisor import frontend_count, serve_with_frontends
 
+    _check_operator_model(settings)
+
     workers = frontend_count(settings.http_workers, backend(), os.cpu_count() or 1)
     if workers:
         serve_with_frontends(settings, workers)
@@ -37,3 +39,30 @@ def serve(settings: Settings) -> None:
     state = app.state.server
     serve_http(app, settings, metrics=state.metrics, leaving=lambda: setattr(state, "leaving", True))
     hard_exit(0)
+
+
+def _check_operator_model(settings: Settings) -> None:
+    """MODEL_NAME naming what cannot be had here (a directory that does not exist, a package not installed, a
+    hub model not in the cache with the hub out of reach) stops the start with the reason and status 2: no
+    retry will find it, and a process that stayed up answering 503 would hide the mistake. Failures that may
+    pass (a download, a corrupt file being replaced) keep the server up, retrying, as for any model."""
+    if not settings.model_name:
+        return
+    import logging
+
+    from embedserver.catalog import load_catalog, operator_model
+    from embedserver.runtime.model_files import ModelLoadError, ModelNotDownloaded, resolve_source
+
+    _, spec = operator_model(load_catalog(settings.catalog_file, settings.model_sources), settings.model_name)
+    try:
+        resolve_source(spec.source, download=False)
+    except ModelNotDownloaded as exc:
+        if exc.reachable:
+            return  # downloaded at start-up
+        reason = str(exc)
+    except ModelLoadError as exc:
+        reason = str(exc)
+    else:
+        return
+    logging.getLogger(__name__).error("MODEL_NAME=%s cannot be served: %s", settings.model_name, reason)
+    raise SystemExit(2)

@@ -68,6 +68,7 @@ class ModelSlot:
     load_task: asyncio.Task[None] | None = None
     worker_deaths: int = 0
     last_death: float = 0.0
+    missing: bool = False  # failed because its files are not here and cannot be downloaded
 
     @property
     def runner(self) -> ModelRunner | None:
@@ -127,9 +128,7 @@ class ModelRegistry:
     async def acquire(self, name: str | None) -> AsyncIterator[LoadedModel]:
         """A ready model, held (not evictable) until the block exits. A request loads a model that is not
         loaded, and downloads one only where the operator allows it (DOWNLOAD_ON_REQUEST)."""
-        slot = await self._ready(
-            self.catalog.resolve(name or self.default), download=self._download_on_request
-        )
+        slot = await self._ready(self.resolve(name), download=self._download_on_request)
         assert slot.loaded is not None  # _ready returns only ready slots
         slot.leases += 1
         slot.last_used = time.monotonic()
@@ -141,7 +140,7 @@ class ModelRegistry:
     def lease_ready(self, name: str | None) -> tuple[ModelSlot, LoadedModel] | None:
         """The model for `name`, held as `acquire` holds it, when it is ready now (else None: use `acquire`,
         which loads it); `release` ends the hold. For callers that cannot wait, on the hot path."""
-        slot = self._slots.get(self.catalog.resolve(name or self.default).name)
+        slot = self._slots.get(self.resolve(name).name)
         if slot is None or slot.status != "ready" or slot.loaded is None or not slot.loaded.worker.alive:
             return None
         slot.leases += 1
@@ -155,7 +154,20 @@ class ModelRegistry:
         """Load `name`. The operator's loads (start-up) download what is missing; a request's (`requested`)
         only where DOWNLOAD_ON_REQUEST allows."""
         download = self._download_on_request or not requested
-        return await self._ready(self.catalog.resolve(name), download=download)
+        return await self._ready(self.resolve(name), download=download)
+
+    def _not_downloaded(self, reason: str) -> ModelNotDownloaded:
+        served = sorted(s.spec.name for s in self._slots.values() if s.status == "ready")
+        return ModelNotDownloaded(
+            f"{reason}; models served now: {', '.join(served) or 'none'}", param="model"
+        )
+
+    def resolve(self, name: str | None) -> ModelSpec:
+        """The catalog entry a request's model name means: none, or "default", is the model this server
+        serves by default (the fallback, when it took over)."""
+        if name is None or name.strip().lower() == "default":
+            return self.catalog.resolve(self.default)
+        return self.catalog.resolve(name)
 
     async def _ready(self, spec: ModelSpec, *, download: bool) -> ModelSlot:
         while True:
@@ -164,7 +176,8 @@ class ModelRegistry:
                 return slot
             if slot.load_task is None:
                 if slot.status == "failed" and time.monotonic() < slot.retry_at:
-                    raise _unavailable(slot)
+                    # Not in the cache with the hub out of reach: a 404 clients do not retry, not a 503.
+                    raise self._not_downloaded(slot.error or "") if slot.missing else _unavailable(slot)
                 slot.status = "loading"
                 slot.load_task = asyncio.create_task(self._load(slot, download), name=f"load-{spec.name}")
                 # Waiters that give up leave its outcome unread: read here, so it is never logged as lost.
@@ -183,8 +196,15 @@ class ModelRegistry:
                 try:
                     files = await loop.run_in_executor(None, self._fetch, slot.spec, download)
                 except FilesNotDownloaded as exc:
-                    slot.status = "unloaded"  # not a failure of the model: nothing to back off from
-                    raise ModelNotDownloaded(str(exc), param="model") from None
+                    if exc.reachable:
+                        slot.status = "unloaded"  # the operator may download it: nothing to back off from
+                    else:  # no retry will find it until someone puts it in the cache
+                        slot.status, slot.error, slot.missing = "failed", str(exc), True
+                        slot.failures += 1
+                        slot.retry_at = time.monotonic() + doubling(
+                            _BACKOFF_MIN_S, slot.failures, _BACKOFF_MAX_S
+                        )
+                    raise self._not_downloaded(str(exc)) from None
             async with self._admin:
                 started = time.perf_counter()
                 if slot.loaded is not None:  # its worker died: replace the worker, keep the weights
@@ -210,7 +230,7 @@ class ModelRegistry:
                 worker.start()
                 tokenize = TokenizeBatcher(runner.tokenizer, rounds=self._tokenize_rounds)
                 slot.loaded = LoadedModel(runner, worker, tokenize)
-                slot.status, slot.error, slot.failures = "ready", None, 0
+                slot.status, slot.error, slot.failures, slot.missing = "ready", None, 0, False
                 self._metrics.model_loads.labels(name, "ok").inc()
                 self._metrics.model_load_seconds.labels(name).observe(time.perf_counter() - started)
                 self._metrics.models_loaded.set(self._loaded_count())
