@@ -364,3 +364,11 @@ async def test_a_compressed_body_is_refused_not_misread(client: httpx.AsyncClien
     assert r.status_code == 415 and r.json()["error"]["code"] == "unsupported_content_encoding"
     identity = {"content-type": "application/json", "content-encoding": "identity"}
     assert (await client.post("/v1/embeddings", json={"input": "x"}, headers=identity)).status_code == 200
+
+
+async def test_metrics_carry_process_series_and_no_created_series(client: httpx.AsyncClient) -> None:
+    await client.post("/v1/embeddings", json={"input": "counted"})
+    text = (await client.get("/metrics")).text
+    assert metric_sample(text, "process_resident_memory_bytes") > 0
+    assert metric_sample(text, "process_cpu_seconds_total") > 0
+    assert "_created" not in text
