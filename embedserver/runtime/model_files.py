@@ -75,9 +75,10 @@ def _from_hub(repo_id: str, *, download: bool, stall_s: float) -> ModelFiles:
         return ModelFiles(directory, directory.name)  # snapshot directories are named by commit hash
     except LocalEntryNotFoundError:
         pass
-    # huggingface_hub reads its environment once, at import; read it again so a change is honoured.
+    # huggingface_hub reads its environment once, at import; the variable as it is now wins.
+    setting = os.environ.get("HF_HUB_OFFLINE")
     offline = (
-        os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"} or constants.HF_HUB_OFFLINE
+        setting.upper() in {"1", "ON", "YES", "TRUE"} if setting is not None else constants.HF_HUB_OFFLINE
     )
     if offline:
         raise ModelNotDownloaded(
