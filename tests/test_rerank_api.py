@@ -91,6 +91,11 @@ async def test_rerank_errors_say_what_to_do(rerank_client: httpx.AsyncClient) ->
     assert error["code"] == "wrong_model_type" and "/v1/rerank" in error["message"]
     assert _error(await rerank_client.post("/v1/rerank", json={"query": "q", "documents": []}), 400)
     assert _error(await rerank_client.post("/v1/rerank", json={"query": " ", "documents": ["d"]}), 400)
+    for body in ('{"query": "q", "documents": ["a\\ud800b"]}', '{"query": "\\udfff", "documents": ["d"]}'):
+        lone = await rerank_client.post(
+            "/v1/rerank", content=body, headers={"content-type": "application/json"}
+        )
+        assert "surrogate" in _error(lone, 400)["message"]  # refused, not a tokenizer error and a 500
     assert _error(
         await rerank_client.post("/rerank", json={"query": 1, "texts": ["d"]}), 422
     )  # as TEI answers

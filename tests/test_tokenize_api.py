@@ -57,3 +57,9 @@ async def test_bad_tokenizer_requests_are_input_errors(
 ) -> None:
     r = await client.post(path, json=body)
     assert r.status_code == 422 and "error" in r.json()  # the native API's status for input errors
+
+
+async def test_a_lone_surrogate_is_an_input_error(client: httpx.AsyncClient) -> None:
+    body = '{"input": ["fine", "a\\ud800"]}'
+    r = await client.post("/tokenize", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "input[1]" in r.json()["error"]["message"]

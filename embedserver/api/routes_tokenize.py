@@ -11,6 +11,7 @@ from embedserver.api.responses import JSON
 from embedserver.api.schemas import DetokenizeRequest, TokenizeRequest
 from embedserver.api.state import state_of
 from embedserver.errors import InvalidRequest
+from embedserver.service.requests import check_unicode
 
 router = APIRouter()
 
@@ -24,6 +25,8 @@ async def tokenize(body: TokenizeRequest, request: Request) -> JSON:
             f"at most {service.settings.max_request_inputs} inputs per request (MAX_REQUEST_INPUTS)",
             param="input",
         )
+    for index, text in enumerate(texts):
+        check_unicode(text, f"input[{index}]", "input")
     async with service.registry.acquire(body.model) as model:
         tokenizer, runner = model.runner.tokenizer, model.runner
         encode = (

@@ -73,13 +73,17 @@ def check_inputs(inputs: list[str] | list[list[int]], max_inputs: int) -> None:
         if isinstance(item, str):
             if not item.strip():
                 raise InvalidRequest(f"input[{index}] is empty or whitespace only", param="input")
-            if _SURROGATE.search(item):
-                raise InvalidRequest(
-                    f"input[{index}] contains an unpaired UTF-16 surrogate, which is not valid Unicode text",
-                    param="input",
-                )
+            check_unicode(item, f"input[{index}]", "input")
         elif not item:
             raise InvalidRequest(f"input[{index}] is an empty token list", param="input")
+
+
+def check_unicode(text: str, where: str, param: str) -> None:
+    """Refuse an unpaired UTF-16 surrogate (JSON can carry one; the tokenizers cannot encode it)."""
+    if _SURROGATE.search(text):
+        raise InvalidRequest(
+            f"{where} contains an unpaired UTF-16 surrogate, which is not valid Unicode text", param=param
+        )
 
 
 def check_embedding_model(model: ModelInfo) -> None:

@@ -18,6 +18,7 @@ import numpy as np
 
 from embedserver.errors import InvalidRequest
 from embedserver.service.calls import RerankCall, RerankOutcome
+from embedserver.service.requests import check_unicode
 from embedserver.tokenization.tokenizer import TextTokenizer
 
 if TYPE_CHECKING:
@@ -75,6 +76,9 @@ async def rerank(service: EmbeddingService, call: RerankCall, default_model: str
         )
     if not call.query.strip():
         raise InvalidRequest("query must not be empty", param="query")
+    check_unicode(call.query, "query", "query")
+    for index, document in enumerate(call.documents):
+        check_unicode(document, f"documents[{index}]", "documents")
     async with service.registry.acquire(call.model or default_model) as model:
         runner = model.runner
         if runner.task != "rerank":
