@@ -15,7 +15,7 @@ import argparse
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -96,28 +96,8 @@ def write_random_qwen3(
     arrays = {
         k: mx.array(v).astype(mx.bfloat16 if dtype == "bfloat16" else mx.float32) for k, v in weights.items()
     }
-    config = {
-        "architectures": ["Qwen3ForCausalLM"],
-        "model_type": "qwen3",
-        **asdict(dims),
-        "vocab_size": VOCAB_SIZE,
-        "rms_norm_eps": 1e-6,
-        "rope_theta": 1000000.0,
-        "max_position_embeddings": 32768,
-        "tie_word_embeddings": True,
-        "hidden_act": "silu",
-        "attention_bias": False,
-        "torch_dtype": dtype,
-        "bos_token_id": 151643,
-        "eos_token_id": 151643,
-    }
-    if quantize_bits:
-        group = 64
-        for key in [k for k in arrays if k.endswith(".weight") and arrays[k].ndim == 2]:
-            w, scales, biases = mx.quantize(arrays[key], group_size=group, bits=quantize_bits)
-            base = key.removesuffix(".weight")
-            arrays[key], arrays[f"{base}.scales"], arrays[f"{base}.biases"] = w, scales, biases
-        config["quantization"] = {"group_size": group, "bits": quantize_bits}
+    config = _config(dims, tied=True, dtype=dtype, eos_token_id=151643)
+    _quantize(arrays, config, quantize_bits)
     mx.save_safetensors(
         str(directory / "model.safetensors"), arrays, metadata={"format": "pt" if layout == "hf" else "mlx"}
     )
@@ -221,7 +201,16 @@ def write_random_qwen3_reranker(
         (VOCAB_SIZE, dims.hidden_size)
     ).astype(np.float32) * np.float32(std)
     arrays = {k: mx.array(v) for k, v in weights.items()}
-    config = {
+    config = _config(dims, tied=False, dtype="float32", eos_token_id=151645)  # <|im_end|>: a chat model's end
+    _quantize(arrays, config, quantize_bits)
+    mx.save_safetensors(str(directory / "model.safetensors"), arrays, metadata={"format": "pt"})
+    (directory / "config.json").write_text(json.dumps(config, indent=2))
+    _write_tokenizer(directory, append_end_of_text=False)
+    return directory
+
+
+def _config(dims: Qwen3Shape, *, tied: bool, dtype: str, eos_token_id: int) -> dict[str, Any]:
+    return {
         "architectures": ["Qwen3ForCausalLM"],
         "model_type": "qwen3",
         **asdict(dims),
@@ -229,24 +218,27 @@ def write_random_qwen3_reranker(
         "rms_norm_eps": 1e-6,
         "rope_theta": 1000000.0,
         "max_position_embeddings": 32768,
-        "tie_word_embeddings": False,
+        "tie_word_embeddings": tied,
         "hidden_act": "silu",
         "attention_bias": False,
-        "torch_dtype": "float32",
+        "torch_dtype": dtype,
         "bos_token_id": 151643,
-        "eos_token_id": 151645,
+        "eos_token_id": eos_token_id,
     }
-    if quantize_bits:
-        group = 64
-        for key in [k for k in arrays if k.endswith(".weight") and arrays[k].ndim == 2]:
-            w, scales, biases = mx.quantize(arrays[key], group_size=group, bits=quantize_bits)
-            base = key.removesuffix(".weight")
-            arrays[key], arrays[f"{base}.scales"], arrays[f"{base}.biases"] = w, scales, biases
-        config["quantization"] = {"group_size": group, "bits": quantize_bits}
-    mx.save_safetensors(str(directory / "model.safetensors"), arrays, metadata={"format": "pt"})
-    (directory / "config.json").write_text(json.dumps(config, indent=2))
-    _write_tokenizer(directory, append_end_of_text=False)
-    return directory
+
+
+def _quantize(arrays: dict[str, Any], config: dict[str, Any], bits: int | None) -> None:
+    """Quantize every matrix in place, as MLX conversions do, and say so in `config`."""
+    if not bits:
+        return
+    import mlx.core as mx
+
+    group = 64
+    for key in [k for k in arrays if k.endswith(".weight") and arrays[k].ndim == 2]:
+        w, scales, biases = mx.quantize(arrays[key], group_size=group, bits=bits)
+        base = key.removesuffix(".weight")
+        arrays[key], arrays[f"{base}.scales"], arrays[f"{base}.biases"] = w, scales, biases
+    config["quantization"] = {"group_size": group, "bits": bits}
 
 
 def _write_tokenizer(directory: Path, *, append_end_of_text: bool) -> None:
