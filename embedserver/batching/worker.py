@@ -196,6 +196,19 @@ class BatchWorker:
             self._wakeup.set()
         return [item.future for item in request]
 
+    async def compute(self, sequences: Sequence[list[int]]) -> np.ndarray:
+        """`submit`, then the vectors stacked in order; leaving early (a failure, a cancelled caller) drops
+        the sequences not yet computed."""
+        futures = self.submit(sequences)
+        try:
+            # Most requests carry one text: awaiting its future skips gather's task-and-callback set-up.
+            vectors = [await futures[0]] if len(futures) == 1 else await asyncio.gather(*futures)
+        except BaseException:
+            for future in futures:
+                future.cancel()  # the worker skips what nobody waits for
+            raise
+        return np.stack(vectors)
+
     def waiting(self) -> int:
         """Texts waiting for the model: queued, or in batches cut and not yet handed to the MLX thread."""
         return self._queued + sum(map(len, self._planned))

@@ -12,7 +12,6 @@ import time
 
 import numpy as np
 
-from embedserver.batching.worker import BatchWorker
 from embedserver.errors import shutting_down
 from embedserver.metrics import Metrics
 from embedserver.runtime.runner import ModelRunner
@@ -181,7 +180,7 @@ class EmbeddingService:
             runner.tokenizer.fit(runner.tokenizer.wrap_ids(seq), max_length, truncate=truncate, index=i)
             for i, seq in enumerate(call.inputs)  # type: ignore[arg-type]
         ]
-        raw = await self._run(worker, ids)
+        raw = await worker.compute(ids)
         return raw, sum(len(s) for s in ids), [False] * len(ids)
 
     async def _embed_texts(
@@ -235,7 +234,7 @@ class EmbeddingService:
         self.metrics.for_model(name).cache_misses.inc(len(misses))
         vectors: list[np.ndarray | None] = list(found)
         if misses:
-            computed = await self._run(model.worker, [sequences[i] for i in misses])
+            computed = await model.worker.compute([sequences[i] for i in misses])
             for i, vector in zip(misses, computed, strict=True):
                 vectors[i] = vector
                 self.cache.put(keys[i], vector, len(sequences[i]))
@@ -244,14 +243,3 @@ class EmbeddingService:
     def _cached(self, key: bytes) -> np.ndarray | None:
         hit = self.cache.get(key)
         return hit.vector if hit is not None else None
-
-    async def _run(self, worker: BatchWorker, sequences: list[list[int]]) -> np.ndarray:
-        futures = worker.submit(sequences)
-        try:
-            # Most requests carry one text: awaiting its future skips gather's task-and-callback set-up.
-            vectors = [await futures[0]] if len(futures) == 1 else await asyncio.gather(*futures)
-        except BaseException:
-            for future in futures:
-                future.cancel()  # the worker skips what nobody waits for
-            raise
-        return np.stack(vectors)

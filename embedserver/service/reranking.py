@@ -98,13 +98,7 @@ async def rerank(service: EmbeddingService, call: RerankCall, default_model: str
             prompt.pairs, runner.tokenizer, instruction, call.query, call.documents, max_length
         )
         with model.worker.admit(len(sequences)):
-            futures = model.worker.submit(sequences)
-            try:
-                gaps = np.array([float(v[0]) for v in await asyncio.gather(*futures)])
-            except BaseException:
-                for future in futures:
-                    future.cancel()  # the worker skips what nobody waits for
-                raise
+            gaps = (await model.worker.compute(sequences))[:, 0]
     return RerankOutcome(
         model=runner.name,
         scores=relevance(gaps),
