@@ -316,23 +316,22 @@ class BatchWorker:
         if gone:  # callers cancelled (clients went away): nobody wants these results
             self._series.dropped.inc(len(gone))
             self._settle(gone)
-        kept = self._unexpired(window)
-        if len(kept) < len(window):
-            self._settle([item for item in window if item.future.done()])
+        kept, late = self._expire(window)
+        self._settle(late)
         return kept
 
-    def _unexpired(self, items: list[WorkItem]) -> list[WorkItem]:
-        """`items` without those whose request has waited past MAX_QUEUE_WAIT_S since it was queued or last
-        had a text computed, which fail with 429 queue_timeout: admission keeps this rare, this keeps it a
+    def _expire(self, items: list[WorkItem]) -> tuple[list[WorkItem], list[WorkItem]]:
+        """`items` split into those to run and those whose request has waited past MAX_QUEUE_WAIT_S since it
+        was queued or last had a text computed, which fail with 429 queue_timeout: admission keeps this rare, this keeps it a
         bound when the machine slows down under the estimate. The wait is the request's, not the text's: a
         request of 2,048 texts takes longer than the bound by itself, and is fine while it progresses."""
         max_wait = self._limits.max_wait_s
         if not max_wait:
-            return items
+            return items, []
         oldest = time.perf_counter() - max_wait
         late = [item for item in items if max(item.enqueued, _progressed(item)) < oldest]
         if not late:
-            return items
+            return items, []
         error = Overloaded(
             f"model {self.model}: the text waited more than {max_wait:g} s (MAX_QUEUE_WAIT_S) for the model; "
             "retry later",
@@ -342,7 +341,7 @@ class BatchWorker:
         for item in late:
             _set_exception(item, error)
         self._series.expired.inc(len(late))
-        return [item for item in items if not item.future.done()]
+        return [item for item in items if not item.future.done()], late
 
     def _settle(self, items: Sequence[WorkItem]) -> None:
         """Items leave the worker (computed, failed, dropped or expired): their tokens free the budget."""
@@ -372,7 +371,7 @@ class BatchWorker:
             live = [item for item in batch if not item.future.done()]
             if len(live) < len(batch):
                 self._series.dropped.inc(len(batch) - len(live))
-            batch = self._unexpired(live)
+            batch, _ = self._expire(live)  # the expired are settled with the rest of `taken` below
             if not batch:
                 return
             started = time.perf_counter()

@@ -76,9 +76,7 @@ class TextTokenizer:
 
     def decode(self, ids: Sequence[int]) -> str:
         """Text of ids (special tokens written out), after checking them against the vocabulary."""
-        for token in ids:
-            if not 0 <= token < self.vocab_size:
-                raise InvalidRequest(f"token id {token} is outside the vocabulary (0..{self.vocab_size - 1})")
+        self._check_ids(ids)
         return str(self._tok.decode(list(ids), skip_special_tokens=False))
 
     def token_id(self, token: str) -> int | None:
@@ -88,9 +86,7 @@ class TextTokenizer:
 
     def wrap_ids(self, ids: Sequence[int]) -> list[int]:
         """Client-supplied token ids: checked against the vocabulary, special tokens added where missing."""
-        for token in ids:
-            if not 0 <= token < self.vocab_size:
-                raise InvalidRequest(f"token id {token} is outside the vocabulary (0..{self.vocab_size - 1})")
+        self._check_ids(ids)
         out = list(ids)
         if self.prefix and out[: len(self.prefix)] != self.prefix:
             out = self.prefix + out
@@ -112,6 +108,11 @@ class TextTokenizer:
             )
         keep = max_length - len(self.suffix)
         return ids[:keep] + self.suffix
+
+    def _check_ids(self, ids: Sequence[int]) -> None:
+        for token in ids:
+            if not 0 <= token < self.vocab_size:
+                raise InvalidRequest(f"token id {token} is outside the vocabulary (0..{self.vocab_size - 1})")
 
     def _pad_id(self) -> int:
         padding = self._tok.padding
