@@ -50,9 +50,8 @@ async def _cohere(body: RerankRequest, request: Request) -> JSON:
     texts = body.texts()
     call = RerankCall(query=body.query, documents=texts, model=body.model, instruction=body.instruction)
     outcome = await state_of(request).service.rerank(call)
-    order = sorted(range(len(texts)), key=lambda i: -outcome.scores[i])[: body.top_n]
     results: list[dict[str, Any]] = []
-    for index in order:
+    for index in _best_first(outcome.scores)[: body.top_n]:
         result: dict[str, Any] = {"index": index, "relevance_score": outcome.scores[index]}
         if body.return_documents:
             result["document"] = {"text": texts[index]}
@@ -73,11 +72,15 @@ async def _tei(body: TeiRerankRequest, request: Request) -> JSON:
     call = RerankCall(query=body.query, documents=body.texts, model=body.model, instruction=body.instruction)
     outcome = await state_of(request).service.rerank(call)
     values = outcome.logits if body.raw_scores else outcome.scores
-    order = sorted(range(len(body.texts)), key=lambda i: -values[i])
     answer: list[dict[str, Any]] = []
-    for index in order:
+    for index in _best_first(values):
         item: dict[str, Any] = {"index": index, "score": values[index]}
         if body.return_text:
             item["text"] = body.texts[index]
         answer.append(item)
     return JSON(answer)
+
+
+def _best_first(values: list[float]) -> list[int]:
+    """Indices by value, highest first; ties keep the order the documents came in."""
+    return sorted(range(len(values)), key=lambda i: -values[i])

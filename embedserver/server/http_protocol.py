@@ -65,8 +65,8 @@ def _error_response(status: bytes, message: str, code: str) -> bytes:
 
 
 class _HeadersTooLarge(Exception):
-    """Raised from a parser callback to stop the parse; uvicorn turns a callback error into its 400 path,
-    which the protocol below answers with 431 instead."""
+    """Raised from a parser callback, once the 431 is answered, to stop the parse; uvicorn turns a callback
+    error into its 400 path, which the protocol below skips for a refused connection."""
 
 
 def guarded_protocol(limits: ConnectionLimits, metrics: HttpMetrics) -> type[asyncio.Protocol]:
@@ -158,14 +158,11 @@ def guarded_protocol(limits: ConnectionLimits, metrics: HttpMetrics) -> type[asy
             self._header_size += size
             self._header_count += count
             if self._header_size > limits.max_header_bytes or self._header_count > limits.max_header_count:
-                self._refused = True
+                self._refuse_headers()
                 raise _HeadersTooLarge
 
         def send_400_response(self, msg: str) -> None:
-            if self._refused:
-                self._refused = False  # _refuse_headers answers once and sets it again
-                self._refuse_headers()
-            else:
+            if not self._refused:  # refused: answered 431 already
                 super().send_400_response(msg)
 
         def _refuse_headers(self) -> None:
