@@ -25,7 +25,9 @@ def _threads() -> dict[tuple[int, int], tuple[str, str, int]]:
             for task in (proc / "task").iterdir():
                 fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
                 ticks = int(fields[11]) + int(fields[12])  # utime + stime
-                out[(int(proc.name), int(task.name))] = (label, (task / "comm").read_text().strip(), ticks)
+                # Python threads share the process's name: the main thread (the event loop) is told apart.
+                name = "main" if task.name == proc.name else (task / "comm").read_text().strip()
+                out[(int(proc.name), int(task.name))] = (label, name, ticks)
         except (OSError, IndexError, ValueError):
             continue
     return out
@@ -43,6 +45,14 @@ def census(seconds: float) -> tuple[dict[str, float], dict[tuple[str, str], floa
             processes[label] += used
             threads[(label, name)] += used
     return processes, threads
+
+
+def busiest(seconds: float, floor: float = 10.0) -> dict[str, float]:
+    """`census` as one flat mapping for a results file: processes and their threads over `floor` percent."""
+    processes, threads = census(seconds)
+    out = {label: round(used, 1) for label, used in processes.items() if used >= floor}
+    out |= {f"{owner} [{name}]": round(used, 1) for (owner, name), used in threads.items() if used >= floor}
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
 def main() -> None:

@@ -26,12 +26,14 @@ import threading
 import time
 import zlib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from benchmarks.cpu_census import busiest
 from benchmarks.loadgen import run_load
 from embedserver_testing.random_model import write_random_qwen3
 from embedserver_testing.server_process import running_server
@@ -181,6 +183,11 @@ def gpu_memory_peak() -> Iterator[dict[str, float]]:
         thread.join()
 
 
+def _census_mid_level(seconds: float) -> dict[str, float]:
+    time.sleep(1.0 + seconds / 4)  # past the load generator's start (its processes take ~1 s to spawn)
+    return busiest(seconds / 2)
+
+
 def bench_server(
     name: str,
     source: Path | None,
@@ -211,10 +218,18 @@ def bench_server(
                 )
                 bodies = [json.dumps({"input": t}).encode() for t in pool]
                 before = httpx.get(f"{url}/metrics").text
-                r = run_load(
-                    f"{url}/v1/embeddings", bodies, clients, seconds, processes=min(8, max(1, clients // 32))
-                )
+                # Which processes and threads are busy mid-level (the engine's event loop is "[main]").
+                with ThreadPoolExecutor(1) as census:
+                    cpu = census.submit(_census_mid_level, seconds)
+                    r = run_load(
+                        f"{url}/v1/embeddings",
+                        bodies,
+                        clients,
+                        seconds,
+                        processes=min(8, max(1, clients // 32)),
+                    )
                 summary = r.summary() | level_means(httpx.get(f"{url}/metrics").text, since=before)
+                summary["cpu_percent"] = cpu.result()
                 levels.append(summary)
                 log(f"server {name}, {length} tokens:", summary)
             results["lengths"][length] = levels
