@@ -36,7 +36,7 @@ import numpy as np
 from benchmarks.cpu_census import busiest
 from benchmarks.loadgen import run_load
 from embedserver_testing.random_model import write_random_qwen3
-from embedserver_testing.server_process import running_server
+from embedserver_testing.server_process import server_process
 from embedserver_testing.stage_times import level_means
 
 # The mixed workload: three short queries for each passage.
@@ -154,25 +154,33 @@ def bench_sentence_transformers(model_dir: Path, texts: dict[str, list[str]]) ->
     return out
 
 
+def _smi(*query: str) -> list[str]:
+    try:
+        return subprocess.run(
+            ["nvidia-smi", *query, "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=5
+        ).stdout.splitlines()
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+
+
 @contextmanager
-def gpu_memory_peak() -> Iterator[dict[str, float]]:
-    """The most device memory nvidia-smi reports in use while the block runs (GB; absent without it)."""
+def gpu_memory_peak(pid: int | None = None) -> Iterator[dict[str, float]]:
+    """The most device memory nvidia-smi reports in use while the block runs (GB; absent without it): the
+    whole card ("gb": the CUDA contexts of this benchmark's own process count too), and the process `pid`'s
+    own ("process_gb"), which is what the server takes."""
     peak: dict[str, float] = {}
     stop = threading.Event()
 
     def sample() -> None:
         while not stop.wait(0.5):
-            try:
-                out = subprocess.run(
-                    ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
-                    capture_output=True,
-                    text=True,
-                    timeout=5,
-                ).stdout.split()
-            except (OSError, subprocess.TimeoutExpired):
+            card = _smi("--query-gpu=memory.used")
+            if not card:
                 return
-            if out:
-                peak["gb"] = max(peak.get("gb", 0.0), float(out[0]) / 1024)
+            peak["gb"] = max(peak.get("gb", 0.0), float(card[0]) / 1024)
+            for line in _smi("--query-compute-apps=pid,used_memory"):
+                owner, _, used = line.partition(",")
+                if pid is not None and owner.strip() == str(pid) and used.strip().isdigit():
+                    peak["process_gb"] = max(peak.get("process_gb", 0.0), float(used) / 1024)
 
     thread = threading.Thread(target=sample, daemon=True)
     thread.start()
@@ -206,7 +214,10 @@ def bench_server(
     results: dict[str, Any] = {"source": str(source or "."), "env": env, "lengths": {}}
     # Started from the tree itself: `python -m` puts the working directory first on the path.
     server_log = out_dir.resolve() / f"server-{name}.log"
-    with gpu_memory_peak() as peak, running_server(server_env, server_log, 600, cwd=source) as url:
+    with (
+        server_process(server_env, server_log, 600, cwd=source) as (url, process),
+        gpu_memory_peak(process.pid) as peak,
+    ):
         for length in lengths:
             levels = []
             for clients in concurrency:
@@ -235,6 +246,7 @@ def bench_server(
             results["lengths"][length] = levels
         (out_dir.resolve() / f"server-{name}-metrics.txt").write_text(httpx.get(f"{url}/metrics").text)
     results["gpu_memory_peak_gb"] = round(peak.get("gb", 0.0), 2) or None
+    results["server_gpu_memory_peak_gb"] = round(peak.get("process_gb", 0.0), 2) or None
     return results
 
 
@@ -249,7 +261,10 @@ def table(results: dict[str, Any]) -> str:
                     f"{name:>8} {length:>6} {level['concurrency']:>7} {level['requests_per_s']:>9,.0f} "
                     f"{level['tokens_per_s']:>10,.0f} {level['p50_ms']:>8.2f} {level['p99_ms']:>8.2f}"
                 )
-        lines.append(f"{name:>8} GPU memory peak {server['gpu_memory_peak_gb']} GB")
+        lines.append(
+            f"{name:>8} GPU memory peak {server['gpu_memory_peak_gb']} GB (card), "
+            f"{server['server_gpu_memory_peak_gb']} GB (the server's process)"
+        )
     return "\n".join(lines)
 
 
