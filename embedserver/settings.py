@@ -84,6 +84,11 @@ class Settings(BaseSettings):
     # (embedserver/api/fast_lane.py); false: every request through FastAPI. Answers are the same either way.
     fast_lane: bool = True
 
+    # How /v1/embeddings reads token-id inputs: as OpenAI's ids (cl100k_base, what OpenAI's API and LangChain's
+    # OpenAIEmbeddings mean), decoded to text and embedded with the model's tokenizer; or as ids of the served
+    # model's own tokenizer (what /tokenize gives). The native routes take no ids.
+    openai_token_ids: Literal["cl100k_base", "model"] = "cl100k_base"
+
     max_text_length: int = Field(8192, ge=8)
     max_request_inputs: int = Field(2048, ge=1)
     # The reranker a rerank request gets when it names none (text-embeddings-inference's shape has no model):

@@ -72,19 +72,20 @@ async def test_base64_decodes_to_the_float_vector(client: httpx.AsyncClient) -> 
     assert np.allclose(decoded, floats, atol=1e-6)
 
 
-async def test_token_id_inputs_equal_the_text(client: httpx.AsyncClient) -> None:
-    from tokenizers import Tokenizer
+async def test_model_token_ids_equal_the_text(make_settings: Any) -> None:
+    """OPENAI_TOKEN_IDS=model: ids of the model's own tokenizer, as /tokenize gives them (OpenAI's cl100k ids
+    are the default: tests/test_openai_token_ids.py)."""
+    from embedserver.server.engine_app import create_app
 
-    from embedserver_testing.random_model import qwen_tokenizer_json
-
-    ids = Tokenizer.from_file(str(qwen_tokenizer_json())).encode("hello world").ids
-    by_text = _vectors((await client.post("/v1/embeddings", json={"input": "hello world"})).json())
-    by_ids = _vectors((await client.post("/v1/embeddings", json={"input": ids})).json())
-    by_id_lists = _vectors((await client.post("/v1/embeddings", json={"input": [ids, ids]})).json())
-    assert np.allclose(by_ids, by_text, atol=1e-6) and np.allclose(by_id_lists[1], by_text[0], atol=1e-6)
-    r = await client.post("/v1/embeddings", json={"input": [ids[0], 10**7]})
-    assert "outside the vocabulary" in _assert_openai_error(r, 400)["message"]
-    _assert_openai_error(await client.post("/v1/embeddings", json={"input": [-1]}), 400)
+    async with started(create_app(make_settings(openai_token_ids="model"))) as client:
+        ids = (await client.post("/tokenize", json={"input": "hello world"})).json()["data"][0]["tokens"]
+        by_text = _vectors((await client.post("/v1/embeddings", json={"input": "hello world"})).json())
+        by_ids = _vectors((await client.post("/v1/embeddings", json={"input": ids})).json())
+        by_id_lists = _vectors((await client.post("/v1/embeddings", json={"input": [ids, ids]})).json())
+        assert np.allclose(by_ids, by_text, atol=1e-6) and np.allclose(by_id_lists[1], by_text[0], atol=1e-6)
+        r = await client.post("/v1/embeddings", json={"input": [ids[0], 10**7]})
+        assert "outside the vocabulary" in _assert_openai_error(r, 400)["message"]
+        _assert_openai_error(await client.post("/v1/embeddings", json={"input": [-1]}), 400)
 
 
 async def test_dimensions_truncate_then_renormalize(client: httpx.AsyncClient) -> None:

@@ -27,7 +27,7 @@ async def embeddings(body: EmbeddingRequest, embedder: Embedder) -> JSON:
         inputs = [raw]  # type: ignore[list-item]
     else:
         inputs = raw  # type: ignore[assignment]
-    outcome = await embedder.embed(body.call(inputs))
+    outcome = await embedder.embed(body.call(inputs, openai_ids=True))
     encode = to_base64 if body.encoding_format == "base64" else (lambda v: v)
     data = [
         {"object": "embedding", "index": index, "embedding": encode(vector)}

@@ -27,9 +27,10 @@ class _Options(BaseModel):
     )
     normalize: StrictBool = True
 
-    def call(self, inputs: list[str] | list[list[int]]) -> EmbedCall:
+    def call(self, inputs: list[str] | list[list[int]], *, openai_ids: bool = False) -> EmbedCall:
         """What these options ask of the embedding service, for `inputs`."""
         return EmbedCall(
+            openai_ids=openai_ids,
             inputs=inputs,
             model=self.model,
             instruction=self.instruction,

@@ -30,6 +30,7 @@ from embedserver.service.requests import (
     finish,
     format_query,
     instruction_for,
+    read_openai_ids,
     text_keys,
 )
 from embedserver.settings import Settings
@@ -101,6 +102,7 @@ class RemoteService:
             raise errors.shutting_down()
         settings = self.settings
         check_inputs(call.inputs, settings.max_request_inputs)
+        call = read_openai_ids(call, settings.openai_token_ids)
         info = await self.model(call.model)
         check_embedding_model(info)
         check_dimensions(call.dimensions, info)

@@ -18,6 +18,8 @@ class EmbedCall:
     dimensions: int | None = None
     normalize: bool = True
     truncate: bool | None = None
+    # Token-id inputs came through OpenAI's API: OPENAI_TOKEN_IDS says whose ids they are.
+    openai_ids: bool = False
 
 
 @dataclass(frozen=True)

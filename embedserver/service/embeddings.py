@@ -29,6 +29,7 @@ from embedserver.service.requests import (
     finish,
     format_query,
     instruction_for,
+    read_openai_ids,
     text_keys,
 )
 from embedserver.settings import Settings
@@ -68,6 +69,7 @@ class EmbeddingService:
         if self.draining:
             raise shutting_down()
         check_inputs(call.inputs, self.settings.max_request_inputs)
+        call = read_openai_ids(call, self.settings.openai_token_ids)
         async with self.registry.acquire(call.model) as model:
             info = model_info(model.runner)
             check_embedding_model(info)

@@ -10,7 +10,7 @@ outside the model, then scales with the front-ends instead of weighing on the on
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +18,7 @@ import numpy as np
 from embedserver.errors import InvalidRequest
 from embedserver.service.cache import cache_key
 from embedserver.service.calls import EmbedCall
+from embedserver.tokenization import openai_ids
 from embedserver.tokenization.tokenizer import TextTokenizer
 
 # JSON may carry "\ud800"-style escapes that decode to lone surrogates: not text, and not encodable to UTF-8.
@@ -76,6 +77,16 @@ def check_inputs(inputs: list[str] | list[list[int]], max_inputs: int) -> None:
             check_unicode(item, f"input[{index}]", "input")
         elif not item:
             raise InvalidRequest(f"input[{index}] is an empty token list", param="input")
+
+
+def read_openai_ids(call: EmbedCall, vocabulary: str) -> EmbedCall:
+    """The call with OpenAI's token ids turned into their text, when OPENAI_TOKEN_IDS says they are OpenAI's
+    (embedserver/tokenization/openai_ids.py); else as it came. After `check_inputs`: the count is bounded."""
+    if not call.openai_ids or vocabulary != "cl100k_base" or isinstance(call.inputs[0], str):
+        return call
+    texts = [openai_ids.decode(ids, index) for index, ids in enumerate(call.inputs)]  # type: ignore[arg-type]
+    check_inputs(texts, len(texts))  # ids of whitespace alone are refused as that text would be
+    return replace(call, inputs=texts, openai_ids=False)
 
 
 def check_unicode(text: str, where: str, param: str) -> None:
