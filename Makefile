@@ -1,7 +1,9 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
-HOST ?= 127.0.0.1
-PORT ?= 8000
+# HOST and PORT, when given (`make run PORT=9000`), become flags; otherwise the server reads the environment
+# and .env as it always does. Client targets talk to the address the server would use (EMBEDSERVER_URL wins).
+SERVE_FLAGS = $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))
+URL = $(or $(EMBEDSERVER_URL),$(shell $(PY) -c 'from embedserver.cli.client import default_url; print(default_url())'))
 SOURCES := embedserver embedserver_testing tests scripts benchmarks
 
 .PHONY: help install install-dev run dev health test test-fast lint format clean reference loadtest benchmark benchmark-full fuzz
@@ -27,14 +29,14 @@ install-dev:  ## install with test and lint tools
 	scripts/install.sh dev
 	touch $(VENV)/.installed-dev $(VENV)/.installed
 
-run: $(VENV)/.installed  ## serve on $(HOST):$(PORT) (MODEL_NAME, PORT, ... from the environment or .env)
-	HOST=$(HOST) PORT=$(PORT) $(PY) -m embedserver
+run: $(VENV)/.installed  ## serve (settings from flags, the environment or .env; `embedserver serve --help`)
+	$(PY) -m embedserver serve $(SERVE_FLAGS)
 
 dev: $(VENV)/.installed-dev  ## serve with auto-reload and DEBUG logs
-	DEV_MODE=true HOST=$(HOST) PORT=$(PORT) $(PY) -m embedserver
+	$(PY) -m embedserver serve --dev-mode true $(SERVE_FLAGS)
 
-health:  ## ask a running server how it is
-	@curl -sf http://$(HOST):$(PORT)/health | $(PY) -m json.tool
+health: $(VENV)/.installed  ## ask a running server how it is (exit 0 ready, 1 not ready, 3 no server)
+	@$(PY) -m embedserver health --url $(URL)
 
 test: $(VENV)/.installed-dev  ## the whole test suite
 	$(PY) -m pytest -q
@@ -42,8 +44,8 @@ test: $(VENV)/.installed-dev  ## the whole test suite
 test-fast: $(VENV)/.installed-dev  ## tests without starting server processes
 	$(PY) -m pytest -q -m "not slow"
 
-fuzz:  ## schemathesis against a running server on $(HOST):$(PORT), 500 examples per operation: fails on any 5xx
-	$(VENV)/bin/st run http://$(HOST):$(PORT)/openapi.json --checks not_a_server_error --max-examples 500 --report-dir results/schemathesis
+fuzz:  ## schemathesis against a running server, 500 examples per operation: fails on any 5xx
+	$(VENV)/bin/st run $(URL)/openapi.json --checks not_a_server_error --max-examples 500 --report-dir results/schemathesis
 
 lint: $(VENV)/.installed-dev  ## ruff, ruff format --check, mypy --strict, and the import rules (import-linter)
 	$(PY) -m ruff check $(SOURCES)
@@ -64,9 +66,9 @@ benchmark-full:  ## full benchmark: 1-256 clients, JSON and PNG under results/
 	mkdir -p results
 	$(PY) -m benchmarks.http_bench --iterations 200 --workers 8 --json results/benchmark.json --plot results/benchmark.png
 
-loadtest:  ## locust against a running server on $(HOST):$(PORT): 32 users, 60 s, fails on any 5xx
+loadtest:  ## locust against a running server: 32 users, 60 s, fails on any 5xx
 	$(VENV)/bin/pip install -q -e ".[load]"
-	$(VENV)/bin/locust -f benchmarks/locustfile.py --host http://$(HOST):$(PORT) --headless -u 32 -r 8 -t 60s --only-summary
+	$(VENV)/bin/locust -f benchmarks/locustfile.py --host $(URL) --headless -u 32 -r 8 -t 60s --only-summary
 
 reference:  ## regenerate tests/fixtures/reference.json (needs torch: pip install torch==2.13.0)
 	$(PY) scripts/make_reference.py

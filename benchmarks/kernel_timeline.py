@@ -178,10 +178,9 @@ def main() -> None:
     import embedserver.runtime  # noqa: F401  (readies the process for MLX: BLAS preload, MLX settings)
 
     install(Path(rest[0]), int(os.environ.get("KERNEL_FROM", "600")), passes)
-    from embedserver.__main__ import main as serve
+    from embedserver.cli import main as serve
 
-    sys.argv = [sys.argv[0]]
-    serve()
+    serve(["serve"])
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -30,13 +30,14 @@ def server_process(
     *,
     python: str = sys.executable,
     cwd: Path | None = None,
+    args: Sequence[str] = (),
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """Start the server (`python -m embedserver`, from `cwd`) with `env` added to this environment, wait until
-    /health is 200, yield its URL and process; SIGTERM it afterwards."""
+    """Start the server (`python -m embedserver [args]`, from `cwd`) with `env` added to this environment, wait
+    until /health is 200, yield its URL and process; SIGTERM it afterwards."""
     port = free_port()
     out = log.open("wb") if log else None
     proc = subprocess.Popen(
-        [python, "-m", "embedserver"],
+        [python, "-m", "embedserver", *args],
         env={**os.environ, **env, "PORT": str(port)},
         stdout=out,
         stderr=subprocess.STDOUT if out else None,
