@@ -22,6 +22,13 @@ _SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 _TOKENS = (16, 64, 256, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
 _RATIO = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0)
 
+# Series created at 0 when the server starts, so rate() and alerts see them before the first event: the API's
+# endpoints with the statuses alerts watch, and every known value of the other labels.
+_API_ENDPOINTS = ("/v1/embeddings", "/embed", "/embed_batch", "/v1/rerank", "/rerank")
+_WATCHED_STATUSES = ("200", "400", "429", "500", "503")
+DISCONNECT_STAGES = ("body", "waiting")
+CLOSE_REASONS = ("headers_too_large", "send_timeout", "unsent_bytes")
+
 
 class HttpMetrics(Protocol):
     """What the HTTP layer records. Metrics records it here; a front-end process forwards it to the engine
@@ -48,10 +55,11 @@ class Metrics:
             ["endpoint", "status"],
             registry=r,
         )
+        # By status too: a fast 429 or 400 must not pull the latency quantiles of answered requests down.
         self.request_seconds = Histogram(
             "embedserver_request_duration_seconds",
             "HTTP request duration",
-            ["endpoint"],
+            ["endpoint", "status"],
             buckets=_LATENCY,
             registry=r,
         )
@@ -168,6 +176,13 @@ class Metrics:
         )
         self.models_loaded = Gauge("embedserver_models_loaded", "Models currently loaded", registry=r)
         self._series: dict[str, ModelSeries] = {}
+        for endpoint in _API_ENDPOINTS:
+            for status in _WATCHED_STATUSES:
+                self.requests.labels(endpoint, status)
+        for stage in DISCONNECT_STAGES:
+            self.disconnects.labels(stage)
+        for reason in CLOSE_REASONS:
+            self.connections_closed.labels(reason)
 
     def for_model(self, model: str) -> ModelSeries:
         """One model's series, looked up once: prometheus_client's `labels()` validates and locks on every
@@ -178,8 +193,9 @@ class Metrics:
         return series
 
     def request_done(self, endpoint: str, status: int, seconds: float) -> None:
-        self.requests.labels(endpoint, str(status)).inc()
-        self.request_seconds.labels(endpoint).observe(seconds)
+        code = str(status)
+        self.requests.labels(endpoint, code).inc()
+        self.request_seconds.labels(endpoint, code).observe(seconds)
 
     def client_gone(self, stage: str) -> None:
         self.disconnects.labels(stage).inc()
@@ -211,3 +227,8 @@ class ModelSeries:
         self.expired = m.expired.labels(model)
         self.cache_hits = m.cache_hits.labels(model)
         self.cache_misses = m.cache_misses.labels(model)
+        # Created at 0 with the model's other series (their events come from the registry).
+        for outcome in ("ok", "error"):
+            m.model_loads.labels(model, outcome)
+        m.worker_restarts.labels(model)
+        m.model_evictions.labels(model)

@@ -315,6 +315,28 @@ async def test_metrics_expose_every_stage(client: httpx.AsyncClient) -> None:
     assert metric_sample(r.text, 'embedserver_requests_total{endpoint="/v1/embeddings",status="200"}') >= 1
 
 
+async def test_counters_exist_at_zero_and_durations_carry_the_status(client: httpx.AsyncClient) -> None:
+    """Alerts and rate() see every counter from start-up; a fast 400 or 429 is timed apart from answers."""
+    fresh = (await client.get("/metrics")).text
+    for series in (
+        'embedserver_requests_total{endpoint="/v1/embeddings",status="429"}',
+        'embedserver_rejected_total{model="tiny"}',
+        'embedserver_expired_total{model="tiny"}',
+        'embedserver_worker_restarts_total{model="tiny"}',
+        'embedserver_model_loads_total{model="tiny",outcome="error"}',
+        'embedserver_client_disconnects_total{stage="body"}',
+        'embedserver_connections_closed_total{reason="send_timeout"}',
+    ):
+        assert metric_sample(fresh, series) == 0, series
+    assert "_created" not in fresh
+    await client.post("/v1/embeddings", json={"input": "timed"})
+    await client.post("/v1/embeddings", json={"input": ""})
+    text = (await client.get("/metrics")).text
+    for status in ("200", "400"):
+        series = f'embedserver_request_duration_seconds_count{{endpoint="/v1/embeddings",status="{status}"}}'
+        assert metric_sample(text, series) == 1, series
+
+
 async def test_unknown_route_is_404_in_openai_shape(client: httpx.AsyncClient) -> None:
     _assert_openai_error(await client.get("/v1/nothing"), 404)
     _assert_openai_error(await client.get("/v1/embeddings"), 405)
