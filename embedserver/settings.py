@@ -27,6 +27,10 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    # Text lines or one JSON object per line (for log shippers).
+    log_format: Literal["text", "json"] = "text"
+    # One INFO line per request (method, path, status, duration, texts, tokens, request id; never the input).
+    access_log: bool = True
     dev_mode: bool = False
 
     # Names a request's Host header may carry (comma-separated; "*" any, "*.example.com" a domain's). Empty: only

@@ -26,7 +26,7 @@ def add_http_layers(app: FastAPI, settings: Settings, metrics: HttpMetrics) -> N
     if settings.api_key:
         open_paths = {"/health", "/ready"} | (set() if settings.metrics_require_key else {"/metrics"})
         app.add_middleware(ApiKeys, keys=settings.api_key, open_paths=open_paths)
-    app.add_middleware(RequestMetrics, metrics=metrics)
+    app.add_middleware(RequestMetrics, metrics=metrics, access_log=settings.access_log)
     app.add_middleware(AllowedHosts, hosts=allowed_hosts(settings.allowed_hosts, settings.host))
     app.add_middleware(ResponseHeaders)
     if settings.enable_cors:

@@ -7,6 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
+from embedserver.api.request_metrics import note_usage
 from embedserver.api.responses import JSON
 from embedserver.api.schemas import EmbedBatchRequest, EmbedRequest
 from embedserver.api.state import Embedder, embedder_of
@@ -53,6 +54,7 @@ async def embed_many(body: EmbedBatchRequest, embedder: Embedder) -> JSON:
 
 
 def _common(outcome: EmbedOutcome, normalized: bool, started: float) -> dict[str, Any]:
+    note_usage(len(outcome.vectors), outcome.tokens)
     return {
         "model": outcome.model,
         "dim": int(outcome.vectors.shape[1]),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
+from embedserver.api.request_metrics import note_usage
 from embedserver.api.responses import JSON, to_base64
 from embedserver.api.schemas import EmbeddingRequest
 from embedserver.api.state import Embedder, embedder_of
@@ -28,6 +29,7 @@ async def embeddings(body: EmbeddingRequest, embedder: Embedder) -> JSON:
     else:
         inputs = raw  # type: ignore[assignment]
     outcome = await embedder.embed(body.call(inputs, openai_ids=True))
+    note_usage(len(inputs), outcome.tokens)
     encode = to_base64 if body.encoding_format == "base64" else (lambda v: v)
     data = [
         {"object": "embedding", "index": index, "embedding": encode(vector)}

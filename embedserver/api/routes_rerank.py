@@ -10,6 +10,7 @@ import orjson
 from fastapi import APIRouter, Request
 from pydantic import ValidationError
 
+from embedserver.api.request_metrics import note_usage
 from embedserver.api.responses import JSON
 from embedserver.api.schemas import RerankRequest, TeiRerankRequest
 from embedserver.api.state import state_of
@@ -50,6 +51,7 @@ async def _cohere(body: RerankRequest, request: Request) -> JSON:
     texts = body.texts()
     call = RerankCall(query=body.query, documents=texts, model=body.model, instruction=body.instruction)
     outcome = await state_of(request).service.rerank(call)
+    note_usage(len(call.documents), outcome.tokens)
     results: list[dict[str, Any]] = []
     for index in _best_first(outcome.scores)[: body.top_n]:
         result: dict[str, Any] = {"index": index, "relevance_score": outcome.scores[index]}
@@ -71,6 +73,7 @@ async def _cohere(body: RerankRequest, request: Request) -> JSON:
 async def _tei(body: TeiRerankRequest, request: Request) -> JSON:
     call = RerankCall(query=body.query, documents=body.texts, model=body.model, instruction=body.instruction)
     outcome = await state_of(request).service.rerank(call)
+    note_usage(len(call.documents), outcome.tokens)
     values = outcome.logits if body.raw_scores else outcome.scores
     answer: list[dict[str, Any]] = []
     for index in _best_first(values):

@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     from embedserver.logs import configure_logging
 
     settings = settings_from(args)
-    configure_logging("DEBUG" if settings.dev_mode else settings.log_level)
+    configure_logging("DEBUG" if settings.dev_mode else settings.log_level, settings.log_format)
     from embedserver.server.serve import serve
 
     serve(settings)

@@ -115,7 +115,7 @@ async def _exit_when_lost(client: EngineClient) -> None:
 def run(sock: socket.socket, engine_path: str) -> None:
     """Entry point of a spawned front-end process."""
     settings = Settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     app = create_frontend_app(settings, engine_path)
     metrics: ForwardedMetrics = app.state.metrics
     # The engine waits out DRAIN_DELAY_S before it stops the front-ends: they close at once.

@@ -84,7 +84,8 @@ def serve_http(
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),
-        access_log=settings.log_level == "DEBUG",
+        access_log=False,  # embedserver's own access log (api/request_metrics.py) says more
+        log_config=None,  # uvicorn's loggers go through ours: one format, text or JSON
         timeout_graceful_shutdown=settings.shutdown_grace_s,
         server_header=False,  # no `server: uvicorn`: what runs here is nobody's business
         http=guarded_protocol(ConnectionLimits.from_settings(settings), metrics),

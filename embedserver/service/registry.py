@@ -217,6 +217,7 @@ class ModelRegistry:
                         slot.status = "unloaded"  # no room right now: not a failure of the model itself
                         raise
                     assert files is not None
+                    log.info("loading model %s from %s", name, files.directory)
                     runner = await loop.run_in_executor(self._executor, self._loader, slot.spec, files)
                 worker = BatchWorker(
                     name,
