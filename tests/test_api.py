@@ -395,3 +395,15 @@ async def test_metrics_carry_process_series_and_no_created_series(client: httpx.
     assert metric_sample(text, "process_resident_memory_bytes") > 0
     assert metric_sample(text, "process_cpu_seconds_total") > 0
     assert "_created" not in text
+
+
+async def test_docs_work_offline(client: httpx.AsyncClient) -> None:
+    """Swagger UI's page names only this server's files: nothing for a browser to fetch from the internet."""
+    page = await client.get("/docs")
+    assert page.status_code == 200 and "/docs/swagger-ui-bundle.js" in page.text
+    assert "https://" not in page.text and "http://" not in page.text
+    for asset, kind in (("swagger-ui-bundle.js", "javascript"), ("swagger-ui.css", "css")):
+        r = await client.get(f"/docs/{asset}")
+        assert r.status_code == 200 and kind in r.headers["content-type"] and len(r.content) > 100_000
+    assert (await client.get("/openapi.json")).json()["info"]["title"] == "embedserver"
+    assert (await client.get("/redoc")).status_code == 404

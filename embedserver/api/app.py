@@ -11,6 +11,7 @@ from fastapi import APIRouter, FastAPI
 
 from embedserver import __version__
 from embedserver.api import error_handlers
+from embedserver.api.docs import install_docs
 from embedserver.api.layers import add_http_layers
 from embedserver.api.responses import JSON
 from embedserver.api.routes_native import router as native_router
@@ -35,10 +36,18 @@ def build_app(
 ) -> FastAPI:
     """`http_metrics=None` leaves out the HTTP layers (the engine process behind front-ends: they apply them,
     and only their forwarded calls reach its app). `state`: what the operations routes read."""
-    app = FastAPI(title="embedserver", version=__version__, default_response_class=JSON, lifespan=lifespan)
+    app = FastAPI(
+        title="embedserver",
+        version=__version__,
+        default_response_class=JSON,
+        lifespan=lifespan,
+        docs_url=None,  # install_docs serves /docs from local files
+        redoc_url=None,
+    )
     app.state.embedder = embedder
     app.state.server = state
     error_handlers.install(app)
+    install_docs(app)
     for router in (openai_router, native_router, operations):
         app.include_router(router)
     if state is not None:  # the process that holds the models (a front-end forwards reranking to it)

@@ -17,7 +17,8 @@ from embedserver.api.state import state_of
 router = APIRouter()
 
 
-@router.api_route("/health", methods=["GET", "HEAD"], response_class=JSON)
+@router.get("/health", response_class=JSON)
+@router.head("/health", response_class=JSON, include_in_schema=False)
 async def health(request: Request) -> JSON:
     """200 when the default model can serve; 503 (same body) while it loads or when it failed. With API_KEY
     set, a request without the key gets the status alone: versions, paths, memory and load errors are for
@@ -53,7 +54,8 @@ async def health(request: Request) -> JSON:
     return JSON(body, 200 if ready else 503)
 
 
-@router.api_route("/ready", methods=["GET", "HEAD"], response_class=JSON)
+@router.get("/ready", response_class=JSON)
+@router.head("/ready", response_class=JSON, include_in_schema=False)
 async def ready(request: Request) -> JSON:
     """Readiness for a load balancer: 200 only when the default model can serve right now."""
     state = state_of(request)
@@ -117,6 +119,7 @@ async def list_models(request: Request) -> dict[str, Any]:
     return {"object": "list", "data": model_cards(request)}
 
 
-@router.api_route("/metrics", methods=["GET", "HEAD"])
+@router.get("/metrics")
+@router.head("/metrics", include_in_schema=False)
 async def metrics(request: Request) -> Response:
     return Response(generate_latest(state_of(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)
