@@ -35,4 +35,6 @@ def install_docs(app: FastAPI) -> None:
                 str(path), media_type=media_type, headers={"cache-control": "public, max-age=86400"}
             )
 
-        app.add_api_route(f"/docs/{name}", asset, methods=["GET"], include_in_schema=False, name=f"docs:{name}")
+        app.add_api_route(
+            f"/docs/{name}", asset, methods=["GET"], include_in_schema=False, name=f"docs:{name}"
+        )
