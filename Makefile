@@ -66,9 +66,9 @@ benchmark-full:  ## full benchmark: 1-256 clients, JSON and PNG under results/
 	mkdir -p results
 	$(PY) -m benchmarks.http_bench --iterations 200 --workers 8 --json results/benchmark.json --plot results/benchmark.png
 
-loadtest:  ## locust against a running server: 32 users, 60 s, fails on any 5xx
+loadtest:  ## locust against a running server: load found by a ramp, 60 s; fails on 5xx and wrong answers
 	$(VENV)/bin/pip install -q -e ".[load]"
-	$(VENV)/bin/locust -f benchmarks/locustfile.py --host $(URL) --headless -u 32 -r 8 -t 60s --only-summary
+	$(VENV)/bin/locust -f benchmarks/locustfile.py --host $(URL) --headless --only-summary
 
 reference:  ## regenerate tests/fixtures/reference.json (needs torch: pip install torch==2.13.0)
 	$(PY) scripts/make_reference.py

@@ -33,13 +33,19 @@ def _threads() -> dict[tuple[int, int], tuple[str, str, int]]:
     return out
 
 
-def census(seconds: float) -> tuple[dict[str, float], dict[tuple[str, str], float]]:
-    before = _threads()
-    time.sleep(seconds)
-    after = _threads()
+Snapshot = dict[tuple[int, int], tuple[str, str, int]]
+
+
+def threads_now() -> Snapshot:
+    """Every thread's CPU ticks so far, to measure from."""
+    return _threads()
+
+
+def since(before: Snapshot, seconds: float) -> tuple[dict[str, float], dict[tuple[str, str], float]]:
+    """Percent of a core per process and per (process, thread name) since `before`, taken `seconds` ago."""
     processes: dict[str, float] = defaultdict(float)
     threads: dict[tuple[str, str], float] = defaultdict(float)
-    for key, (label, name, ticks) in after.items():
+    for key, (label, name, ticks) in _threads().items():
         used = (ticks - before.get(key, (label, name, 0))[2]) / _TICK / seconds * 100
         if used > 0:
             processes[label] += used
@@ -47,9 +53,16 @@ def census(seconds: float) -> tuple[dict[str, float], dict[tuple[str, str], floa
     return processes, threads
 
 
-def busiest(seconds: float, floor: float = 10.0) -> dict[str, float]:
-    """`census` as one flat mapping for a results file: processes and their threads over `floor` percent."""
-    processes, threads = census(seconds)
+def census(seconds: float) -> tuple[dict[str, float], dict[tuple[str, str], float]]:
+    before = threads_now()
+    time.sleep(seconds)
+    return since(before, seconds)
+
+
+def busiest(before: Snapshot, seconds: float, floor: float = 1.0) -> dict[str, float]:
+    """`since` as one flat mapping for a results file: processes and their threads at or over `floor` percent
+    of a core, busiest first."""
+    processes, threads = since(before, seconds)
     out = {label: round(used, 1) for label, used in processes.items() if used >= floor}
     out |= {f"{owner} [{name}]": round(used, 1) for (owner, name), used in threads.items() if used >= floor}
     return dict(sorted(out.items(), key=lambda kv: -kv[1]))

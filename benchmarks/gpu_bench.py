@@ -26,14 +26,13 @@ import threading
 import time
 import zlib
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchmarks.cpu_census import busiest
+from benchmarks.cpu_census import busiest, threads_now
 from benchmarks.loadgen import run_load
 from embedserver_testing.random_model import write_random_qwen3
 from embedserver_testing.server_process import server_process
@@ -191,11 +190,6 @@ def gpu_memory_peak(pid: int | None = None) -> Iterator[dict[str, float]]:
         thread.join()
 
 
-def _census_mid_level(seconds: float) -> dict[str, float]:
-    time.sleep(1.0 + seconds / 4)  # past the load generator's start (its processes take ~1 s to spawn)
-    return busiest(seconds / 2)
-
-
 def bench_server(
     name: str,
     source: Path | None,
@@ -229,18 +223,15 @@ def bench_server(
                 )
                 bodies = [json.dumps({"input": t}).encode() for t in pool]
                 before = httpx.get(f"{url}/metrics").text
-                # Which processes and threads are busy mid-level (the engine's event loop is "[main]").
-                with ThreadPoolExecutor(1) as census:
-                    cpu = census.submit(_census_mid_level, seconds)
-                    r = run_load(
-                        f"{url}/v1/embeddings",
-                        bodies,
-                        clients,
-                        seconds,
-                        processes=min(8, max(1, clients // 32)),
-                    )
+                # Which processes and threads were busy over the level, the load generator's start-up included
+                # (the engine's event loop is "[main]", MLX's thread "[mlx0]").
+                threads, started = threads_now(), time.perf_counter()
+                r = run_load(
+                    f"{url}/v1/embeddings", bodies, clients, seconds, processes=min(8, max(1, clients // 32))
+                )
+                cpu = busiest(threads, time.perf_counter() - started)
                 summary = r.summary() | level_means(httpx.get(f"{url}/metrics").text, since=before)
-                summary["cpu_percent"] = cpu.result()
+                summary["cpu_percent"] = cpu
                 levels.append(summary)
                 log(f"server {name}, {length} tokens:", summary)
             results["lengths"][length] = levels
