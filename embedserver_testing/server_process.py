@@ -31,10 +31,11 @@ def server_process(
     python: str = sys.executable,
     cwd: Path | None = None,
     args: Sequence[str] = (),
+    port: int | None = None,
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """Start the server (`python -m embedserver [args]`, from `cwd`) with `env` added to this environment, wait
-    until /health is 200, yield its URL and process; SIGTERM it afterwards."""
-    port = free_port()
+    until /health is 200, yield its URL and process; SIGTERM it afterwards. On `port`, else a free one."""
+    port = port or free_port()
     out = log.open("wb") if log else None
     proc = subprocess.Popen(
         [python, "-m", "embedserver", *args],
@@ -61,7 +62,8 @@ def server_process(
             time.sleep(0.2)
         yield url, proc
     finally:
-        proc.send_signal(signal.SIGTERM)
+        if proc.poll() is None:  # a test may have stopped it already
+            proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
         if out:
             out.close()
