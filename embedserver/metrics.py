@@ -175,6 +175,11 @@ class Metrics:
             "embedserver_model_evictions_total", "Models unloaded to make room", ["model"], registry=r
         )
         self.models_loaded = Gauge("embedserver_models_loaded", "Models currently loaded", registry=r)
+        self.ready = Gauge(
+            "embedserver_ready",
+            "1 while /ready answers 200 (the default model can serve), else 0",
+            registry=r,
+        )
         self._series: dict[str, ModelSeries] = {}
         for endpoint in _API_ENDPOINTS:
             for status in _WATCHED_STATUSES:

@@ -59,16 +59,11 @@ async def health(request: Request) -> JSON:
 async def ready(request: Request) -> JSON:
     """Readiness for a load balancer: 200 only when the default model can serve right now."""
     state = state_of(request)
-    service = state.service
-    registry = service.registry
-    slot = registry.slots().get(registry.default)
-    status = slot.describe()["status"] if slot is not None else "unloaded"
-    if status == "ready" and state.cold_frontends > 0:
-        status = "warming"  # front-ends still loading the tokenizer
-    if service.draining or state.leaving:
-        status = "draining"
+    status = state.readiness()
     ok = status == "ready"
-    return JSON({"ready": ok, "default_model": registry.default, "status": status}, 200 if ok else 503)
+    return JSON(
+        {"ready": ok, "default_model": state.service.registry.default, "status": status}, 200 if ok else 503
+    )
 
 
 def model_cards(request: Request) -> list[dict[str, Any]]:

@@ -43,6 +43,18 @@ class ServerState:
     # Set on SIGTERM: /ready is 503 while requests are still served for DRAIN_DELAY_S.
     leaving: bool = False
 
+    def readiness(self) -> str:
+        """What /ready says (and the embedserver_ready gauge): "ready" only when the default model can serve
+        right now; else why not (loading, failed, warming, draining, ...)."""
+        registry = self.service.registry
+        slot = registry.slots().get(registry.default)
+        status: str = slot.describe()["status"] if slot is not None else "unloaded"
+        if status == "ready" and self.cold_frontends > 0:
+            status = "warming"  # front-ends still loading the tokenizer
+        if self.service.draining or self.leaving:
+            status = "draining"
+        return status
+
 
 def state_of(request: Request) -> ServerState:
     state: ServerState = request.app.state.server

@@ -71,6 +71,7 @@ def create_app(
     cache = EmbeddingCache(settings.cache_max_entries, settings.cache_max_bytes)
     service = EmbeddingService(settings, registry, cache, metrics)
     state = ServerState(service=service, metrics=metrics, device=device.info, memory=device.memory)
+    metrics.ready.set_function(lambda: float(state.readiness() == "ready"))  # read at scrape time
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
