@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 # and .env as it always does. Client targets talk to the address the server would use (EMBEDSERVER_URL wins).
 SERVE_FLAGS = $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))
 URL = $(or $(EMBEDSERVER_URL),$(shell $(PY) -c 'from embedserver.cli.client import default_url; print(default_url())'))
-SOURCES := embedserver embedserver_testing tests scripts benchmarks
+SOURCES := embedserver embedserver_testing tests scripts benchmarks examples
 
 .PHONY: help install install-dev run dev health test test-fast lint format clean reference loadtest benchmark benchmark-full fuzz
 .DEFAULT_GOAL := help

