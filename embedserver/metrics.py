@@ -3,7 +3,11 @@ as in tests, never collide)."""
 
 from __future__ import annotations
 
-from typing import Protocol
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Protocol
 
 from prometheus_client import (
     CollectorRegistry,
@@ -13,6 +17,7 @@ from prometheus_client import (
     ProcessCollector,
     disable_created_metrics,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 # No `*_created` series: one more series per counter and histogram that no dashboard reads.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -47,8 +52,11 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        # process_cpu_seconds_total, process_resident_memory_bytes, open fds...: the engine process's own.
+        # process_cpu_seconds_total, process_resident_memory_bytes, open fds...: the engine process's own; the
+        # front-end processes report theirs (FrontendProcesses).
         ProcessCollector(registry=r)
+        self.frontends = FrontendProcesses()
+        r.register(self.frontends)
         self.requests = Counter(
             "embedserver_requests_total",
             "HTTP requests by endpoint and status",
@@ -237,3 +245,49 @@ class ModelSeries:
             m.model_loads.labels(model, outcome)
         m.worker_restarts.labels(model)
         m.model_evictions.labels(model)
+
+
+def own_process_stats() -> dict[str, Any]:
+    """This process's CPU seconds, resident memory and open files (the last two where /proc exists), as a
+    front-end reports them to the engine."""
+    stats: dict[str, Any] = {"pid": os.getpid(), "cpu_s": time.process_time()}
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        stats["rss"] = pages * os.sysconf("SC_PAGE_SIZE")
+        stats["fds"] = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        pass
+    return stats
+
+
+class FrontendProcesses:
+    """The latest report of each front-end process (by its index, stable across restarts), exported at scrape
+    time: one /metrics shows every process's resources."""
+
+    def __init__(self) -> None:
+        self.latest: dict[int, dict[str, Any]] = {}
+
+    def report(self, frontend: int, stats: dict[str, Any]) -> None:
+        self.latest[frontend] = stats
+
+    def collect(self) -> Iterator[Metric]:
+        cpu = CounterMetricFamily(
+            "embedserver_frontend_cpu_seconds", "CPU time of each front-end process", labels=["frontend"]
+        )
+        rss = GaugeMetricFamily(
+            "embedserver_frontend_resident_memory_bytes",
+            "Resident memory of each front-end",
+            labels=["frontend"],
+        )
+        fds = GaugeMetricFamily(
+            "embedserver_frontend_open_fds", "Open files of each front-end", labels=["frontend"]
+        )
+        for frontend, stats in sorted(self.latest.items()):
+            label = [str(frontend)]
+            cpu.add_metric(label, stats["cpu_s"])
+            if "rss" in stats:
+                rss.add_metric(label, stats["rss"])
+                fds.add_metric(label, stats["fds"])
+        yield cpu
+        yield rss
+        yield fds

@@ -119,6 +119,31 @@ def test_errors_cross_the_link_in_openai_shape(frontends: tuple[str, subprocess.
     assert httpx.get(f"{url}/nowhere").json()["error"]["code"] == "not_found"
 
 
+def test_each_front_end_reports_its_resources(frontends: tuple[str, subprocess.Popen[bytes]]) -> None:
+    """One /metrics shows every process: the engine's process_* and each front-end's own, by slot."""
+    url, engine = frontends
+    pids = _frontend_pids(engine.pid)
+    for slot in ("0", "1"):
+        rss = metric_reaches(url, f'embedserver_frontend_resident_memory_bytes{{frontend="{slot}"}}', 1e6, 10)
+        assert rss < 4e9
+        assert (
+            metric_sample(
+                httpx.get(f"{url}/metrics").text, f'embedserver_frontend_open_fds{{frontend="{slot}"}}'
+            )
+            > 3
+        )
+    reported = sum(
+        metric_sample(
+            httpx.get(f"{url}/metrics").text,
+            f'embedserver_frontend_resident_memory_bytes{{frontend="{slot}"}}',
+        )
+        for slot in ("0", "1")
+    )
+    actual = sum(psutil.Process(pid).memory_info().rss for pid in pids)
+    assert 0.5 < reported / actual < 2  # the same processes, sampled seconds apart
+    assert metric_sample(httpx.get(f"{url}/metrics").text, "process_resident_memory_bytes") > 1e6
+
+
 def test_operations_routes_describe_the_engine(frontends: tuple[str, subprocess.Popen[bytes]]) -> None:
     url, _ = frontends
     health = httpx.get(f"{url}/health")

@@ -185,6 +185,9 @@ class ForwardedMetrics:
     def connection_closed(self, reason: str) -> None:
         self._add({"event": "closed", "reason": reason})
 
+    def process(self, frontend: int, stats: dict[str, Any]) -> None:
+        self._add({"event": "process", "frontend": frontend, "stats": stats})
+
     def _add(self, event: dict[str, Any]) -> None:
         if not self._events:
             asyncio.get_running_loop().call_later(_RECORD_EVERY_S, self.flush)

@@ -177,5 +177,7 @@ class EngineLink(ipc.FrameProtocol):
             self.metrics.body_timeout()
         elif event == "closed":
             self.metrics.connection_closed(meta["reason"])
+        elif event == "process":
+            self.metrics.frontends.report(meta["frontend"], meta["stats"])
         elif event == "warm":
             self.state.cold_frontends -= 1

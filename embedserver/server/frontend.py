@@ -25,11 +25,15 @@ from embedserver.api.app import build_app
 from embedserver.api.guards import PUBLIC_KEY
 from embedserver.errors import APIError
 from embedserver.logs import configure_logging
+from embedserver.metrics import own_process_stats
 from embedserver.server import ipc
 from embedserver.server.engine_client import EngineClient, ForwardedMetrics, RemoteService
 from embedserver.server.http_server import serve_http
 from embedserver.settings import Settings
 from embedserver.tuning.gc_freeze import freeze_long_lived
+
+# How often a front-end reports its CPU, memory and open files to the engine.
+_PROCESS_REPORT_S = 5.0
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +46,7 @@ HEAD_PATHS = ("/health", "/ready", "/metrics")
 FORWARDED_POSTS = ("/v1/rerank", "/v2/rerank", "/rerank", "/tokenize", "/detokenize")
 
 
-def create_frontend_app(settings: Settings, engine_path: str) -> FastAPI:
+def create_frontend_app(settings: Settings, engine_path: str, index: int = 0) -> FastAPI:
     client = EngineClient()
     service = RemoteService(client, settings)
 
@@ -53,11 +57,13 @@ def create_frontend_app(settings: Settings, engine_path: str) -> FastAPI:
         watcher = asyncio.create_task(_exit_when_lost(client))
         # The default model's tokenizer, ready before the first request needs it (waits for the engine's load).
         warm = asyncio.create_task(_describe_default(service))
+        reports = asyncio.create_task(_report_process(metrics, index))
         freeze_long_lived()
         try:
             yield
         finally:
             warm.cancel()
+            reports.cancel()
             watcher.cancel()
             metrics.flush()  # the last requests' records, before the link closes
             client.flush()
@@ -112,11 +118,18 @@ async def _exit_when_lost(client: EngineClient) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-def run(sock: socket.socket, engine_path: str) -> None:
-    """Entry point of a spawned front-end process."""
+async def _report_process(metrics: ForwardedMetrics, index: int) -> None:
+    """This process's CPU, memory and open files, to the engine's /metrics (embedserver_frontend_*)."""
+    while True:
+        metrics.process(index, own_process_stats())
+        await asyncio.sleep(_PROCESS_REPORT_S)
+
+
+def run(sock: socket.socket, engine_path: str, index: int = 0) -> None:
+    """Entry point of a spawned front-end process (`index`: its slot, stable across restarts)."""
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format)
-    app = create_frontend_app(settings, engine_path)
+    app = create_frontend_app(settings, engine_path, index)
     metrics: ForwardedMetrics = app.state.metrics
     # The engine waits out DRAIN_DELAY_S before it stops the front-ends: they close at once.
     serve_http(app, settings, metrics=metrics, sockets=[sock], drain_delay_s=0)

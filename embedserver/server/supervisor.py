@@ -137,7 +137,7 @@ class Frontends:
     def _spawn(self, index: int) -> None:
         proc = self._context.Process(
             target=frontend.run,
-            args=(self.listener, self.engine_path),
+            args=(self.listener, self.engine_path, index),
             name=f"embedserver-frontend-{index}",
         )
         proc.start()
