@@ -48,6 +48,7 @@ def test_curl_example(server: str, tiktoken_cache: Path) -> None:
     [
         ("openai_client.py", "dimension 64"),
         ("langchain_rag.py", "reranked:"),
+        ("llamaindex_rag.py", "reranked:"),
         ("cohere_rerank.py", "Kittens drink milk."),
     ],
 )
