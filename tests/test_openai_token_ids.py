@@ -6,7 +6,7 @@ server process, offline."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -17,7 +17,6 @@ from embedserver.errors import InvalidRequest
 from embedserver.server.engine_app import create_app
 from embedserver.settings import Settings
 from embedserver.tokenization import openai_ids
-from embedserver_testing.server_process import running_server
 from tests.conftest import started
 
 TEXTS = [
@@ -85,48 +84,38 @@ async def test_openai_ids_embed_as_their_text(
     assert blank.status_code == 400 and "whitespace" in blank.json()["error"]["message"]
 
 
-@pytest.fixture(scope="module", params=[0, 2], ids=["one-process", "front-ends"])
-def server(
-    request: pytest.FixtureRequest, catalog_file: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    env = {
-        "CATALOG_FILE": str(catalog_file),
-        "MODEL_NAME": "tiny",
-        "RERANK_MODEL": "tiny-rerank",
-        "HF_HUB_OFFLINE": "1",
-        "HTTP_WORKERS": str(request.param),
-    }
-    with running_server(env, tmp_path_factory.mktemp("server") / "server.log", timeout=120) as url:
-        yield url
-
-
 @pytest.mark.slow
 def test_langchain_openai_embeddings_with_their_defaults(
-    server: str, tiktoken_cache: Path, monkeypatch: pytest.MonkeyPatch
+    pair_server: str, tiktoken_cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from langchain_openai import OpenAIEmbeddings
 
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tiktoken_cache))
     # base_url and api_key are pydantic aliases, which mypy does not see.
-    embeddings = OpenAIEmbeddings(model="default", base_url=f"{server}/v1", api_key="unused", max_retries=0)  # type: ignore[call-arg]
+    embeddings = OpenAIEmbeddings(
+        model="default", base_url=f"{pair_server}/v1", api_key="unused", max_retries=0
+    )  # type: ignore[call-arg]
     assert embeddings.check_embedding_ctx_length  # the default: LangChain sends tiktoken ids
     got = np.array(embeddings.embed_documents(TEXTS))
     query = np.array(embeddings.embed_query(TEXTS[0]))
     want = np.array(
-        [d["embedding"] for d in httpx.post(f"{server}/v1/embeddings", json={"input": TEXTS}).json()["data"]]
+        [
+            d["embedding"]
+            for d in httpx.post(f"{pair_server}/v1/embeddings", json={"input": TEXTS}).json()["data"]
+        ]
     )
     assert got.shape == want.shape and np.allclose(got, want, atol=1e-5)
     assert np.allclose(query, want[0], atol=1e-5)
 
 
 @pytest.mark.slow
-def test_langchain_cohere_rerank_against_the_server(server: str) -> None:
+def test_langchain_cohere_rerank_against_the_server(pair_server: str) -> None:
     from langchain_cohere import CohereRerank
     from langchain_core.documents import Document
 
     reference = json.loads((Path(__file__).parent / "fixtures" / "rerank_reference.json").read_text())
     case, texts = reference["cases"][0], reference["documents"]
-    reranker = CohereRerank(model="tiny-rerank", base_url=server, cohere_api_key="unused", top_n=3)
+    reranker = CohereRerank(model="tiny-rerank", base_url=pair_server, cohere_api_key="unused", top_n=3)
     kept = reranker.compress_documents([Document(page_content=t) for t in texts], case["query"])
     best = list(np.argsort(case["scores"])[::-1][:3])
     assert [texts.index(d.page_content) for d in kept] == best

@@ -5,7 +5,7 @@ in one process and with front-ends."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,6 @@ import pytest
 
 from embedserver.server.engine_app import create_app
 from embedserver.settings import Settings
-from embedserver_testing.server_process import running_server
 from tests.conftest import started
 
 REFERENCE = json.loads((Path(__file__).parent / "fixtures" / "rerank_reference.json").read_text())
@@ -116,26 +115,11 @@ async def test_models_and_health_cover_rerankers(rerank_client: httpx.AsyncClien
     assert health["models"]["tiny-rerank"]["status"] == "ready"
 
 
-@pytest.fixture(scope="module", params=[0, 2], ids=["one-process", "front-ends"])
-def rerank_server(
-    request: pytest.FixtureRequest, catalog_file: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    env = {
-        "CATALOG_FILE": str(catalog_file),
-        "MODEL_NAME": "tiny",
-        "RERANK_MODEL": "tiny-rerank",
-        "HF_HUB_OFFLINE": "1",
-        "HTTP_WORKERS": str(request.param),
-    }
-    with running_server(env, tmp_path_factory.mktemp("server") / "server.log", timeout=120) as url:
-        yield url
-
-
 @pytest.mark.slow
-def test_the_cohere_client_reranks_against_the_server(rerank_server: str) -> None:
+def test_the_cohere_client_reranks_against_the_server(pair_server: str) -> None:
     import cohere
 
-    client = cohere.Client(api_key="unused", base_url=rerank_server)
+    client = cohere.Client(api_key="unused", base_url=pair_server)
     response = client.rerank(
         model="tiny-rerank", query=CASE["query"], documents=DOCUMENTS, top_n=3, return_documents=True
     )
@@ -143,22 +127,22 @@ def test_the_cohere_client_reranks_against_the_server(rerank_server: str) -> Non
     for r in response.results:
         assert r.relevance_score == pytest.approx(CASE["scores"][r.index], abs=1e-4)
         assert r.document is not None and r.document.text == DOCUMENTS[r.index]
-    v2 = cohere.ClientV2(api_key="unused", base_url=rerank_server).rerank(
+    v2 = cohere.ClientV2(api_key="unused", base_url=pair_server).rerank(
         model="tiny-rerank", query=CASE["query"], documents=DOCUMENTS
     )
     assert [r.index for r in v2.results] == list(np.argsort(CASE["scores"])[::-1])
 
 
 @pytest.mark.slow
-def test_tei_shape_and_errors_cross_the_link(rerank_server: str) -> None:
-    answer = httpx.post(f"{rerank_server}/rerank", json={"query": CASE["query"], "texts": DOCUMENTS}).json()
+def test_tei_shape_and_errors_cross_the_link(pair_server: str) -> None:
+    answer = httpx.post(f"{pair_server}/rerank", json={"query": CASE["query"], "texts": DOCUMENTS}).json()
     assert answer[0]["score"] == pytest.approx(max(CASE["scores"]), abs=1e-4)
-    wrong = httpx.post(f"{rerank_server}/v1/rerank", json={"model": "tiny", "query": "q", "documents": ["d"]})
+    wrong = httpx.post(f"{pair_server}/v1/rerank", json={"model": "tiny", "query": "q", "documents": ["d"]})
     assert wrong.status_code == 400 and wrong.json()["error"]["code"] == "wrong_model_type"
-    embed = httpx.post(f"{rerank_server}/v1/embeddings", json={"model": "tiny-rerank", "input": "x"})
+    embed = httpx.post(f"{pair_server}/v1/embeddings", json={"model": "tiny-rerank", "input": "x"})
     assert embed.status_code == 400 and embed.json()["error"]["code"] == "wrong_model_type"
-    metrics = httpx.get(f"{rerank_server}/metrics").text
+    metrics = httpx.get(f"{pair_server}/metrics").text
     assert 'embedserver_texts_total{model="tiny-rerank"}' in metrics
-    tokens = httpx.post(f"{rerank_server}/tokenize", json={"input": "x"}).json()["data"][0]["tokens"]
-    text = httpx.post(f"{rerank_server}/detokenize", json={"tokens": tokens}).json()["data"][0]["text"]
+    tokens = httpx.post(f"{pair_server}/tokenize", json={"input": "x"}).json()["data"][0]["tokens"]
+    text = httpx.post(f"{pair_server}/detokenize", json={"tokens": tokens}).json()["data"][0]["text"]
     assert text == "x<|endoftext|>"
