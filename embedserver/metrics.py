@@ -3,10 +3,8 @@ as in tests, never collide)."""
 
 from __future__ import annotations
 
-import os
-import time
+import functools
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, Protocol
 
 from prometheus_client import (
@@ -247,17 +245,24 @@ class ModelSeries:
         m.model_evictions.labels(model)
 
 
+# What a front-end reports, from the same collector that gives the engine's process_* (Linux /proc; nothing
+# elsewhere, where the engine's process_* are absent too).
+_REPORTED = {
+    "process_cpu_seconds_total": "cpu_s",
+    "process_resident_memory_bytes": "rss",
+    "process_open_fds": "fds",
+}
+
+
+@functools.cache
+def _own_process() -> ProcessCollector:
+    return ProcessCollector(registry=None)
+
+
 def own_process_stats() -> dict[str, Any]:
-    """This process's CPU seconds, resident memory and open files (the last two where /proc exists), as a
-    front-end reports them to the engine."""
-    stats: dict[str, Any] = {"pid": os.getpid(), "cpu_s": time.process_time()}
-    try:
-        pages = int(Path("/proc/self/statm").read_text().split()[1])
-        stats["rss"] = pages * os.sysconf("SC_PAGE_SIZE")
-        stats["fds"] = len(os.listdir("/proc/self/fd"))
-    except OSError:
-        pass
-    return stats
+    """This process's CPU seconds, resident memory and open files, as a front-end reports them to the engine."""
+    samples = (sample for family in _own_process().collect() for sample in family.samples)
+    return {_REPORTED[s.name]: s.value for s in samples if s.name in _REPORTED}
 
 
 class FrontendProcesses:
@@ -284,10 +289,9 @@ class FrontendProcesses:
         )
         for frontend, stats in sorted(self.latest.items()):
             label = [str(frontend)]
-            cpu.add_metric(label, stats["cpu_s"])
-            if "rss" in stats:
-                rss.add_metric(label, stats["rss"])
-                fds.add_metric(label, stats["fds"])
+            for family, key in ((cpu, "cpu_s"), (rss, "rss"), (fds, "fds")):
+                if key in stats:
+                    family.add_metric(label, stats[key])
         yield cpu
         yield rss
         yield fds

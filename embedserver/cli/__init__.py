@@ -44,10 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args_in[:1] == ["bench"]:
         return _bench(args_in[1:])
     if not args_in or args_in[0] not in _COMMANDS:
-        args_in = [
-            "serve",
-            *args_in,
-        ]  # `embedserver --port 9000` serves, as `python -m embedserver` always did
+        # `embedserver --port 9000` serves, as `python -m embedserver` always did.
+        args_in = ["serve", *args_in]
     args = parser().parse_args(args_in)
     if args.command == "serve":
         return serve_command.run(args)

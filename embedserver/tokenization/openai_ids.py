@@ -72,16 +72,12 @@ def decode(ids: list[int], index: int) -> str:
             param="input",
             code="token_ids_unsupported",
         ) from exc
-    try:
-        pieces = [table[i] if i >= 0 else None for i in ids]
-    except IndexError:
-        pieces = [None]
-    if None in pieces:
-        bad = next(i for i in ids if not 0 <= i < len(table) or table[i] is None)
+    bad = next((i for i in ids if not 0 <= i < len(table) or table[i] is None), None)
+    if bad is not None:
         raise InvalidRequest(
             f"input[{index}] holds {bad}, which is not a cl100k_base token id (OpenAI's ids; "
             "OPENAI_TOKEN_IDS=model reads them as the model's own)",
             param="input",
             code="invalid_token_id",
         )
-    return b"".join(pieces).decode("utf-8", errors="replace")  # type: ignore[arg-type]
+    return b"".join(table[i] for i in ids).decode("utf-8", errors="replace")  # type: ignore[misc]
