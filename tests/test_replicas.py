@@ -66,49 +66,75 @@ class Load:
             self.outcomes.append((time.monotonic(), status))
 
 
-def _embedded(url: str) -> float:
-    """Embedding requests a replica has answered (its own /metrics)."""
+def _metric_total(url: str, series: str) -> float:
+    """The sum of a replica's samples whose line starts with `series` (its own /metrics)."""
     text = httpx.get(f"{url}/metrics", timeout=5).text
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith('embedserver_requests_total{endpoint="/v1/embeddings"')
-    )
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(series))
+
+
+def _embedded(url: str) -> float:
+    """Embedding requests a replica has answered."""
+    return _metric_total(url, 'embedserver_requests_total{endpoint="/v1/embeddings"')
 
 
 def _queue_depth(url: str) -> float:
-    text = httpx.get(f"{url}/metrics", timeout=5).text
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("embedserver_queue_depth")
-    )
+    return _metric_total(url, "embedserver_queue_depth")
+
+
+class Balancer:
+    """HAProxy started on the recipe, plus a stats page of its own (a second config file) to read what it
+    thinks of each replica."""
+
+    def __init__(self, url: str, stats_url: str) -> None:
+        self.url = url
+        self.stats_url = stats_url
+
+    def replica(self, name: str) -> dict[str, str]:
+        """HAProxy's row for a replica: `status` (UP, DOWN, ...), `lbtot` (times it was chosen), ..."""
+        lines = httpx.get(self.stats_url, timeout=5).text.splitlines()
+        header = lines[0].removeprefix("# ").split(",")
+        rows = (dict(zip(header, line.split(","), strict=False)) for line in lines[1:])
+        return next(row for row in rows if row["pxname"] == "replicas" and row["svname"] == name)
+
+    def wait_until(self, name: str, status: str, within: float) -> float:
+        """Seconds until HAProxy holds `name` at `status`; fails past `within`."""
+        start = time.monotonic()
+        while self.replica(name)["status"] != status:
+            assert time.monotonic() - start < within, f"{name} not {status} within {within} s"
+            time.sleep(0.05)
+        return time.monotonic() - start
 
 
 @contextmanager
-def _haproxy(listen: int, replicas: list[int], log: Path) -> Iterator[str]:
+def _haproxy(listen: int, replicas: list[int], tmp_path: Path) -> Iterator[Balancer]:
     env = {**os.environ, "LISTEN": f"127.0.0.1:{listen}"}
     env |= {f"REPLICA_{i + 1}": f"127.0.0.1:{port}" for i, port in enumerate(replicas)}
+    stats_port = free_port()
+    stats = tmp_path / "stats.cfg"
+    stats.write_text(
+        f"frontend stats\n    mode http\n    bind 127.0.0.1:{stats_port}\n    stats enable\n    stats uri /stats\n"
+    )
+    log = tmp_path / "haproxy.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            ["haproxy", "-db", "-f", str(RECIPE)], env=env, stdout=out, stderr=subprocess.STDOUT
+            ["haproxy", "-db", "-f", str(RECIPE), "-f", str(stats)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
-        url = f"http://127.0.0.1:{listen}"
+        balancer = Balancer(f"http://127.0.0.1:{listen}", f"http://127.0.0.1:{stats_port}/stats;csv")
         try:
             deadline = time.monotonic() + 30
-            while True:  # serving once every replica has passed two checks
+            while True:  # HAProxy answering
                 try:
-                    if (
-                        httpx.post(f"{url}/v1/embeddings", json={"input": "up?"}, timeout=5).status_code
-                        == 200
-                    ):
-                        break
+                    balancer.replica("r1")
+                    break
                 except httpx.HTTPError:
-                    pass
-                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-                time.sleep(0.2)
-            time.sleep(2.5)  # rise 2 x inter 1 s: all three in rotation
-            yield url
+                    assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+                    time.sleep(0.2)
+            for name in ("r1", "r2", "r3"):  # every replica has passed its checks: all in rotation
+                balancer.wait_until(name, "UP", within=30)
+            yield balancer
         finally:
             proc.terminate()
             proc.wait(timeout=10)
@@ -125,9 +151,9 @@ def test_replicas_behind_haproxy_survive_restarts_and_kills(tiny_qwen3: Path, tm
             stack.enter_context(server_process(env, tmp_path / f"replica-{i}.log", 120, port=port))
             for i, port in enumerate(ports)
         ]
-        (url1, proc1), (_, proc2), (url3, _) = replicas
-        balancer = stack.enter_context(_haproxy(free_port(), ports, tmp_path / "haproxy.log"))
-        load = stack.enter_context(Load(balancer))
+        (_, proc1), (_, proc2), (url3, _) = replicas
+        balancer = stack.enter_context(_haproxy(free_port(), ports, tmp_path))
+        load = stack.enter_context(Load(balancer.url))
 
         # Steady load: the queue depth (the autoscaling signal) rises on the replicas.
         start, depth = time.monotonic(), 0.0
@@ -137,13 +163,14 @@ def test_replicas_behind_haproxy_survive_restarts_and_kills(tiny_qwen3: Path, tm
         assert set(load.since(start)) == {200}
 
         # Rolling restart: SIGTERM one replica. /ready turns 503 while it still answers (DRAIN_DELAY_S, 5 s);
-        # HAProxy's next check (1 s) takes it out, and what it had accepted completes.
+        # HAProxy's next check (every 1 s) takes it out, well before the port closes, and what it had accepted
+        # completes.
         start = time.monotonic()
         proc1.send_signal(signal.SIGTERM)
-        time.sleep(2.0)
-        taken_out = _embedded(url1)
-        time.sleep(2.0)
-        assert _embedded(url1) == taken_out, "HAProxy kept sending to the draining replica"
+        assert balancer.wait_until("r1", "DOWN", within=4.0) < 4.0
+        chosen = balancer.replica("r1")["lbtot"]
+        time.sleep(1.5)
+        assert balancer.replica("r1")["lbtot"] == chosen, "HAProxy kept sending to the draining replica"
         assert proc1.wait(timeout=60) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal it handled
         time.sleep(1.0)
         outcomes = load.since(start)
@@ -161,8 +188,11 @@ def test_replicas_behind_haproxy_survive_restarts_and_kills(tiny_qwen3: Path, tm
         # Start it again on its port: it loads with /ready at 503, so no request reaches it before it can serve.
         start = time.monotonic()
         with server_process(env, tmp_path / "replica-1-again.log", 120, port=ports[1]) as (again, _):
-            time.sleep(3.0)  # rise 2 x inter 1 s
-            assert _embedded(again) > 0, "the restarted replica got no traffic"
+            balancer.wait_until("r2", "UP", within=30)  # two good checks on /ready
+            deadline = time.monotonic() + 10
+            while _embedded(again) == 0:
+                assert time.monotonic() < deadline, "the restarted replica got no traffic"
+                time.sleep(0.1)
             outcomes = load.since(start)
             assert set(outcomes) == {200}, [o for o in outcomes if o != 200]
             load.__exit__()
