@@ -122,7 +122,10 @@ def test_sigterm_turns_readiness_off_while_serving_then_refuses_connections_at_o
     """What a load balancer needs: /ready 503 for DRAIN_DELAY_S while requests are still served, then new
     connections refused at once (never queued with nobody to accept them), accepted work finished."""
     log = tmp_path / "server.log"
-    proc, url = _start(catalog_file, log, workers, {"DRAIN_DELAY_S": "2"})
+    # Admission would refuse the request sent during the delay once the backlog's rate is measured (9 s of
+    # work > MAX_QUEUE_WAIT_S), which happens within the first second on a fast machine: not what this tests.
+    env = {"DRAIN_DELAY_S": "2", "MAX_QUEUE_WAIT_S": "60"}
+    proc, url = _start(catalog_file, log, workers, env)
     texts = [f"in flight through the drain, text {i} " * 20 for i in range(1500)]  # ~9 s of work here
     sender, result = _in_background(url, texts)
     time.sleep(1.0)
