@@ -7,6 +7,7 @@ import functools
 from collections.abc import Iterator
 from typing import Any, Protocol
 
+import numpy as np
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -31,6 +32,21 @@ _API_ENDPOINTS = ("/v1/embeddings", "/embed", "/embed_batch", "/v1/rerank", "/re
 _WATCHED_STATUSES = ("200", "400", "429", "500", "503")
 DISCONNECT_STAGES = ("body", "waiting")
 CLOSE_REASONS = ("headers_too_large", "send_timeout", "unsent_bytes")
+
+
+def observe_many(histogram: Histogram, values: list[float]) -> None:
+    """What `histogram.observe(v)` does for each value (the bucket of the first bound >= v, and the sum), at
+    the cost of one update per bucket instead of one Python call per value: for the engine's per-request and
+    per-text series, whose values arrive by the hundred. Reads prometheus_client's bucket bounds and values;
+    tests/test_metrics_many.py checks it against `observe`."""
+    if not values:
+        return
+    bounds = histogram._upper_bounds
+    counts = np.bincount(np.searchsorted(bounds, values, side="left"), minlength=len(bounds))
+    for bucket, count in zip(histogram._buckets, counts.tolist(), strict=True):
+        if count:
+            bucket.inc(count)
+    histogram._sum.inc(float(np.sum(values)))
 
 
 class HttpMetrics(Protocol):
@@ -123,7 +139,7 @@ class Metrics:
         self.texts = Counter("embedserver_texts_total", "Texts embedded by the model", ["model"], registry=r)
         self.dropped = Counter(
             "embedserver_dropped_total",
-            "Queued texts dropped because their caller went away",
+            "Queued texts never computed because their caller went away or another text of their request failed",
             ["model"],
             registry=r,
         )
@@ -207,6 +223,12 @@ class Metrics:
         code = str(status)
         self.requests.labels(endpoint, code).inc()
         self.request_seconds.labels(endpoint, code).observe(seconds)
+
+    def requests_done(self, endpoint: str, status: int, seconds: list[float]) -> None:
+        """`request_done` for many requests of one endpoint and status (a front-end's since its last report)."""
+        code = str(status)
+        self.requests.labels(endpoint, code).inc(len(seconds))
+        observe_many(self.request_seconds.labels(endpoint, code), seconds)
 
     def client_gone(self, stage: str) -> None:
         self.disconnects.labels(stage).inc()

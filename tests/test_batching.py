@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from embedserver.batching.worker import BatchLimits, BatchWorker, WorkItem, plan_batches
+from embedserver.batching.worker import BatchLimits, BatchWorker, QueuedRequest, WorkItem, plan_batches
 from embedserver.errors import InferenceError, Overloaded
 from embedserver.metrics import Metrics
 
@@ -20,7 +20,7 @@ from embedserver.metrics import Metrics
 def _items(*lengths: int) -> list[WorkItem]:
     loop = asyncio.new_event_loop()
     try:
-        return [WorkItem(list(range(1, n + 1)), loop.create_future()) for n in lengths]
+        return [QueuedRequest([list(range(1, n + 1))], loop.create_future()).waiting[0] for n in lengths]
     finally:
         loop.close()
 
@@ -74,24 +74,26 @@ async def worker() -> AsyncIterator[BatchWorker]:
 
 
 async def test_results_match_their_inputs(worker: BatchWorker) -> None:
-    futures = worker.submit([[1, 2, 3], [4], [5, 6]])
-    results = await asyncio.gather(*futures)
-    assert [r.tolist() for r in results] == [[3, 1], [1, 4], [2, 5]]
+    results = await worker.submit([[1, 2, 3], [4], [5, 6]])
+    assert results.tolist() == [[3, 1], [1, 4], [2, 5]]  # one row per text, in order
 
 
-async def test_one_bad_input_fails_only_itself(worker: BatchWorker) -> None:
-    futures = worker.submit([[1], [666], [2, 2]])
-    results = await asyncio.gather(*futures, return_exceptions=True)
-    assert results[0].tolist() == [1, 1] and results[2].tolist() == [2, 2]  # type: ignore[union-attr]
+async def test_one_bad_input_fails_only_its_own_request(worker: BatchWorker) -> None:
+    """Requests sharing a batch with a text that breaks the pass are answered (each text is retried alone);
+    the request holding the bad text fails as a whole."""
+    results = await asyncio.gather(
+        worker.submit([[1]]), worker.submit([[5], [666]]), worker.submit([[2, 2]]), return_exceptions=True
+    )
+    assert results[0].tolist() == [[1, 1]] and results[2].tolist() == [[2, 2]]  # type: ignore[union-attr]
     assert isinstance(results[1], RuntimeError)
     # and the worker keeps serving
-    assert (await worker.submit([[9]])[0]).tolist() == [1, 9]
+    assert (await worker.submit([[9]])).tolist() == [[1, 9]]
 
 
 async def test_non_finite_embedding_is_an_error_not_a_result(worker: BatchWorker) -> None:
-    results = await asyncio.gather(*worker.submit([[777], [3]]), return_exceptions=True)
+    results = await asyncio.gather(worker.submit([[777]]), worker.submit([[3]]), return_exceptions=True)
     assert isinstance(results[0], InferenceError)
-    assert results[1].tolist() == [1, 3]  # type: ignore[union-attr]
+    assert results[1].tolist() == [[1, 3]]  # type: ignore[union-attr]
 
 
 async def test_callers_resume_before_the_pass_is_recorded() -> None:
@@ -101,7 +103,7 @@ async def test_callers_resume_before_the_pass_is_recorded() -> None:
     metrics = Metrics()
     w = BatchWorker("m", Scripted(), limits=limits, metrics=metrics, executor=ThreadPoolExecutor(1))
     w.start()
-    await w.submit([[1, 2]])[0]
+    await w.submit([[1, 2]])
 
     def sample(name: str) -> float | None:
         return metrics.registry.get_sample_value(name, {"model": "m"})
@@ -111,7 +113,7 @@ async def test_callers_resume_before_the_pass_is_recorded() -> None:
     assert sample("embedserver_batches_total") == 1 and sample("embedserver_tokens_total") == 2
     assert sample("embedserver_queue_wait_seconds_count") == 1
     with pytest.raises(RuntimeError):  # a failed batch's texts waited in the queue too
-        await w.submit([[666]])[0]
+        await w.submit([[666]])
     await asyncio.sleep(0)
     assert sample("embedserver_queue_wait_seconds_count") == 2
     await w.stop()
@@ -134,12 +136,12 @@ async def test_cancelled_items_are_skipped() -> None:
     metrics = Metrics()
     w = BatchWorker("m", embed, limits=limits, metrics=metrics, executor=ThreadPoolExecutor(1))
     w.start()
-    futures = w.submit([[1], [2], [3]])
-    futures[1].cancel()  # the caller went away while queued
+    futures = [w.submit([[1]]), w.submit([[2], [4]]), w.submit([[3]])]
+    futures[1].cancel()  # the caller went away while queued: both of its texts are dropped
     await asyncio.gather(futures[0], futures[2])
     await w.stop()
     assert embed.calls == [2]
-    assert metrics.registry.get_sample_value("embedserver_dropped_total", {"model": "m"}) == 1
+    assert metrics.registry.get_sample_value("embedserver_dropped_total", {"model": "m"}) == 2
 
 
 async def test_a_batch_whose_callers_all_left_while_waiting_for_the_thread_is_not_run() -> None:
@@ -158,10 +160,9 @@ async def test_a_batch_whose_callers_all_left_while_waiting_for_the_thread_is_no
     await asyncio.sleep(0.1)  # the first batch holds the MLX thread
     waiting = w.submit([[2], [3]])
     await asyncio.sleep(0.1)  # the second is handed to the thread and waits behind it
-    for future in waiting:
-        future.cancel()
+    waiting.cancel()
     gate.set()
-    await asyncio.gather(*running)
+    await running
     await w.stop()
     assert embed.calls == [1]
     assert metrics.registry.get_sample_value("embedserver_dropped_total", {"model": "m"}) == 2
@@ -173,12 +174,9 @@ async def test_concurrent_submissions_share_forward_passes() -> None:
     w = BatchWorker("m", embed, limits=limits, metrics=Metrics(), executor=ThreadPoolExecutor(1))
     w.start()
 
-    async def one(i: int) -> np.ndarray:
-        return await w.submit([[i + 1]])[0]
-
-    results = await asyncio.gather(*(one(i) for i in range(32)))
+    results = await asyncio.gather(*(w.submit([[i + 1]]) for i in range(32)))
     await w.stop()
-    assert [r.tolist()[1] for r in results] == [i + 1 for i in range(32)]
+    assert [r.tolist()[0][1] for r in results] == [i + 1 for i in range(32)]
     assert len(embed.calls) < 32
 
 
@@ -190,10 +188,10 @@ async def test_stop_fails_what_is_still_queued() -> None:
     limits = BatchLimits(max_size=1, max_tokens=4096, wait_s=0, max_queue=20)
     w = BatchWorker("m", slow, limits=limits, metrics=Metrics(), executor=ThreadPoolExecutor(1))
     w.start()
-    futures = w.submit([[1], [2], [3]])  # two go to the MLX thread, the third waits for a slot
+    futures = [w.submit([[i]]) for i in (1, 2, 3)]  # two go to the MLX thread, the third waits for a slot
     await asyncio.sleep(0.05)
     await w.stop()
-    assert (await futures[0]).tolist() == [1, 1] and (await futures[1]).tolist() == [1, 1]
+    assert (await futures[0]).tolist() == [[1, 1]] and (await futures[1]).tolist() == [[1, 1]]
     with pytest.raises(Exception, match="unloaded"):
         await futures[2]
 
@@ -203,7 +201,7 @@ async def test_idle_worker_does_not_wait_for_a_batch_to_fill() -> None:
     w = BatchWorker("m", Scripted(), limits=limits, metrics=Metrics(), executor=ThreadPoolExecutor(1))
     w.start()
     started = time.perf_counter()
-    await w.submit([[1]])[0]
+    await w.submit([[1]])
     assert time.perf_counter() - started < 1.0  # not the 5 s BATCH_WAIT_MS
     await w.stop()
 
@@ -297,14 +295,14 @@ async def test_the_next_batch_fills_until_the_running_one_is_nearly_done() -> No
     w = BatchWorker("m", embed, limits=limits, metrics=Metrics(), executor=ThreadPoolExecutor(1))
     w.start()
     try:
-        await asyncio.gather(*w.submit([[1]]))
+        await w.submit([[1]])
         running = w.submit([[2]])
         waves = []
         for _ in range(3):
             await asyncio.sleep(0.02)
-            waves += w.submit([[3]] * 10)
+            waves.append(w.submit([[3]] * 10))
         release.set()
-        await asyncio.gather(*running, *waves)
+        await asyncio.gather(running, *waves)
         assert embed.calls == [1, 1, 30]
     finally:
         release.set()
@@ -335,9 +333,10 @@ async def test_a_busy_worker_cuts_batches_to_bucket_sizes(bucketed: bool, expect
         queued = w.submit([[3, i] for i in range(40)])
         await asyncio.sleep(0.05)
         release.set()
-        results = await asyncio.gather(*running, *queued)
+        await running
+        results = await queued
         assert embed.calls == expected
-        assert [int(r[1]) for r in results[1:]] == [3] * 40  # every text answered
+        assert [int(r[1]) for r in results] == [3] * 40  # every text answered
     finally:
         release.set()
         await w.stop()
@@ -369,7 +368,7 @@ async def test_padding_metrics_count_filler_rows(bucketed: bool, tokens: int, pa
     )
     w.start()
     try:
-        await asyncio.gather(*w.submit([[5] * 16] * 3))
+        await w.submit([[5] * 16] * 3)
     finally:
         await w.stop()
     sample = metrics.registry.get_sample_value
@@ -393,16 +392,16 @@ async def test_the_next_batch_fills_for_as_long_as_the_running_shape_takes() -> 
     w = BatchWorker("m", embed, limits=limits, metrics=Metrics(), executor=ThreadPoolExecutor(1))
     w.start()
     try:
-        await asyncio.gather(*w.submit([[1] * 4] * 8))  # the 8 x 4 shape takes 0.6 s
+        await w.submit([[1] * 4] * 8)  # the 8 x 4 shape takes 0.6 s
         for _ in range(6):
-            await asyncio.gather(*w.submit([[2]]))  # the latest passes took 5 ms
+            await w.submit([[2]])  # the latest passes took 5 ms
         running = w.submit([[3] * 4] * 8)
         await asyncio.sleep(0.05)
         arriving: list[asyncio.Future[np.ndarray]] = []
         for i in range(10):  # one text every 30 ms, all within the running pass's first 0.4 s
-            arriving += w.submit([[4, i]])
+            arriving.append(w.submit([[4, i]]))
             await asyncio.sleep(0.03)
-        await asyncio.gather(*running, *arriving)
+        await asyncio.gather(running, *arriving)
         assert embed.calls[-2:] == [8, 10]
     finally:
         await w.stop()
@@ -436,10 +435,10 @@ async def test_a_large_request_shares_batches_with_small_ones_that_arrive_behind
         large = worker.submit([[1000 + i, 5] for i in range(400)])
         await asyncio.sleep(0.03)  # the first batches of the large request are running
         small = worker.submit([[1, 5], [2, 5], [3, 5]])
-        await asyncio.gather(*small)
-        done_of_large = sum(future.done() for future in large)
+        await small
+        done_of_large = sum(first >= 1000 for first in embed.computed)
         assert done_of_large < 100, f"the small request waited for {done_of_large} of the large one's texts"
-        await asyncio.gather(*large)
+        assert len(await large) == 400
         assert sorted(embed.computed) == [1, 2, 3, *range(1000, 1400)]  # each text once
     finally:
         await worker.stop()
@@ -452,7 +451,7 @@ async def test_a_large_request_that_progresses_is_not_cut_by_the_wait_bound() ->
     limits = BatchLimits(max_size=2, max_tokens=4096, wait_s=0.001, max_queue=1000, max_wait_s=0.3)
     worker = _started(embed, limits)
     try:
-        vectors = await asyncio.gather(*worker.submit([[i, 5] for i in range(1, 9)]))
+        vectors = await worker.submit([[i, 5] for i in range(1, 9)])
         assert len(vectors) == 8 and sorted(embed.computed) == list(range(1, 9))
     finally:
         await worker.stop()
@@ -480,9 +479,9 @@ async def test_tokens_are_bounded_per_request_and_per_model() -> None:
             worker.submit([[2] * 60])  # 100 + 60 tokens in progress > 150
         assert "MAX_QUEUE_TOKENS" in full.value.message
         fits = worker.submit([[3] * 50])
-        await asyncio.gather(*first, *fits)
+        await asyncio.gather(first, fits)
         after = worker.submit([[4] * 100])  # the budget is free again once the work is done
-        await asyncio.gather(*after)
+        await after
         assert sorted(embed.computed) == [1, 3, 4]
     finally:
         await worker.stop()
@@ -498,12 +497,35 @@ async def test_texts_that_wait_past_the_bound_fail_with_queue_timeout_and_are_ne
     worker.start()
     try:
         began = time.perf_counter()
-        futures = [worker.submit([[i, 5]])[0] for i in range(1, 9)]  # 8 requests, 4 batches of 0.5 s
+        futures = [worker.submit([[i, 5]]) for i in range(1, 9)]  # 8 requests, 4 batches of 0.5 s
         outcomes = await asyncio.gather(*futures, return_exceptions=True)
         late = [o for o in outcomes if isinstance(o, Overloaded)]
         assert late and all(o.code == "queue_timeout" and o.status == 429 for o in late)
         assert time.perf_counter() - began < 1.6  # not the 2 s that computing every text would take
         assert len(embed.computed) + len(late) == 8 and len(embed.computed) <= 4
         assert metrics.expired.labels("m")._value.get() == len(late)
+    finally:
+        await worker.stop()
+
+
+async def test_a_request_that_expires_fails_whole_and_none_of_its_queued_texts_run() -> None:
+    """When a request's wait passes the bound, it fails once with queue_timeout, and every text it still had
+    queued counts as expired and is never computed (not only those that reached a batch)."""
+    embed = Slow(0.5)
+    metrics = Metrics()
+    limits = BatchLimits(max_size=1, max_tokens=4096, wait_s=0.001, max_queue=1000, max_wait_s=0.3)
+    worker = BatchWorker("m", embed, limits=limits, metrics=metrics, executor=ThreadPoolExecutor(1))
+    worker.start()
+    try:
+        first = worker.submit([[1, 5]])
+        second = worker.submit([[2, 5]])  # both hand-offs taken: the third request waits past the bound
+        late = worker.submit([[3, 5], [4, 5], [5, 5]])
+        outcomes = await asyncio.gather(first, second, late, return_exceptions=True)
+        assert isinstance(outcomes[2], Overloaded) and outcomes[2].code == "queue_timeout"
+        assert sorted(embed.computed) == [1, 2]
+        assert metrics.expired.labels("m")._value.get() == 3
+        assert worker.waiting() == 0
+        await worker.submit([[6] * 10])  # nothing of the expired request holds the token budget
+        assert worker._tokens == 0
     finally:
         await worker.stop()

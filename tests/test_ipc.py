@@ -104,3 +104,25 @@ def test_a_prepared_request_crosses_as_ids_and_keys(keyed: bool) -> None:
     ((kind, id_, got_meta, got_payload),) = receiver.frames
     assert (kind, id_) == (ipc.EMBED, 9)
     assert ipc.unpack_request(got_meta, got_payload) == sent
+
+
+def test_the_answers_of_one_loop_turn_travel_as_one_frame_and_split_back() -> None:
+    """A batch answers many requests at once: their vectors go in one RESULTS frame (models of different
+    dimensions may share it) and each request gets exactly its own rows back."""
+    import numpy as np
+
+    answers = [
+        (5, np.arange(6, dtype=np.float32).reshape(2, 3), [False, True]),
+        (9, np.full((1, 4), 0.5, dtype=np.float32), [False]),
+        (2, np.arange(3, dtype=np.float32).reshape(1, 3) + 100, [True]),
+    ]
+    receiver = Collect()
+    receiver.data_received(ipc.frame(ipc.RESULTS, 0, *ipc.pack_results(answers)))
+    ((kind, _, meta, payload),) = receiver.frames
+    assert kind == ipc.RESULTS
+    split = ipc.split_results(meta, payload)
+    assert [id_ for id_, _, _ in split] == [5, 9, 2]
+    for (_, vectors, cached), (_, answer, raw) in zip(answers, split, strict=True):
+        assert answer == {"cached": cached, "shape": list(vectors.shape)}
+        got = np.frombuffer(raw, dtype=np.float32).reshape(answer["shape"])
+        assert np.array_equal(got, vectors)

@@ -1,6 +1,9 @@
 """Dynamic micro-batching: one worker per model turns queued texts into padded batches.
 
-Handlers enqueue one `WorkItem` per text, grouped by request. Batches take texts from the waiting requests in
+Handlers submit a request's token ids; the worker queues one `WorkItem` per text, grouped by request, and
+answers with one future per request that resolves to all of its vectors, stacked in order, when its last text
+is computed (one future and one callback per request, not per text: what the engine process spends per request
+is what caps short-text throughput). Batches take texts from the waiting requests in
 turn (one from each, round and round), so a request of 2,048 texts shares every batch with the small ones
 that arrive behind it instead of holding the model until it is done. The worker wakes on the first item. When the MLX thread is idle it cuts a batch at once (waiting
 would only add latency); while a batch runs, the next one keeps filling until shortly before the running one
@@ -27,12 +30,12 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from embedserver.errors import InferenceError, ModelUnavailable, Overloaded, TooManyTokens
-from embedserver.metrics import Metrics
+from embedserver.metrics import Metrics, observe_many
 from embedserver.runtime.padding import bucket_length, padded_shape, rows_to_run
 
 log = logging.getLogger(__name__)
@@ -44,19 +47,49 @@ _CUT_AHEAD = 0.2
 EmbedFn = Callable[[list[list[int]]], np.ndarray]
 
 
-@dataclass(eq=False)
 class WorkItem:
-    ids: list[int]
-    future: asyncio.Future[np.ndarray]
-    enqueued: float = field(default_factory=time.perf_counter)
-    request: _Request | None = None  # the queue group it waits in (None outside a worker)
+    """One text of a queued request: its token ids and its row in the request's answer."""
+
+    __slots__ = ("ids", "request", "row")
+
+    def __init__(self, ids: list[int], request: QueuedRequest, row: int) -> None:
+        self.ids = ids
+        self.request = request
+        self.row = row
 
 
-class _Request(deque[WorkItem]):
-    """One request's texts waiting in a worker's queue, in order."""
+class QueuedRequest:
+    """One request in a worker: its texts still waiting, in order, and the future of its answer (the vectors
+    of every text, stacked in order). A done future (answered, failed, or cancelled by a caller that left)
+    means its texts still waiting are dropped, not computed."""
 
-    queued = False  # in the worker's round-robin queue now
-    progressed = 0.0  # when the last of its texts was computed (0: none yet)
+    __slots__ = ("enqueued", "future", "out", "progressed", "queued", "remaining", "size", "waiting")
+
+    def __init__(self, sequences: Sequence[list[int]], future: asyncio.Future[np.ndarray]) -> None:
+        self.waiting = deque(WorkItem(ids, self, row) for row, ids in enumerate(sequences))
+        self.future = future
+        self.size = self.remaining = len(self.waiting)
+        self.out: np.ndarray | None = None  # the answer being filled, rows in request order
+        self.enqueued = time.perf_counter()
+        self.progressed = 0.0  # when the last of its texts was computed (0: none yet)
+        self.queued = False  # in the worker's round-robin queue now
+
+    def deliver(self, row: int, vector: np.ndarray) -> None:
+        """One text's vector; the answer once every text has one."""
+        if self.size == 1:
+            self.future.set_result(vector[None, :].copy())
+            return
+        out = self.out
+        if out is None:
+            out = self.out = np.empty((self.size, vector.shape[0]), dtype=vector.dtype)
+        out[row] = vector
+        self.remaining -= 1
+        if not self.remaining:
+            self.future.set_result(out)
+
+    def fail(self, exc: BaseException) -> None:
+        if not self.future.done():
+            self.future.set_exception(exc)
 
 
 @dataclass(frozen=True)
@@ -113,7 +146,7 @@ class BatchWorker:
         self._series = metrics.for_model(model)
         self._executor = executor
         # One group per request, in arrival order; batches take from the groups in turn (_take_window).
-        self._queue: deque[_Request] = deque()
+        self._queue: deque[QueuedRequest] = deque()
         self._queued = 0  # items in _queue
         self._tokens = 0  # tokens of the items queued, planned or running
         self._wakeup = asyncio.Event()
@@ -166,9 +199,12 @@ class BatchWorker:
     def release(self, texts: int) -> None:
         self._admitted -= texts
 
-    def submit(self, sequences: Sequence[list[int]]) -> list[asyncio.Future[np.ndarray]]:
-        """Queue one request's sequences (admitted through `admit`); their futures resolve to pooled vectors.
+    def submit(self, sequences: Sequence[list[int]]) -> asyncio.Future[np.ndarray]:
+        """Queue one request's sequences (admitted through `admit`, at least one); the future resolves to their
+        pooled vectors, one row per sequence in order, and cancelling it drops the texts not yet computed.
         Refused past the token limits: 413 for the request alone, 429 for a model with enough waiting."""
+        if not sequences:
+            raise ValueError("a request to compute has at least one sequence")
         if self._task is None or self._task.done():
             raise ModelUnavailable(f"model {self.model} is not serving: {self.failure or 'stopped'}")
         tokens = sum(map(len, sequences))
@@ -185,29 +221,18 @@ class BatchWorker:
                 f"{limits.max_queue_tokens}); retry later",
                 headers={"Retry-After": "1"},
             )
-        loop = asyncio.get_running_loop()
-        request = _Request()
-        request.extend(WorkItem(list(ids), loop.create_future(), request=request) for ids in sequences)
-        if request:
-            request.queued = True
-            self._queue.append(request)
-            self._queued += len(request)
-            self._tokens += tokens
-            self._wakeup.set()
-        return [item.future for item in request]
+        request = QueuedRequest(sequences, asyncio.get_running_loop().create_future())
+        request.queued = True
+        self._queue.append(request)
+        self._queued += request.size
+        self._tokens += tokens
+        self._wakeup.set()
+        return request.future
 
     async def compute(self, sequences: Sequence[list[int]]) -> np.ndarray:
-        """`submit`, then the vectors stacked in order; leaving early (a failure, a cancelled caller) drops
-        the sequences not yet computed."""
-        futures = self.submit(sequences)
-        try:
-            # Most requests carry one text: awaiting its future skips gather's task-and-callback set-up.
-            vectors = [await futures[0]] if len(futures) == 1 else await asyncio.gather(*futures)
-        except BaseException:
-            for future in futures:
-                future.cancel()  # the worker skips what nobody waits for
-            raise
-        return np.stack(vectors)
+        """`submit`, then the vectors stacked in order; a caller that leaves early (cancelled) cancels the
+        future, which drops the sequences not yet computed."""
+        return await self.submit(sequences)
 
     def waiting(self) -> int:
         """Texts waiting for the model: queued, or in batches cut and not yet handed to the MLX thread."""
@@ -263,7 +288,7 @@ class BatchWorker:
                 # behind shorter ones); the rest go back to their requests and are planned again with whatever
                 # arrives meanwhile, so a request arriving now joins the next batch, not the one after a
                 # large request's last.
-                first = min(batches, key=lambda batch: min(item.enqueued for item in batch))
+                first = min(batches, key=lambda batch: min(item.request.enqueued for item in batch))
                 self._return([item for batch in batches if batch is not first for item in batch])
                 task = asyncio.create_task(self._run_batch(first))
                 self._running.add(task)
@@ -305,13 +330,18 @@ class BatchWorker:
         gone: list[WorkItem] = []
         queue = self._queue
         while queue and len(window) < limit:
-            group = queue.popleft()
-            item = group.popleft()
-            if group:
-                queue.append(group)  # its next text waits for the other requests' turn
+            request = queue.popleft()
+            waiting = request.waiting
+            if request.future.done() or not waiting:  # its caller left, or it failed: drop what it has queued
+                gone.extend(waiting)
+                waiting.clear()
+                request.queued = False
+                continue
+            window.append(waiting.popleft())
+            if waiting:
+                queue.append(request)  # its next text waits for the other requests' turn
             else:
-                group.queued = False
-            (gone if item.future.done() else window).append(item)
+                request.queued = False
         self._queued -= len(window) + len(gone)
         if gone:  # callers cancelled (clients went away): nobody wants these results
             self._series.dropped.inc(len(gone))
@@ -329,7 +359,7 @@ class BatchWorker:
         if not max_wait:
             return items, []
         oldest = time.perf_counter() - max_wait
-        late = [item for item in items if max(item.enqueued, _progressed(item)) < oldest]
+        late = [item for item in items if max(item.request.enqueued, item.request.progressed) < oldest]
         if not late:
             return items, []
         error = Overloaded(
@@ -338,10 +368,17 @@ class BatchWorker:
             code="queue_timeout",
             headers={"Retry-After": str(max(1, math.ceil(max_wait)))},
         )
-        for item in late:
-            _set_exception(item, error)
-        self._series.expired.inc(len(late))
-        return [item for item in items if not item.future.done()], late
+        expired = len(late)
+        for request in {item.request for item in late}:
+            request.fail(error)
+            # Its texts still queued are never computed either (left for _take_window to skip).
+            rest = request.waiting
+            self._queued -= len(rest)
+            expired += len(rest)
+            self._settle(rest)
+            rest.clear()
+        self._series.expired.inc(expired)
+        return [item for item in items if not item.request.future.done()], late
 
     def _settle(self, items: Sequence[WorkItem]) -> None:
         """Items leave the worker (computed, failed, dropped or expired): their tokens free the budget."""
@@ -357,8 +394,7 @@ class BatchWorker:
         of those that arrived after it."""
         for item in reversed(items):
             request = item.request
-            assert request is not None  # every queued item belongs to one
-            request.appendleft(item)
+            request.waiting.appendleft(item)
             if not request.queued:
                 request.queued = True
                 self._queue.appendleft(request)
@@ -368,7 +404,7 @@ class BatchWorker:
         taken = batch
         try:
             # Waiting for a hand-off, some may have been left, or waited too long.
-            live = [item for item in batch if not item.future.done()]
+            live = [item for item in batch if not item.request.future.done()]
             if len(live) < len(batch):
                 self._series.dropped.inc(len(batch) - len(live))
             batch, _ = self._expire(live)  # the expired are settled with the rest of `taken` below
@@ -377,7 +413,7 @@ class BatchWorker:
             started = time.perf_counter()
             loop = asyncio.get_running_loop()
             # Recorded while the pass runs (the loop is free then), whatever becomes of the batch.
-            loop.call_soon(self._record_waits, [started - item.enqueued for item in batch])
+            loop.call_soon(self._record_waits, [started - item.request.enqueued for item in batch])
             try:
                 vectors, record = await self._forward(batch)
             except _Abandoned:
@@ -387,22 +423,20 @@ class BatchWorker:
                 self._series.batch_failures.inc()
                 log.warning("batch of %d for %s failed (%r)", len(batch), self.model, exc)
                 if len(batch) == 1:
-                    _set_exception(batch[0], exc)
+                    batch[0].request.fail(exc)
                     return
                 # Retry each text alone, so one bad input fails only its own request.
                 for item in batch:
+                    if item.request.future.done():
+                        continue  # failed by an earlier text of the same request
                     try:
                         vectors, record = await self._forward([item])
-                        _set_result(item, vectors[0])
+                        _deliver([item], vectors, time.perf_counter())
                         loop.call_soon(record)
                     except Exception as item_exc:
-                        _set_exception(item, item_exc)
+                        item.request.fail(item_exc)
                 return
-            now = time.perf_counter()
-            for item, vector in zip(batch, vectors, strict=True):
-                _set_result(item, vector)
-                if item.request is not None:
-                    item.request.progressed = now
+            _deliver(batch, vectors, time.perf_counter())
             # Metrics after the callers resume (they were scheduled first): a lone request does not wait for them.
             loop.call_soon(record)
         finally:
@@ -410,20 +444,18 @@ class BatchWorker:
             self._handoffs.release()
 
     def _record_waits(self, waits: list[float]) -> None:
-        queue_wait = self._series.queue_wait
-        for wait in waits:
-            queue_wait.observe(wait)
+        observe_many(self._series.queue_wait, waits)
 
     async def _forward(self, batch: list[WorkItem]) -> tuple[np.ndarray, Callable[[], None]]:
         """The pooled vectors, and a function that records the pass in the metrics (run it later)."""
         loop = asyncio.get_running_loop()
         sequences = [item.ids for item in batch]
-        futures = [item.future for item in batch]
+        requests = [item.request for item in batch]
         shape = padded_shape(sequences, bucket_rows=self._bucketed_rows)
         self._in_executor += 1
         try:
             vectors, seconds = await loop.run_in_executor(
-                self._executor, self._timed_embed, sequences, futures, shape
+                self._executor, self._timed_embed, sequences, requests, shape
             )
         finally:
             self._in_executor -= 1
@@ -468,14 +500,14 @@ class BatchWorker:
     def _timed_embed(
         self,
         sequences: list[list[int]],
-        futures: list[asyncio.Future[np.ndarray]],
+        requests: list[QueuedRequest],
         shape: tuple[int, int],
     ) -> tuple[np.ndarray, float]:
         """On the MLX thread: the forward pass and its own duration (not the wait for the thread). A batch
         whose callers all left while it waited for the thread is not run (reading done() from this thread is
         a benign race: at worst one batch runs for nobody). Records the padded `shape` now running, by which the
         next batch's fill judges when this pass should end."""
-        if all(future.done() for future in futures):
+        if all(request.future.done() for request in requests):
             raise _Abandoned
         self._forward_shape = shape
         started = self._forward_started = time.perf_counter()
@@ -485,33 +517,27 @@ class BatchWorker:
     def _fail_queued(self, exc: Exception) -> None:
         for batch in self._planned:
             for item in batch:
-                _set_exception(item, exc)
+                item.request.fail(exc)
             self._settle(batch)
         self._planned = []
         while self._queue:
-            group = self._queue.popleft()
-            group.queued = False
-            for item in group:
-                _set_exception(item, exc)
-            self._settle(group)
-            group.clear()
+            request = self._queue.popleft()
+            request.queued = False
+            request.fail(exc)
+            self._settle(request.waiting)
+            request.waiting.clear()
         self._queued = 0
         self._series.queue_depth.set_function(lambda: 0)
-
-
-def _progressed(item: WorkItem) -> float:
-    return item.request.progressed if item.request is not None else 0.0
 
 
 class _Abandoned(Exception):
     """Every caller of a batch went away before it reached the MLX thread."""
 
 
-def _set_result(item: WorkItem, vector: np.ndarray) -> None:
-    if not item.future.done():
-        item.future.set_result(vector)
-
-
-def _set_exception(item: WorkItem, exc: BaseException) -> None:
-    if not item.future.done():
-        item.future.set_exception(exc)
+def _deliver(batch: list[WorkItem], vectors: np.ndarray, now: float) -> None:
+    """A pass's vectors to their requests, skipping those whose caller left or that failed meanwhile."""
+    for item, vector in zip(batch, vectors, strict=True):
+        request = item.request
+        request.progressed = now
+        if not request.future.done():
+            request.deliver(item.row, vector)

@@ -37,6 +37,9 @@ from embedserver.settings import Settings
 from embedserver.tokenization.batcher import TokenizeBatcher
 from embedserver.tokenization.tokenizer import TextTokenizer
 
+# An answer from the engine: its kind, meta and payload (vectors as a view of the frame that carried them).
+Answer = tuple[int, Any, bytes | memoryview]
+
 # HTTP metrics leave for the engine at most this often, many events to a frame.
 _RECORD_EVERY_S = 0.05
 
@@ -51,10 +54,17 @@ class EngineClient(ipc.FrameProtocol):
     def __init__(self) -> None:
         super().__init__()
         self._ids = itertools.count(1)
-        self._waiting: dict[int, asyncio.Future[tuple[int, Any, bytes]]] = {}
+        self._waiting: dict[int, asyncio.Future[Answer]] = {}
         self.lost = asyncio.Event()
 
     def frame_received(self, kind: int, id_: int, meta: Any, payload: bytes) -> None:
+        if kind == ipc.RESULTS:
+            for answer_id, answer, vectors in ipc.split_results(meta, payload):
+                self._answered(answer_id, ipc.RESULT, answer, vectors)
+        else:
+            self._answered(id_, kind, meta, payload)
+
+    def _answered(self, id_: int, kind: int, meta: Any, payload: bytes | memoryview) -> None:
         future = self._waiting.pop(id_, None)
         if future is not None and not future.done():
             future.set_result((kind, meta, payload))
@@ -67,12 +77,12 @@ class EngineClient(ipc.FrameProtocol):
         self._waiting.clear()
         self.lost.set()
 
-    async def call(self, kind: int, meta: Any, payload: bytes = b"") -> tuple[int, Any, bytes]:
+    async def call(self, kind: int, meta: Any, payload: bytes = b"") -> Answer:
         """The engine's answer; an ERROR answer is raised as the APIError it was there."""
         if self.lost.is_set():
             raise engine_gone()
         id_ = next(self._ids)
-        future: asyncio.Future[tuple[int, Any, bytes]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         self._waiting[id_] = future
         self.send(kind, id_, meta, payload)
         try:
@@ -172,9 +182,17 @@ class ForwardedMetrics:
     def __init__(self, client: EngineClient) -> None:
         self.client = client
         self._events: list[dict[str, Any]] = []
+        # Request durations by (endpoint, status) since the last report: one event per pair, not per request,
+        # so the engine records a report in a few updates (Metrics.requests_done).
+        self._durations: dict[tuple[str, int], list[float]] = {}
 
     def request_done(self, endpoint: str, status: int, seconds: float) -> None:
-        self._add({"event": "request", "endpoint": endpoint, "status": status, "seconds": seconds})
+        durations = self._durations.get((endpoint, status))
+        if durations is None:
+            durations = self._durations[(endpoint, status)] = []
+            if not self._events and len(self._durations) == 1:
+                asyncio.get_running_loop().call_later(_RECORD_EVERY_S, self.flush)
+        durations.append(seconds)
 
     def client_gone(self, stage: str) -> None:
         self._add({"event": "gone", "stage": stage})
@@ -189,11 +207,16 @@ class ForwardedMetrics:
         self._add({"event": "process", "frontend": frontend, "stats": stats})
 
     def _add(self, event: dict[str, Any]) -> None:
-        if not self._events:
+        if not self._events and not self._durations:
             asyncio.get_running_loop().call_later(_RECORD_EVERY_S, self.flush)
         self._events.append(event)
 
     def flush(self) -> None:
         events, self._events = self._events, []
+        durations, self._durations = self._durations, {}
+        events.extend(
+            {"event": "requests", "endpoint": endpoint, "status": status, "seconds": seconds}
+            for (endpoint, status), seconds in durations.items()
+        )
         if events:
             self.client.send(ipc.RECORD, 0, events)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import asdict
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,7 @@ from embedserver.api.guards import PUBLIC_KEY
 from embedserver.api.state import ServerState
 from embedserver.errors import APIError
 from embedserver.server import ipc
+from embedserver.service.embeddings import Cancellable
 from embedserver.service.requests import PreparedRequest
 
 log = logging.getLogger(__name__)
@@ -36,8 +38,10 @@ class EngineLink(ipc.FrameProtocol):
         self.state = state
         self.service = state.service
         self.metrics = state.metrics
-        # Calls in progress, by id: tasks, or the futures of requests started without one (`_start`).
-        self._tasks: dict[int, asyncio.Future[Any]] = {}
+        # Calls in progress, by id: tasks, or the handles of requests started without one (`_start`).
+        self._calls: dict[int, Cancellable] = {}
+        # Answers of this loop turn, sent as one RESULTS frame at its end (a batch answers many requests).
+        self._results: list[tuple[int, np.ndarray, list[bool]]] = []
 
     def frame_received(self, kind: int, id_: int, meta: Any, payload: bytes) -> None:
         if kind in (ipc.EMBED, ipc.ROUTE, ipc.DESCRIBE):
@@ -53,10 +57,10 @@ class EngineLink(ipc.FrameProtocol):
                     id_, meta["path"], meta.get("method", "GET"), payload, public=bool(meta.get("public"))
                 )
             task = asyncio.create_task(work)
-            self._tasks[id_] = task
-            task.add_done_callback(lambda _: self._tasks.pop(id_, None))
+            self._calls[id_] = task
+            task.add_done_callback(lambda _: self._calls.pop(id_, None))
         elif kind == ipc.CANCEL:
-            running = self._tasks.get(id_)
+            running = self._calls.pop(id_, None)
             if running is not None:
                 running.cancel()
         elif kind == ipc.RECORD:
@@ -65,40 +69,41 @@ class EngineLink(ipc.FrameProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         # The front-end is gone, and with it everyone waiting on these calls.
-        for task in list(self._tasks.values()):
-            task.cancel()
+        for call in list(self._calls.values()):
+            call.cancel()
 
     def _start(self, id_: int, request: PreparedRequest) -> bool:
         """Start a request on a ready model without a task (the common case under load); False when the
         model must load first, which a task waits for."""
         try:
-            started = self.service.start_prepared(request)
+            started = self.service.start_prepared(request, partial(self._answer, id_))
         except APIError as exc:
             self.send(ipc.ERROR, id_, ipc.error_meta(exc))
             return True
         if started is None:
             return False
-        self._tasks[id_] = started
-        started.add_done_callback(lambda done: self._answer(id_, done))
+        self._calls[id_] = started
         return True
 
-    def _answer(self, id_: int, done: asyncio.Future[tuple[np.ndarray, list[bool]]]) -> None:
-        self._tasks.pop(id_, None)
-        if done.cancelled():
-            return  # the caller left: nobody to answer
-        exc = done.exception()
-        if isinstance(exc, APIError):
-            self.send(ipc.ERROR, id_, ipc.error_meta(exc))
-        elif exc is not None:
-            log.error("embedding request failed", exc_info=exc)
+    def _answer(self, id_: int, outcome: tuple[np.ndarray, list[bool]] | BaseException) -> None:
+        self._calls.pop(id_, None)
+        if isinstance(outcome, APIError):
+            self.send(ipc.ERROR, id_, ipc.error_meta(outcome))
+        elif isinstance(outcome, BaseException):
+            log.error("embedding request failed", exc_info=outcome)
             self.send(ipc.ERROR, id_, ipc.error_meta(APIError("internal server error")))
         else:
-            raw, cached = done.result()
+            raw, cached = outcome
             self._send_vectors(id_, raw, cached)
 
     def _send_vectors(self, id_: int, raw: np.ndarray, cached: list[bool]) -> None:
-        vectors = np.ascontiguousarray(raw, dtype=np.float32)
-        self.send(ipc.RESULT, id_, {"cached": cached, "shape": vectors.shape}, vectors.tobytes())
+        if not self._results:
+            asyncio.get_running_loop().call_soon(self._send_results)
+        self._results.append((id_, np.ascontiguousarray(raw, dtype=np.float32), cached))
+
+    def _send_results(self) -> None:
+        answers, self._results = self._results, []
+        self.send(ipc.RESULTS, 0, *ipc.pack_results(answers))
 
     async def _embed(self, id_: int, request: PreparedRequest) -> None:
         try:
@@ -169,8 +174,8 @@ class EngineLink(ipc.FrameProtocol):
 
     def _record(self, meta: dict[str, Any]) -> None:
         event = meta["event"]
-        if event == "request":
-            self.metrics.request_done(meta["endpoint"], meta["status"], meta["seconds"])
+        if event == "requests":
+            self.metrics.requests_done(meta["endpoint"], meta["status"], meta["seconds"])
         elif event == "gone":
             self.metrics.client_gone(meta["stage"])
         elif event == "body_timeout":

@@ -35,6 +35,9 @@ RECORD = 4  # meta: [{"event", ...}, ...]; HTTP metrics observed by the front-en
 DESCRIBE = 5  # meta: {"model"}; the ModelInfo of the model a request naming it gets
 # Engine -> front-end.
 RESULT = 10  # meta: {"cached", "shape"}; payload: float32 raw pooled vectors, one per sequence
+# The RESULTs of every request answered in one turn of the engine's loop (a batch's): meta [[id, rows, columns,
+# cached], ...], payload: their vectors in that order. Frame id 0. Split back into RESULTs by `split_results`.
+RESULTS = 14
 ERROR = 11  # meta: an APIError's fields
 RESPONSE = 12  # meta: {"status", "headers"}; payload: the body
 INFO = 13  # meta: a ModelInfo's fields
@@ -133,6 +136,22 @@ def rebuild_error(meta: dict[str, Any]) -> errors.APIError:
     )
     exc.status, exc.type = meta["status"], meta["type"]
     return exc
+
+
+def pack_results(answers: list[tuple[int, np.ndarray, list[bool]]]) -> tuple[list[Any], bytes]:
+    """(id, raw float32 vectors, cached) per answer -> one RESULTS frame's meta and payload."""
+    meta = [[id_, *vectors.shape, cached] for id_, vectors, cached in answers]
+    return meta, b"".join(vectors.data for _, vectors, _ in answers)
+
+
+def split_results(meta: list[Any], payload: bytes) -> list[tuple[int, dict[str, Any], memoryview]]:
+    """A RESULTS frame -> each answer's id, RESULT meta and vectors (views of `payload`, not copies)."""
+    answers, offset, view = [], 0, memoryview(payload)
+    for id_, rows, columns, cached in meta:
+        end = offset + rows * columns * 4
+        answers.append((id_, {"cached": cached, "shape": [rows, columns]}, view[offset:end]))
+        offset = end
+    return answers
 
 
 def pack_request(request: PreparedRequest) -> tuple[dict[str, Any], bytes]:

@@ -1,14 +1,16 @@
 """The embedding service in the process that owns the model: the cache, admission and batching around the
 request semantics of requests.py. Knows nothing of HTTP; returns numpy vectors.
 
-`embed` serves a whole call (one process, or nothing to prepare elsewhere); `describe` and `embed_prepared`
-serve front-end processes, which validate and tokenize on their side and send token ids with cache keys.
+`embed` serves a whole call (one process, or nothing to prepare elsewhere); `describe`, `start_prepared` and
+`embed_prepared` serve front-end processes, which validate and tokenize on their side and send token ids with cache keys.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
+from typing import Protocol
 
 import numpy as np
 
@@ -33,6 +35,13 @@ from embedserver.service.requests import (
     text_keys,
 )
 from embedserver.settings import Settings
+
+# How a started request is answered: its raw vectors and which came from the cache, or its error.
+Answer = Callable[[tuple[np.ndarray, list[bool]] | BaseException], None]
+
+
+class Cancellable(Protocol):
+    def cancel(self) -> object: ...
 
 
 def model_info(runner: ModelRunner) -> ModelInfo:
@@ -89,14 +98,14 @@ class EmbeddingService:
         async with self.registry.acquire(name) as model:
             return model_info(model.runner)
 
-    def start_prepared(
-        self, request: PreparedRequest
-    ) -> asyncio.Future[tuple[np.ndarray, list[bool]]] | None:
-        """What `embed_prepared` gives, started without a coroutine of its own when the model is ready (None
-        when it is not: then `embed_prepared` waits for it): the engine's cost per request under load is the
-        cache lookups and one queue entry per text, and a callback when the texts are done. Cancelling the
-        future drops the request's queued texts. Not refused while draining: the front-end accepted the request
-        before its own drain began (it refuses new ones itself), and accepted requests finish."""
+    def start_prepared(self, request: PreparedRequest, answer: Answer) -> Cancellable | None:
+        """Start a front-end's prepared request on its model when the model is ready (None when it is not:
+        `embed_prepared` waits for it). `answer` is called once, from the event loop, with the raw pooled
+        vectors (one per sequence) and which came from the cache, or with the request's APIError; the returned
+        handle's `cancel()` drops the request (its queued texts are not computed, and `answer` is not called).
+        Under load this is the engine's whole cost per request: the cache lookups, one queue entry, and one
+        callback when the texts are done. Not refused while draining: the front-end accepted the request before
+        its own drain began (it refuses new ones itself), and accepted requests finish."""
         held = self.registry.lease_ready(request.model)
         if held is None:
             return None
@@ -107,8 +116,6 @@ class EmbeddingService:
         except BaseException:
             self.registry.release(slot)
             raise
-        loop = asyncio.get_running_loop()
-        result: asyncio.Future[tuple[np.ndarray, list[bool]]] = loop.create_future()
         series = self.metrics.for_model(model.runner.name)
         keys = request.keys
         found = [self._cached(key) for key in keys] if keys is not None else [None] * count
@@ -119,54 +126,65 @@ class EmbeddingService:
                 series.cache_hits.inc(count - len(misses))
             if misses:
                 series.cache_misses.inc(len(misses))
+
+        def finished() -> None:
+            worker.release(count)
+            self.registry.release(slot)
+
+        if not misses:  # every text from the cache
+            finished()
+            raw = np.stack(found)  # type: ignore[arg-type]
+            return asyncio.get_running_loop().call_soon(answer, (raw, [True] * count))
         try:
-            futures = worker.submit([request.sequences[i] for i in misses]) if misses else []
+            sequences = request.sequences if len(misses) == count else [request.sequences[i] for i in misses]
+            computing = worker.submit(sequences)
         except BaseException:
-            worker.release(count)
-            self.registry.release(slot)
+            finished()
             raise
-        waiting = len(futures)
 
-        def text_done(future: asyncio.Future[np.ndarray]) -> None:
-            nonlocal waiting
-            waiting -= 1
-            if result.done():
+        def computed(done: asyncio.Future[np.ndarray]) -> None:
+            finished()
+            if done.cancelled():
+                return  # the caller left: nobody to answer
+            failure = done.exception()
+            if failure is not None:
+                answer(failure)
                 return
-            if future.cancelled():
-                result.cancel()
-            elif (failure := future.exception()) is not None:
-                result.set_exception(failure)
-            elif waiting == 0:
-                complete()
+            vectors = done.result()
+            if keys is not None:
+                for row, i in enumerate(misses):
+                    self.cache.put(keys[i], vectors[row], len(request.sequences[i]))
+            if len(misses) == count:
+                answer((vectors, [False] * count))
+                return
+            merged: list[np.ndarray | None] = list(found)
+            for row, i in enumerate(misses):
+                merged[i] = vectors[row]
+            answer((np.stack(merged), [vector is not None for vector in found]))  # type: ignore[arg-type]
 
-        def complete() -> None:
-            vectors: list[np.ndarray | None] = list(found)
-            for i, future in zip(misses, futures, strict=True):
-                vectors[i] = vector = future.result()
-                if keys is not None:
-                    self.cache.put(keys[i], vector, len(request.sequences[i]))
-            raw = vectors[0][None, :] if count == 1 else np.stack(vectors)  # type: ignore[index,arg-type]
-            result.set_result((raw, [vector is not None for vector in found]))
-
-        def finished(_: asyncio.Future[tuple[np.ndarray, list[bool]]]) -> None:
-            for future in futures:
-                future.cancel()  # the worker skips what nobody waits for (a no-op once done)
-            worker.release(count)
-            self.registry.release(slot)
-
-        result.add_done_callback(finished)
-        if not futures:
-            complete()
-        for future in futures:
-            future.add_done_callback(text_done)
-        return result
+        computing.add_done_callback(computed)
+        return computing
 
     async def embed_prepared(self, request: PreparedRequest) -> tuple[np.ndarray, list[bool]]:
-        """Raw pooled vectors for a front-end's token ids, one per sequence, and which came from the cache:
-        `start_prepared`, after waiting for the model to load when it is not ready."""
-        while (started := self.start_prepared(request)) is None:
+        """`start_prepared`'s answer, after waiting for the model to load when it is not ready."""
+        loop = asyncio.get_running_loop()
+        result: asyncio.Future[tuple[np.ndarray, list[bool]]] = loop.create_future()
+
+        def answer(outcome: tuple[np.ndarray, list[bool]] | BaseException) -> None:
+            if result.done():
+                return
+            if isinstance(outcome, BaseException):
+                result.set_exception(outcome)
+            else:
+                result.set_result(outcome)
+
+        while (started := self.start_prepared(request, answer)) is None:
             await self.registry.load(request.model, requested=True)  # raises when the model cannot be had
-        return await started
+        try:
+            return await result
+        except asyncio.CancelledError:
+            started.cancel()
+            raise
 
     async def _compute(
         self, model: LoadedModel, info: ModelInfo, call: EmbedCall
