@@ -1,7 +1,7 @@
 """Frames between the front-end processes and the engine process (HTTP_WORKERS), over a Unix socket.
 
-Front-ends send prepared requests (token ids and cache keys, never texts) and get raw pooled vectors back,
-each as one binary buffer.
+Front-ends send prepared requests (token ids and cache keys, never texts) and get raw pooled vectors back as
+binary buffers: the answers of one turn of the engine's loop (usually one batch's) travel in one RESULTS frame.
 
 A frame is `<u32 length><u8 kind><u32 id><u32 meta length>`, then `meta` (JSON) and a raw payload (the
 vectors, as float32 bytes: no per-float encoding on either side). `meta` is written by orjson, or, when it
