@@ -2,8 +2,9 @@
 requests (token ids and cache keys) fed to its end of the link as front-ends send them, `CLIENTS` in flight
 at a time, answered by a model whose forward pass returns at once. The time is the engine's event loop and
 batch worker only: IPC decoding, admission, cache, queueing, batch planning, results and IPC encoding. The
-event loop's CPU per request is the figure to compare: it is what shares the interpreter lock with the
-thread that builds each forward pass on a GPU.
+event loop's CPU per request (less this stand-in's own work of reading answers and framing requests) is the
+figure to compare: it is what shares the interpreter lock with the thread that builds each forward pass on a
+GPU.
 
     python -m benchmarks.engine_overhead MODEL_DIR [REQUESTS] [CLIENTS] [TOKENS] [--profile]
 
@@ -27,13 +28,14 @@ class _Transport:
     """Counts the engine's answers and, like clients that send again as soon as they are answered, hands the
     link one new request for each answer, so `clients` stay in flight."""
 
-    def __init__(self, link: Any, frames: list[bytes], clients: int) -> None:
+    def __init__(self, link: Any, frames: list[tuple[int, Any, bytes]], clients: int) -> None:
         from embedserver.server import ipc
 
         self.link = link
         self.frames = frames
         self.sent = 0
         self.answers = 0
+        self.own_cpu = 0.0  # this stand-in's own work on the loop (reading answers, framing requests)
         self.done = asyncio.Event()
         transport = self
 
@@ -45,13 +47,19 @@ class _Transport:
         self._send(clients)
 
     def _send(self, n: int) -> None:
+        """The next `n` requests, as one EMBEDS frame (a front-end sends what one loop turn prepared)."""
+        from embedserver.server import ipc
+
         chunk = self.frames[self.sent : self.sent + n]
         self.sent += len(chunk)
         if chunk:
-            asyncio.get_running_loop().call_soon(self.link.data_received, b"".join(chunk))
+            data = ipc.frame(ipc.EMBEDS, 0, *ipc.pack_embeds(chunk))
+            asyncio.get_running_loop().call_soon(self.link.data_received, data)
 
     def write(self, data: bytes) -> None:
+        started = time.thread_time()
         self.reader.data_received(data)
+        self.own_cpu += time.thread_time() - started
 
     def answered(self, answers: int) -> None:
         self.answers += answers
@@ -89,7 +97,7 @@ async def _run(model: str, requests: int, clients: int, tokens: int, profile: bo
             ids = rng.integers(300, 30000, size=tokens).tolist()
             key = i.to_bytes(20, "little")
             meta, payload = ipc.pack_request(PreparedRequest(runner.name, [ids], [key], 0.0001))
-            frames.append(ipc.frame(ipc.EMBED, i + 1, meta, payload))
+            frames.append((i + 1, meta, payload))
         profiler = cProfile.Profile() if profile else None
         await asyncio.sleep(0.1)
         cpu = time.process_time()
@@ -103,7 +111,7 @@ async def _run(model: str, requests: int, clients: int, tokens: int, profile: bo
         if profiler:
             profiler.disable()
         wall = time.perf_counter() - started
-        loop_cpu = time.thread_time() - loop_cpu
+        loop_cpu = time.thread_time() - loop_cpu - transport.own_cpu
         cpu = time.process_time() - cpu
         print(
             f"{requests} requests of {tokens} tokens, {clients} in flight: {wall / requests * 1e6:.0f} µs a "

@@ -126,3 +126,15 @@ def test_the_answers_of_one_loop_turn_travel_as_one_frame_and_split_back() -> No
         assert answer == {"cached": cached, "shape": list(vectors.shape)}
         got = np.frombuffer(raw, dtype=np.float32).reshape(answer["shape"])
         assert np.array_equal(got, vectors)
+
+
+def test_the_requests_of_one_loop_turn_travel_as_one_frame_and_split_back() -> None:
+    calls = [
+        (3, {"model": "m", "lengths": [2]}, b"\x01" * 8),
+        (4, {"model": "n", "lengths": []}, b""),
+        (8, {}, b"xyz"),
+    ]
+    receiver = Collect()
+    receiver.data_received(ipc.frame(ipc.EMBEDS, 0, *ipc.pack_embeds(calls)))
+    ((kind, _, meta, payload),) = receiver.frames
+    assert kind == ipc.EMBEDS and ipc.split_embeds(meta, payload) == calls

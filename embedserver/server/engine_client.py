@@ -55,6 +55,8 @@ class EngineClient(ipc.FrameProtocol):
         super().__init__()
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[Answer]] = {}
+        # EMBED calls of this loop turn, by id, sent as one EMBEDS frame at its end.
+        self._embeds: dict[int, tuple[Any, bytes]] = {}
         self.lost = asyncio.Event()
 
     def frame_received(self, kind: int, id_: int, meta: Any, payload: bytes) -> None:
@@ -63,6 +65,11 @@ class EngineClient(ipc.FrameProtocol):
                 self._answered(answer_id, ipc.RESULT, answer, vectors)
         else:
             self._answered(id_, kind, meta, payload)
+
+    def _send_embeds(self) -> None:
+        calls, self._embeds = self._embeds, {}
+        if calls:
+            self.send(ipc.EMBEDS, 0, *ipc.pack_embeds([(id_, *call) for id_, call in calls.items()]))
 
     def _answered(self, id_: int, kind: int, meta: Any, payload: bytes | memoryview) -> None:
         future = self._waiting.pop(id_, None)
@@ -84,11 +91,16 @@ class EngineClient(ipc.FrameProtocol):
         id_ = next(self._ids)
         future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         self._waiting[id_] = future
-        self.send(kind, id_, meta, payload)
+        if kind == ipc.EMBED:
+            if not self._embeds:
+                asyncio.get_running_loop().call_soon(self._send_embeds)
+            self._embeds[id_] = (meta, payload)
+        else:
+            self.send(kind, id_, meta, payload)
         try:
             answer = await future
         except asyncio.CancelledError:
-            if self._waiting.pop(id_, None) is not None:
+            if self._waiting.pop(id_, None) is not None and self._embeds.pop(id_, None) is None:
                 self.send(ipc.CANCEL, id_, None)  # the engine drops this call's queued texts
             raise
         if answer[0] == ipc.ERROR:

@@ -44,7 +44,10 @@ class EngineLink(ipc.FrameProtocol):
         self._results: list[tuple[int, np.ndarray, list[bool]]] = []
 
     def frame_received(self, kind: int, id_: int, meta: Any, payload: bytes) -> None:
-        if kind in (ipc.EMBED, ipc.ROUTE, ipc.DESCRIBE):
+        if kind == ipc.EMBEDS:
+            for call_id, request, request_payload in ipc.split_embeds(meta, payload):
+                self.frame_received(ipc.EMBED, call_id, request, request_payload)
+        elif kind in (ipc.EMBED, ipc.ROUTE, ipc.DESCRIBE):
             if kind == ipc.EMBED:
                 request = ipc.unpack_request(meta, payload)
                 if self._start(id_, request):

@@ -1,7 +1,8 @@
 """Frames between the front-end processes and the engine process (HTTP_WORKERS), over a Unix socket.
 
 Front-ends send prepared requests (token ids and cache keys, never texts) and get raw pooled vectors back as
-binary buffers: the answers of one turn of the engine's loop (usually one batch's) travel in one RESULTS frame.
+binary buffers, many to a frame each way: the requests of one turn of a front-end's loop in one EMBEDS frame,
+the answers of one turn of the engine's loop (usually one batch's) in one RESULTS frame.
 
 A frame is `<u32 length><u8 kind><u32 id><u32 meta length>`, then `meta` (JSON) and a raw payload (the
 vectors, as float32 bytes: no per-float encoding on either side). `meta` is written by orjson, or, when it
@@ -33,6 +34,9 @@ CANCEL = 2  # the caller of EMBED `id` went away
 ROUTE = 3  # meta: {"path", "method", "public"}, payload: the body; a route the engine's own app answers
 RECORD = 4  # meta: [{"event", ...}, ...]; HTTP metrics observed by the front-end (no answer)
 DESCRIBE = 5  # meta: {"model"}; the ModelInfo of the model a request naming it gets
+# The EMBEDs a front-end sent in one turn of its loop: meta [[id, EMBED meta, payload length], ...], payload:
+# theirs in that order. Frame id 0. Split back into EMBEDs by `split_embeds`.
+EMBEDS = 6
 # Engine -> front-end.
 RESULT = 10  # meta: {"cached", "shape"}; payload: float32 raw pooled vectors, one per sequence
 # The RESULTs of every request answered in one turn of the engine's loop (a batch's): meta [[id, rows, columns,
@@ -136,6 +140,21 @@ def rebuild_error(meta: dict[str, Any]) -> errors.APIError:
     )
     exc.status, exc.type = meta["status"], meta["type"]
     return exc
+
+
+def pack_embeds(calls: list[tuple[int, Any, bytes]]) -> tuple[list[Any], bytes]:
+    """(id, EMBED meta, EMBED payload) per request -> one EMBEDS frame's meta and payload."""
+    meta = [[id_, request, len(payload)] for id_, request, payload in calls]
+    return meta, b"".join(payload for _, _, payload in calls)
+
+
+def split_embeds(meta: list[Any], payload: bytes) -> list[tuple[int, Any, bytes]]:
+    """An EMBEDS frame -> each request's id, EMBED meta and payload."""
+    calls, offset = [], 0
+    for id_, request, length in meta:
+        calls.append((id_, request, payload[offset : offset + length]))
+        offset += length
+    return calls
 
 
 def pack_results(answers: list[tuple[int, np.ndarray, list[bool]]]) -> tuple[list[Any], bytes]:
