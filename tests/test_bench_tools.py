@@ -140,6 +140,14 @@ def test_the_asgi_overhead_benchmark_measures_both_paths(tiny_qwen3: Path) -> No
     assert len(lines) == 3 and all(int(lane) > 0 and int(route) > 0 for lane, route in lines)
 
 
+def test_the_engine_overhead_benchmark_answers_every_request(tiny_qwen3: Path) -> None:
+    """Every request it sends comes back through the engine's real link, cache, admission and batching, and it
+    reports the event loop's own CPU per request."""
+    text = _run_benchmark("benchmarks.engine_overhead", str(tiny_qwen3), "600", "64", "16")
+    line = re.search(r"600 requests of 16 tokens, 64 in flight: .* (\d+) µs of the event loop's CPU", text)
+    assert line is not None and int(line.group(1)) > 0, text
+
+
 @pytest.mark.slow
 def test_the_gpu_benchmark_runs_end_to_end_on_any_device(tiny_qwen3: Path, tmp_path: Path) -> None:
     """The one-command GPU benchmark also runs where there is no GPU (nor sentence-transformers): the model
