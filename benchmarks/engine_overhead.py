@@ -96,7 +96,7 @@ async def _run(model: str, requests: int, clients: int, tokens: int, profile: bo
         for i in range(requests):
             ids = rng.integers(300, 30000, size=tokens).tolist()
             key = i.to_bytes(20, "little")
-            meta, payload = ipc.pack_request(PreparedRequest(runner.name, [ids], [key], 0.0001))
+            meta, payload = ipc.pack_request(PreparedRequest(runner.name, [ids], [key]))
             frames.append((i + 1, meta, payload))
         profiler = cProfile.Profile() if profile else None
         await asyncio.sleep(0.1)

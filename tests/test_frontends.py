@@ -160,10 +160,13 @@ def test_metrics_count_the_requests_of_every_front_end(
 ) -> None:
     url, _ = frontends
     series = 'embedserver_requests_total{endpoint="/v1/embeddings",status="200"}'
-    before = metric_sample(httpx.get(f"{url}/metrics").text, series, 0.0)
-    texts_before = metric_sample(
-        httpx.get(f"{url}/metrics").text, 'embedserver_texts_total{model="tiny"}', 0.0
-    )
+    durations = 'embedserver_request_duration_seconds_count{endpoint="/v1/embeddings",status="200"}'
+    tokenized = 'embedserver_tokenization_seconds_count{model="tiny"}'
+    scraped = httpx.get(f"{url}/metrics").text
+    before = metric_sample(scraped, series, 0.0)
+    texts_before = metric_sample(scraped, 'embedserver_texts_total{model="tiny"}', 0.0)
+    durations_before = metric_sample(scraped, durations, 0.0)
+    tokenized_before = metric_sample(scraped, tokenized, 0.0)
 
     def one(i: int) -> int:
         # A new connection each time, so the kernel spreads them over both front-ends.
@@ -174,6 +177,9 @@ def test_metrics_count_the_requests_of_every_front_end(
     assert metric_reaches(url, series, before + 40) - before == 40
     metrics = httpx.get(f"{url}/metrics").text
     assert metric_sample(metrics, 'embedserver_texts_total{model="tiny"}') - texts_before == 40
+    # Each front-end reports its requests' durations and tokenization times in bulk: one sample per request.
+    assert metric_sample(metrics, durations) - durations_before == 40
+    assert metric_reaches(url, tokenized, tokenized_before + 40) - tokenized_before == 40
 
 
 def test_a_killed_front_end_is_replaced_while_the_other_serves(

@@ -96,7 +96,7 @@ def test_a_prepared_request_crosses_as_ids_and_keys(keyed: bool) -> None:
 
     sequences = [[151643], [5, 6, 7, 2**31 - 1], list(range(1000))]
     keys = [bytes([i]) * 20 for i in range(3)] if keyed else None
-    sent = PreparedRequest("tiny", sequences, keys, 0.25)
+    sent = PreparedRequest("tiny", sequences, keys)
     meta, payload = ipc.pack_request(sent)
     assert "sequences" not in meta and len(payload) == 4 * 1005 + (60 if keyed else 0)
     receiver = Collect()

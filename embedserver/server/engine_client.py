@@ -111,9 +111,12 @@ class EngineClient(ipc.FrameProtocol):
 class RemoteService:
     """The Embedder of a front-end process: the same calls and errors as EmbeddingService, the model remote."""
 
-    def __init__(self, client: EngineClient, settings: Settings) -> None:
+    def __init__(
+        self, client: EngineClient, settings: Settings, metrics: ForwardedMetrics | None = None
+    ) -> None:
         self.client = client
         self.settings = settings
+        self.metrics = metrics  # where tokenization times go (the engine records them)
         self.draining = False
         self._infos: dict[str | None, ModelInfo] = {}  # by the name a request gave (None: the default)
         self._tokenizers: dict[str, tuple[TextTokenizer, TokenizeBatcher]] = {}  # by the model's own name
@@ -145,13 +148,15 @@ class RemoteService:
                 for i, ids in zip(firsts, encoded, strict=True)
             ]
             keys = [all_keys[i] for i in firsts]
+            if self.metrics is not None:
+                self.metrics.tokenized(info.name, time.perf_counter() - started)
         else:
             sequences = [
                 tokenizer.fit(tokenizer.wrap_ids(seq), max_length, truncate=truncate, index=i)
                 for i, seq in enumerate(call.inputs)  # type: ignore[arg-type]
             ]
             positions = list(range(len(sequences)))
-        request = PreparedRequest(info.name, sequences, keys, time.perf_counter() - started)
+        request = PreparedRequest(info.name, sequences, keys)
         meta, payload = ipc.pack_request(request)
         _, answer, vectors = await self.client.call(ipc.EMBED, meta, payload)
         raw = np.frombuffer(vectors, dtype=np.float32).reshape(answer["shape"])
@@ -194,16 +199,23 @@ class ForwardedMetrics:
     def __init__(self, client: EngineClient) -> None:
         self.client = client
         self._events: list[dict[str, Any]] = []
-        # Request durations by (endpoint, status) since the last report: one event per pair, not per request,
-        # so the engine records a report in a few updates (Metrics.requests_done).
-        self._durations: dict[tuple[str, int], list[float]] = {}
+        # Durations since the last report, by series: ("requests", endpoint, status) and ("tokenized", model).
+        # One event per series, not per request, so the engine records a report in a few updates.
+        self._durations: dict[tuple[Any, ...], list[float]] = {}
 
     def request_done(self, endpoint: str, status: int, seconds: float) -> None:
-        durations = self._durations.get((endpoint, status))
+        self._duration(("requests", endpoint, status), seconds)
+
+    def tokenized(self, model: str, seconds: float) -> None:
+        """How long a request's texts took to prepare here (the engine's embedserver_tokenization_seconds)."""
+        self._duration(("tokenized", model), seconds)
+
+    def _duration(self, series: tuple[Any, ...], seconds: float) -> None:
+        durations = self._durations.get(series)
         if durations is None:
-            durations = self._durations[(endpoint, status)] = []
-            if not self._events and len(self._durations) == 1:
+            if not self._events and not self._durations:
                 asyncio.get_running_loop().call_later(_RECORD_EVERY_S, self.flush)
+            durations = self._durations[series] = []
         durations.append(seconds)
 
     def client_gone(self, stage: str) -> None:
@@ -226,9 +238,11 @@ class ForwardedMetrics:
     def flush(self) -> None:
         events, self._events = self._events, []
         durations, self._durations = self._durations, {}
-        events.extend(
-            {"event": "requests", "endpoint": endpoint, "status": status, "seconds": seconds}
-            for (endpoint, status), seconds in durations.items()
-        )
+        for (event, *labels), seconds in durations.items():
+            if event == "requests":
+                endpoint, status = labels
+                events.append({"event": event, "endpoint": endpoint, "status": status, "seconds": seconds})
+            else:
+                events.append({"event": event, "model": labels[0], "seconds": seconds})
         if events:
             self.client.send(ipc.RECORD, 0, events)

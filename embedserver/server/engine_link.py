@@ -23,6 +23,7 @@ from starlette.types import Message, Scope
 from embedserver.api.guards import PUBLIC_KEY
 from embedserver.api.state import ServerState
 from embedserver.errors import APIError
+from embedserver.metrics import observe_many
 from embedserver.server import ipc
 from embedserver.service.embeddings import Cancellable
 from embedserver.service.requests import PreparedRequest
@@ -179,6 +180,8 @@ class EngineLink(ipc.FrameProtocol):
         event = meta["event"]
         if event == "requests":
             self.metrics.requests_done(meta["endpoint"], meta["status"], meta["seconds"])
+        elif event == "tokenized":
+            observe_many(self.metrics.for_model(meta["model"]).tokenize_seconds, meta["seconds"])
         elif event == "gone":
             self.metrics.client_gone(meta["stage"])
         elif event == "body_timeout":

@@ -48,7 +48,8 @@ FORWARDED_POSTS = ("/v1/rerank", "/v2/rerank", "/rerank", "/tokenize", "/detoken
 
 def create_frontend_app(settings: Settings, engine_path: str, index: int = 0) -> FastAPI:
     client = EngineClient()
-    service = RemoteService(client, settings)
+    metrics = ForwardedMetrics(client)
+    service = RemoteService(client, settings, metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -70,7 +71,6 @@ def create_frontend_app(settings: Settings, engine_path: str, index: int = 0) ->
             if client.transport is not None:
                 client.transport.close()
 
-    metrics = ForwardedMetrics(client)
     app = build_app(
         service, settings, lifespan=lifespan, operations=_forwarding_router(client), http_metrics=metrics
     )

@@ -27,9 +27,7 @@ from embedserver.service.cache import KEY_BYTES
 from embedserver.service.requests import PreparedRequest
 
 # Front-end -> engine.
-EMBED = (
-    1  # a PreparedRequest: meta {"model", "lengths", "keyed", "tokenize_s"}; payload: keys, then int32 ids
-)
+EMBED = 1  # a PreparedRequest: meta {"model", "lengths", "keyed"}; payload: keys, then int32 ids
 CANCEL = 2  # the caller of EMBED `id` went away
 ROUTE = 3  # meta: {"path", "method", "public"}, payload: the body; a route the engine's own app answers
 RECORD = 4  # meta: [{"event", ...}, ...]; HTTP metrics observed by the front-end (no answer)
@@ -182,7 +180,6 @@ def pack_request(request: PreparedRequest) -> tuple[dict[str, Any], bytes]:
         "model": request.model,
         "lengths": lengths,
         "keyed": request.keys is not None,
-        "tokenize_s": request.tokenize_s,
     }
     return meta, keys + ids.tobytes()
 
@@ -199,4 +196,4 @@ def unpack_request(meta: dict[str, Any], payload: bytes) -> PreparedRequest:
     for length in lengths:
         sequences.append(flat[start : start + length])
         start += length
-    return PreparedRequest(meta["model"], sequences, keys, float(meta["tokenize_s"]))
+    return PreparedRequest(meta["model"], sequences, keys)

@@ -121,7 +121,6 @@ class EmbeddingService:
         found = [self._cached(key) for key in keys] if keys is not None else [None] * count
         misses = [i for i, vector in enumerate(found) if vector is None]
         if keys is not None:
-            series.tokenize_seconds.observe(request.tokenize_s)
             if count > len(misses):
                 series.cache_hits.inc(count - len(misses))
             if misses:

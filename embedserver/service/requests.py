@@ -50,12 +50,11 @@ class ModelInfo:
 @dataclass(frozen=True)
 class PreparedRequest:
     """A request ready for the model: one token-id sequence per distinct input, with its cache key (None for
-    token-id inputs, which are not cached), and how long tokenization took (for the engine's metrics)."""
+    token-id inputs, which are not cached)."""
 
     model: str
     sequences: list[list[int]]
     keys: list[bytes] | None
-    tokenize_s: float = 0.0
 
 
 def format_query(task: str, text: str) -> str:
