@@ -6,7 +6,9 @@ event loop's CPU per request (less this stand-in's own work of reading answers a
 figure to compare: it is what shares the interpreter lock with the thread that builds each forward pass on a
 GPU.
 
-    python -m benchmarks.engine_overhead MODEL_DIR [REQUESTS] [CLIENTS] [TOKENS] [--profile]
+    python -m benchmarks.engine_overhead MODEL_DIR [REQUESTS] [CLIENTS] [TOKENS] [TEXTS] [--profile]
+
+TEXTS per request (1 unless given): with more, the figures show what the engine still spends per text.
 
 `--profile` prints the functions that take the most of that time (cProfile).
 """
@@ -19,6 +21,7 @@ import os
 import pstats
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any, cast
 
 import numpy as np
@@ -71,32 +74,42 @@ class _Transport:
         return False
 
 
-async def _run(model: str, requests: int, clients: int, tokens: int, profile: bool) -> None:
+async def _run(model: str, requests: int, clients: int, tokens: int, texts: int, profile: bool) -> None:
+    from embedserver.catalog import ModelSpec
+    from embedserver.runtime.model_files import ModelFiles
+    from embedserver.runtime.runner import ModelRunner
     from embedserver.server import ipc
-    from embedserver.server.engine_app import create_app
+    from embedserver.server.engine_app import create_app, load_model
     from embedserver.server.engine_link import EngineLink
     from embedserver.service.requests import PreparedRequest
     from embedserver.settings import Settings
 
     settings = Settings(_env_file=None, model_name=model, cache_max_entries=0, max_queue_texts=100_000)  # type: ignore[call-arg]
-    app = create_app(settings, http=False)
+
+    def instant_model(spec: ModelSpec, files: ModelFiles) -> ModelRunner:
+        """The real model, loaded as the server loads it, whose forward pass then returns zeros at once (set
+        before the batch worker takes it: the worker holds the function, not the runner)."""
+        runner = load_model(settings, spec, files)
+        dimension = runner.dimension
+
+        def instant(batch: Sequence[Sequence[int]]) -> np.ndarray:
+            return np.zeros((len(batch), dimension), dtype=np.float32)
+
+        runner.embed = instant  # type: ignore[method-assign]
+        return runner
+
+    app = create_app(settings, http=False, loader=instant_model)
     async with app.router.lifespan_context(app):
         await app.state.startup
         slot = app.state.server.service.registry.slots()[app.state.server.service.registry.default]
         runner = slot.runner
-        dimension = runner.dimension
-
-        def instant(batch: list[list[int]]) -> np.ndarray:
-            return np.zeros((len(batch), dimension), dtype=np.float32)
-
-        runner.embed = instant
         link = EngineLink(app)
         rng = np.random.default_rng(0)
         frames = []
         for i in range(requests):
-            ids = rng.integers(300, 30000, size=tokens).tolist()
-            key = i.to_bytes(20, "little")
-            meta, payload = ipc.pack_request(PreparedRequest(runner.name, [ids], [key]))
+            sequences = rng.integers(300, 30000, size=(texts, tokens)).tolist()
+            keys = [(i * texts + j).to_bytes(20, "little") for j in range(texts)]
+            meta, payload = ipc.pack_request(PreparedRequest(runner.name, sequences, keys))
             frames.append((i + 1, meta, payload))
         profiler = cProfile.Profile() if profile else None
         await asyncio.sleep(0.1)
@@ -114,9 +127,10 @@ async def _run(model: str, requests: int, clients: int, tokens: int, profile: bo
         loop_cpu = time.thread_time() - loop_cpu - transport.own_cpu
         cpu = time.process_time() - cpu
         print(
-            f"{requests} requests of {tokens} tokens, {clients} in flight: {wall / requests * 1e6:.0f} µs a "
+            f"{requests} requests of {texts} x {tokens} tokens, {clients} in flight: {wall / requests * 1e6:.0f} µs a "
             f"request of wall time, {loop_cpu / requests * 1e6:.0f} µs of the event loop's CPU, "
-            f"{cpu / requests * 1e6:.0f} µs of the process's ({requests / wall:,.0f} requests/s)"
+            f"{cpu / requests * 1e6:.0f} µs of the process's ({requests / wall:,.0f} requests/s, "
+            f"{loop_cpu / (requests * texts) * 1e6:.1f} µs of the event loop's CPU a text)"
         )
         if profiler:
             pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
@@ -130,8 +144,9 @@ def main() -> None:
     requests = int(args[1]) if len(args) > 1 else 20_000
     clients = int(args[2]) if len(args) > 2 else 256
     tokens = int(args[3]) if len(args) > 3 else 16
+    texts = int(args[4]) if len(args) > 4 else 1
     os.environ.setdefault("LOG_LEVEL", "WARNING")
-    asyncio.run(_run(model, requests, clients, tokens, "--profile" in sys.argv))
+    asyncio.run(_run(model, requests, clients, tokens, texts, "--profile" in sys.argv))
     from embedserver.runtime.device import hard_exit
 
     hard_exit(0)

@@ -144,7 +144,9 @@ def test_the_engine_overhead_benchmark_answers_every_request(tiny_qwen3: Path) -
     """Every request it sends comes back through the engine's real link, cache, admission and batching, and it
     reports the event loop's own CPU per request."""
     text = _run_benchmark("benchmarks.engine_overhead", str(tiny_qwen3), "600", "64", "16")
-    line = re.search(r"600 requests of 16 tokens, 64 in flight: .* (\d+) µs of the event loop's CPU", text)
+    line = re.search(
+        r"600 requests of 1 x 16 tokens, 64 in flight: .* (\d+) µs of the event loop's CPU", text
+    )
     assert line is not None and int(line.group(1)) > 0, text
 
 

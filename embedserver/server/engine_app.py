@@ -61,7 +61,7 @@ def create_app(
             max_request_tokens=settings.max_request_tokens,
             max_queue_tokens=settings.max_queue_tokens,
         ),
-        loader=loader or partial(_load, settings),
+        loader=loader or partial(load_model, settings),
         fetch=partial(_fetch, settings),
         download_on_request=settings.download_on_request,
         executor=device.mlx_executor(),
@@ -101,7 +101,7 @@ def _fetch(settings: Settings, spec: ModelSpec, download: bool) -> ModelFiles:
     return resolve_source(spec.source, download=download, stall_s=settings.download_stall_s)
 
 
-def _load(settings: Settings, spec: ModelSpec, files: ModelFiles) -> ModelRunner:
+def load_model(settings: Settings, spec: ModelSpec, files: ModelFiles) -> ModelRunner:
     """A model loaded and readied for this device (runs on the MLX thread)."""
     plan = DevicePlan(
         max_batch=settings.max_batch_size,
