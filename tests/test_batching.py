@@ -420,8 +420,9 @@ class Slow:
         return np.ones((len(batch), 2), dtype=np.float32)
 
 
-def _started(embed: Slow, limits: BatchLimits) -> BatchWorker:
-    worker = BatchWorker("m", embed, limits=limits, metrics=Metrics(), executor=ThreadPoolExecutor(1))
+def _started(embed: Slow, limits: BatchLimits, metrics: Metrics | None = None) -> BatchWorker:
+    metrics = metrics or Metrics()
+    worker = BatchWorker("m", embed, limits=limits, metrics=metrics, executor=ThreadPoolExecutor(1))
     worker.start()
     return worker
 
@@ -493,8 +494,7 @@ async def test_texts_that_wait_past_the_bound_fail_with_queue_timeout_and_are_ne
     embed = Slow(0.5)
     metrics = Metrics()
     limits = BatchLimits(max_size=2, max_tokens=4096, wait_s=0.001, max_queue=1000, max_wait_s=0.3)
-    worker = BatchWorker("m", embed, limits=limits, metrics=metrics, executor=ThreadPoolExecutor(1))
-    worker.start()
+    worker = _started(embed, limits, metrics)
     try:
         began = time.perf_counter()
         futures = [worker.submit([[i, 5]]) for i in range(1, 9)]  # 8 requests, 4 batches of 0.5 s
@@ -514,8 +514,7 @@ async def test_a_request_that_expires_fails_whole_and_none_of_its_queued_texts_r
     embed = Slow(0.5)
     metrics = Metrics()
     limits = BatchLimits(max_size=1, max_tokens=4096, wait_s=0.001, max_queue=1000, max_wait_s=0.3)
-    worker = BatchWorker("m", embed, limits=limits, metrics=metrics, executor=ThreadPoolExecutor(1))
-    worker.start()
+    worker = _started(embed, limits, metrics)
     try:
         first = worker.submit([[1, 5]])
         second = worker.submit([[2, 5]])  # both hand-offs taken: the third request waits past the bound

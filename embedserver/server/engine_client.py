@@ -199,23 +199,22 @@ class ForwardedMetrics:
     def __init__(self, client: EngineClient) -> None:
         self.client = client
         self._events: list[dict[str, Any]] = []
-        # Durations since the last report, by series: ("requests", endpoint, status) and ("tokenized", model).
-        # One event per series, not per request, so the engine records a report in a few updates.
-        self._durations: dict[tuple[Any, ...], list[float]] = {}
+        # Durations since the last report, by series (the event and its labels): one event per series, not
+        # per request, so the engine records a report in a few updates.
+        self._durations: dict[tuple[str, tuple[tuple[str, Any], ...]], list[float]] = {}
 
     def request_done(self, endpoint: str, status: int, seconds: float) -> None:
-        self._duration(("requests", endpoint, status), seconds)
+        self._duration("requests", (("endpoint", endpoint), ("status", status)), seconds)
 
     def tokenized(self, model: str, seconds: float) -> None:
         """How long a request's texts took to prepare here (the engine's embedserver_tokenization_seconds)."""
-        self._duration(("tokenized", model), seconds)
+        self._duration("tokenized", (("model", model),), seconds)
 
-    def _duration(self, series: tuple[Any, ...], seconds: float) -> None:
-        durations = self._durations.get(series)
+    def _duration(self, event: str, labels: tuple[tuple[str, Any], ...], seconds: float) -> None:
+        durations = self._durations.get((event, labels))
         if durations is None:
-            if not self._events and not self._durations:
-                asyncio.get_running_loop().call_later(_RECORD_EVERY_S, self.flush)
-            durations = self._durations[series] = []
+            self._report_soon()
+            durations = self._durations[(event, labels)] = []
         durations.append(seconds)
 
     def client_gone(self, stage: str) -> None:
@@ -231,18 +230,20 @@ class ForwardedMetrics:
         self._add({"event": "process", "frontend": frontend, "stats": stats})
 
     def _add(self, event: dict[str, Any]) -> None:
+        self._report_soon()
+        self._events.append(event)
+
+    def _report_soon(self) -> None:
+        """The first record since the last report sets the next one going."""
         if not self._events and not self._durations:
             asyncio.get_running_loop().call_later(_RECORD_EVERY_S, self.flush)
-        self._events.append(event)
 
     def flush(self) -> None:
         events, self._events = self._events, []
         durations, self._durations = self._durations, {}
-        for (event, *labels), seconds in durations.items():
-            if event == "requests":
-                endpoint, status = labels
-                events.append({"event": event, "endpoint": endpoint, "status": status, "seconds": seconds})
-            else:
-                events.append({"event": event, "model": labels[0], "seconds": seconds})
+        events.extend(
+            {"event": event, **dict(labels), "seconds": seconds}
+            for (event, labels), seconds in durations.items()
+        )
         if events:
             self.client.send(ipc.RECORD, 0, events)
