@@ -8,7 +8,9 @@ profiler, which records every kernel of the process, MLX's included). Tells a pa
   python -m benchmarks.kernel_timeline summary OUT.json [...]
 
 KERNEL_FROM (pass number, default 600 for `serve`: after the load-time warm-up) and KERNEL_PASSES (default
-60) choose the profiled passes. Needs torch with CUDA (the lent GPU machine has it).
+60) choose the profiled passes; KERNEL_ROWS (`runner` only: batch sizes drawn in turn, default 48,64,64,64,96,
+the server's at 256 clients; 256 gives the model-alone benchmark's 256 x 128) and KERNEL_LENGTH (default 128)
+the shapes. Needs torch with CUDA (the lent GPU machine has it).
 """
 
 from __future__ import annotations
@@ -97,14 +99,15 @@ def pass_stats(trace: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def kernel_means(trace: dict[str, Any], top: int = 8) -> list[tuple[str, int, float]]:
-    """The kernels with the most total time: (name, count, mean µs)."""
+def kernel_means(trace: dict[str, Any], top: int = 14) -> list[tuple[str, int, float, float]]:
+    """The kernels with the most total time: (name, count, mean µs, share of all kernel time)."""
     totals: dict[str, list[float]] = defaultdict(list)
     for e in trace["traceEvents"]:
         if e.get("ph") == "X" and e.get("cat") == "kernel":
             totals[str(e["name"])[:60]].append(float(e["dur"]))
     ranked = sorted(totals.items(), key=lambda kv: -sum(kv[1]))[:top]
-    return [(name, len(d), float(np.mean(d))) for name, d in ranked]
+    everything = sum(sum(d) for d in totals.values()) or 1.0
+    return [(name, len(d), float(np.mean(d)), sum(d) / everything) for name, d in ranked]
 
 
 def summary(path: Path) -> str:
@@ -128,8 +131,10 @@ def summary(path: Path) -> str:
             + " ".join(f"{m:>7.2f}" for m in means)
             + f"  {np.mean([s['gaps_over_50us'] for s in group]):.1f}"
         )
-    lines.append("top kernels (count, mean µs):")
-    lines += [f"  {count:>6} {mean:>9.1f}  {name}" for name, count, mean in kernel_means(trace)]
+    lines.append("top kernels (count, mean µs, share of kernel time):")
+    lines += [
+        f"  {count:>6} {mean:>9.1f} {share:>6.1%}  {name}" for name, count, mean, share in kernel_means(trace)
+    ]
     return "\n".join(lines)
 
 
@@ -141,7 +146,8 @@ def busy_python(stop: threading.Event) -> None:
 
 
 def runner_alone(out: Path, model: str, passes: int, beside_python: bool) -> None:
-    """The batch sizes a server runs at 256 clients (48-96 x 128 tokens), one after another; with
+    """The batch sizes a server runs at 256 clients (48-96 x 128 tokens, or KERNEL_ROWS x KERNEL_LENGTH), one
+    after another; with
     `beside_python`, next to a thread running Python without pause (a saturated event loop)."""
     import embedserver.runtime  # noqa: F401  (readies the process for MLX: BLAS preload, MLX settings)
     from embedserver.catalog import ModelSpec
@@ -153,8 +159,10 @@ def runner_alone(out: Path, model: str, passes: int, beside_python: bool) -> Non
     runner.bucket_rows = True
     bound_gpu_memory(DEFAULT_GPU_WORKSPACE_BYTES)
     rng = np.random.default_rng(0)
-    rows = rng.choice([48, 64, 64, 64, 96], size=passes + 20).tolist()
-    batches = [[rng.integers(300, 30000, size=128).tolist() for _ in range(n)] for n in rows]
+    sizes = [int(n) for n in os.environ.get("KERNEL_ROWS", "48,64,64,64,96").split(",")]
+    length = int(os.environ.get("KERNEL_LENGTH", "128"))
+    rows = rng.choice(sizes, size=passes + 20).tolist()
+    batches = [[rng.integers(300, 30000, size=length).tolist() for _ in range(n)] for n in rows]
     for batch in {len(b): b for b in batches}.values():
         runner.embed(batch)
     stop = threading.Event()
