@@ -17,7 +17,7 @@ from mlx.utils import tree_flatten
 from mlx_lm.models.activations import swiglu as mlx_lm_swiglu
 
 from embedserver.runtime.architectures.cuda_block import fusable
-from embedserver.runtime.architectures.cuda_kernels import qk_norm_rope, rope_params, swiglu
+from embedserver.runtime.architectures.cuda_kernels import qk_norm_rope, rope_params, rope_table, swiglu
 from embedserver.runtime.architectures.qwen3 import Qwen3Encoder
 
 # Small, but with the head size the kernel handles (a multiple of 64) and grouped KV heads, as every
@@ -81,9 +81,11 @@ def test_fusing_keeps_every_weight_and_stores_it_once() -> None:
     attn = fused.model.layers[0].self_attn
     q_rows = CONFIG["num_attention_heads"] * CONFIG["head_dim"]
     kv_rows = CONFIG["num_key_value_heads"] * CONFIG["head_dim"]
-    assert block.w_qkv.shape == (q_rows + 2 * kv_rows, CONFIG["hidden_size"])
-    assert np.array_equal(np.array(block.w_qkv[q_rows : q_rows + kv_rows]), np.array(attn.k_proj.weight))
-    assert block.w_gate_up.shape == (2 * CONFIG["intermediate_size"], CONFIG["hidden_size"])
+    # [in, out], the projections' rows side by side
+    assert block.w_qkv.shape == (CONFIG["hidden_size"], q_rows + 2 * kv_rows)
+    assert np.array_equal(np.array(block.w_qkv[:, q_rows : q_rows + kv_rows]), np.array(attn.k_proj.weight.T))
+    assert block.w_gate_up.shape == (CONFIG["hidden_size"], 2 * CONFIG["intermediate_size"])
+    assert np.array_equal(np.array(block.w_o), np.array(attn.o_proj.weight.T))
 
 
 def test_bert_has_no_cuda_path() -> None:
@@ -108,8 +110,10 @@ def test_qk_norm_rope_matches_mlx_operations(dtype: mx.Dtype) -> None:
     qkv = (mx.random.normal((batch, length, (heads + 2 * kv_heads) * head_dim)) * 3).astype(dtype)
     q_weight = (1 + 0.2 * mx.random.normal((head_dim,))).astype(dtype)
     k_weight = (1 + 0.2 * mx.random.normal((head_dim,))).astype(dtype)
+    params = rope_params(1e-6, 1e6)
+    table = rope_table(length, head_dim, params)
     q, k, v = qk_norm_rope(
-        qkv, q_weight, k_weight, rope_params(1e-6, 1e6), heads=heads, kv_heads=kv_heads, head_dim=head_dim
+        qkv, q_weight, k_weight, table, params, heads=heads, kv_heads=kv_heads, head_dim=head_dim
     )
 
     rope = nn.RoPE(head_dim, traditional=False, base=1e6)
@@ -129,6 +133,18 @@ def test_qk_norm_rope_matches_mlx_operations(dtype: mx.Dtype) -> None:
         assert got.shape == want.shape
         assert mx.allclose(got.astype(mx.float32), want.astype(mx.float32), atol=tol, rtol=tol).item()
     assert mx.array_equal(v, v_ref).item()
+
+
+@cuda_only
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_rope_table_holds_cos_then_sin_of_each_angle(head_dim: int) -> None:
+    length, base = 300, 1e6
+    table = np.array(rope_table(length, head_dim, rope_params(1e-6, base)))
+    half = head_dim // 2
+    angles = np.arange(length)[:, None] * base ** (-np.arange(half) / half)[None, :]
+    assert table.shape == (length, head_dim) and table.dtype == np.float32
+    np.testing.assert_allclose(table[:, :half], np.cos(angles), atol=1e-4)
+    np.testing.assert_allclose(table[:, half:], np.sin(angles), atol=1e-4)
 
 
 @cuda_only

@@ -3,7 +3,10 @@
 Same weights and the same mathematics as mlx-lm's block (see cuda_kernels.py for the numerics), arranged for
 fewer passes over memory: q, k and v come from one matrix product (their weight rows concatenated), gate and
 up from another; `qk_norm_rope` turns the first into attention's inputs and `swiglu` the second into the down
-projection's. One larger product keeps the GPU busier than three small ones (docs/perf/log.md has the figures).
+projection's. One larger product keeps the GPU busier than three small ones. The two residual additions are
+the output and down projections' own (`addmm`: cuBLAS adds the residual as it writes the product, instead of
+a separate kernel reading both back), so the residual stream is rounded to the dtype once per addition, from
+float32, where mlx-lm rounds the product and then the sum. docs/perf/log.md has the figures.
 
 The fused weight matrices are built once at load; the original projection weights become views of them, so
 the model holds each weight once.
@@ -14,7 +17,7 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
-from embedserver.runtime.architectures.cuda_kernels import qk_norm_rope, rope_params, swiglu
+from embedserver.runtime.architectures.cuda_kernels import qk_norm_rope, rope_params, rope_table, swiglu
 
 
 def fusable(layer: nn.Module) -> bool:
@@ -53,26 +56,36 @@ class CudaQwen3Block:
         self.heads, self.kv_heads = attn.n_heads, attn.n_kv_heads
         self.head_dim = attn.q_norm.weight.shape[0]
         self.scale = attn.scale
-        self.w_qkv = _fuse(attn.q_proj, attn.k_proj, attn.v_proj)
-        self.w_gate_up = _fuse(mlp.gate_proj, mlp.up_proj)
-        self.o_proj, self.down_proj = attn.o_proj, mlp.down_proj
+        # Weights as [in, out]: transposed views made once here, not one transpose per product per pass (the
+        # matrix products read either layout).
+        self.w_qkv = _fuse(attn.q_proj, attn.k_proj, attn.v_proj).T
+        self.w_gate_up = _fuse(mlp.gate_proj, mlp.up_proj).T
+        self.w_o, self.w_down = attn.o_proj.weight.T, mlp.down_proj.weight.T
+        mx.eval(self.w_qkv, self.w_gate_up, self.w_o, self.w_down)
         self.q_norm, self.k_norm = attn.q_norm.weight, attn.k_norm.weight
         self.input_norm, self.post_norm = layer.input_layernorm, layer.post_attention_layernorm
         self.params = rope_params(attn.q_norm.eps, attn.rope.base)
 
-    def __call__(self, x: mx.array) -> mx.array:
+    def rope_table(self, length: int) -> mx.array:
+        """The cos/sin table for sequences of `length` (every layer of a model shares it)."""
+        return rope_table(length, self.head_dim, self.params)
+
+    def __call__(self, x: mx.array, table: mx.array) -> mx.array:
         batch, length, hidden = x.shape
-        qkv = self.input_norm(x) @ self.w_qkv.T
+        qkv = self.input_norm(x) @ self.w_qkv
         q, k, v = qk_norm_rope(
             qkv,
             self.q_norm,
             self.k_norm,
+            table,
             self.params,
             heads=self.heads,
             kv_heads=self.kv_heads,
             head_dim=self.head_dim,
         )
         attended = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask="causal")
-        h = x + self.o_proj(attended.transpose(0, 2, 1, 3).reshape(batch, length, -1))
-        gate_up = self.post_norm(h).reshape(batch * length, -1) @ self.w_gate_up.T
-        return h + self.down_proj(swiglu(gate_up)).reshape(batch, length, hidden)
+        # In memory `attended` is [B, L, heads, D] (attention writes in its query's layout): this is a view.
+        heads_out = attended.transpose(0, 2, 1, 3).reshape(batch * length, -1)
+        h = mx.addmm(x.reshape(batch * length, hidden), heads_out, self.w_o)
+        gate_up = self.post_norm(h) @ self.w_gate_up
+        return mx.addmm(h, swiglu(gate_up), self.w_down).reshape(batch, length, hidden)

@@ -1,10 +1,15 @@
-"""Two CUDA kernels for the Qwen3 layer, where mlx-lm's composition of MLX operations moves data many times.
+"""CUDA kernels for the Qwen3 layer, where mlx-lm's composition of MLX operations moves data many times.
 
 As mlx-lm composes them, the per-head RMSNorm of queries and keys, RoPE and the transposes into attention's
 layout each make another pass over memory (RoPE on a transposed view first copies it). `qk_norm_rope` does
-it in one pass: it reads the fused q|k|v projection once and writes q, k (normalized, rotated) and v in the
-[batch, heads, length, head_dim] layout attention wants. `swiglu` reads the fused gate|up projection and
-writes silu(gate) * up. What each saved is measured in docs/perf/log.md.
+it in one pass: it reads the q and k heads of the fused q|k|v projection once and writes them normalized and
+rotated, in the projection's own [batch, length, heads, head_dim] order. Attention takes them (and v, a view
+of the projection, never copied) as transposed views, and MLX's attention writes its output in its query's
+layout, so the transpose back before the output projection is free too. RoPE's cos and sin come from a table
+per sequence length (`rope_table`, once per forward pass, shared by every layer) instead of being computed
+for every element of every head of every layer: precise float32 `cos`/`sin` made the kernel several times
+slower than its memory traffic. `swiglu` reads the fused gate|up projection and writes silu(gate) * up. What
+each saved is measured in docs/perf/log.md.
 
 Numerics follow MLX's own kernels step for step (mlx/backend/cuda/rms_norm.cu and rope.cu): float32
 arithmetic, the normalized value rounded to the weights' dtype before the weight multiply, RoPE's angle as
@@ -20,26 +25,37 @@ from typing import Any
 
 import mlx.core as mx
 
-# One warp per head vector: lane i holds elements [i*E, (i+1)*E) with E = D / 32, so the RoPE partner of an
-# element (D/2 away) sits exactly 16 lanes away and one shuffle fetches it. Each lane moves its E elements
-# with one vector load and one vector store.
+# cos and sin of every (position, frequency) pair, [length, D]: row l holds cos(l * f_i) for i < D/2, then
+# sin(l * f_i); f_i = 2^(-i / (D/2) * log2(base)), as MLX's RoPE computes it.
+_ROPE_TABLE = """
+    constexpr int HALF = D / 2;
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= positions_shape[0] * HALF) return;
+    const int l = i / HALF;
+    const int j = i - l * HALF;
+    const float d = static_cast<float>(j) / static_cast<float>(HALF);
+    const float theta = positions[l] * exp2(-d * params[1]);
+    table[l * D + j] = cos(theta);
+    table[l * D + HALF + j] = sin(theta);
+"""
+
+# One warp per q or k head vector: lane i holds elements [i*E, (i+1)*E) with E = D / 32, so the RoPE partner
+# of an element (D/2 away) sits exactly 16 lanes away and one shuffle fetches it. Each lane moves its E
+# elements with one vector load and one vector store, and reads its E cosines and sines as two more.
 _QK_NORM_ROPE = """
     constexpr int S = H + 2 * KV;
+    constexpr int R = H + KV;
     constexpr int E = D / 32;
     struct alignas(sizeof(T) * E) Pack { T v[E]; };
+    struct alignas(sizeof(float) * E) Angles { float v[E]; };
     const int lane = threadIdx.x & 31;
     const int row = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     const int L = qkv_shape[1];
-    if (row >= qkv_shape[0] * L * S) return;
-    const int token = row / S;
-    const int slot = row - token * S;
-    const int b = token / L;
-    const int l = token - b * L;
-    const Pack in = *reinterpret_cast<const Pack*>(qkv + long(row) * D + lane * E);
-    if (slot >= H + KV) {
-        *reinterpret_cast<Pack*>(v + ((long(b) * KV + (slot - H - KV)) * L + l) * D + lane * E) = in;
-        return;
-    }
+    if (row >= qkv_shape[0] * L * R) return;
+    const int token = row / R;
+    const int slot = row - token * R;
+    const int l = token % L;
+    const Pack in = *reinterpret_cast<const Pack*>(qkv + (long(token) * S + slot) * D + lane * E);
     float x[E];
     float ss = 0.0f;
     #pragma unroll
@@ -53,19 +69,18 @@ _QK_NORM_ROPE = """
     const bool is_q = slot < H;
     const Pack w = *reinterpret_cast<const Pack*>((is_q ? q_weight : k_weight) + lane * E);
     const bool first_half = lane < 16;
+    const int j = (lane & 15) * E;
+    const Angles c = *reinterpret_cast<const Angles*>(table + long(l) * D + j);
+    const Angles s = *reinterpret_cast<const Angles*>(table + long(l) * D + D / 2 + j);
     Pack out;
     #pragma unroll
     for (int e = 0; e < E; ++e) {
         const T normed = static_cast<T>(x[e] * normalizer);
         const float y = static_cast<float>(static_cast<T>(static_cast<float>(w.v[e]) * static_cast<float>(normed)));
         const float partner = __shfl_xor_sync(0xffffffff, y, 16);
-        const float d = static_cast<float>((lane & 15) * E + e) / static_cast<float>(D / 2);
-        const float theta = static_cast<float>(l) * exp2(-d * params[1]);
-        const float c = cos(theta);
-        const float s = sin(theta);
-        out.v[e] = static_cast<T>(first_half ? y * c - partner * s : partner * s + y * c);
+        out.v[e] = static_cast<T>(first_half ? y * c.v[e] - partner * s.v[e] : partner * s.v[e] + y * c.v[e]);
     }
-    T* dst = is_q ? q + ((long(b) * H + slot) * L + l) * D : k + ((long(b) * KV + (slot - H)) * L + l) * D;
+    T* dst = is_q ? q + (long(token) * H + slot) * D : k + (long(token) * KV + (slot - H)) * D;
     *reinterpret_cast<Pack*>(dst + lane * E) = out;
 """
 
@@ -93,10 +108,16 @@ _THREADS = 256
 @cache
 def _kernels() -> dict[str, Any]:
     return {
+        "rope_table": mx.fast.cuda_kernel(
+            name="embedserver_rope_table",
+            input_names=["positions", "params"],
+            output_names=["table"],
+            source=_ROPE_TABLE,
+        ),
         "qk_norm_rope": mx.fast.cuda_kernel(
             name="embedserver_qk_norm_rope",
-            input_names=["qkv", "q_weight", "k_weight", "params"],
-            output_names=["q", "k", "v"],
+            input_names=["qkv", "q_weight", "k_weight", "table", "params"],
+            output_names=["q", "k"],
             source=_QK_NORM_ROPE,
         ),
         "swiglu": mx.fast.cuda_kernel(
@@ -106,14 +127,29 @@ def _kernels() -> dict[str, Any]:
 
 
 def rope_params(eps: float, base: float) -> mx.array:
-    """The float32 constants `qk_norm_rope` reads: the RMSNorm epsilon and log2 of the RoPE base."""
+    """The float32 constants the kernels read: the RMSNorm epsilon and log2 of the RoPE base."""
     return mx.array([eps, math.log2(base)], dtype=mx.float32)
+
+
+def rope_table(length: int, head_dim: int, params: mx.array) -> mx.array:
+    """RoPE's cos and sin at positions 0..length-1, float32 [length, head_dim]: what `qk_norm_rope` reads."""
+    half = head_dim // 2
+    (table,) = _kernels()["rope_table"](
+        inputs=[mx.arange(length, dtype=mx.float32), params],
+        template=[("D", head_dim)],
+        grid=(length * half, 1, 1),
+        threadgroup=(_THREADS, 1, 1),
+        output_shapes=[(length, head_dim)],
+        output_dtypes=[mx.float32],
+    )
+    return table
 
 
 def qk_norm_rope(
     qkv: mx.array,
     q_weight: mx.array,
     k_weight: mx.array,
+    table: mx.array,
     params: mx.array,
     *,
     heads: int,
@@ -121,24 +157,22 @@ def qk_norm_rope(
     head_dim: int,
 ) -> tuple[mx.array, mx.array, mx.array]:
     """qkv [B, L, (heads + 2 kv_heads) * head_dim] -> q [B, heads, L, D], k and v [B, kv_heads, L, D]; q and k
-    RMS-normalized per head (with their weights) and rotated by RoPE at positions 0..L-1."""
+    RMS-normalized per head (with their weights) and rotated by RoPE at positions 0..L-1 (`table`:
+    `rope_table(L, ...)`). All three are transposed views of [B, L, heads, D] memory; v is qkv's own."""
     if head_dim % 64:
         raise ValueError(f"qk_norm_rope needs head_dim divisible by 64, got {head_dim}")
     batch, length, _ = qkv.shape
-    rows = batch * length * (heads + 2 * kv_heads)
-    q, k, v = _kernels()["qk_norm_rope"](
-        inputs=[qkv, q_weight, k_weight, params],
+    rows = batch * length * (heads + kv_heads)
+    q, k = _kernels()["qk_norm_rope"](
+        inputs=[qkv, q_weight, k_weight, table, params],
         template=[("T", qkv.dtype), ("H", heads), ("KV", kv_heads), ("D", head_dim)],
         grid=(rows * 32, 1, 1),
         threadgroup=(_THREADS, 1, 1),
-        output_shapes=[
-            (batch, heads, length, head_dim),
-            (batch, kv_heads, length, head_dim),
-            (batch, kv_heads, length, head_dim),
-        ],
-        output_dtypes=[qkv.dtype] * 3,
+        output_shapes=[(batch, length, heads, head_dim), (batch, length, kv_heads, head_dim)],
+        output_dtypes=[qkv.dtype] * 2,
     )
-    return q, k, v
+    v = qkv.reshape(batch, length, heads + 2 * kv_heads, head_dim)[:, :, heads + kv_heads :]
+    return q.transpose(0, 2, 1, 3), k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
 
 
 def swiglu(gate_up: mx.array) -> mx.array:

@@ -45,8 +45,9 @@ class Qwen3Encoder(nn.Module):
         model = self.model
         h = model.embed_tokens(ids)
         if self._cuda_blocks:
+            table = self._cuda_blocks[0].rope_table(ids.shape[1])
             for block in self._cuda_blocks:
-                h = block(h)
+                h = block(h, table)
             return model.norm(h)
         cpu = on_cpu()  # see cpu_math.py: MLX's CPU exp is the bottleneck there
         for layer in model.layers:
