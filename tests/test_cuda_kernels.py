@@ -104,8 +104,10 @@ def test_bert_has_no_cuda_path() -> None:
 
 @cuda_only
 @pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16])
-def test_qk_norm_rope_matches_mlx_operations(dtype: mx.Dtype) -> None:
-    heads, kv_heads, head_dim, batch, length = 4, 2, 128, 3, 37
+# The kernel takes 4, 2 or 1 heads a warp, as many as divide the q and k heads (16 + 8 in Qwen3's 0.6B model).
+@pytest.mark.parametrize("heads,kv_heads", [(16, 8), (4, 2), (5, 2)])
+def test_qk_norm_rope_matches_mlx_operations(dtype: mx.Dtype, heads: int, kv_heads: int) -> None:
+    head_dim, batch, length = 128, 3, 37
     mx.random.seed(1)
     qkv = (mx.random.normal((batch, length, (heads + 2 * kv_heads) * head_dim)) * 3).astype(dtype)
     q_weight = (1 + 0.2 * mx.random.normal((head_dim,))).astype(dtype)

@@ -39,49 +39,58 @@ _ROPE_TABLE = """
     table[l * D + HALF + j] = sin(theta);
 """
 
-# One warp per q or k head vector: lane i holds elements [i*E, (i+1)*E) with E = D / 32, so the RoPE partner
-# of an element (D/2 away) sits exactly 16 lanes away and one shuffle fetches it. Each lane moves its E
-# elements with one vector load and one vector store, and reads its E cosines and sines as two more.
+# One warp per G of a token's q and k heads (G = 4 where the head count allows), in turn: lane i holds
+# elements [i*E, (i+1)*E) of a head with E = D / 32, so the RoPE partner of an element (D/2 away) sits exactly
+# 16 lanes away and one shuffle fetches it. A token's heads share its position: each lane reads its E cosines
+# and sines and its slices of the norm weights once for G heads, then moves each head's E elements with one
+# vector load and one store. G heads a warp, not all of them: a short text still spreads over many warps.
 _QK_NORM_ROPE = """
     constexpr int S = H + 2 * KV;
-    constexpr int R = H + KV;
     constexpr int E = D / 32;
     struct alignas(sizeof(T) * E) Pack { T v[E]; };
     struct alignas(sizeof(float) * E) Angles { float v[E]; };
+    constexpr int GROUPS = (H + KV) / G;
     const int lane = threadIdx.x & 31;
-    const int row = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    const int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     const int L = qkv_shape[1];
-    if (row >= qkv_shape[0] * L * R) return;
-    const int token = row / R;
-    const int slot = row - token * R;
+    if (warp >= qkv_shape[0] * L * GROUPS) return;
+    const int token = warp / GROUPS;
+    const int first = (warp - token * GROUPS) * G;
     const int l = token % L;
-    const Pack in = *reinterpret_cast<const Pack*>(qkv + (long(token) * S + slot) * D + lane * E);
-    float x[E];
-    float ss = 0.0f;
-    #pragma unroll
-    for (int e = 0; e < E; ++e) {
-        x[e] = static_cast<float>(in.v[e]);
-        ss += x[e] * x[e];
-    }
-    #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffff, ss, o);
-    const float normalizer = rsqrt(ss / D + params[0]);
-    const bool is_q = slot < H;
-    const Pack w = *reinterpret_cast<const Pack*>((is_q ? q_weight : k_weight) + lane * E);
-    const bool first_half = lane < 16;
     const int j = (lane & 15) * E;
     const Angles c = *reinterpret_cast<const Angles*>(table + long(l) * D + j);
     const Angles s = *reinterpret_cast<const Angles*>(table + long(l) * D + D / 2 + j);
-    Pack out;
+    const Pack qw = *reinterpret_cast<const Pack*>(q_weight + lane * E);
+    const Pack kw = *reinterpret_cast<const Pack*>(k_weight + lane * E);
+    const bool first_half = lane < 16;
+    const T* src = qkv + long(token) * S * D + lane * E;
     #pragma unroll
-    for (int e = 0; e < E; ++e) {
-        const T normed = static_cast<T>(x[e] * normalizer);
-        const float y = static_cast<float>(static_cast<T>(static_cast<float>(w.v[e]) * static_cast<float>(normed)));
-        const float partner = __shfl_xor_sync(0xffffffff, y, 16);
-        out.v[e] = static_cast<T>(first_half ? y * c.v[e] - partner * s.v[e] : partner * s.v[e] + y * c.v[e]);
+    for (int g = 0; g < G; ++g) {
+        const int slot = first + g;
+        const Pack in = *reinterpret_cast<const Pack*>(src + slot * D);
+        float x[E];
+        float ss = 0.0f;
+        #pragma unroll
+        for (int e = 0; e < E; ++e) {
+            x[e] = static_cast<float>(in.v[e]);
+            ss += x[e] * x[e];
+        }
+        #pragma unroll
+        for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffff, ss, o);
+        const float normalizer = rsqrt(ss / D + params[0]);
+        const bool is_q = slot < H;
+        const Pack& w = is_q ? qw : kw;
+        Pack out;
+        #pragma unroll
+        for (int e = 0; e < E; ++e) {
+            const T normed = static_cast<T>(x[e] * normalizer);
+            const float y = static_cast<float>(static_cast<T>(static_cast<float>(w.v[e]) * static_cast<float>(normed)));
+            const float partner = __shfl_xor_sync(0xffffffff, y, 16);
+            out.v[e] = static_cast<T>(first_half ? y * c.v[e] - partner * s.v[e] : partner * s.v[e] + y * c.v[e]);
+        }
+        T* dst = is_q ? q + (long(token) * H + slot) * D : k + (long(token) * KV + (slot - H)) * D;
+        *reinterpret_cast<Pack*>(dst + lane * E) = out;
     }
-    T* dst = is_q ? q + (long(token) * H + slot) * D : k + (long(token) * KV + (slot - H)) * D;
-    *reinterpret_cast<Pack*>(dst + lane * E) = out;
 """
 
 # P consecutive outputs per thread (one 16-byte vector of bf16 where the width allows).
@@ -162,11 +171,11 @@ def qk_norm_rope(
     if head_dim % 64:
         raise ValueError(f"qk_norm_rope needs head_dim divisible by 64, got {head_dim}")
     batch, length, _ = qkv.shape
-    rows = batch * length * (heads + kv_heads)
+    group = next(g for g in (4, 2, 1) if (heads + kv_heads) % g == 0)
     q, k = _kernels()["qk_norm_rope"](
         inputs=[qkv, q_weight, k_weight, table, params],
-        template=[("T", qkv.dtype), ("H", heads), ("KV", kv_heads), ("D", head_dim)],
-        grid=(rows * 32, 1, 1),
+        template=[("T", qkv.dtype), ("H", heads), ("KV", kv_heads), ("D", head_dim), ("G", group)],
+        grid=(batch * length * (heads + kv_heads) // group * 32, 1, 1),
         threadgroup=(_THREADS, 1, 1),
         output_shapes=[(batch, length, heads, head_dim), (batch, length, kv_heads, head_dim)],
         output_dtypes=[qkv.dtype] * 2,
