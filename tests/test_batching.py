@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -50,8 +50,7 @@ def test_plan_batches_keeps_every_item_once() -> None:
 
 
 class Scripted:
-    """embed() stand-in: vector = [len(seq), first id]; raises for sequences starting with 666, NaN for 777.
-    `launch` is the same pass in two steps, as a GPU runner's: the error surfaces when it is collected."""
+    """embed() stand-in: vector = [len(seq), first id]; raises for sequences starting with 666, NaN for 777."""
 
     def __init__(self) -> None:
         self.calls: list[int] = []
@@ -64,28 +63,11 @@ class Scripted:
         out[[seq[0] == 777 for seq in batch]] = np.nan
         return out
 
-    def launch(self, batch: list[list[int]]) -> _Later:
-        return _Later(lambda: self(batch))
 
-
-class _Later:
-    def __init__(self, compute: Callable[[], np.ndarray]) -> None:
-        self.collect = compute
-
-
-# Every worker test runs with passes whole (CPU) and launched then collected (GPUs; passes.py).
-@pytest.fixture(params=["whole", "overlapped"])
-async def worker(request: pytest.FixtureRequest) -> AsyncIterator[BatchWorker]:
+@pytest.fixture
+async def worker() -> AsyncIterator[BatchWorker]:
     limits = BatchLimits(max_size=8, max_tokens=4096, wait_s=0.005, max_queue=20)
-    embed = Scripted()
-    w = BatchWorker(
-        "m",
-        embed,
-        limits=limits,
-        metrics=Metrics(),
-        executor=ThreadPoolExecutor(1),
-        launch=embed.launch if request.param == "overlapped" else None,
-    )
+    w = BatchWorker("m", Scripted(), limits=limits, metrics=Metrics(), executor=ThreadPoolExecutor(1))
     w.start()
     yield w  # type: ignore[misc]
     await w.stop()

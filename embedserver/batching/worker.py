@@ -13,8 +13,7 @@ have waited longer than MAX_QUEUE_WAIT_S without any of their texts computed (ad
 this makes it a bound even when the machine slows down under it, while a large request that progresses batch
 after batch is never cut), sorts by length and cuts batches by count and
 padded-token budget (`plan_batches`, a pure function). Forward passes run on the MLX thread; up to two
-batches are handed to it at once, so the next one is ready the moment the current one ends, and on GPUs the
-next pass is built and queued on the device while the current one runs (passes.py).
+batches are handed to it at once, so the next one is ready the moment the current one ends.
 
 Why the late cut: cut early, the next batch held only what arrived in its first milliseconds and then
 waited behind the running one while everything else queued for the batch after; under steady load batches
@@ -35,7 +34,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from embedserver.batching.passes import Abandoned, EmbedFn, LaunchFn, Passes
 from embedserver.errors import InferenceError, ModelUnavailable, Overloaded, TooManyTokens
 from embedserver.metrics import Metrics, observe_many
 from embedserver.runtime.padding import bucket_length, padded_shape, rows_to_run
@@ -45,6 +43,8 @@ log = logging.getLogger(__name__)
 # The next batch is cut this share of a typical forward pass before the running one should end: enough for
 # the event loop to plan it and hand it over while the MLX thread is still busy.
 _CUT_AHEAD = 0.2
+
+EmbedFn = Callable[[list[list[int]]], np.ndarray]
 
 
 class WorkItem:
@@ -136,16 +136,15 @@ class BatchWorker:
         metrics: Metrics,
         executor: Executor,
         bucketed_rows: bool = False,
-        launch: LaunchFn | None = None,
     ) -> None:
         self.model = model
         # The runner pads batch sizes to buckets (GPUs): while busy, cut batches to bucket sizes (rows_to_run).
         self._bucketed_rows = bucketed_rows
-        # Forward passes on the MLX thread; overlapped on the device when the runner can launch them (passes.py).
-        self._passes = Passes(executor, embed, launch)
+        self._embed = embed
         self._limits = limits
         self._metrics = metrics
         self._series = metrics.for_model(model)
+        self._executor = executor
         # One group per request, in arrival order; batches take from the groups in turn (_take_window).
         self._queue: deque[QueuedRequest] = deque()
         self._queued = 0  # items in _queue
@@ -159,6 +158,9 @@ class BatchWorker:
         self._last_done = 0.0
         self._backlogged = False
         self._planned: list[list[WorkItem]] = []  # cut but not yet handed to the MLX thread
+        self._in_executor = 0  # batches handed to the MLX thread and not yet back
+        self._forward_started = 0.0  # when the MLX thread began its current (or last) forward pass
+        self._forward_shape = (0, 0)  # that pass's padded (rows, length)
         self._forward_s = 0.0  # recent forward-pass duration (moving average)
         # Recent duration per padded shape: on a GPU a 128-row pass takes several times a 16-row one.
         self._shape_s: dict[tuple[int, int], float] = {}
@@ -307,11 +309,10 @@ class BatchWorker:
         started = time.perf_counter()
         # The running pass's own shape: one moving average over all shapes, dragged down by small batches, cut
         # the batch after a large one early; it then ran small, and small and large batches alternated.
-        passes = self._passes
-        expected = self._shape_s.get(passes.shape, self._forward_s)
-        expected_end = passes.began + expected * (1 - _CUT_AHEAD)
+        expected = self._shape_s.get(self._forward_shape, self._forward_s)
+        expected_end = self._forward_started + expected * (1 - _CUT_AHEAD)
         deadline = max(started + self._limits.wait_s, expected_end)
-        while self._queued < self._limits.max_size and passes.in_flight:
+        while self._queued < self._limits.max_size and self._in_executor:
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
                 break
@@ -415,7 +416,7 @@ class BatchWorker:
             loop.call_soon(self._record_waits, [started - item.request.enqueued for item in batch])
             try:
                 vectors, record = await self._forward(batch)
-            except Abandoned:
+            except _Abandoned:
                 self._series.dropped.inc(len(batch))
                 return
             except Exception as exc:
@@ -447,21 +448,18 @@ class BatchWorker:
 
     async def _forward(self, batch: list[WorkItem]) -> tuple[np.ndarray, Callable[[], None]]:
         """The pooled vectors, and a function that records the pass in the metrics (run it later)."""
+        loop = asyncio.get_running_loop()
         sequences = [item.ids for item in batch]
         requests = [item.request for item in batch]
         shape = padded_shape(sequences, bucket_rows=self._bucketed_rows)
+        self._in_executor += 1
         try:
-            outcome = await self._passes.run(
-                sequences,
-                # Read on the MLX thread (a benign race: at worst one batch runs for nobody).
-                lambda: all(request.future.done() for request in requests),
-                shape,
-                more_coming=lambda: self._queued > 0,
-                expected_s=self._shape_s.get(shape, 0.0),
+            vectors, seconds, finite = await loop.run_in_executor(
+                self._executor, self._timed_embed, sequences, requests, shape
             )
         finally:
+            self._in_executor -= 1
             self._wakeup.set()  # a filling batch stops waiting once the thread is free
-        vectors, seconds = outcome.vectors, outcome.seconds
         self._forward_s = seconds if not self._forward_s else 0.8 * self._forward_s + 0.2 * seconds
         known = self._shape_s.get(shape)
         self._shape_s[shape] = seconds if known is None else 0.8 * known + 0.2 * seconds
@@ -480,7 +478,7 @@ class BatchWorker:
             m.tokens.inc(real)
             m.texts.inc(len(sequences))
 
-        if not outcome.finite:
+        if not finite:
             record()
             bad = int((~np.isfinite(vectors).all(axis=1)).sum())
             raise InferenceError(f"model {self.model} produced non-finite values for {bad} text(s)")
@@ -497,6 +495,25 @@ class BatchWorker:
         self._last_done = now
         self._backlogged = bool(self._queued) or len(self._running) > 1
 
+    def _timed_embed(
+        self,
+        sequences: list[list[int]],
+        requests: list[QueuedRequest],
+        shape: tuple[int, int],
+    ) -> tuple[np.ndarray, float, bool]:
+        """On the MLX thread: the forward pass, its own duration (not the wait for the thread), and whether
+        every value is finite (checked here, off the event loop). A batch
+        whose callers all left while it waited for the thread is not run (reading done() from this thread is
+        a benign race: at worst one batch runs for nobody). Records the padded `shape` now running, by which the
+        next batch's fill judges when this pass should end."""
+        if all(request.future.done() for request in requests):
+            raise _Abandoned
+        self._forward_shape = shape
+        started = self._forward_started = time.perf_counter()
+        vectors = self._embed(sequences)
+        seconds = time.perf_counter() - started
+        return vectors, seconds, bool(np.isfinite(vectors).all())
+
     def _fail_queued(self, exc: Exception) -> None:
         for batch in self._planned:
             for item in batch:
@@ -511,6 +528,10 @@ class BatchWorker:
             request.waiting.clear()
         self._queued = 0
         self._series.queue_depth.set_function(lambda: 0)
+
+
+class _Abandoned(Exception):
+    """Every caller of a batch went away before it reached the MLX thread."""
 
 
 def _deliver(batch: list[WorkItem], vectors: np.ndarray, now: float) -> None:

@@ -56,9 +56,6 @@ class ModelRunner:
     # shrinks from hundreds of operation calls, each taking the GIL, to one call. Compiles on first use of a
     # shape, so it is meant with bucketed shapes warmed at load.
     compiled: bool = False
-    # Forward passes as two steps, `launch` and `Launched.collect` (GPUs, where the device runs a pass while
-    # the host prepares the next; embedserver/batching/passes.py). CPU passes run whole (`embed`).
-    overlap_passes: bool = False
     # On CPU with OpenBLAS: its threads per pass (embedserver/tuning/blas_threads.py).
     blas_threads: BlasThreadPolicy | None = None
     # A reranker (task "rerank"): its pooled state times logit(yes) - logit(no)'s row gives one value per
@@ -88,19 +85,14 @@ class ModelRunner:
         if policy is not None:
             policy.before(lengths)
         started = time.perf_counter()
-        vectors = self.launch(batch).collect()
-        if policy is not None:
-            policy.after(lengths, time.perf_counter() - started)
-        return vectors
-
-    def launch(self, batch: Sequence[Sequence[int]]) -> Launched:
-        """Build the forward pass for `batch` and queue it on the device (`mx.async_eval`); `collect()` on the
-        result waits for it. On the MLX thread, both."""
         ids, padded_lengths = pad_right(batch, self.tokenizer.pad_id, bucket_rows=self.bucket_rows)
         forward = self._compiled_forward if self.compiled else self._forward
         pooled = forward(mx.array(ids), mx.array(padded_lengths))
-        mx.async_eval(pooled)  # type: ignore[no-untyped-call]
-        return Launched(pooled, len(batch))
+        mx.eval(pooled)  # waits for the device with the GIL released (MLX's binding releases it)
+        vectors = np.array(pooled, copy=False)[: len(batch)]
+        if policy is not None:
+            policy.after(lengths, time.perf_counter() - started)
+        return vectors
 
     def warmup(self, *, max_batch: int = 2, max_tokens: int = 128, max_length: int = 64) -> int:
         """Run every bucketed shape up to the limits once, so kernel set-up (tens of ms a shape on CUDA) does
@@ -117,21 +109,6 @@ class ModelRunner:
             except Exception as exc:
                 raise WarmupFailed(rows, length, exc) from exc
         return len(shapes)
-
-
-class Launched:
-    """A forward pass queued on the device."""
-
-    __slots__ = ("_pooled", "_rows")
-
-    def __init__(self, pooled: mx.array, rows: int) -> None:
-        self._pooled, self._rows = pooled, rows
-
-    def collect(self) -> np.ndarray:
-        """The pass's vectors, [rows, dimension] float32, once the device is done (waiting with the GIL
-        released: MLX's binding releases it)."""
-        mx.eval(self._pooled)
-        return np.array(self._pooled, copy=False)[: self._rows]
 
 
 class WarmupFailed(RuntimeError):
