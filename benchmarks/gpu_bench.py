@@ -85,20 +85,8 @@ def timed(fn: Any, repeat: int = 5, warmup: int = 2) -> float:
     return float(np.median(times))
 
 
-def overlapped(runner: Any, batch: list[list[int]], passes: int = 8) -> None:
-    """`passes` passes of `batch` as the server runs them under load: each launched before the previous one
-    is collected, so the host builds the next pass while the device runs the current one."""
-    pending = runner.launch(batch)
-    for _ in range(passes - 1):
-        following = runner.launch(batch)
-        pending.collect()
-        pending = following
-    pending.collect()
-
-
 def bench_model(model_dir: Path, texts: dict[str, list[str]]) -> dict[str, Any]:
-    """The model alone, as the server's defaults run it: batches of real texts, one pass after another and
-    overlapped (as under load), and a lone text."""
+    """The model alone, as the server's defaults run it: batches of real texts and a lone text."""
     import mlx.core as mx
 
     import embedserver.runtime  # noqa: F401  (readies the process for MLX: BLAS preload, MLX settings)
@@ -121,18 +109,15 @@ def bench_model(model_dir: Path, texts: dict[str, list[str]]) -> dict[str, Any]:
         batch = 256 if length in ("16", "128", "mixed") else 64
         tokens = sum(map(len, encoded[:batch]))
         dt = timed(lambda e=encoded[:batch]: runner.embed(e))
-        dt_overlapped = timed(lambda e=encoded[:batch]: overlapped(runner, e)) / 8
         one = timed(lambda e=encoded[:1]: runner.embed(e), repeat=20)
         out["lengths"][length] = {
             "batch": batch,
             "tokens_per_s": round(tokens / dt),
             "texts_per_s": round(batch / dt, 1),
-            "tokens_per_s_overlapped": round(tokens / dt_overlapped),
             "one_text_ms": round(one * 1000, 3),
         }
         log(
-            f"model alone, {length} tokens: batch {batch} {tokens / dt:,.0f} tok/s one pass after another, "
-            f"{tokens / dt_overlapped:,.0f} overlapped; one text {one * 1000:.2f} ms"
+            f"model alone, {length} tokens: batch {batch} {tokens / dt:,.0f} tok/s; one text {one * 1000:.2f} ms"
         )
     out["peak_memory_gb"] = round(mx.get_peak_memory() / 1e9, 2)
     vectors = runner.embed(runner.tokenizer.encode_batch(texts[next(iter(texts))][:8]))
