@@ -25,18 +25,9 @@ log = logging.getLogger(__name__)
 Backend = Literal["metal", "cuda", "cpu"]
 
 
-# How long a thread may hold the interpreter lock while another waits for it (CPython's default is 5 ms).
-# The MLX thread needs the lock for a moment after each forward pass (to hand the vectors back) and to build
-# the next pass's graph, while the event loop holds it for request handling: with the default, either could
-# wait up to 5 ms for the other, and the GPU sits idle while the MLX thread waits.
-GIL_SWITCH_INTERVAL_S = 0.0005
-
-
 @cache
 def mlx_executor() -> ThreadPoolExecutor:
-    """The one thread that owns MLX, made on first use; from then on the process switches threads often
-    (GIL_SWITCH_INTERVAL_S)."""
-    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+    """The one thread that owns MLX, made on first use."""
     return named_executor("mlx", 1)
 
 
