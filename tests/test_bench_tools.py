@@ -95,14 +95,14 @@ def test_kernel_timeline_splits_device_time_per_pass(tmp_path: Path) -> None:
     """Two marked passes (µs): the first waits 100 for its first kernel and idles 300 between kernels; a
     kernel outside every pass is not counted, nor the profiler's copy of a mark on the GPU's timeline."""
 
-    def kernel(ts: int, dur: int) -> dict[str, object]:
-        return {"ph": "X", "cat": "kernel", "name": "gemm", "ts": ts, "dur": dur}
+    def kernel(ts: int, dur: int, name: str = "gemm") -> dict[str, object]:
+        return {"ph": "X", "cat": "kernel", "name": name, "ts": ts, "dur": dur}
 
     events = [
         {"ph": "X", "cat": "user_annotation", "name": "pass 64x128", "ts": 0, "dur": 1000},
         {"ph": "X", "cat": "gpu_user_annotation", "name": "pass 64x128", "ts": 100, "dur": 800},
         kernel(100, 200),
-        kernel(600, 300),
+        kernel(600, 300, "rms_norm"),
         {"ph": "X", "cat": "user_annotation", "name": "pass 96x128", "ts": 2000, "dur": 500},
         kernel(2000, 450),
         kernel(5000, 10),
@@ -116,6 +116,12 @@ def test_kernel_timeline_splits_device_time_per_pass(tmp_path: Path) -> None:
     assert rows["64x128"] == ["64x128", "1", "2", "1.00", "0.50", "0.10", "0.30", "0.10", "1.0"]
     assert rows["96x128"] == ["96x128", "1", "1", "0.50", "0.45", "0.00", "0.00", "0.05", "0.0"]
     assert rows["all"][:3] == ["all", "2", "2"]
+    # every kernel of the trace by total time: count, mean µs, share of all kernel time, name
+    top = lines[lines.index("top kernels (count, mean µs, share of kernel time):") + 1 :]
+    assert [line.split() for line in top] == [
+        ["3", "220.0", "68.8%", "gemm"],
+        ["1", "300.0", "31.2%", "rms_norm"],
+    ]
 
 
 def test_the_gpu_results_plot_is_a_png(tmp_path: Path) -> None:
