@@ -147,8 +147,8 @@ def busy_python(stop: threading.Event) -> None:
 
 def runner_alone(out: Path, model: str, passes: int, beside_python: bool) -> None:
     """The batch sizes a server runs at 256 clients (48-96 x 128 tokens, or KERNEL_ROWS x KERNEL_LENGTH), one
-    after another; with
-    `beside_python`, next to a thread running Python without pause (a saturated event loop)."""
+    after another; with `beside_python`, next to a thread running Python without pause (a saturated event
+    loop)."""
     import embedserver.runtime  # noqa: F401  (readies the process for MLX: BLAS preload, MLX settings)
     from embedserver.catalog import ModelSpec
     from embedserver.runtime.device import bound_gpu_memory

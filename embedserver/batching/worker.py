@@ -454,7 +454,7 @@ class BatchWorker:
         shape = padded_shape(sequences, bucket_rows=self._bucketed_rows)
         self._in_executor += 1
         try:
-            vectors, seconds, finite = await loop.run_in_executor(
+            vectors, seconds, bad = await loop.run_in_executor(
                 self._executor, self._timed_embed, sequences, requests, shape
             )
         finally:
@@ -478,9 +478,8 @@ class BatchWorker:
             m.tokens.inc(real)
             m.texts.inc(len(sequences))
 
-        if not finite:
+        if bad:
             record()
-            bad = int((~np.isfinite(vectors).all(axis=1)).sum())
             raise InferenceError(f"model {self.model} produced non-finite values for {bad} text(s)")
         return vectors, record
 
@@ -500,9 +499,9 @@ class BatchWorker:
         sequences: list[list[int]],
         requests: list[QueuedRequest],
         shape: tuple[int, int],
-    ) -> tuple[np.ndarray, float, bool]:
-        """On the MLX thread: the forward pass, its own duration (not the wait for the thread), and whether
-        every value is finite (checked here, off the event loop). A batch
+    ) -> tuple[np.ndarray, float, int]:
+        """On the MLX thread: the forward pass, its own duration (not the wait for the thread), and how many
+        of its vectors hold a non-finite value (counted here, off the event loop). A batch
         whose callers all left while it waited for the thread is not run (reading done() from this thread is
         a benign race: at worst one batch runs for nobody). Records the padded `shape` now running, by which the
         next batch's fill judges when this pass should end."""
@@ -512,7 +511,7 @@ class BatchWorker:
         started = self._forward_started = time.perf_counter()
         vectors = self._embed(sequences)
         seconds = time.perf_counter() - started
-        return vectors, seconds, bool(np.isfinite(vectors).all())
+        return vectors, seconds, int((~np.isfinite(vectors).all(axis=1)).sum())
 
     def _fail_queued(self, exc: Exception) -> None:
         for batch in self._planned:
