@@ -26,6 +26,8 @@ from typing import Any, cast
 
 import numpy as np
 
+from embedserver.tokenization.token_ids import TokenIds
+
 
 class _Transport:
     """Counts the engine's answers and, like clients that send again as soon as they are answered, hands the
@@ -92,7 +94,7 @@ async def _run(model: str, requests: int, clients: int, tokens: int, texts: int,
         runner = load_model(settings, spec, files)
         dimension = runner.dimension
 
-        def instant(batch: Sequence[Sequence[int]]) -> np.ndarray:
+        def instant(batch: Sequence[TokenIds]) -> np.ndarray:
             return np.zeros((len(batch), dimension), dtype=np.float32)
 
         runner.embed = instant  # type: ignore[method-assign]

@@ -105,7 +105,8 @@ def bench_model(model_dir: Path, texts: dict[str, list[str]]) -> dict[str, Any]:
     ready_for_device(runner, plan)
     out: dict[str, Any] = {"device": str(mx.default_device()), "lengths": {}}
     for length, pool in texts.items():
-        encoded = runner.tokenizer.encode_batch(pool[:256])
+        # As the engine gets them from its front-ends: int32 arrays, not lists of Python ints.
+        encoded = [np.asarray(ids, dtype=np.int32) for ids in runner.tokenizer.encode_batch(pool[:256])]
         batch = 256 if length in ("16", "128", "mixed") else 64
         tokens = sum(map(len, encoded[:batch]))
         dt = timed(lambda e=encoded[:batch]: runner.embed(e))

@@ -38,11 +38,12 @@ def install(path: Path, first: int, passes: int) -> None:
 
     from embedserver.runtime.padding import padded_shape
     from embedserver.runtime.runner import ModelRunner
+    from embedserver.tokenization.token_ids import TokenIds
 
     real_embed = ModelRunner.embed
     state: dict[str, Any] = {"n": 0, "profiler": None}
 
-    def embed(self: ModelRunner, batch: Sequence[Sequence[int]]) -> np.ndarray:
+    def embed(self: ModelRunner, batch: Sequence[TokenIds]) -> np.ndarray:
         state["n"] += 1
         n = state["n"]
         if n == first:

@@ -15,6 +15,7 @@ import pytest
 from embedserver.batching.worker import BatchLimits, BatchWorker, QueuedRequest, WorkItem, plan_batches
 from embedserver.errors import InferenceError, Overloaded
 from embedserver.metrics import Metrics
+from embedserver.tokenization.token_ids import TokenIds
 
 
 def _items(*lengths: int) -> list[WorkItem]:
@@ -55,7 +56,7 @@ class Scripted:
     def __init__(self) -> None:
         self.calls: list[int] = []
 
-    def __call__(self, batch: list[list[int]]) -> np.ndarray:
+    def __call__(self, batch: list[TokenIds]) -> np.ndarray:
         self.calls.append(len(batch))
         if any(seq[0] == 666 for seq in batch):
             raise RuntimeError("poison")
@@ -148,7 +149,7 @@ async def test_a_batch_whose_callers_all_left_while_waiting_for_the_thread_is_no
     gate = threading.Event()
     embed = Scripted()
 
-    def held(batch: list[list[int]]) -> np.ndarray:
+    def held(batch: list[TokenIds]) -> np.ndarray:
         gate.wait(timeout=10)
         return embed(batch)
 
@@ -181,7 +182,7 @@ async def test_concurrent_submissions_share_forward_passes() -> None:
 
 
 async def test_stop_fails_what_is_still_queued() -> None:
-    def slow(batch: list[list[int]]) -> np.ndarray:
+    def slow(batch: list[TokenIds]) -> np.ndarray:
         time.sleep(0.2)
         return np.ones((len(batch), 2), dtype=np.float32)
 
@@ -283,7 +284,7 @@ async def test_the_next_batch_fills_until_the_running_one_is_nearly_done() -> No
     release = threading.Event()
 
     class Slow(Scripted):
-        def __call__(self, batch: list[list[int]]) -> np.ndarray:
+        def __call__(self, batch: list[TokenIds]) -> np.ndarray:
             if not self.calls:
                 time.sleep(1.0)  # teaches the worker that a forward pass takes ~1 s
             elif batch[0][0] == 2:
@@ -316,7 +317,7 @@ async def test_a_busy_worker_cuts_batches_to_bucket_sizes(bucketed: bool, expect
     release = threading.Event()
 
     class Held(Scripted):
-        def __call__(self, batch: list[list[int]]) -> np.ndarray:
+        def __call__(self, batch: list[TokenIds]) -> np.ndarray:
             if batch[0][0] == 2:
                 release.wait(10)
             return super().__call__(batch)
@@ -383,7 +384,7 @@ async def test_the_next_batch_fills_for_as_long_as_the_running_shape_takes() -> 
     a fraction of that time (3 of the 10 texts below), and small and large batches then alternated."""
 
     class Timed(Scripted):
-        def __call__(self, batch: list[list[int]]) -> np.ndarray:
+        def __call__(self, batch: list[TokenIds]) -> np.ndarray:
             time.sleep(0.6 if len(batch) == 8 else 0.005)
             return super().__call__(batch)
 
@@ -414,7 +415,7 @@ class Slow:
         self.seconds = seconds
         self.computed: list[int] = []
 
-    def __call__(self, batch: list[list[int]]) -> np.ndarray:
+    def __call__(self, batch: list[TokenIds]) -> np.ndarray:
         time.sleep(self.seconds)
         self.computed.extend(seq[0] for seq in batch)
         return np.ones((len(batch), 2), dtype=np.float32)

@@ -17,7 +17,14 @@ from mlx.utils import tree_flatten
 from mlx_lm.models.activations import swiglu as mlx_lm_swiglu
 
 from embedserver.runtime.architectures.cuda_block import fusable
-from embedserver.runtime.architectures.cuda_kernels import qk_norm_rope, rope_params, rope_table, swiglu
+from embedserver.runtime.architectures.cuda_kernels import (
+    embed_rows,
+    embed_rows_fits,
+    qk_norm_rope,
+    rope_params,
+    rope_table,
+    swiglu,
+)
 from embedserver.runtime.architectures.qwen3 import Qwen3Encoder
 
 # Small, but with the head size the kernel handles (a multiple of 64) and grouped KV heads, as every
@@ -86,6 +93,14 @@ def test_fusing_keeps_every_weight_and_stores_it_once() -> None:
     assert np.array_equal(np.array(block.w_qkv[:, q_rows : q_rows + kv_rows]), np.array(attn.k_proj.weight.T))
     assert block.w_gate_up.shape == (CONFIG["hidden_size"], 2 * CONFIG["intermediate_size"])
     assert np.array_equal(np.array(block.w_o), np.array(attn.o_proj.weight.T))
+    assert fused._cuda_embed  # the embedding lookup by the row-copy kernel
+
+
+def test_embed_rows_takes_tables_of_whole_16_byte_rows() -> None:
+    assert embed_rows_fits(mx.zeros((10, 1024), dtype=mx.bfloat16))
+    assert embed_rows_fits(mx.zeros((10, 4), dtype=mx.float32))
+    assert not embed_rows_fits(mx.zeros((10, 6), dtype=mx.bfloat16))
+    assert not embed_rows_fits(mx.zeros((10,), dtype=mx.bfloat16))
 
 
 def test_bert_has_no_cuda_path() -> None:
@@ -159,6 +174,17 @@ def test_swiglu_matches_mlx_lm(dtype: mx.Dtype, width: int) -> None:
     assert mx.allclose(swiglu(gate_up).astype(mx.float32), want.astype(mx.float32), atol=tol, rtol=tol).item()
 
 
+@cuda_only
+@pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16])
+@pytest.mark.parametrize("width", [256, 8])
+def test_embed_rows_equals_the_embedding_lookup(dtype: mx.Dtype, width: int) -> None:
+    weight = mx.random.normal((1000, width)).astype(dtype)
+    ids = mx.array(np.random.default_rng(2).integers(0, 1000, size=(3, 37)), dtype=mx.int32)
+    got = embed_rows(weight, ids)
+    assert got.shape == (3, 37, width) and got.dtype == dtype
+    assert mx.array_equal(got, weight[ids]).item()
+
+
 def last_tokens(hidden: mx.array, lengths: list[int]) -> np.ndarray:
     rows = hidden[mx.arange(len(lengths)), mx.array(lengths) - 1].astype(mx.float32)
     return np.array(rows)
@@ -169,6 +195,8 @@ def last_tokens(hidden: mx.array, lengths: list[int]) -> np.ndarray:
 def test_encoder_matches_mlx_lm_layers(dtype: mx.Dtype) -> None:
     fused, plain = encoder_pair(dtype)
     assert fused.use_cuda_kernels()
+    # One RoPE table for the model's whole context, made at load.
+    assert fused._rope_table.shape == (32768, CONFIG["head_dim"])
     rng = np.random.default_rng(0)
     lengths = [1, 5, 64, 100, 128]
     ids = np.zeros((len(lengths), 128), dtype=np.int32)
@@ -181,6 +209,9 @@ def test_encoder_matches_mlx_lm_layers(dtype: mx.Dtype) -> None:
     assert cosine.min() > (0.99999 if dtype == mx.float32 else 0.999), cosine
     if dtype == mx.float32:
         np.testing.assert_allclose(got, want, atol=1e-3, rtol=1e-3)
+    # Last-token pooling's own path: the final norm on the picked rows only.
+    pooled = np.array(fused.last_token_states(mx.array(ids), lens).astype(mx.float32))
+    np.testing.assert_allclose(pooled, got, atol=1e-5 if dtype == mx.float32 else 2e-2, rtol=1e-3)
 
 
 @cuda_only

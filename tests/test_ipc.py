@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pytest
 
 from embedserver.server import ipc
@@ -103,7 +104,11 @@ def test_a_prepared_request_crosses_as_ids_and_keys(keyed: bool) -> None:
     receiver.data_received(ipc.frame(ipc.EMBED, 9, meta, payload))
     ((kind, id_, got_meta, got_payload),) = receiver.frames
     assert (kind, id_) == (ipc.EMBED, 9)
-    assert ipc.unpack_request(got_meta, got_payload) == sent
+    got = ipc.unpack_request(got_meta, got_payload)
+    assert (got.model, got.keys) == (sent.model, sent.keys)
+    # The engine keeps the ids as int32 views of the frame (never unpacked into Python ints).
+    assert all(isinstance(ids, np.ndarray) and ids.dtype == np.int32 for ids in got.sequences)
+    assert [ids.tolist() for ids in got.sequences] == sequences  # type: ignore[union-attr]
 
 
 def test_the_answers_of_one_loop_turn_travel_as_one_frame_and_split_back() -> None:

@@ -27,6 +27,15 @@ def test_pad_right_keeps_tokens_and_lengths() -> None:
     assert lengths.tolist() == [3, 1]
 
 
+def test_pad_right_takes_int32_arrays_as_lists() -> None:
+    """The engine's ids are int32 views of the frame that brought them; a batch may mix them with lists."""
+    frame = np.array([5, 6, 7, 8], dtype=np.int32)
+    ids, lengths = pad_right([frame[:3], [8]], pad_id=0, bucket_rows=True)
+    want, want_lengths = pad_right([[5, 6, 7], [8]], pad_id=0, bucket_rows=True)
+    assert np.array_equal(ids, want) and np.array_equal(lengths, want_lengths)
+    assert frame.tolist() == [5, 6, 7, 8]  # read, never written
+
+
 def test_pad_right_refuses_empty_sequences() -> None:
     with pytest.raises(ValueError):
         pad_right([[1], []], pad_id=0)

@@ -26,6 +26,7 @@ from embedserver.runtime.runner import ModelRunner
 from embedserver.server.engine_app import create_app
 from embedserver.service.registry import ModelRegistry
 from embedserver.settings import Settings
+from embedserver.tokenization.token_ids import TokenIds
 from tests.conftest import started
 
 PLAN = DevicePlan(max_batch=8, max_tokens=4096)
@@ -187,7 +188,7 @@ async def test_eviction_waits_for_requests_in_flight(make_settings: Callable[...
         if spec.name == "tiny-mlx":
             embed = runner.embed
 
-            def held(sequences: Sequence[Sequence[int]]) -> np.ndarray:
+            def held(sequences: Sequence[TokenIds]) -> np.ndarray:
                 gate.wait(timeout=60)
                 return embed(sequences)
 
@@ -266,7 +267,7 @@ async def test_a_warm_up_shape_too_large_for_the_device_names_itself_and_the_lim
         runner = load_runner(spec, files)
         embed = runner.embed
 
-        def limited(batch: Sequence[Sequence[int]]) -> np.ndarray:
+        def limited(batch: Sequence[TokenIds]) -> np.ndarray:
             if len(batch) * len(batch[0]) > 1024:
                 raise RuntimeError("cudaMallocAsync(&data, size, stream) failed: out of memory")
             return embed(batch)
@@ -300,7 +301,7 @@ def test_warmup_failure_carries_its_shape(tiny_qwen3: Path) -> None:
 
     runner = load_runner(ModelSpec(name="t", source=str(tiny_qwen3)))
 
-    def failing(batch: Sequence[Sequence[int]]) -> np.ndarray:
+    def failing(batch: Sequence[TokenIds]) -> np.ndarray:
         raise ValueError("no")
 
     runner.embed = failing  # type: ignore[method-assign]

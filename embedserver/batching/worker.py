@@ -37,6 +37,7 @@ import numpy as np
 from embedserver.errors import InferenceError, ModelUnavailable, Overloaded, TooManyTokens
 from embedserver.metrics import Metrics, observe_many
 from embedserver.runtime.padding import bucket_length, padded_shape, rows_to_run
+from embedserver.tokenization.token_ids import TokenIds
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ log = logging.getLogger(__name__)
 # the event loop to plan it and hand it over while the MLX thread is still busy.
 _CUT_AHEAD = 0.2
 
-EmbedFn = Callable[[list[list[int]]], np.ndarray]
+EmbedFn = Callable[[list[TokenIds]], np.ndarray]
 
 
 class WorkItem:
@@ -52,7 +53,7 @@ class WorkItem:
 
     __slots__ = ("ids", "request", "row")
 
-    def __init__(self, ids: list[int], request: QueuedRequest, row: int) -> None:
+    def __init__(self, ids: TokenIds, request: QueuedRequest, row: int) -> None:
         self.ids = ids
         self.request = request
         self.row = row
@@ -65,7 +66,7 @@ class QueuedRequest:
 
     __slots__ = ("enqueued", "future", "out", "progressed", "queued", "remaining", "size", "waiting")
 
-    def __init__(self, sequences: Sequence[list[int]], future: asyncio.Future[np.ndarray]) -> None:
+    def __init__(self, sequences: Sequence[TokenIds], future: asyncio.Future[np.ndarray]) -> None:
         self.waiting = deque(WorkItem(ids, self, row) for row, ids in enumerate(sequences))
         self.future = future
         self.size = self.remaining = len(self.waiting)
@@ -199,7 +200,7 @@ class BatchWorker:
     def release(self, texts: int) -> None:
         self._admitted -= texts
 
-    def submit(self, sequences: Sequence[list[int]]) -> asyncio.Future[np.ndarray]:
+    def submit(self, sequences: Sequence[TokenIds]) -> asyncio.Future[np.ndarray]:
         """Queue one request's sequences (admitted through `admit`, at least one); the future resolves to their
         pooled vectors, one row per sequence in order, and cancelling it drops the texts not yet computed.
         Refused past the token limits: 413 for the request alone, 429 for a model with enough waiting."""
@@ -229,7 +230,7 @@ class BatchWorker:
         self._wakeup.set()
         return request.future
 
-    async def compute(self, sequences: Sequence[list[int]]) -> np.ndarray:
+    async def compute(self, sequences: Sequence[TokenIds]) -> np.ndarray:
         """`submit`, then the vectors stacked in order; a caller that leaves early (cancelled) cancels the
         future, which drops the sequences not yet computed."""
         return await self.submit(sequences)
@@ -496,7 +497,7 @@ class BatchWorker:
 
     def _timed_embed(
         self,
-        sequences: list[list[int]],
+        sequences: list[TokenIds],
         requests: list[QueuedRequest],
         shape: tuple[int, int],
     ) -> tuple[np.ndarray, float, int]:

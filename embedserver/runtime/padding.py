@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from embedserver.tokenization.token_ids import TokenIds
+
 
 def bucket_length(length: int) -> int:
     """Round a batch's longest sequence up so few distinct shapes reach MLX (kernels and compiled graphs are
@@ -79,14 +81,14 @@ def length_buckets(limit: int) -> list[int]:
     return sorted({bucket_length(length) for length in range(1, limit + 1)})
 
 
-def padded_shape(batch: Sequence[Sequence[int]], *, bucket_rows: bool) -> tuple[int, int]:
+def padded_shape(batch: Sequence[TokenIds], *, bucket_rows: bool) -> tuple[int, int]:
     """The (rows, length) `pad_right` gives `batch`: what the device computes, filler rows included."""
     rows = bucket_batch(len(batch)) if bucket_rows else len(batch)
     return rows, bucket_length(max(len(ids) for ids in batch))
 
 
 def pad_right(
-    batch: Sequence[Sequence[int]], pad_id: int, *, bucket_rows: bool = False
+    batch: Sequence[TokenIds], pad_id: int, *, bucket_rows: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """Token ids [B', L] (right-padded with `pad_id`) and the lengths [B'].
 

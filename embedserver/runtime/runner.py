@@ -16,6 +16,7 @@ import numpy as np
 from embedserver.catalog import Task
 from embedserver.runtime.padding import batch_buckets, length_buckets, pad_right
 from embedserver.runtime.pooling import Pooling, pool
+from embedserver.tokenization.token_ids import TokenIds
 from embedserver.tokenization.tokenizer import TextTokenizer
 from embedserver.tuning.blas_threads import BlasThreadPolicy
 
@@ -77,7 +78,7 @@ class ModelRunner:
             return (pooled @ self.score_head)[:, None]  # type: ignore[no-any-return]
         return pooled  # type: ignore[no-any-return]
 
-    def embed(self, batch: Sequence[Sequence[int]]) -> np.ndarray:
+    def embed(self, batch: Sequence[TokenIds]) -> np.ndarray:
         """Pooled float32 vectors [len(batch), dimension] for token-id sequences of any lengths. Runs on the
         MLX thread."""
         policy = self.blas_threads

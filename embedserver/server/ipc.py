@@ -25,6 +25,7 @@ import orjson
 from embedserver import errors
 from embedserver.service.cache import KEY_BYTES
 from embedserver.service.requests import PreparedRequest
+from embedserver.tokenization.token_ids import TokenIds
 
 # Front-end -> engine.
 EMBED = 1  # a PreparedRequest: meta {"model", "lengths", "keyed"}; payload: keys, then int32 ids
@@ -191,8 +192,10 @@ def unpack_request(meta: dict[str, Any], payload: bytes) -> PreparedRequest:
     if meta["keyed"]:
         keys = [payload[i * KEY_BYTES : (i + 1) * KEY_BYTES] for i in range(len(lengths))]
         offset = len(lengths) * KEY_BYTES
-    flat = np.frombuffer(payload, dtype=np.int32, offset=offset).tolist()
-    sequences, start = [], 0
+    # Views of the frame, not Python ints (embedserver/tokenization/token_ids.py).
+    flat = np.frombuffer(payload, dtype=np.int32, offset=offset)
+    sequences: list[TokenIds] = []
+    start = 0
     for length in lengths:
         sequences.append(flat[start : start + length])
         start += length

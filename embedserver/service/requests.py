@@ -10,6 +10,7 @@ outside the model, then scales with the front-ends instead of weighing on the on
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from embedserver.errors import InvalidRequest
 from embedserver.service.cache import cache_key
 from embedserver.service.calls import EmbedCall
 from embedserver.tokenization import openai_ids
+from embedserver.tokenization.token_ids import TokenIds
 from embedserver.tokenization.tokenizer import TextTokenizer
 
 # JSON may carry "\ud800"-style escapes that decode to lone surrogates: not text, and not encodable to UTF-8.
@@ -53,7 +55,7 @@ class PreparedRequest:
     token-id inputs, which are not cached)."""
 
     model: str
-    sequences: list[list[int]]
+    sequences: Sequence[TokenIds]
     keys: list[bytes] | None
 
 

@@ -15,6 +15,7 @@ from mlx_lm.models.qwen3 import ModelArgs, Qwen3Model
 
 from embedserver.runtime.architectures.cpu_math import on_cpu, qwen3_block, qwen3_block_at
 from embedserver.runtime.architectures.cuda_block import CudaQwen3Block, fusable
+from embedserver.runtime.architectures.cuda_kernels import embed_rows, embed_rows_fits
 from embedserver.runtime.pooling import pool
 
 
@@ -30,6 +31,10 @@ class Qwen3Encoder(nn.Module):
         self.hidden_size = self.args.hidden_size
         # Set by use_cuda_kernels(); kept out of the module tree (it holds views of the same weights).
         object.__setattr__(self, "_cuda_blocks", None)
+        object.__setattr__(self, "_cuda_embed", False)
+        # RoPE's cos/sin table (CUDA path) for every position of the model's context, made once: row l
+        # depends on l alone, so one table serves every length, and no pass spends launches remaking it.
+        object.__setattr__(self, "_rope_table", None)
 
     def use_cuda_kernels(self) -> bool:
         """Run the layers as CudaQwen3Block (fused projections, custom kernels; see cuda_block.py). Call once,
@@ -38,28 +43,47 @@ class Qwen3Encoder(nn.Module):
         if not all(fusable(layer) for layer in layers):
             return False
         object.__setattr__(self, "_cuda_blocks", [CudaQwen3Block(layer) for layer in layers])
+        embed = self.model.embed_tokens
+        object.__setattr__(self, "_cuda_embed", type(embed) is nn.Embedding and embed_rows_fits(embed.weight))
+        if mx.cuda.is_available():  # made now, not inside the first (possibly compiled) pass
+            table = self._cuda_blocks[0].rope_table(self.args.max_position_embeddings)
+            mx.eval(table)
+            object.__setattr__(self, "_rope_table", table)
         return True
 
     def __call__(self, ids: mx.array, lengths: mx.array) -> mx.array:
         del lengths  # right padding + causal mask: pads are invisible to real tokens
         model = self.model
-        h = model.embed_tokens(ids)
         if self._cuda_blocks:
-            table = self._cuda_blocks[0].rope_table(ids.shape[1])
-            for block in self._cuda_blocks:
-                h = block(h, table)
-            return model.norm(h)
+            return model.norm(self._cuda_states(ids))
+        h = model.embed_tokens(ids)
         cpu = on_cpu()  # see cpu_math.py: MLX's CPU exp is the bottleneck there
         for layer in model.layers:
             # On GPUs, mlx-lm's block; it passes "causal" on to the fused attention kernel.
             h = qwen3_block(layer, h) if cpu else layer(h, "causal", None)  # type: ignore[arg-type]
         return model.norm(h)
 
+    def _cuda_states(self, ids: mx.array) -> mx.array:
+        """The CUDA path: the last layer's states [B, L, hidden], before the final norm."""
+        blocks = self._cuda_blocks
+        assert blocks
+        embed = self.model.embed_tokens
+        h = embed_rows(embed.weight, ids) if self._cuda_embed else embed(ids)
+        table = self._rope_table
+        if table is None or table.shape[0] < ids.shape[1]:  # longer than the model's declared context
+            table = blocks[0].rope_table(ids.shape[1])
+        for block in blocks:
+            h = block(h, table)
+        return h
+
     def last_token_states(self, ids: mx.array, lengths: mx.array) -> mx.array:
         """The final states at each sequence's last real token, [B, hidden]: last-token pooling. On CPU the
-        last layer runs at that token only (cpu_math.qwen3_block_at; the same values); on GPUs the whole pass
-        runs and the rows are picked."""
-        if self._cuda_blocks or not on_cpu():
+        last layer runs at that token only (cpu_math.qwen3_block_at; the same values); on CUDA the final norm
+        runs on the picked rows only (it is row by row); on other GPUs the whole pass runs and the rows are
+        picked."""
+        if self._cuda_blocks:
+            return self.model.norm(pool(self._cuda_states(ids), lengths, "last"))
+        if not on_cpu():
             return pool(self(ids, lengths), lengths, "last")
         model = self.model
         h = model.embed_tokens(ids)
