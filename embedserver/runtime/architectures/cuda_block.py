@@ -32,7 +32,7 @@ def fusable(layer: nn.Module) -> bool:
         and not rope.traditional
         and rope.scale == 1.0
         and rope.dims == attn.q_norm.weight.shape[0]
-        and rope.dims % 64 == 0
+        and rope.dims in (64, 128)
     )
 
 

@@ -40,48 +40,63 @@ _ROPE_TABLE = """
     table[l * D + HALF + j] = sin(theta);
 """
 
-# One warp per G of a token's q and k heads (G = 4 where the head count allows): lane i holds elements
-# [i*E, (i+1)*E) of a head with E = D / 32, so the RoPE partner of an element (D/2 away) sits exactly 16 lanes
-# away and one shuffle fetches it. A token's heads share its position: each lane reads its E cosines and
-# sines and its slices of the norm weights once for G heads. The G heads' loads are all issued before any is
-# used: a memory-bound kernel needs many bytes in flight per SM, and a loop that loads, reduces (the shuffles)
-# and only then loads the next head kept one head in flight per warp (~2.1 TB/s on an H200). G heads a warp,
-# not all of them: a short text still spreads over many warps.
+# A warp takes R rounds of 32 / N of a token's q and k heads at once, N = D / E lanes a head with E = 16 / sizeof(T)
+# elements a lane (one 16-byte vector: 8 bf16, 16 lanes for D = 128): lane i of a head's group holds elements
+# [i*E, (i+1)*E), so the RoPE partner of an element (D/2 away) sits N/2 lanes away and one shuffle fetches
+# it; the RMSNorm sum is a shuffle reduction within the group. A token's heads share its position: a lane reads
+# its cosines and sines and its slices of the norm weights once for all its heads. Every round's loads are
+# issued before any is used: a memory-bound kernel needs many bytes in flight, and loading one head, reducing
+# it (the shuffles), storing it and only then loading the next kept one head in flight per warp (192 µs a
+# layer at 256 x 128 on an H200, ~2.1 TB/s; 8-byte lanes with the loads first, 142 µs). A group whose head is
+# past the token's last (head counts that do not divide evenly) computes on zeros and stores nothing.
 _QK_NORM_ROPE = """
     constexpr int S = H + 2 * KV;
-    constexpr int E = D / 32;
-    struct alignas(sizeof(T) * E) Pack { T v[E]; };
-    struct alignas(sizeof(float) * E) Angles { float v[E]; };
-    constexpr int GROUPS = (H + KV) / G;
+    constexpr int E = 16 / sizeof(T);
+    constexpr int N = D / E;
+    constexpr int PER_ROUND = 32 / N;
+    constexpr int PER_WARP = PER_ROUND * R;
+    constexpr int WARPS = (H + KV + PER_WARP - 1) / PER_WARP;
+    struct alignas(16) Pack { T v[E]; };
+    struct alignas(16) Angles { float v[E]; };
     const int lane = threadIdx.x & 31;
     const int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     const int L = qkv_shape[1];
-    if (warp >= qkv_shape[0] * L * GROUPS) return;
-    const int token = warp / GROUPS;
-    const int first = (warp - token * GROUPS) * G;
+    if (warp >= qkv_shape[0] * L * WARPS) return;
+    const int token = warp / WARPS;
+    const int group = lane / N;
+    const int sub = lane - group * N;
+    const int first = (warp - token * WARPS) * PER_WARP + group;
     const int l = token % L;
-    const int j = (lane & 15) * E;
+    const int j = (sub % (N / 2)) * E;
+    const T* src = qkv + long(token) * S * D + sub * E;
+    Pack in[R];
+    #pragma unroll
+    for (int r = 0; r < R; ++r) {
+        const int slot = first + r * PER_ROUND;
+        if (slot < H + KV) {
+            in[r] = *reinterpret_cast<const Pack*>(src + slot * D);
+        } else {
+            #pragma unroll
+            for (int e = 0; e < E; ++e) in[r].v[e] = static_cast<T>(0.0f);
+        }
+    }
     const Angles c = *reinterpret_cast<const Angles*>(table + long(l) * D + j);
     const Angles s = *reinterpret_cast<const Angles*>(table + long(l) * D + D / 2 + j);
-    const Pack qw = *reinterpret_cast<const Pack*>(q_weight + lane * E);
-    const Pack kw = *reinterpret_cast<const Pack*>(k_weight + lane * E);
-    const bool first_half = lane < 16;
-    const T* src = qkv + long(token) * S * D + lane * E;
-    Pack in[G];
+    const Pack qw = *reinterpret_cast<const Pack*>(q_weight + sub * E);
+    const Pack kw = *reinterpret_cast<const Pack*>(k_weight + sub * E);
+    const bool first_half = sub < N / 2;
     #pragma unroll
-    for (int g = 0; g < G; ++g) in[g] = *reinterpret_cast<const Pack*>(src + (first + g) * D);
-    #pragma unroll
-    for (int g = 0; g < G; ++g) {
-        const int slot = first + g;
+    for (int r = 0; r < R; ++r) {
+        const int slot = first + r * PER_ROUND;
         float x[E];
         float ss = 0.0f;
         #pragma unroll
         for (int e = 0; e < E; ++e) {
-            x[e] = static_cast<float>(in[g].v[e]);
+            x[e] = static_cast<float>(in[r].v[e]);
             ss += x[e] * x[e];
         }
         #pragma unroll
-        for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffff, ss, o);
+        for (int o = N / 2; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffff, ss, o);
         const float normalizer = rsqrt(ss / D + params[0]);
         const bool is_q = slot < H;
         const Pack& w = is_q ? qw : kw;
@@ -90,11 +105,13 @@ _QK_NORM_ROPE = """
         for (int e = 0; e < E; ++e) {
             const T normed = static_cast<T>(x[e] * normalizer);
             const float y = static_cast<float>(static_cast<T>(static_cast<float>(w.v[e]) * static_cast<float>(normed)));
-            const float partner = __shfl_xor_sync(0xffffffff, y, 16);
+            const float partner = __shfl_xor_sync(0xffffffff, y, N / 2);
             out.v[e] = static_cast<T>(first_half ? y * c.v[e] - partner * s.v[e] : partner * s.v[e] + y * c.v[e]);
         }
-        T* dst = is_q ? q + (long(token) * H + slot) * D : k + (long(token) * KV + (slot - H)) * D;
-        *reinterpret_cast<Pack*>(dst + lane * E) = out;
+        if (slot < H + KV) {
+            T* dst = is_q ? q + (long(token) * H + slot) * D : k + (long(token) * KV + (slot - H)) * D;
+            *reinterpret_cast<Pack*>(dst + sub * E) = out;
+        }
     }
 """
 
@@ -195,14 +212,17 @@ def qk_norm_rope(
     """qkv [B, L, (heads + 2 kv_heads) * head_dim] -> q [B, heads, L, D], k and v [B, kv_heads, L, D]; q and k
     RMS-normalized per head (with their weights) and rotated by RoPE at positions 0..L-1 (`table`:
     `rope_table(L, ...)`). All three are transposed views of [B, L, heads, D] memory; v is qkv's own."""
-    if head_dim % 64:
-        raise ValueError(f"qk_norm_rope needs head_dim divisible by 64, got {head_dim}")
+    if head_dim not in (64, 128):
+        raise ValueError(f"qk_norm_rope takes heads of 64 or 128 elements, got {head_dim}")
     batch, length, _ = qkv.shape
-    group = next(g for g in (4, 2, 1) if (heads + kv_heads) % g == 0)
+    per_round = 32 // (head_dim // (16 // qkv.dtype.size))  # heads a warp takes at once
+    # Up to four rounds a warp, fewer where a warp would take more heads than a token has.
+    rounds = next(r for r in (4, 2, 1) if r == 1 or per_round * r <= heads + kv_heads)
+    warps = -(-(heads + kv_heads) // (per_round * rounds))
     q, k = _kernels()["qk_norm_rope"](
         inputs=[qkv, q_weight, k_weight, table, params],
-        template=[("T", qkv.dtype), ("H", heads), ("KV", kv_heads), ("D", head_dim), ("G", group)],
-        grid=(batch * length * (heads + kv_heads) // group * 32, 1, 1),
+        template=[("T", qkv.dtype), ("H", heads), ("KV", kv_heads), ("D", head_dim), ("R", rounds)],
+        grid=(batch * length * warps * 32, 1, 1),
         threadgroup=(_THREADS, 1, 1),
         output_shapes=[(batch, length, heads, head_dim), (batch, length, kv_heads, head_dim)],
         output_dtypes=[qkv.dtype] * 2,
