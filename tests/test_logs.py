@@ -39,7 +39,10 @@ def test_json_access_log_with_front_ends(tiny_qwen3: Path, tmp_path: Path) -> No
         refused = httpx.post(f"{url}/v1/embeddings", json={"input": ""})
         assert given.headers["x-request-id"] == "abc-123" and given.status_code == 200
         assert len(made.headers["x-request-id"]) == 16 and refused.status_code == 400
-        lines = _wait_for(log, lambda ls: sum('"embedserver.access"' in line for line in ls) >= 3)
+        # Each front-end writes its own access lines: wait for the three requests' own (not just any three,
+        # which the start-up's health checks could be).
+        ids = ["abc-123", made.headers["x-request-id"], refused.headers["x-request-id"]]
+        lines = _wait_for(log, lambda ls: all(any(f'"{id_}"' in line for line in ls) for id_ in ids))
     records = [json.loads(line) for line in lines if line.startswith("{")]
     assert len(records) == len([line for line in lines if line.strip()]), "every line is JSON"
     by_id = {r.get("request_id"): r for r in records if r["logger"] == "embedserver.access"}
