@@ -156,6 +156,22 @@ def test_the_engine_overhead_benchmark_answers_every_request(tiny_qwen3: Path) -
     assert line is not None and int(line.group(1)) > 0, text
 
 
+def test_pass_phases_time_each_phase_of_a_pass_plain_and_compiled(tiny_qwen3: Path) -> None:
+    text = _run_benchmark("benchmarks.pass_phases", str(tiny_qwen3), "1x16", "3x40")
+    rows = re.findall(r"^(plain|compiled) +(\d+)x(\d+) +(.*) ms ", text, flags=re.M)
+    assert [(mode, int(r), int(n)) for mode, r, n, _ in rows] == [
+        ("plain", 1, 16),
+        ("plain", 3, 40),
+        ("compiled", 1, 16),
+        ("compiled", 3, 40),
+    ], text
+    for *_, cells in rows:
+        ms = dict(zip(cells.split()[::2], map(float, cells.split()[1::2]), strict=True))
+        assert set(ms) == {"prep", "build", "eval", "read", "total"}
+        # Each pass's total holds its eval, so their medians keep that order.
+        assert ms["total"] >= ms["eval"] > 0 and min(ms.values()) >= 0
+
+
 @pytest.mark.slow
 def test_the_gpu_benchmark_runs_end_to_end_on_any_device(tiny_qwen3: Path, tmp_path: Path) -> None:
     """The one-command GPU benchmark also runs where there is no GPU (nor sentence-transformers): the model
