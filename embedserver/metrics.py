@@ -95,8 +95,16 @@ class Metrics:
         )
         self.queue_wait = Histogram(
             "embedserver_queue_wait_seconds",
-            "Time a text waits before its forward pass starts",
+            "Time a text waits before its forward pass starts on the model's thread",
             ["model"],
+            buckets=_LATENCY,
+            registry=r,
+        )
+        # HTTP_WORKERS >= 1: the engine's share of a request's server time, from its frame's arrival here to
+        # its answer's frame leaving; the rest is the front-end's and the link's.
+        self.engine_call_seconds = Histogram(
+            "embedserver_engine_call_seconds",
+            "Time a front-end's embedding call spends in the engine process (HTTP_WORKERS >= 1)",
             buckets=_LATENCY,
             registry=r,
         )

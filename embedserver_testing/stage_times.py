@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 _STAGES = {
     "embedserver_request_duration_seconds": "request (server side)",
+    "embedserver_engine_call_seconds": "in the engine process (front-ends)",
     "embedserver_tokenization_seconds": "tokenization wait",
     "embedserver_queue_wait_seconds": "queue wait",
     "embedserver_inference_seconds": "forward pass (per batch)",
@@ -40,6 +41,7 @@ def stage_means(text: str, since: str = "") -> dict[str, tuple[float, float]]:
 # Result keys for `level_means`: times in ms.
 _KEYS = {
     "embedserver_request_duration_seconds": "server_mean_ms",
+    "embedserver_engine_call_seconds": "engine_mean_ms",
     "embedserver_tokenization_seconds": "tokenization_mean_ms",
     "embedserver_queue_wait_seconds": "queue_wait_mean_ms",
     "embedserver_inference_seconds": "forward_mean_ms",

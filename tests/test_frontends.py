@@ -167,6 +167,10 @@ def test_metrics_count_the_requests_of_every_front_end(
     texts_before = metric_sample(scraped, 'embedserver_texts_total{model="tiny"}', 0.0)
     durations_before = metric_sample(scraped, durations, 0.0)
     tokenized_before = metric_sample(scraped, tokenized, 0.0)
+    engine, spent = "embedserver_engine_call_seconds_count", "embedserver_engine_call_seconds_sum"
+    duration_sum = durations.replace("_count", "_sum")
+    engine_before, spent_before = metric_sample(scraped, engine, 0.0), metric_sample(scraped, spent, 0.0)
+    duration_sum_before = metric_sample(scraped, duration_sum, 0.0)
 
     def one(i: int) -> int:
         # A new connection each time, so the kernel spreads them over both front-ends.
@@ -180,6 +184,10 @@ def test_metrics_count_the_requests_of_every_front_end(
     # Each front-end reports its requests' durations and tokenization times in bulk: one sample per request.
     assert metric_sample(metrics, durations) - durations_before == 40
     assert metric_reaches(url, tokenized, tokenized_before + 40) - tokenized_before == 40
+    # The engine's share of each call, recorded by the engine: inside its request's server time.
+    assert metric_sample(metrics, engine) - engine_before == 40
+    in_engine = metric_sample(metrics, spent) - spent_before
+    assert 0 < in_engine < metric_sample(metrics, duration_sum) - duration_sum_before
 
 
 def test_a_killed_front_end_is_replaced_while_the_other_serves(

@@ -411,10 +411,7 @@ class BatchWorker:
             batch, _ = self._expire(live)  # the expired are settled with the rest of `taken` below
             if not batch:
                 return
-            started = time.perf_counter()
             loop = asyncio.get_running_loop()
-            # Recorded while the pass runs (the loop is free then), whatever becomes of the batch.
-            loop.call_soon(self._record_waits, [started - item.request.enqueued for item in batch])
             try:
                 vectors, record = await self._forward(batch)
             except _Abandoned:
@@ -444,9 +441,6 @@ class BatchWorker:
             self._settle(taken)  # computed, failed, left or expired: every item of the batch is done with
             self._handoffs.release()
 
-    def _record_waits(self, waits: list[float]) -> None:
-        observe_many(self._series.queue_wait, waits)
-
     async def _forward(self, batch: list[WorkItem]) -> tuple[np.ndarray, Callable[[], None]]:
         """The pooled vectors, and a function that records the pass in the metrics (run it later)."""
         loop = asyncio.get_running_loop()
@@ -455,9 +449,12 @@ class BatchWorker:
         shape = padded_shape(sequences, bucket_rows=self._bucketed_rows)
         self._in_executor += 1
         try:
-            vectors, seconds, bad = await loop.run_in_executor(
+            vectors, started, seconds, bad = await loop.run_in_executor(
                 self._executor, self._timed_embed, sequences, requests, shape
             )
+        except _FailedPass as failed:  # its texts waited for the model all the same
+            self._record_waits(failed.started, requests)
+            raise failed.cause from None
         finally:
             self._in_executor -= 1
             self._wakeup.set()  # a filling batch stops waiting once the thread is free
@@ -469,6 +466,7 @@ class BatchWorker:
 
         def record() -> None:
             m = self._series
+            self._record_waits(started, requests)
             # Filler rows (the runner's batch buckets) are padding too: the device computes them all the same.
             padded = shape[0] * shape[1]
             m.inference_seconds.observe(seconds)
@@ -495,24 +493,31 @@ class BatchWorker:
         self._last_done = now
         self._backlogged = bool(self._queued) or len(self._running) > 1
 
+    def _record_waits(self, started: float, requests: list[QueuedRequest]) -> None:
+        """Each text's wait until its pass began on the MLX thread: queued, cut, and handed over."""
+        observe_many(self._series.queue_wait, [started - request.enqueued for request in requests])
+
     def _timed_embed(
         self,
         sequences: list[TokenIds],
         requests: list[QueuedRequest],
         shape: tuple[int, int],
-    ) -> tuple[np.ndarray, float, int]:
-        """On the MLX thread: the forward pass, its own duration (not the wait for the thread), and how many
-        of its vectors hold a non-finite value (counted here, off the event loop). A batch
-        whose callers all left while it waited for the thread is not run (reading done() from this thread is
-        a benign race: at worst one batch runs for nobody). Records the padded `shape` now running, by which the
-        next batch's fill judges when this pass should end."""
+    ) -> tuple[np.ndarray, float, float, int]:
+        """On the MLX thread: the forward pass, when it started, its own duration (not the wait for the
+        thread), and how many of its vectors hold a non-finite value (counted here, off the event loop). A
+        batch whose callers all left while it waited for the thread is not run (reading done() from this
+        thread is a benign race: at worst one batch runs for nobody). Records the padded `shape` now running,
+        by which the next batch's fill judges when this pass should end."""
         if all(request.future.done() for request in requests):
             raise _Abandoned
         self._forward_shape = shape
         started = self._forward_started = time.perf_counter()
-        vectors = self._embed(sequences)
+        try:
+            vectors = self._embed(sequences)
+        except Exception as exc:
+            raise _FailedPass(started, exc) from exc
         seconds = time.perf_counter() - started
-        return vectors, seconds, int((~np.isfinite(vectors).all(axis=1)).sum())
+        return vectors, started, seconds, int((~np.isfinite(vectors).all(axis=1)).sum())
 
     def _fail_queued(self, exc: Exception) -> None:
         for batch in self._planned:
@@ -532,6 +537,14 @@ class BatchWorker:
 
 class _Abandoned(Exception):
     """Every caller of a batch went away before it reached the MLX thread."""
+
+
+class _FailedPass(Exception):
+    """A forward pass raised `cause`; it had started on the MLX thread at `started`."""
+
+    def __init__(self, started: float, cause: Exception) -> None:
+        super().__init__(started, cause)
+        self.started, self.cause = started, cause
 
 
 def _deliver(batch: list[WorkItem], vectors: np.ndarray, now: float) -> None:

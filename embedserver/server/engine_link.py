@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import asdict
 from functools import partial
 from typing import Any
@@ -43,6 +44,8 @@ class EngineLink(ipc.FrameProtocol):
         self._calls: dict[int, Cancellable] = {}
         # Answers of this loop turn, sent as one RESULTS frame at its end (a batch answers many requests).
         self._results: list[tuple[int, np.ndarray, list[bool]]] = []
+        # When each embedding call's frame arrived, for embedserver_engine_call_seconds.
+        self._arrived: dict[int, float] = {}
 
     def frame_received(self, kind: int, id_: int, meta: Any, payload: bytes) -> None:
         if kind == ipc.EMBEDS:
@@ -50,6 +53,7 @@ class EngineLink(ipc.FrameProtocol):
                 self.frame_received(ipc.EMBED, call_id, request, request_payload)
         elif kind in (ipc.EMBED, ipc.ROUTE, ipc.DESCRIBE):
             if kind == ipc.EMBED:
+                self._arrived[id_] = time.perf_counter()
                 request = ipc.unpack_request(meta, payload)
                 if self._start(id_, request):
                     return
@@ -65,6 +69,7 @@ class EngineLink(ipc.FrameProtocol):
             task.add_done_callback(lambda _: self._calls.pop(id_, None))
         elif kind == ipc.CANCEL:
             running = self._calls.pop(id_, None)
+            self._arrived.pop(id_, None)
             if running is not None:
                 running.cancel()
         elif kind == ipc.RECORD:
@@ -75,6 +80,7 @@ class EngineLink(ipc.FrameProtocol):
         # The front-end is gone, and with it everyone waiting on these calls.
         for call in list(self._calls.values()):
             call.cancel()
+        self._arrived.clear()
 
     def _start(self, id_: int, request: PreparedRequest) -> bool:
         """Start a request on a ready model without a task (the common case under load); False when the
@@ -82,7 +88,7 @@ class EngineLink(ipc.FrameProtocol):
         try:
             started = self.service.start_prepared(request, partial(self._answer, id_))
         except APIError as exc:
-            self.send(ipc.ERROR, id_, ipc.error_meta(exc))
+            self._send_error(id_, exc)
             return True
         if started is None:
             return False
@@ -92,10 +98,10 @@ class EngineLink(ipc.FrameProtocol):
     def _answer(self, id_: int, outcome: tuple[np.ndarray, list[bool]] | BaseException) -> None:
         self._calls.pop(id_, None)
         if isinstance(outcome, APIError):
-            self.send(ipc.ERROR, id_, ipc.error_meta(outcome))
+            self._send_error(id_, outcome)
         elif isinstance(outcome, BaseException):
             log.error("embedding request failed", exc_info=outcome)
-            self.send(ipc.ERROR, id_, ipc.error_meta(APIError("internal server error")))
+            self._send_error(id_, APIError("internal server error"))
         else:
             raw, cached = outcome
             self._send_vectors(id_, raw, cached)
@@ -108,17 +114,24 @@ class EngineLink(ipc.FrameProtocol):
     def _send_results(self) -> None:
         answers, self._results = self._results, []
         self.send(ipc.RESULTS, 0, *ipc.pack_results(answers))
+        now, arrived = time.perf_counter(), self._arrived
+        observe_many(self.metrics.engine_call_seconds, [now - arrived.pop(id_, now) for id_, _, _ in answers])
+
+    def _send_error(self, id_: int, exc: APIError) -> None:
+        self._arrived.pop(id_, None)
+        self.send(ipc.ERROR, id_, ipc.error_meta(exc))
 
     async def _embed(self, id_: int, request: PreparedRequest) -> None:
         try:
             raw, cached = await self.service.embed_prepared(request)
         except APIError as exc:
-            self.send(ipc.ERROR, id_, ipc.error_meta(exc))
+            self._send_error(id_, exc)
         except asyncio.CancelledError:
+            self._arrived.pop(id_, None)
             return  # the caller left: nobody to answer
         except Exception:
             log.exception("embedding request failed")
-            self.send(ipc.ERROR, id_, ipc.error_meta(APIError("internal server error")))
+            self._send_error(id_, APIError("internal server error"))
         else:
             self._send_vectors(id_, raw, cached)
 
