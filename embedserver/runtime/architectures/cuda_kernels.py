@@ -6,11 +6,11 @@ it in one pass: it reads the q and k heads of the fused q|k|v projection once an
 rotated, in the projection's own [batch, length, heads, head_dim] order. Attention takes them (and v, a view
 of the projection, never copied) as transposed views, and MLX's attention writes its output in its query's
 layout, so the transpose back before the output projection is free too. RoPE's cos and sin come from a table
-(`rope_table`, made once per model for its whole context and read by every layer of every pass) instead of precise float32
-`cos`/`sin` for every element of every head of every layer. `swiglu` reads the fused gate|up projection and
-writes silu(gate) * up. On an H200 at 256 x 128 tokens, the kernel that computed its angles and copied v took
-439 µs a layer, about 3.4 times its memory traffic; with the table and v left in place, 192 µs
-(docs/perf/log.md).
+(`rope_table`, made once per model for its whole context and read by every layer of every pass) instead of
+precise float32 `cos`/`sin` for every element of every head of every layer. `swiglu` reads the fused gate|up
+projection and writes silu(gate) * up; `embed_rows` is the embedding lookup. On an H200 at 256 x 128 tokens,
+the kernel that computed its angles and copied v took 439 µs a layer, about 3.4 times its memory traffic;
+with the table, v left in place and its loads in flight together, 135 µs (docs/perf/log.md).
 
 Numerics follow MLX's own kernels step for step (mlx/backend/cuda/rms_norm.cu and rope.cu): float32
 arithmetic, the normalized value rounded to the weights' dtype before the weight multiply, RoPE's angle as
@@ -40,15 +40,16 @@ _ROPE_TABLE = """
     table[l * D + HALF + j] = sin(theta);
 """
 
-# A warp takes R rounds of 32 / N of a token's q and k heads at once, N = D / E lanes a head with E = 16 / sizeof(T)
-# elements a lane (one 16-byte vector: 8 bf16, 16 lanes for D = 128): lane i of a head's group holds elements
-# [i*E, (i+1)*E), so the RoPE partner of an element (D/2 away) sits N/2 lanes away and one shuffle fetches
-# it; the RMSNorm sum is a shuffle reduction within the group. A token's heads share its position: a lane reads
-# its cosines and sines and its slices of the norm weights once for all its heads. Every round's loads are
-# issued before any is used: a memory-bound kernel needs many bytes in flight, and loading one head, reducing
-# it (the shuffles), storing it and only then loading the next kept one head in flight per warp (192 µs a
-# layer at 256 x 128 on an H200, ~2.1 TB/s; 8-byte lanes with the loads first, 142 µs). A group whose head is
-# past the token's last (head counts that do not divide evenly) computes on zeros and stores nothing.
+# A warp takes R rounds of 32 / N of a token's q and k heads at once, N = D / E lanes a head and E = 16 /
+# sizeof(T) elements a lane (one 16-byte vector: 8 bf16, 16 lanes for D = 128): lane i of a head's group holds
+# elements [i*E, (i+1)*E), so the RoPE partner of an element (D/2 away) sits N/2 lanes away and one shuffle
+# fetches it; the RMSNorm sum is a shuffle reduction within the group. A token's heads share its position: a
+# lane reads its cosines and sines and its slices of the norm weights once for all its heads. Every round's
+# loads are issued before any is used: a memory-bound kernel needs many bytes in flight, and loading one head,
+# reducing it (the shuffles), storing it and only then loading the next (a store may alias the input, so the
+# compiler cannot move the next load above it) kept one head in flight per warp: 192 µs a layer at 256 x 128
+# on an H200 (~2.1 TB/s), 135 µs with the loads first (~3 TB/s). A group whose head is past the token's last
+# (head counts that do not divide evenly) computes on zeros and stores nothing.
 _QK_NORM_ROPE = """
     constexpr int S = H + 2 * KV;
     constexpr int E = 16 / sizeof(T);
