@@ -243,15 +243,26 @@ def bench_server(
 
 
 def table(results: dict[str, Any]) -> str:
+    # Where a request's time went, from the server's own histograms (means, ms): all of it in the server, the
+    # engine process's share (front-ends only), the wait for the model and the pass; texts a pass.
+    stages = [
+        (key, 7) for key in ("server_mean_ms", "engine_mean_ms", "queue_wait_mean_ms", "forward_mean_ms")
+    ]
+    stages.append(("texts_per_pass", 6))
     lines = [
         f"{'server':>8} {'length':>6} {'clients':>7} {'req/s':>9} {'tok/s':>10} {'p50 ms':>8} {'p99 ms':>8}"
+        f" {'server':>7} {'engine':>7} {'queue':>7} {'pass':>7} {'texts':>6}"
     ]
     for name, server in results.get("server", {}).items():
         for length, levels in server["lengths"].items():
             for level in levels:
+                split = " ".join(
+                    f"{level[key]:>{width}.1f}" if key in level else f"{'-':>{width}}"
+                    for key, width in stages
+                )
                 lines.append(
                     f"{name:>8} {length:>6} {level['concurrency']:>7} {level['requests_per_s']:>9,.0f} "
-                    f"{level['tokens_per_s']:>10,.0f} {level['p50_ms']:>8.2f} {level['p99_ms']:>8.2f}"
+                    f"{level['tokens_per_s']:>10,.0f} {level['p50_ms']:>8.2f} {level['p99_ms']:>8.2f} {split}"
                 )
         lines.append(
             f"{name:>8} GPU memory peak {server['gpu_memory_peak_gb']} GB (card), "

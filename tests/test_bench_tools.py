@@ -176,13 +176,20 @@ def test_pass_phases_time_each_phase_of_a_pass_plain_and_compiled(tiny_qwen3: Pa
 def test_the_gpu_benchmark_runs_end_to_end_on_any_device(tiny_qwen3: Path, tmp_path: Path) -> None:
     """The one-command GPU benchmark also runs where there is no GPU (nor sentence-transformers): the model
     alone and the server with its defaults, on unique texts of exactly the asked length."""
-    _run_benchmark(
+    printed = _run_benchmark(
         "benchmarks.gpu_bench",
         *("--out", str(tmp_path), "--model", str(tiny_qwen3), "--skip", "st"),
         *("--lengths", "16,mixed", "--concurrency", "1,4", "--duration", "1"),
         timeout=300,
     )
     results = json.loads((tmp_path / "gpu_results.json").read_text())
+    # The summary splits each level's server time (one process here: no engine share).
+    row = re.search(
+        r"^ +server +16 +4 +[\d,]+ +[\d,]+ +[\d.]+ +[\d.]+ +([\d.]+) +- +([\d.]+) +([\d.]+) ", printed, re.M
+    )
+    assert row is not None, printed
+    server, queue, forward = map(float, row.groups())
+    assert server >= forward > 0 and queue >= 0
     assert set(results["model"]["lengths"]) == {"16", "mixed"}
     levels = results["server"]["server"]["lengths"]["16"]
     assert [level["concurrency"] for level in levels] == [1, 4]
