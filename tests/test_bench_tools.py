@@ -156,6 +156,16 @@ def test_the_engine_overhead_benchmark_answers_every_request(tiny_qwen3: Path) -
     assert line is not None and int(line.group(1)) > 0, text
 
 
+def test_process_cost_gives_each_process_its_cpu_per_request(tiny_qwen3: Path) -> None:
+    text = _run_benchmark(
+        "benchmarks.process_cost", str(tiny_qwen3), "--clients", "4", "--seconds", "1", "LOG_LEVEL=WARNING"
+    )
+    served = re.search(r"^(\d+) requests in 1 s .* 0 errors$", text, re.M)
+    assert served is not None and int(served.group(1)) > 0, text
+    costs = dict(re.findall(r"^ *(engine|front-end 1): .* ([\d.]+) µs a request$", text, re.M))
+    assert set(costs) == {"engine", "front-end 1"} and all(float(cost) > 0 for cost in costs.values()), text
+
+
 def test_pass_phases_time_each_phase_of_a_pass_plain_and_compiled(tiny_qwen3: Path) -> None:
     text = _run_benchmark("benchmarks.pass_phases", str(tiny_qwen3), "1x16", "3x40")
     rows = re.findall(r"^(plain|compiled) +(\d+)x(\d+) +(.*) ms ", text, flags=re.M)
