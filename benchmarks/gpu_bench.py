@@ -245,10 +245,13 @@ def bench_server(
 def table(results: dict[str, Any]) -> str:
     # Where a request's time went, from the server's own histograms (means, ms): all of it in the server, the
     # engine process's share (front-ends only), the wait for the model and the pass; texts a pass.
-    stages = [
-        (key, 7) for key in ("server_mean_ms", "engine_mean_ms", "queue_wait_mean_ms", "forward_mean_ms")
-    ]
-    stages.append(("texts_per_pass", 6))
+    stages = (
+        ("server_mean_ms", 7),
+        ("engine_mean_ms", 7),
+        ("queue_wait_mean_ms", 7),
+        ("forward_mean_ms", 7),
+        ("texts_per_pass", 6),
+    )
     lines = [
         f"{'server':>8} {'length':>6} {'clients':>7} {'req/s':>9} {'tok/s':>10} {'p50 ms':>8} {'p99 ms':>8}"
         f" {'server':>7} {'engine':>7} {'queue':>7} {'pass':>7} {'texts':>6}"
