@@ -102,8 +102,9 @@ def test_api_keys_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize(
     ("setting", "backend", "cores", "expected"),
     [
-        ("auto", "cuda", 16, 4),  # a quarter of the cores: front-ends tokenize too
-        ("auto", "cuda", 8, 2),
+        ("auto", "cuda", 16, 8),  # half the cores: front-ends tokenize too
+        ("auto", "cuda", 8, 4),
+        ("auto", "cuda", 10, 5),
         ("auto", "cuda", 128, 8),
         ("auto", "cuda", 4, 0),  # too few cores to give front-ends their own
         ("auto", "cpu", 64, 0),  # the model needs the cores

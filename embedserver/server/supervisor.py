@@ -38,12 +38,13 @@ _MAX_DELAY_S = 30.0
 
 def frontend_count(setting: int | Literal["auto"], backend: str, cores: int) -> int:
     """HTTP_WORKERS as a number. auto: front-ends where they pay (CUDA, on a machine with cores to spare for
-    them): a quarter of the cores, 2 to 8, since front-ends tokenize as well as parse and encode (the engine
-    process, the MLX thread and a load balancer or clients keep the rest); on CPU the model needs the cores,
-    and Metal has not been measured."""
+    them): half the cores, 2 to 8, since front-ends tokenize as well as parse and encode, and a request's
+    time in a busy front-end is time its texts are not in the next batch (the engine process, the MLX
+    thread and a load balancer or clients keep the rest); on CPU the model needs the cores, and Metal has
+    not been measured."""
     if setting != "auto":
         return setting
-    return min(8, max(2, cores // 4)) if backend == "cuda" and cores >= 8 else 0
+    return min(8, max(2, cores // 2)) if backend == "cuda" and cores >= 8 else 0
 
 
 def serve_with_frontends(settings: Settings, workers: int) -> None:

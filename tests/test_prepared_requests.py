@@ -1,0 +1,69 @@
+"""The engine's side of a front-end's request (`EmbeddingService.start_prepared`): answered through one
+callback with the vectors a whole call gets, or dropped at once when its caller leaves."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+
+from embedserver.metrics import Metrics
+from embedserver.service.cache import EmbeddingCache
+from embedserver.service.embeddings import EmbeddingService
+from embedserver.service.requests import PreparedRequest
+from embedserver.settings import Settings
+from tests.test_registry import CountingLoader, _registry
+
+
+def _service(tiny_qwen3: Path) -> EmbeddingService:
+    registry = _registry(tiny_qwen3, CountingLoader())
+    return EmbeddingService(Settings(), registry, EmbeddingCache(0, 0), registry._metrics)
+
+
+async def test_a_prepared_request_gets_the_models_vectors_through_one_callback(tiny_qwen3: Path) -> None:
+    service = _service(tiny_qwen3)
+    try:
+        slot = await service.registry.load("a")
+        runner = slot.loaded.runner  # type: ignore[union-attr]
+        sequences = runner.tokenizer.encode_batch(["first text", "a second, longer text here"])
+        answers: list[tuple[np.ndarray, list[bool]] | BaseException] = []
+        assert service.start_prepared(PreparedRequest("a", sequences, None), answers.append) is not None
+        for _ in range(500):
+            if answers:
+                break
+            await asyncio.sleep(0.01)
+        (answer,) = answers
+        assert not isinstance(answer, BaseException)
+        raw, cached = answer
+        assert raw.shape == (2, runner.dimension) and cached == [False, False]
+        expected = np.stack([runner.embed([ids])[0] for ids in sequences])  # each text alone
+        assert np.allclose(raw, expected, atol=1e-4)
+        assert slot.leases == 0 and slot.loaded.worker._admitted == 0  # type: ignore[union-attr]
+    finally:
+        await service.registry.close()
+
+
+async def test_cancelling_a_prepared_request_frees_its_places_at_once_and_runs_nothing(
+    tiny_qwen3: Path,
+) -> None:
+    service = _service(tiny_qwen3)
+    try:
+        slot = await service.registry.load("a")
+        worker = slot.loaded.worker  # type: ignore[union-attr]
+        answers: list[object] = []
+        started = service.start_prepared(PreparedRequest("a", [[1, 2, 3], [4, 5]], None), answers.append)
+        assert started is not None and worker._admitted == 2 and slot.leases == 1
+        started.cancel()  # the front-end's caller left (a CANCEL frame)
+        assert worker._admitted == 0 and slot.leases == 0
+        for _ in range(100):
+            if not worker.busy:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        assert answers == []
+        metrics: Metrics = service.metrics
+        assert metrics.registry.get_sample_value("embedserver_dropped_total", {"model": "a"}) == 2
+        assert metrics.registry.get_sample_value("embedserver_texts_total", {"model": "a"}) in (None, 0.0)
+    finally:
+        await service.registry.close()
