@@ -99,7 +99,7 @@ async def test_non_finite_embedding_is_an_error_not_a_result(worker: BatchWorker
 
 async def test_callers_resume_before_the_pass_is_recorded() -> None:
     """A pass's metrics (a dozen histogram and counter updates) are recorded after its callers have resumed,
-    so a lone request does not wait for them; a few turns of the loop later they are all there."""
+    so a lone request does not wait for them; one turn of the loop later they are all there."""
     limits = BatchLimits(max_size=8, max_tokens=4096, wait_s=0.005, max_queue=20)
     metrics = Metrics()
     w = BatchWorker("m", Scripted(), limits=limits, metrics=metrics, executor=ThreadPoolExecutor(1))
@@ -109,17 +109,13 @@ async def test_callers_resume_before_the_pass_is_recorded() -> None:
     def sample(name: str) -> float | None:
         return metrics.registry.get_sample_value(name, {"model": "m"})
 
-    async def turns(n: int) -> None:
-        for _ in range(n):
-            await asyncio.sleep(0)
-
     assert sample("embedserver_batches_total") in (None, 0.0)
-    await turns(3)
+    await asyncio.sleep(0)
     assert sample("embedserver_batches_total") == 1 and sample("embedserver_tokens_total") == 2
     assert sample("embedserver_queue_wait_seconds_count") == 1
     with pytest.raises(RuntimeError):  # a failed batch's texts waited in the queue too
         await w.submit([[666]])
-    await turns(3)
+    await asyncio.sleep(0)
     assert sample("embedserver_queue_wait_seconds_count") == 2
     await w.stop()
 
@@ -530,41 +526,6 @@ async def test_a_request_that_expires_fails_whole_and_none_of_its_queued_texts_r
         assert metrics.expired.labels("m")._value.get() == 3
         assert worker.waiting() == 0
         await worker.submit([[6] * 10])  # nothing of the expired request holds the token budget
-        for _ in range(3):  # the answer leaves before the worker's books are done (_on_thread)
-            await asyncio.sleep(0)
         assert worker._tokens == 0
     finally:
         await worker.stop()
-
-
-async def test_a_listener_hears_the_answer_in_the_loop_turn_the_pass_comes_back(worker: BatchWorker) -> None:
-    """The engine answers a front-end from the listener: it is called as the pass's vectors arrive on the
-    event loop, before the worker's own task has resumed to do its books (one loop turn, not three)."""
-    heard: list[tuple[list[list[float]], int]] = []
-    future = worker.submit(
-        [[4, 1], [7]], listener=lambda f: heard.append((f.result().tolist(), worker._in_executor))
-    )
-    assert (await future).tolist() == [[2, 4], [1, 7]]
-    assert heard == [([[2, 4], [1, 7]], 1)]  # the pass was still the worker's to finish
-
-
-async def test_a_failing_listener_leaves_the_batchs_other_answers_alone(
-    worker: BatchWorker, caplog: pytest.LogCaptureFixture
-) -> None:
-    def broken(_: asyncio.Future[np.ndarray]) -> None:
-        raise RuntimeError("listener bug")
-
-    heard: list[list[list[float]]] = []
-    first = worker.submit([[1]], listener=broken)
-    second = worker.submit([[2]], listener=lambda f: heard.append(f.result().tolist()))
-    assert (await first).tolist() == [[1, 1]] and (await second).tolist() == [[1, 2]]
-    assert heard == [[[1, 2]]]
-    assert "answering a computed request failed" in caplog.text
-
-
-async def test_a_listener_hears_a_failure_too(worker: BatchWorker) -> None:
-    heard: list[BaseException | None] = []
-    future = worker.submit([[666]], listener=lambda f: heard.append(f.exception()))
-    with pytest.raises(RuntimeError, match="poison"):
-        await future
-    assert len(heard) == 1 and isinstance(heard[0], RuntimeError)

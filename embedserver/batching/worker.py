@@ -46,10 +46,6 @@ log = logging.getLogger(__name__)
 _CUT_AHEAD = 0.2
 
 EmbedFn = Callable[[list[TokenIds]], np.ndarray]
-# Called with a request's future as soon as it has its answer or its error (not when it is cancelled).
-Listener = Callable[["asyncio.Future[np.ndarray]"], None]
-# What a pass gives back from the MLX thread: vectors, when it started, its duration, non-finite rows.
-_Pass = tuple[np.ndarray, float, float, int]
 
 
 class WorkItem:
@@ -68,27 +64,11 @@ class QueuedRequest:
     of every text, stacked in order). A done future (answered, failed, or cancelled by a caller that left)
     means its texts still waiting are dropped, not computed."""
 
-    __slots__ = (
-        "enqueued",
-        "future",
-        "listener",
-        "out",
-        "progressed",
-        "queued",
-        "remaining",
-        "size",
-        "waiting",
-    )
+    __slots__ = ("enqueued", "future", "out", "progressed", "queued", "remaining", "size", "waiting")
 
-    def __init__(
-        self,
-        sequences: Sequence[TokenIds],
-        future: asyncio.Future[np.ndarray],
-        listener: Listener | None = None,
-    ) -> None:
+    def __init__(self, sequences: Sequence[TokenIds], future: asyncio.Future[np.ndarray]) -> None:
         self.waiting = deque(WorkItem(ids, self, row) for row, ids in enumerate(sequences))
         self.future = future
-        self.listener = listener
         self.size = self.remaining = len(self.waiting)
         self.out: np.ndarray | None = None  # the answer being filled, rows in request order
         self.enqueued = time.perf_counter()
@@ -99,7 +79,6 @@ class QueuedRequest:
         """One text's vector; the answer once every text has one."""
         if self.size == 1:
             self.future.set_result(vector[None, :].copy())
-            self._notify()
             return
         out = self.out
         if out is None:
@@ -108,22 +87,10 @@ class QueuedRequest:
         self.remaining -= 1
         if not self.remaining:
             self.future.set_result(out)
-            self._notify()
 
     def fail(self, exc: BaseException) -> None:
         if not self.future.done():
             self.future.set_exception(exc)
-            self._notify()
-
-    def _notify(self) -> None:
-        """Tell the listener now, not a loop turn later as the future's callbacks would be: an answer leaves
-        in the loop turn that learns its pass is done. A failing listener is logged, like a failing callback,
-        and the batch's other requests are still answered."""
-        if self.listener is not None:
-            try:
-                self.listener(self.future)
-            except Exception:
-                log.exception("answering a computed request failed")
 
 
 @dataclass(frozen=True)
@@ -233,12 +200,9 @@ class BatchWorker:
     def release(self, texts: int) -> None:
         self._admitted -= texts
 
-    def submit(
-        self, sequences: Sequence[TokenIds], *, listener: Listener | None = None
-    ) -> asyncio.Future[np.ndarray]:
+    def submit(self, sequences: Sequence[TokenIds]) -> asyncio.Future[np.ndarray]:
         """Queue one request's sequences (admitted through `admit`, at least one); the future resolves to their
         pooled vectors, one row per sequence in order, and cancelling it drops the texts not yet computed.
-        `listener` is called with the future the moment it resolves or fails (in the same loop turn).
         Refused past the token limits: 413 for the request alone, 429 for a model with enough waiting."""
         if not sequences:
             raise ValueError("a request to compute has at least one sequence")
@@ -258,7 +222,7 @@ class BatchWorker:
                 f"{limits.max_queue_tokens}); retry later",
                 headers={"Retry-After": "1"},
             )
-        request = QueuedRequest(sequences, asyncio.get_running_loop().create_future(), listener)
+        request = QueuedRequest(sequences, asyncio.get_running_loop().create_future())
         request.queued = True
         self._queue.append(request)
         self._queued += request.size
@@ -449,7 +413,7 @@ class BatchWorker:
                 return
             loop = asyncio.get_running_loop()
             try:
-                record = await self._forward(batch)
+                vectors, record = await self._forward(batch)
             except _Abandoned:
                 self._series.dropped.inc(len(batch))
                 return
@@ -464,25 +428,30 @@ class BatchWorker:
                     if item.request.future.done():
                         continue  # failed by an earlier text of the same request
                     try:
-                        loop.call_soon(await self._forward([item]))
+                        vectors, record = await self._forward([item])
+                        _deliver([item], vectors, time.perf_counter())
+                        loop.call_soon(record)
                     except Exception as item_exc:
                         item.request.fail(item_exc)
                 return
+            _deliver(batch, vectors, time.perf_counter())
             # Metrics after the callers resume (they were scheduled first): a lone request does not wait for them.
             loop.call_soon(record)
         finally:
             self._settle(taken)  # computed, failed, left or expired: every item of the batch is done with
             self._handoffs.release()
 
-    async def _forward(self, batch: list[WorkItem]) -> Callable[[], None]:
-        """Run the batch on the MLX thread; its vectors reach their requests as soon as the pass is back (see
-        `_on_thread`). Returns a function that records the pass in the metrics (run it later)."""
+    async def _forward(self, batch: list[WorkItem]) -> tuple[np.ndarray, Callable[[], None]]:
+        """The pooled vectors, and a function that records the pass in the metrics (run it later)."""
+        loop = asyncio.get_running_loop()
         sequences = [item.ids for item in batch]
         requests = [item.request for item in batch]
         shape = padded_shape(sequences, bucket_rows=self._bucketed_rows)
         self._in_executor += 1
         try:
-            _, started, seconds, bad = await self._on_thread(batch, sequences, requests, shape)
+            vectors, started, seconds, bad = await loop.run_in_executor(
+                self._executor, self._timed_embed, sequences, requests, shape
+            )
         except _FailedPass as failed:  # its texts waited for the model all the same
             self._record_waits(failed.started, requests)
             raise failed.cause from None
@@ -511,32 +480,7 @@ class BatchWorker:
         if bad:
             record()
             raise InferenceError(f"model {self.model} produced non-finite values for {bad} text(s)")
-        return record
-
-    def _on_thread(
-        self,
-        batch: list[WorkItem],
-        sequences: list[TokenIds],
-        requests: list[QueuedRequest],
-        shape: tuple[int, int],
-    ) -> asyncio.Future[_Pass]:
-        """`_timed_embed` on the MLX thread. A pass whose vectors are all finite is delivered by the callback
-        that brings it back to the event loop, before this worker's task resumes: awaiting the executor's
-        future and then delivering took two more loop turns, and each turn under load is a burst of
-        incoming requests, which every answer of the pass waited behind."""
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[_Pass] = loop.create_future()
-
-        def run() -> None:
-            try:
-                outcome = self._timed_embed(sequences, requests, shape)
-            except BaseException as exc:
-                loop.call_soon_threadsafe(_resolve, done, None, exc)
-            else:
-                loop.call_soon_threadsafe(_passed, done, batch, outcome)
-
-        self._executor.submit(run)
-        return done
+        return vectors, record
 
     def _observe_rate(self, texts: int) -> None:
         """Texts per second of wall time while a backlog waits: what admission needs to know how long new
@@ -558,7 +502,7 @@ class BatchWorker:
         sequences: list[TokenIds],
         requests: list[QueuedRequest],
         shape: tuple[int, int],
-    ) -> _Pass:
+    ) -> tuple[np.ndarray, float, float, int]:
         """On the MLX thread: the forward pass, when it started, its own duration (not the wait for the
         thread), and how many of its vectors hold a non-finite value (counted here, off the event loop). A
         batch whose callers all left while it waited for the thread is not run (reading done() from this
@@ -601,24 +545,6 @@ class _FailedPass(Exception):
     def __init__(self, started: float, cause: Exception) -> None:
         super().__init__(started, cause)
         self.started, self.cause = started, cause
-
-
-def _passed(done: asyncio.Future[_Pass], batch: list[WorkItem], outcome: _Pass) -> None:
-    """On the event loop, as a pass comes back: its vectors to their requests (unless some are not finite:
-    the worker fails or retries those), then the worker's task learns of it."""
-    vectors, _, _, bad = outcome
-    if not bad:
-        _deliver(batch, vectors, time.perf_counter())
-    _resolve(done, outcome, None)
-
-
-def _resolve(done: asyncio.Future[_Pass], outcome: _Pass | None, exc: BaseException | None) -> None:
-    if done.done():  # the worker's task was cancelled meanwhile
-        return
-    if exc is not None:
-        done.set_exception(exc)
-    else:
-        done.set_result(outcome)  # type: ignore[arg-type]
 
 
 def _deliver(batch: list[WorkItem], vectors: np.ndarray, now: float) -> None:

@@ -44,23 +44,6 @@ class Cancellable(Protocol):
     def cancel(self) -> object: ...
 
 
-class _Computing:
-    """A started request's handle: cancelling it (the caller left) drops its texts not yet computed and gives
-    its places in the backlog back at once; it is then never answered."""
-
-    __slots__ = ("_finished", "_future")
-
-    def __init__(self, future: asyncio.Future[np.ndarray], finished: Callable[[], None]) -> None:
-        self._future = future
-        self._finished = finished
-
-    def cancel(self) -> bool:
-        if not self._future.cancel():
-            return False  # answered already: its places went back then
-        self._finished()
-        return True
-
-
 def model_info(runner: ModelRunner) -> ModelInfo:
     tokenizer = runner.tokenizer
     return ModelInfo(
@@ -151,9 +134,17 @@ class EmbeddingService:
             finished()
             raw = np.stack(found)  # type: ignore[arg-type]
             return asyncio.get_running_loop().call_soon(answer, (raw, [True] * count))
+        try:
+            sequences = request.sequences if len(misses) == count else [request.sequences[i] for i in misses]
+            computing = worker.submit(sequences)
+        except BaseException:
+            finished()
+            raise
 
         def computed(done: asyncio.Future[np.ndarray]) -> None:
             finished()
+            if done.cancelled():
+                return  # the caller left: nobody to answer
             failure = done.exception()
             if failure is not None:
                 answer(failure)
@@ -170,14 +161,8 @@ class EmbeddingService:
                 merged[i] = vectors[row]
             answer((np.stack(merged), [vector is not None for vector in found]))  # type: ignore[arg-type]
 
-        try:
-            sequences = request.sequences if len(misses) == count else [request.sequences[i] for i in misses]
-            # Answered by the worker's listener, in the loop turn its last pass comes back in.
-            computing = worker.submit(sequences, listener=computed)
-        except BaseException:
-            finished()
-            raise
-        return _Computing(computing, finished)
+        computing.add_done_callback(computed)
+        return computing
 
     async def embed_prepared(self, request: PreparedRequest) -> tuple[np.ndarray, list[bool]]:
         """`start_prepared`'s answer, after waiting for the model to load when it is not ready."""
