@@ -1,5 +1,5 @@
 """The engine's side of a front-end's request (`EmbeddingService.start_prepared`): answered through one
-callback with the vectors a whole call gets, or dropped at once when its caller leaves."""
+callback with the model's own vectors, or dropped when its caller leaves."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from embedserver.metrics import Metrics
+from embedserver.runtime.device import mlx_executor
 from embedserver.service.cache import EmbeddingCache
 from embedserver.service.embeddings import EmbeddingService
 from embedserver.service.requests import PreparedRequest
@@ -37,7 +38,12 @@ async def test_a_prepared_request_gets_the_models_vectors_through_one_callback(t
         assert not isinstance(answer, BaseException)
         raw, cached = answer
         assert raw.shape == (2, runner.dimension) and cached == [False, False]
-        expected = np.stack([runner.embed([ids])[0] for ids in sequences])  # each text alone
+        # Each text alone, on the thread that owns MLX.
+        alone = [
+            await asyncio.get_running_loop().run_in_executor(mlx_executor(), runner.embed, [ids])
+            for ids in sequences
+        ]
+        expected = np.concatenate(alone)
         assert np.allclose(raw, expected, atol=1e-4)
         assert slot.leases == 0 and slot.loaded.worker._admitted == 0  # type: ignore[union-attr]
     finally:
