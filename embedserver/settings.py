@@ -48,8 +48,9 @@ class Settings(BaseSettings):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     # 0: one process serves HTTP and runs the model. N >= 1: N front-end processes take HTTP, validation and
     # JSON, and this process batches and runs the model for all of them (see embedserver/server/supervisor.py).
-    # auto: half the cores (2 to 8) on CUDA machines with at least 8 cores (where HTTP and JSON would otherwise
-    # share the interpreter lock with batching), else 0 (on CPU the model needs the cores).
+    # auto: half the usable cores (2 to 8; embedserver/tuning/cores.py) on CUDA machines with at least 8 (where
+    # HTTP and JSON would otherwise share the interpreter lock with batching), else 0 (on CPU the model needs
+    # the cores).
     http_workers: int | Literal["auto"] = Field("auto", union_mode="left_to_right")
     # mx.compile the forward pass per bucketed shape, all compiled at load (GPU backends only; see runner.py).
     compile: bool = False

@@ -3,8 +3,6 @@ or, with DEV_MODE, uvicorn's reloader over the single-process app."""
 
 from __future__ import annotations
 
-import os
-
 import uvicorn
 
 from embedserver.settings import Settings
@@ -24,10 +22,11 @@ def serve(settings: Settings) -> None:
         return
     from embedserver.runtime.device import backend, hard_exit
     from embedserver.server.supervisor import frontend_count, serve_with_frontends
+    from embedserver.tuning.cores import usable_cores
 
     _check_operator_model(settings)
 
-    workers = frontend_count(settings.http_workers, backend(), os.cpu_count() or 1)
+    workers = frontend_count(settings.http_workers, backend(), usable_cores())
     if workers:
         serve_with_frontends(settings, workers)
         hard_exit(0)
