@@ -29,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 import threading
 import unicodedata
@@ -42,6 +41,7 @@ from typing import Any
 import orjson
 from tokenizers import Tokenizer
 
+from embedserver.tuning.cores import usable_cores
 from embedserver.tuning.threads import named_executor
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ QWEN_PATTERN = (
 _PATTERNS = {QWEN_PATTERN}
 # A batch is split over threads from this many characters a thread (~2k tokens, about a millisecond).
 _CHUNK_CHARS = 8_192
-_bpe_threads = min(8, os.cpu_count() or 1)
+_bpe_threads = min(8, usable_cores())
 
 
 @cache

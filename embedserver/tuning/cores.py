@@ -1,4 +1,4 @@
-"""How many cores this process may use, for the settings sized from it (`HTTP_WORKERS=auto`).
+"""How many cores this process may use, for what is sized from it (`HTTP_WORKERS=auto`, the tokenizer's threads).
 
 `os.cpu_count()` counts the machine's cores. A container or a pinned process may use fewer: the CPUs it may run
 on (affinity: cpusets, `taskset`, Kubernetes' static CPU manager), and at most its CPU quota's worth of time
