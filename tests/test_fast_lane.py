@@ -146,6 +146,13 @@ async def test_service_errors_get_the_routes_statuses_and_bodies() -> None:
     assert orjson.loads(body)["error"]["message"] == "model is busy; retry later"
 
 
-async def test_unexpected_errors_propagate_to_the_outermost_handler() -> None:
-    with pytest.raises(RuntimeError, match="bug"):
-        await _call(FastLane(App()), Embedder(RuntimeError("bug")), "/v1/embeddings", [b'{"input": "x"}'])
+async def test_unexpected_errors_get_the_apps_500_and_are_logged(caplog: pytest.LogCaptureFixture) -> None:
+    status, headers, body, _ = await _call(
+        FastLane(App()), Embedder(RuntimeError("bug")), "/v1/embeddings", [b'{"input": "x"}']
+    )
+    assert status == 500 and headers["content-type"] == "application/json"
+    assert orjson.loads(body) == {
+        "error": {"message": "internal server error", "type": "server_error", "param": None, "code": None}
+    }
+    [record] = [r for r in caplog.records if r.message == "unhandled error"]
+    assert record.exc_info is not None and "bug" in str(record.exc_info[1])

@@ -61,6 +61,12 @@ def api_error_response(exc: APIError, path: str) -> JSON:
     )
 
 
+def internal_error() -> JSON:
+    """The answer to an error nothing expected; called while handling it, so its traceback is logged."""
+    log.exception("unhandled error")
+    return JSON(error_body("internal server error", "server_error"), 500)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> JSON:
@@ -99,8 +105,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSON:
-        log.exception("unhandled error")
-        return JSON(error_body("internal server error", "server_error"), 500)
+        return internal_error()
 
 
 def _echo(value: str, limit: int = 100) -> str:

@@ -6,10 +6,11 @@ validation, which are about half of what a cached request costs the whole app (`
 benchmarks.asgi_overhead MODEL_DIR` measures both paths). Everything else goes to the app unchanged: other paths and methods, other content
 types, and any body that does not parse (orjson) or validate (the same pydantic model, in the same Python
 mode as FastAPI's) is replayed to the app, so every error keeps exactly the status, shape and wording the
-routes give it. Errors the service raises are rendered by the app's own handler function; anything else
-propagates to the outermost handler, as it does from a route.
+routes give it. Errors the service raises are rendered by the app's own handler function, and anything else
+gets the app's 500 (logged with its traceback), as a route's would.
 
-The innermost HTTP layer: the body limit, API keys, request metrics and CORS all run before it.
+The innermost HTTP layer: the body limit, API keys, request metrics and CORS all run before it, and the
+framework (embedserver/api/app.py) only after it, for what it does not answer.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import orjson
 from pydantic import BaseModel, ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from embedserver.api.error_handlers import api_error_response
+from embedserver.api.error_handlers import api_error_response, internal_error
 from embedserver.api.responses import JSON
 from embedserver.api.routes_native import embed_many, embed_one
 from embedserver.api.routes_openai import embeddings
@@ -75,6 +76,8 @@ class FastLane:
             response = await entry[1](body, embedder)
         except APIError as exc:
             response = api_error_response(exc, scope["path"])
+        except Exception:
+            response = internal_error()
         await response(scope, receive, send)
 
     @staticmethod

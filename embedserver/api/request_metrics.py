@@ -1,9 +1,12 @@
 """What each request did, for every route (pure ASGI: no body buffering): its count and duration by endpoint
 and status, its `x-request-id`, and one access-log line (method, path, status, duration, texts, tokens, request
-id; never the input), plus rate-limited warnings when requests are refused for overload or abandoned."""
+id; never the input), plus rate-limited warnings when requests are refused for overload or abandoned. The
+outermost layer but CORS, so refusals by the others (Host, keys, body) are counted, logged and carry the
+headers every answer carries (headers.py)."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import re
@@ -12,6 +15,7 @@ from contextvars import ContextVar
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from embedserver.api.headers import stamped
 from embedserver.logs import EveryFewSeconds
 from embedserver.metrics import HttpMetrics
 
@@ -21,8 +25,19 @@ _warnings = EveryFewSeconds(logging.getLogger("embedserver.load"))
 # The routes note what a request computed here (texts, tokens) for its access-log line. A list set by the
 # layer and filled by the route: the route may run in a task of its own, whose context is a copy.
 _USAGE: ContextVar[list[int] | None] = ContextVar("embedserver_usage", default=None)
-# A client's own id is kept when it is short and plain; otherwise one is made.
+# A client's own id is kept when it is short and plain; otherwise one is made: this process's random prefix
+# and its count of requests, 16 hex digits (unique across processes and restarts without a system call each).
 _CLIENT_ID = re.compile(rb"[A-Za-z0-9._:-]{1,64}")
+_ID_PREFIX = os.urandom(4).hex()
+_ids = itertools.count()
+
+
+def _new_prefix() -> None:
+    global _ID_PREFIX, _ids
+    _ID_PREFIX, _ids = os.urandom(4).hex(), itertools.count()
+
+
+os.register_at_fork(after_in_child=_new_prefix)  # a forked process makes ids of its own
 
 
 def note_usage(texts: int, tokens: int) -> None:
@@ -52,13 +67,15 @@ class RequestMetrics:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", request_id)]}
+                message = {**message, "headers": stamped(message.get("headers", []), request_id)}
             await send(message)
 
         try:
             await self.app(scope, receive, send_wrapper)
         except Exception:
-            status = 500  # answered by Starlette's outermost error handler, after this middleware
+            # The framework's 500, already sent through send_wrapper and raised again, or a layer's error
+            # before any answer, which uvicorn answers.
+            status = 500
             raise
         finally:
             _USAGE.reset(token)
@@ -83,7 +100,7 @@ def _request_id(scope: Scope) -> bytes:
     for name, value in scope["headers"]:
         if name == b"x-request-id" and _CLIENT_ID.fullmatch(value):
             return bytes(value)
-    return os.urandom(8).hex().encode()
+    return f"{_ID_PREFIX}{next(_ids) & 0xFFFFFFFF:08x}".encode()
 
 
 def _log(scope: Scope, status: int, seconds: float, usage: list[int], request_id: str) -> None:
