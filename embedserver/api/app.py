@@ -4,9 +4,9 @@ serves, error rendering, and the HTTP layers.
 
 The HTTP layers (embedserver/api/layers.py) run in front of the framework, not inside its middleware stack:
 an embedding request the fast lane answers passes through them once and through none of FastAPI's and
-Starlette's own layers (error, telemetry, body limit, exception, exit stack), which together cost about as
-much of a front-end's CPU as the lane's own work on a short text. Everything the lane does not answer
-continues into FastAPI unchanged, and what the framework answers (500s included) passes back through them."""
+Starlette's own layers (error, telemetry, body limit, exception, exit stack: a coroutine each a request, and
+two wrap `send` again). Everything the lane does not answer continues into FastAPI unchanged, and what the
+framework answers (500s included) passes back through them."""
 
 from __future__ import annotations
 
