@@ -111,11 +111,13 @@ def make_settings(catalog_file: Path, monkeypatch: pytest.MonkeyPatch) -> Callab
 
 
 @asynccontextmanager
-async def started(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    """Run the app's lifespan, wait for the default model, and hand out a client bound to it."""
+async def started(app: FastAPI, *, raise_app_exceptions: bool = True) -> AsyncIterator[httpx.AsyncClient]:
+    """Run the app's lifespan, wait for the default model, and hand out a client bound to it.
+    `raise_app_exceptions=False`: an error the app answers and raises again (the framework's 500) reaches the
+    client as that answer instead of raising in the test."""
     async with app.router.lifespan_context(app):
         await app.state.startup
-        transport = httpx.ASGITransport(app=app)
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=raise_app_exceptions)
         async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
             yield client
 
