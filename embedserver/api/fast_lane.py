@@ -9,8 +9,8 @@ mode as FastAPI's) is replayed to the app, so every error keeps exactly the stat
 routes give it. Errors the service raises are rendered by the app's own handler function, and anything else
 gets the app's 500 (logged with its traceback), as a route's would.
 
-The innermost HTTP layer: the body limit, API keys, request metrics and CORS all run before it, and the
-framework (embedserver/api/app.py) only after it, for what it does not answer.
+The innermost HTTP layer: the body limit, API keys, the Host check, request metrics and CORS all run before
+it, and the framework (embedserver/api/app.py) only after it, for what it does not answer.
 """
 
 from __future__ import annotations
