@@ -4,12 +4,14 @@ mixed workload. Every request is one text never sent before (the cache never ans
 
     python -m benchmarks.gpu_bench --out results/ [--shape 0.6b] [--model DIR] [--duration 10]
         [--lengths 16,128,512,mixed] [--concurrency 1,32,256,512] [--skip model,st,server]
-        [--server NAME=PATH[,SETTING=VALUE...] ...] [--env SETTING=VALUE ...]
+        [--server NAME=PATH[,SETTING=VALUE...] ...] [--env SETTING=VALUE ...] [--rounds R]
 
 Random weights of the chosen shape are written under --work once; --model runs a model directory of your own
 instead. --server runs the server from a source tree (PATH put first on PYTHONPATH), with settings of its
 own, so trees and settings are compared in the same run: `--server old=/src/old --server new=.
---server new2=.,HTTP_WORKERS=2`. --env adds a server setting for every server run. For each level: requests/s, tokens/s, p50/p99 at the client, the server's own stage means from
+--server new2=.,HTTP_WORKERS=2`. The servers run side by side (each holds its own device memory) and take each
+level in turn; --rounds R repeats all levels R times, the servers' order reversed every other round, so the
+host's drift over the run touches every server alike (round R > 1 of NAME is reported as NAME.R). --env adds a server setting for every server run. For each level: requests/s, tokens/s, p50/p99 at the client, the server's own stage means from
 /metrics over that level, and the GPU's peak memory (nvidia-smi) while the server ran. Results:
 OUT/gpu_results.json, and a table on stdout.
 """
@@ -26,7 +28,8 @@ import threading
 import time
 import zlib
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -191,54 +194,101 @@ def gpu_memory_peak(pid: int | None = None) -> Iterator[dict[str, float]]:
         thread.join()
 
 
-def bench_server(
-    name: str,
-    source: Path | None,
-    model_dir: Path,
-    lengths: list[str],
-    concurrency: list[int],
-    duration: float,
-    env: dict[str, str],
-    out_dir: Path,
-) -> dict[str, Any]:
+@dataclass
+class ServerUnderTest:
+    """A server started for the benchmark: where it answers, and its results so far (levels by length)."""
+
+    name: str
+    url: str
+    pid: int
+    results: dict[str, Any]
+
+
+@contextmanager
+def started_server(
+    name: str, source: Path | None, model_dir: Path, env: dict[str, str], out_dir: Path
+) -> Iterator[ServerUnderTest]:
+    """The server from `source` (None: this tree) with its defaults and `env`, serving `model_dir`; on the way
+    out, its last /metrics goes to OUT/server-NAME-metrics.txt and its GPU memory peak into its results."""
     import httpx
 
     server_env = {"MODEL_NAME": str(model_dir), "LOG_LEVEL": "WARNING", **env}
     if source is not None:
         server_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(source), os.environ.get("PYTHONPATH")]))
-    results: dict[str, Any] = {"source": str(source or "."), "env": env, "lengths": {}}
     # Started from the tree itself: `python -m` puts the working directory first on the path.
     server_log = out_dir.resolve() / f"server-{name}.log"
     with (
         server_process(server_env, server_log, 600, cwd=source) as (url, process),
         gpu_memory_peak(process.pid) as peak,
     ):
-        for length in lengths:
-            levels = []
-            for clients in concurrency:
-                seconds = duration if clients > 1 else duration / 2
-                # Fresh random texts for every level (a seed per server, length and level): no cache hits.
-                seed = zlib.crc32(f"{name}/{length}/{clients}".encode())
-                pool = workload_texts(
-                    model_dir / "tokenizer.json", length, level_texts(length, clients, seconds), seed
-                )
-                bodies = [json.dumps({"input": t}).encode() for t in pool]
-                before = httpx.get(f"{url}/metrics").text
-                # Which processes and threads were busy over the level, the load generator's start-up included
-                # (the engine's event loop is "[main]", MLX's thread "[mlx0]").
-                threads, started = threads_now(), time.perf_counter()
-                r = run_load(
-                    f"{url}/v1/embeddings", bodies, clients, seconds, processes=min(8, max(1, clients // 32))
-                )
-                cpu = busiest(threads, time.perf_counter() - started)
-                summary = r.summary() | level_means(httpx.get(f"{url}/metrics").text, since=before)
-                summary["cpu_percent"] = cpu
-                levels.append(summary)
-                log(f"server {name}, {length} tokens:", summary)
-            results["lengths"][length] = levels
+        server = ServerUnderTest(
+            name, url, process.pid, {"source": str(source or "."), "env": env, "lengths": {}}
+        )
+        yield server
         (out_dir.resolve() / f"server-{name}-metrics.txt").write_text(httpx.get(f"{url}/metrics").text)
-    results["gpu_memory_peak_gb"] = round(peak.get("gb", 0.0), 2) or None
-    results["server_gpu_memory_peak_gb"] = round(peak.get("process_gb", 0.0), 2) or None
+    server.results["gpu_memory_peak_gb"] = round(peak.get("gb", 0.0), 2) or None
+    server.results["server_gpu_memory_peak_gb"] = round(peak.get("process_gb", 0.0), 2) or None
+
+
+def run_level(
+    server: ServerUnderTest, model_dir: Path, length: str, clients: int, duration: float, seed: str
+) -> dict[str, Any]:
+    """`clients` clients sending one text each of `length` at a time for `duration` seconds (half that for one
+    client): the client's figures, the server's own stage means over the level, and the busiest threads."""
+    import httpx
+
+    url = server.url
+    seconds = duration if clients > 1 else duration / 2
+    # Fresh random texts for every level: no cache hits.
+    pool = workload_texts(
+        model_dir / "tokenizer.json", length, level_texts(length, clients, seconds), zlib.crc32(seed.encode())
+    )
+    bodies = [json.dumps({"input": t}).encode() for t in pool]
+    before = httpx.get(f"{url}/metrics").text
+    # Which processes and threads were busy over the level, the load generator's start-up included (the
+    # engine's event loop is "[main]", MLX's thread "[mlx0]").
+    threads, started = threads_now(), time.perf_counter()
+    r = run_load(f"{url}/v1/embeddings", bodies, clients, seconds, processes=min(8, max(1, clients // 32)))
+    cpu = busiest(threads, time.perf_counter() - started)
+    summary = r.summary() | level_means(httpx.get(f"{url}/metrics").text, since=before)
+    summary["cpu_percent"] = cpu
+    log(f"server {server.name}, {length} tokens:", summary)
+    return summary
+
+
+def bench_servers(
+    servers: list[tuple[str, Path | None, dict[str, str]]],
+    model_dir: Path,
+    lengths: list[str],
+    concurrency: list[int],
+    duration: float,
+    rounds: int,
+    out_dir: Path,
+) -> dict[str, Any]:
+    """Every server started at once, then each level run on each server in turn, the order reversed every
+    round, so a host that drifts during the run (neighbouring runs here differ by up to 20%) moves every
+    server's figures alike. Results by server name; round R > 1 of server NAME is "NAME.R"."""
+    results: dict[str, Any] = {}
+    with ExitStack() as stack:
+        running = [
+            stack.enter_context(started_server(name, source, model_dir, env, out_dir))
+            for name, source, env in servers
+        ]
+        for round_ in range(1, rounds + 1):
+            order = running if round_ % 2 else running[::-1]
+            for length in lengths:
+                for clients in concurrency:
+                    for server in order:
+                        key = server.name if round_ == 1 else f"{server.name}.{round_}"
+                        # A seed per server, round, length and level: no text is sent twice.
+                        seed = f"{key}/{length}/{clients}"
+                        level = run_level(server, model_dir, length, clients, duration, seed)
+                        entry = results.setdefault(key, {**server.results, "lengths": {}})
+                        entry["lengths"].setdefault(length, []).append(level)
+    for server in running:  # memory peaks are known once the servers have stopped
+        for round_ in range(1, rounds + 1):
+            key = server.name if round_ == 1 else f"{server.name}.{round_}"
+            results[key] |= {k: v for k, v in server.results.items() if k.endswith("_peak_gb")}
     return results
 
 
@@ -287,6 +337,12 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,32,256,512")
     parser.add_argument("--skip", default="", help="comma list of: model,st,server")
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run every server's levels this many times, in alternating order",
+    )
+    parser.add_argument(
         "--server", action="append", default=[], help="NAME=PATH: a source tree to serve from"
     )
     parser.add_argument(
@@ -322,13 +378,15 @@ def main() -> None:
         log("cosine, model alone vs sentence-transformers (bf16):", results["model_vs_st_cosine_min"])
     if "server" not in skip:
         env = dict(item.split("=", 1) for item in args.env)
+        runs = []
         for name, spec in servers:
             path, *pairs = spec.split(",")
-            source = Path(path).resolve() if path else None
-            own = env | dict(pair.split("=", 1) for pair in pairs)
-            results["server"][name] = bench_server(
-                name, source, model_dir, lengths, concurrency, args.duration, own, args.out
+            runs.append(
+                (name, Path(path).resolve() if path else None, env | dict(p.split("=", 1) for p in pairs))
             )
+        results["server"] = bench_servers(
+            runs, model_dir, lengths, concurrency, args.duration, args.rounds, args.out
+        )
     for section in results.values():
         if isinstance(section, dict):
             section.pop("_vectors", None)

@@ -10,7 +10,8 @@ profiler, which records every kernel of the process, MLX's included). Tells a pa
 KERNEL_FROM (pass number, default 600 for `serve`: after the load-time warm-up) and KERNEL_PASSES (default
 60) choose the profiled passes; KERNEL_ROWS (`runner` only: batch sizes drawn in turn, default 48,64,64,64,96,
 the server's at 256 clients; 256 gives the model-alone benchmark's 256 x 128) and KERNEL_LENGTH (default 128)
-the shapes. Needs torch with CUDA (the lent GPU machine has it).
+the shapes. The summary also counts the CUDA runtime and driver calls each pass makes on the host (launches,
+graph updates, allocation): what of a short pass's host time is CUDA's own. Needs torch with CUDA (the lent GPU machine has it).
 """
 
 from __future__ import annotations
@@ -111,6 +112,35 @@ def kernel_means(trace: dict[str, Any], top: int = 14) -> list[tuple[str, int, f
     return [(name, len(d), float(np.mean(d)), sum(d) / everything) for name, d in ranked]
 
 
+def host_calls(trace: dict[str, Any], top: int = 12) -> tuple[int, list[tuple[str, float, float]]]:
+    """The CUDA runtime and driver calls made inside marked passes (CUPTI records them with the kernels): the
+    number of passes, and per call name its count a pass and its µs a pass, most time first. What a pass's
+    host side spends in CUDA itself, against the rest of MLX's encoding."""
+    events = [e for e in trace["traceEvents"] if e.get("ph") == "X"]
+    marks = sorted(
+        (float(e["ts"]), float(e["ts"]) + float(e["dur"]))
+        for e in events
+        if e.get("cat") == "user_annotation" and str(e["name"]).startswith(PASS_PREFIX)
+    )
+    if not marks:
+        return 0, []
+    begins = np.array([b for b, _ in marks])
+    counts: dict[str, int] = defaultdict(int)
+    totals: dict[str, float] = defaultdict(float)
+    for e in events:
+        if e.get("cat") not in ("cuda_runtime", "cuda_driver"):
+            continue
+        ts = float(e["ts"])
+        i = int(np.searchsorted(begins, ts, side="right")) - 1
+        if i < 0 or ts > marks[i][1]:
+            continue
+        counts[str(e["name"])] += 1
+        totals[str(e["name"])] += float(e["dur"])
+    n = len(marks)
+    ranked = sorted(totals, key=lambda name: -totals[name])[:top]
+    return n, [(name, counts[name] / n, totals[name] / n) for name in ranked]
+
+
 def summary(path: Path) -> str:
     trace = json.loads(path.read_text())
     stats = pass_stats(trace)
@@ -132,6 +162,10 @@ def summary(path: Path) -> str:
             + " ".join(f"{m:>7.2f}" for m in means)
             + f"  {np.mean([s['gaps_over_50us'] for s in group]):.1f}"
         )
+    passes, calls = host_calls(trace)
+    if calls:
+        lines.append(f"CUDA API calls inside passes (per pass: count, µs; {passes} passes):")
+        lines += [f"  {count:>8.1f} {micros:>9.1f}  {name}" for name, count, micros in calls]
     lines.append("top kernels (count, mean µs, share of kernel time):")
     lines += [
         f"  {count:>6} {mean:>9.1f} {share:>6.1%}  {name}" for name, count, mean, share in kernel_means(trace)

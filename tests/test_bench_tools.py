@@ -106,6 +106,11 @@ def test_kernel_timeline_splits_device_time_per_pass(tmp_path: Path) -> None:
         {"ph": "X", "cat": "user_annotation", "name": "pass 96x128", "ts": 2000, "dur": 500},
         kernel(2000, 450),
         kernel(5000, 10),
+        # host calls: two launches in the first pass, one graph launch in the second, one outside any pass
+        {"ph": "X", "cat": "cuda_runtime", "name": "cudaLaunchKernel", "ts": 10, "dur": 6},
+        {"ph": "X", "cat": "cuda_runtime", "name": "cudaLaunchKernel", "ts": 500, "dur": 4},
+        {"ph": "X", "cat": "cuda_driver", "name": "cuGraphLaunch", "ts": 2100, "dur": 30},
+        {"ph": "X", "cat": "cuda_runtime", "name": "cudaLaunchKernel", "ts": 4000, "dur": 1000},
     ]
     path = tmp_path / "trace.json"
     path.write_text(json.dumps({"traceEvents": events}))
@@ -116,6 +121,12 @@ def test_kernel_timeline_splits_device_time_per_pass(tmp_path: Path) -> None:
     assert rows["64x128"] == ["64x128", "1", "2", "1.00", "0.50", "0.10", "0.30", "0.10", "1.0"]
     assert rows["96x128"] == ["96x128", "1", "1", "0.50", "0.45", "0.00", "0.00", "0.05", "0.0"]
     assert rows["all"][:3] == ["all", "2", "2"]
+    # the CUDA calls made inside passes, per pass: count and µs, most time first
+    api = lines.index("CUDA API calls inside passes (per pass: count, µs; 2 passes):")
+    assert [line.split() for line in lines[api + 1 : api + 3]] == [
+        ["0.5", "15.0", "cuGraphLaunch"],
+        ["1.0", "5.0", "cudaLaunchKernel"],
+    ]
     # every kernel of the trace by total time: count, mean µs, share of all kernel time, name
     top = lines[lines.index("top kernels (count, mean µs, share of kernel time):") + 1 :]
     assert [line.split() for line in top] == [
@@ -208,3 +219,25 @@ def test_the_gpu_benchmark_runs_end_to_end_on_any_device(tiny_qwen3: Path, tmp_p
         assert level["tokens_per_s"] == pytest.approx(16 * level["requests_per_s"], rel=0.01)
         # The census saw the busy server: its engine process's event loop among the threads.
         assert any(name.endswith("[main]") and "embedserver" in name for name in level["cpu_percent"])
+
+
+@pytest.mark.slow
+def test_the_gpu_benchmark_alternates_servers_level_by_level(tiny_qwen3: Path, tmp_path: Path) -> None:
+    """Two servers run side by side and take each level in turn, the order reversed in the second round, so a
+    host's drift during the run touches both alike; each round is reported under its own name."""
+    printed = _run_benchmark(
+        "benchmarks.gpu_bench",
+        *("--out", str(tmp_path), "--model", str(tiny_qwen3), "--skip", "model,st", "--rounds", "2"),
+        *("--server", "a=", "--server", "b=,MAX_BATCH_SIZE=8"),
+        *("--lengths", "16", "--concurrency", "1,2", "--duration", "0.6"),
+        timeout=300,
+    )
+    order = re.findall(r"server (\S+), 16 tokens:", printed)
+    assert order == ["a", "b", "a", "b", "b", "a", "b", "a"], printed
+    results = json.loads((tmp_path / "gpu_results.json").read_text())["server"]
+    assert set(results) == {"a", "b", "a.2", "b.2"}
+    assert results["b.2"]["env"] == {"MAX_BATCH_SIZE": "8"} and results["a"]["env"] == {}
+    for server in results.values():
+        levels = server["lengths"]["16"]
+        assert [level["concurrency"] for level in levels] == [1, 2]
+        assert all(level["requests"] > 0 and level["errors"] == 0 for level in levels)
