@@ -1,12 +1,14 @@
-"""The Qwen3 layer on CUDA: mlx-lm's TransformerBlock with its projections fused and two custom kernels.
+"""The Qwen3 layer on CUDA: mlx-lm's TransformerBlock with its projections fused and custom kernels.
 
 Same weights and the same mathematics as mlx-lm's block (see cuda_kernels.py for the numerics), arranged for
 fewer passes over memory: q, k and v come from one matrix product (their weight rows concatenated), gate and
 up from another; `qk_norm_rope` turns the first into attention's inputs and `swiglu` the second into the down
-projection's. One larger product keeps the GPU busier than three small ones. The two residual additions are
-the output and down projections' own (`addmm`: cuBLAS adds the residual as it writes the product, instead of
-a separate kernel reading both back), so the residual stream is rounded to the dtype once per addition, from
-float32, where mlx-lm rounds the product and then the sum. docs/perf/log.md has the figures.
+projection's. One larger product keeps the GPU busier than three small ones. Sequences of up to 16 tokens
+take `short_attention` instead of cuDNN's fused attention (faster there, and no graph set-up on the host).
+The two residual additions are the output and down projections' own (`addmm`: cuBLAS adds the residual as it
+writes the product, instead of a separate kernel reading both back), so the residual stream is rounded to the
+dtype once per addition, from float32, where mlx-lm rounds the product and then the sum. docs/perf/log.md
+has the figures.
 
 The fused weight matrices are built once at load; the original projection weights become views of them, so
 the model holds each weight once.
@@ -17,7 +19,14 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
-from embedserver.runtime.architectures.cuda_kernels import qk_norm_rope, rope_params, rope_table, swiglu
+from embedserver.runtime.architectures.cuda_kernels import (
+    SHORT_ATTENTION_USED,
+    qk_norm_rope_rows,
+    rope_params,
+    rope_table,
+    short_attention,
+    swiglu,
+)
 
 
 def fusable(layer: nn.Module) -> bool:
@@ -56,6 +65,7 @@ class CudaQwen3Block:
         self.heads, self.kv_heads = attn.n_heads, attn.n_kv_heads
         self.head_dim = attn.q_norm.weight.shape[0]
         self.scale = attn.scale
+        self.scale_param = mx.array([attn.scale], dtype=mx.float32)  # what `short_attention` reads
         # Weights as [in, out]: transposed views made once here, not one transpose per product per pass (the
         # matrix products read either layout).
         self.w_qkv = _fuse(attn.q_proj, attn.k_proj, attn.v_proj).T
@@ -73,7 +83,7 @@ class CudaQwen3Block:
     def __call__(self, x: mx.array, table: mx.array) -> mx.array:
         batch, length, hidden = x.shape
         qkv = self.input_norm(x) @ self.w_qkv
-        q, k, v = qk_norm_rope(
+        q, k = qk_norm_rope_rows(
             qkv,
             self.q_norm,
             self.k_norm,
@@ -83,9 +93,19 @@ class CudaQwen3Block:
             kv_heads=self.kv_heads,
             head_dim=self.head_dim,
         )
-        attended = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask="causal")
-        # In memory `attended` is [B, L, heads, D] (attention writes in its query's layout): this is a view.
-        heads_out = attended.transpose(0, 2, 1, 3).reshape(batch * length, -1)
+        if length <= SHORT_ATTENTION_USED:
+            heads_out = short_attention(q, k, qkv, self.scale_param).reshape(batch * length, -1)
+        else:
+            v = qkv.reshape(batch, length, -1, self.head_dim)[:, :, self.heads + self.kv_heads :]
+            attended = mx.fast.scaled_dot_product_attention(
+                q.transpose(0, 2, 1, 3),
+                k.transpose(0, 2, 1, 3),
+                v.transpose(0, 2, 1, 3),
+                scale=self.scale,
+                mask="causal",
+            )
+            # In memory `attended` is [B, L, heads, D] (attention writes in its query's layout): this is a view.
+            heads_out = attended.transpose(0, 2, 1, 3).reshape(batch * length, -1)
         h = mx.addmm(x.reshape(batch * length, hidden), heads_out, self.w_o)
         gate_up = self.post_norm(h) @ self.w_gate_up
         return mx.addmm(h, swiglu(gate_up), self.w_down).reshape(batch, length, hidden)

@@ -8,7 +8,8 @@ of the projection, never copied) as transposed views, and MLX's attention writes
 layout, so the transpose back before the output projection is free too. RoPE's cos and sin come from a table
 (`rope_table`, made once per model for its whole context and read by every layer of every pass) instead of
 precise float32 `cos`/`sin` for every element of every head of every layer. `swiglu` reads the fused gate|up
-projection and writes silu(gate) * up; `embed_rows` is the embedding lookup. On an H200 at 256 x 128 tokens,
+projection and writes silu(gate) * up; `embed_rows` is the embedding lookup; `short_attention` is causal
+attention for sequences of up to 16 tokens (short queries), where cuDNN's kernel and its set-up cost most. On an H200 at 256 x 128 tokens,
 the kernel that computed its angles and copied v took 439 µs a layer, about 3.4 times its memory traffic;
 with the table, v left in place and its loads in flight together, 135 µs (docs/perf/log.md).
 
@@ -150,6 +151,141 @@ _EMBED_ROWS = """
     reinterpret_cast<Pack*>(out)[i] = reinterpret_cast<const Pack*>(weight)[long(row) * PACKS + pack];
 """
 
+# Causal attention over short sequences (L <= SHORT_ATTENTION_MAX), one block a (sequence, KV head): the block
+# copies that head's keys and values into shared memory as float32 (key rows padded by four elements, so the
+# eight keys a warp reads at once sit in eight different groups of four banks), then takes the R = G * L query
+# rows of the G = H / KV query heads that share them, 32 rows at a time, a team of eight lanes a row. Member m
+# scores keys m, m + 8, ... (keys past the row's position are masked: causal, so a right-padded row never reads
+# padding), the team takes the softmax with shuffles, writes the row's weights to shared memory, and each
+# member sums four of every 32 output columns over the row's keys. float32 throughout, rounded to T once at
+# the end. cuDNN's fused attention, built for long sequences, took 50 µs a layer at 128 x 16 on an H200 (a
+# quarter of the pass's kernel time), and its graph set-up a tenth of the pass's host time. A first version
+# of this kernel, a lane a key reading shared memory a float at a time, took 59 µs (bound by those reads);
+# with teams and 16-byte reads 36-38 µs, with or without the query's loads issued together. Its memory
+# traffic alone would take a few µs, so something else still serializes it (not yet found); the pass gains
+# mostly on the host. At 32 tokens cuDNN is faster, hence SHORT_ATTENTION_USED.
+_SHORT_ATTENTION = """
+    constexpr int G = H / KV;
+    constexpr int S = H + 2 * KV;
+    constexpr int R = G * L;
+    constexpr int KS = D + 4;
+    constexpr int J = (L + 7) / 8;
+    constexpr int E = 16 / sizeof(T);
+    constexpr int C = D / 32;
+    struct alignas(16) Pack { T v[E]; };
+    struct alignas(4 * sizeof(T)) Four { T v[4]; };
+    __shared__ __align__(16) float ks[L * KS];
+    __shared__ __align__(16) float vs[L * D];
+    __shared__ float ps[32 * L];
+    const int b = blockIdx.x / KV;
+    const int kvh = blockIdx.x - b * KV;
+    for (int x = threadIdx.x; x < L * D / E; x += THREADS) {
+        const int j = x / (D / E);
+        const int c = (x - j * (D / E)) * E;
+        const long row = long(b) * L + j;
+        const Pack kp = *reinterpret_cast<const Pack*>(k + (row * KV + kvh) * D + c);
+        const Pack vp = *reinterpret_cast<const Pack*>(qkv + (row * S + H + KV + kvh) * D + c);
+        #pragma unroll
+        for (int e = 0; e < E; ++e) {
+            ks[j * KS + c + e] = static_cast<float>(kp.v[e]);
+            vs[j * D + c + e] = static_cast<float>(vp.v[e]);
+        }
+    }
+    __syncthreads();
+    const float scale = params[0];
+    const int team = threadIdx.x >> 3;
+    const int m = threadIdx.x & 7;
+    for (int first = 0; first < R; first += THREADS / 8) {
+        const int r = first + team;
+        const bool live = r < R;
+        const int g = live ? r / L : 0;
+        const int i = live ? r - g * L : -1;
+        const long at = ((long(b) * L + i) * H + kvh * G + g) * D;
+        float s[J];
+        #pragma unroll
+        for (int jj = 0; jj < J; ++jj) s[jj] = 0.0f;
+        // The row's query, every load issued before any is used (one at a time, each waited ~a microsecond).
+        Pack qr[D / E];
+        if (live) {
+            #pragma unroll
+            for (int c = 0; c < D / E; ++c) qr[c] = *reinterpret_cast<const Pack*>(q + at + c * E);
+            #pragma unroll
+            for (int c = 0; c < D / E; ++c) {
+                #pragma unroll
+                for (int e4 = 0; e4 < E; e4 += 4) {
+                    const float q0 = static_cast<float>(qr[c].v[e4]), q1 = static_cast<float>(qr[c].v[e4 + 1]);
+                    const float q2 = static_cast<float>(qr[c].v[e4 + 2]), q3 = static_cast<float>(qr[c].v[e4 + 3]);
+                    #pragma unroll
+                    for (int jj = 0; jj < J; ++jj) {
+                        const int j = m + 8 * jj;
+                        if (j < L) {
+                            const float4 kk = *reinterpret_cast<const float4*>(ks + j * KS + c * E + e4);
+                            s[jj] += q0 * kk.x + q1 * kk.y + q2 * kk.z + q3 * kk.w;
+                        }
+                    }
+                }
+            }
+        }
+        float top = -3.0e38f;
+        #pragma unroll
+        for (int jj = 0; jj < J; ++jj) {
+            const int j = m + 8 * jj;
+            s[jj] = j <= i && j < L ? s[jj] * scale : -3.0e38f;
+            top = fmaxf(top, s[jj]);
+        }
+        #pragma unroll
+        for (int o = 4; o > 0; o >>= 1) top = fmaxf(top, __shfl_xor_sync(0xffffffff, top, o));
+        float sum = 0.0f;
+        #pragma unroll
+        for (int jj = 0; jj < J; ++jj) {
+            const int j = m + 8 * jj;
+            s[jj] = j <= i && j < L ? expf(s[jj] - top) : 0.0f;
+            sum += s[jj];
+        }
+        #pragma unroll
+        for (int o = 4; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffff, sum, o);
+        const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+        #pragma unroll
+        for (int jj = 0; jj < J; ++jj) {
+            const int j = m + 8 * jj;
+            if (j < L) ps[team * L + j] = s[jj] * inv;
+        }
+        __syncwarp();
+        if (live) {
+            float4 acc[C];
+            #pragma unroll
+            for (int c = 0; c < C; ++c) acc[c] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            for (int j = 0; j <= i; ++j) {
+                const float p = ps[team * L + j];
+                #pragma unroll
+                for (int c = 0; c < C; ++c) {
+                    const float4 v = *reinterpret_cast<const float4*>(vs + j * D + 32 * c + 4 * m);
+                    acc[c].x += p * v.x;
+                    acc[c].y += p * v.y;
+                    acc[c].z += p * v.z;
+                    acc[c].w += p * v.w;
+                }
+            }
+            #pragma unroll
+            for (int c = 0; c < C; ++c) {
+                Four o;
+                o.v[0] = static_cast<T>(acc[c].x);
+                o.v[1] = static_cast<T>(acc[c].y);
+                o.v[2] = static_cast<T>(acc[c].z);
+                o.v[3] = static_cast<T>(acc[c].w);
+                *reinterpret_cast<Four*>(out + at + 32 * c + 4 * m) = o;
+            }
+        }
+        __syncwarp();
+    }
+"""
+
+# The longest sequence `short_attention` takes (four keys a lane).
+SHORT_ATTENTION_MAX = 32
+# The longest padded length the Qwen3 block sends to it: at 16 tokens a pass of 128 texts ran 11% faster and
+# one of 256 15% (0.6B shape, H200); at 32, cuDNN's kernel was faster (4-8% a pass).
+SHORT_ATTENTION_USED = 16
+
 _THREADS = 256
 
 
@@ -170,6 +306,12 @@ def _kernels() -> dict[str, Any]:
         ),
         "swiglu": mx.fast.cuda_kernel(
             name="embedserver_swiglu", input_names=["gate_up"], output_names=["out"], source=_SWIGLU
+        ),
+        "short_attention": mx.fast.cuda_kernel(
+            name="embedserver_short_attention",
+            input_names=["q", "k", "qkv", "params"],
+            output_names=["out"],
+            source=_SHORT_ATTENTION,
         ),
         "embed_rows": mx.fast.cuda_kernel(
             name="embedserver_embed_rows",
@@ -199,7 +341,7 @@ def rope_table(length: int, head_dim: int, params: mx.array) -> mx.array:
     return table
 
 
-def qk_norm_rope(
+def qk_norm_rope_rows(
     qkv: mx.array,
     q_weight: mx.array,
     k_weight: mx.array,
@@ -209,10 +351,10 @@ def qk_norm_rope(
     heads: int,
     kv_heads: int,
     head_dim: int,
-) -> tuple[mx.array, mx.array, mx.array]:
-    """qkv [B, L, (heads + 2 kv_heads) * head_dim] -> q [B, heads, L, D], k and v [B, kv_heads, L, D]; q and k
-    RMS-normalized per head (with their weights) and rotated by RoPE at positions 0..L-1 (`table`:
-    `rope_table(L, ...)`). All three are transposed views of [B, L, heads, D] memory; v is qkv's own."""
+) -> tuple[mx.array, mx.array]:
+    """qkv [B, L, (heads + 2 kv_heads) * head_dim] -> q [B, L, heads, D] and k [B, L, kv_heads, D], each head
+    RMS-normalized (with its weights) and rotated by RoPE at positions 0..L-1 (`table`: `rope_table(L, ...)`),
+    in the projection's own token-major order."""
     if head_dim not in (64, 128):
         raise ValueError(f"qk_norm_rope takes heads of 64 or 128 elements, got {head_dim}")
     batch, length, _ = qkv.shape
@@ -228,8 +370,56 @@ def qk_norm_rope(
         output_shapes=[(batch, length, heads, head_dim), (batch, length, kv_heads, head_dim)],
         output_dtypes=[qkv.dtype] * 2,
     )
+    return q, k
+
+
+def qk_norm_rope(
+    qkv: mx.array,
+    q_weight: mx.array,
+    k_weight: mx.array,
+    table: mx.array,
+    params: mx.array,
+    *,
+    heads: int,
+    kv_heads: int,
+    head_dim: int,
+) -> tuple[mx.array, mx.array, mx.array]:
+    """`qk_norm_rope_rows` in attention's layout: q [B, heads, L, D], k and v [B, kv_heads, L, D], all three
+    transposed views of [B, L, heads, D] memory; v is qkv's own."""
+    batch, length, _ = qkv.shape
+    q, k = qk_norm_rope_rows(
+        qkv, q_weight, k_weight, table, params, heads=heads, kv_heads=kv_heads, head_dim=head_dim
+    )
     v = qkv.reshape(batch, length, heads + 2 * kv_heads, head_dim)[:, :, heads + kv_heads :]
     return q.transpose(0, 2, 1, 3), k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+
+
+def short_attention(q: mx.array, k: mx.array, qkv: mx.array, scale: mx.array) -> mx.array:
+    """Causal attention for sequences of at most SHORT_ATTENTION_MAX tokens: q [B, L, H, D] and k [B, L, KV, D]
+    (`qk_norm_rope_rows`), v the last KV heads of qkv [B, L, (H + 2 KV) * D]; `scale` float32 [1]. Returns the
+    heads' outputs [B, L, H * D], what the output projection reads."""
+    batch, length, heads, head_dim = q.shape
+    kv_heads = k.shape[2]
+    if length > SHORT_ATTENTION_MAX or heads % kv_heads or head_dim % 32:
+        raise ValueError(
+            f"short_attention takes up to {SHORT_ATTENTION_MAX} tokens, got q {q.shape}, k {k.shape}"
+        )
+    (out,) = _kernels()["short_attention"](
+        inputs=[q, k, qkv, scale],
+        template=[
+            ("T", q.dtype),
+            ("H", heads),
+            ("KV", kv_heads),
+            ("D", head_dim),
+            ("L", length),
+            ("THREADS", _THREADS),
+        ],
+        grid=(batch * kv_heads * _THREADS, 1, 1),
+        threadgroup=(_THREADS, 1, 1),
+        output_shapes=[(batch, length, heads * head_dim)],
+        output_dtypes=[q.dtype],
+    )
+    return out
 
 
 def swiglu(gate_up: mx.array) -> mx.array:
