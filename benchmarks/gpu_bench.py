@@ -11,9 +11,10 @@ instead. --server runs the server from a source tree (PATH put first on PYTHONPA
 own, so trees and settings are compared in the same run: `--server old=/src/old --server new=.
 --server new2=.,HTTP_WORKERS=2`. The servers run side by side (each holds its own device memory) and take each
 level in turn; --rounds R repeats all levels R times, the servers' order reversed every other round, so the
-host's drift over the run touches every server alike (round R > 1 of NAME is reported as NAME.R). --env adds a server setting for every server run. For each level: requests/s, tokens/s, p50/p99 at the client, the server's own stage means from
-/metrics over that level, and the GPU's peak memory (nvidia-smi) while the server ran. Results:
-OUT/gpu_results.json, and a table on stdout.
+host's drift over the run touches every server alike (round R > 1 of NAME is reported as NAME.R). --env adds
+a server setting for every server run. For each level: requests/s, tokens/s, p50/p99 at the client, the
+server's own stage means from /metrics over that level, and the GPU's peak memory (nvidia-smi) while the
+server ran. Results: OUT/gpu_results.json, and a table on stdout.
 """
 
 from __future__ import annotations

@@ -9,9 +9,10 @@ layout, so the transpose back before the output projection is free too. RoPE's c
 (`rope_table`, made once per model for its whole context and read by every layer of every pass) instead of
 precise float32 `cos`/`sin` for every element of every head of every layer. `swiglu` reads the fused gate|up
 projection and writes silu(gate) * up; `embed_rows` is the embedding lookup; `short_attention` is causal
-attention for sequences of up to 16 tokens (short queries), where cuDNN's kernel and its set-up cost most. On an H200 at 256 x 128 tokens,
-the kernel that computed its angles and copied v took 439 µs a layer, about 3.4 times its memory traffic;
-with the table, v left in place and its loads in flight together, 135 µs (docs/perf/log.md).
+attention for sequences of up to 16 tokens (short queries), where cuDNN's kernel and its set-up cost most.
+On an H200 at 256 x 128 tokens, the kernel that computed its angles and copied v took 439 µs a layer, about
+3.4 times its memory traffic; with the table, v left in place and its loads in flight together, 135 µs
+(docs/perf/log.md).
 
 Numerics follow MLX's own kernels step for step (mlx/backend/cuda/rms_norm.cu and rope.cu): float32
 arithmetic, the normalized value rounded to the weights' dtype before the weight multiply, RoPE's angle as
@@ -204,7 +205,7 @@ _SHORT_ATTENTION = """
         float s[J];
         #pragma unroll
         for (int jj = 0; jj < J; ++jj) s[jj] = 0.0f;
-        // The row's query, every load issued before any is used (one at a time, each waited ~a microsecond).
+        // The row's query: all of its loads issued before any is used.
         Pack qr[D / E];
         if (live) {
             #pragma unroll
