@@ -21,6 +21,7 @@ import mlx.nn as nn
 
 from embedserver.runtime.architectures.cuda_kernels import (
     SHORT_ATTENTION_USED,
+    attention_views,
     qk_norm_rope_rows,
     rope_params,
     rope_table,
@@ -96,13 +97,8 @@ class CudaQwen3Block:
         if length <= SHORT_ATTENTION_USED:
             heads_out = short_attention(q, k, qkv, self.scale_param).reshape(batch * length, -1)
         else:
-            v = qkv.reshape(batch, length, -1, self.head_dim)[:, :, self.heads + self.kv_heads :]
             attended = mx.fast.scaled_dot_product_attention(
-                q.transpose(0, 2, 1, 3),
-                k.transpose(0, 2, 1, 3),
-                v.transpose(0, 2, 1, 3),
-                scale=self.scale,
-                mask="causal",
+                *attention_views(q, k, qkv), scale=self.scale, mask="causal"
             )
             # In memory `attended` is [B, L, heads, D] (attention writes in its query's layout): this is a view.
             heads_out = attended.transpose(0, 2, 1, 3).reshape(batch * length, -1)

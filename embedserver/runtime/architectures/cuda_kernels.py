@@ -374,23 +374,12 @@ def qk_norm_rope_rows(
     return q, k
 
 
-def qk_norm_rope(
-    qkv: mx.array,
-    q_weight: mx.array,
-    k_weight: mx.array,
-    table: mx.array,
-    params: mx.array,
-    *,
-    heads: int,
-    kv_heads: int,
-    head_dim: int,
-) -> tuple[mx.array, mx.array, mx.array]:
-    """`qk_norm_rope_rows` in attention's layout: q [B, heads, L, D], k and v [B, kv_heads, L, D], all three
-    transposed views of [B, L, heads, D] memory; v is qkv's own."""
-    batch, length, _ = qkv.shape
-    q, k = qk_norm_rope_rows(
-        qkv, q_weight, k_weight, table, params, heads=heads, kv_heads=kv_heads, head_dim=head_dim
-    )
+def attention_views(q: mx.array, k: mx.array, qkv: mx.array) -> tuple[mx.array, mx.array, mx.array]:
+    """q [B, L, H, D] and k [B, L, KV, D] (`qk_norm_rope_rows`), with v (the last KV heads of qkv
+    [B, L, (H + 2 KV) * D]), in attention's layout: q [B, H, L, D], k and v [B, KV, L, D], transposed views
+    of that memory (nothing is copied; v is qkv's own)."""
+    batch, length, heads, head_dim = q.shape
+    kv_heads = k.shape[2]
     v = qkv.reshape(batch, length, heads + 2 * kv_heads, head_dim)[:, :, heads + kv_heads :]
     return q.transpose(0, 2, 1, 3), k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
 
