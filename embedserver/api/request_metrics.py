@@ -28,8 +28,8 @@ _USAGE: ContextVar[list[int] | None] = ContextVar("embedserver_usage", default=N
 # A client's own id is kept when it is short and plain; otherwise one is made: this process's random prefix
 # and its count of requests, 16 hex digits (unique across processes and restarts without a system call each).
 _CLIENT_ID = re.compile(rb"[A-Za-z0-9._:-]{1,64}")
-_ID_PREFIX = os.urandom(4).hex()
-_ids = itertools.count()
+_ID_PREFIX: str
+_ids: itertools.count[int]
 
 
 def _new_prefix() -> None:
@@ -37,6 +37,7 @@ def _new_prefix() -> None:
     _ID_PREFIX, _ids = os.urandom(4).hex(), itertools.count()
 
 
+_new_prefix()
 os.register_at_fork(after_in_child=_new_prefix)  # a forked process makes ids of its own
 
 
