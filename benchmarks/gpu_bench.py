@@ -257,6 +257,11 @@ def run_level(
     return summary
 
 
+def _round_name(name: str, round_: int) -> str:
+    """How a server's results of round `round_` are reported: NAME, then NAME.2, NAME.3, ..."""
+    return name if round_ == 1 else f"{name}.{round_}"
+
+
 def bench_servers(
     servers: list[tuple[str, Path | None, dict[str, str]]],
     model_dir: Path,
@@ -280,7 +285,7 @@ def bench_servers(
             for length in lengths:
                 for clients in concurrency:
                     for server in order:
-                        key = server.name if round_ == 1 else f"{server.name}.{round_}"
+                        key = _round_name(server.name, round_)
                         # A seed per server, round, length and level: no text is sent twice.
                         seed = f"{key}/{length}/{clients}"
                         level = run_level(server, model_dir, length, clients, duration, seed)
@@ -288,8 +293,9 @@ def bench_servers(
                         entry["lengths"].setdefault(length, []).append(level)
     for server in running:  # memory peaks are known once the servers have stopped
         for round_ in range(1, rounds + 1):
-            key = server.name if round_ == 1 else f"{server.name}.{round_}"
-            results[key] |= {k: v for k, v in server.results.items() if k.endswith("_peak_gb")}
+            results[_round_name(server.name, round_)] |= {
+                k: v for k, v in server.results.items() if k.endswith("_peak_gb")
+            }
     return results
 
 

@@ -69,6 +69,12 @@ def _intervals(events: list[dict[str, Any]]) -> list[tuple[float, float]]:
     return sorted((float(e["ts"]), float(e["ts"]) + float(e["dur"])) for e in events)
 
 
+def _pass_marks(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The passes' marks on the host (the profiler mirrors each onto the GPU's timeline too, as
+    "gpu_user_annotation")."""
+    return [e for e in events if e.get("cat") == "user_annotation" and str(e["name"]).startswith(PASS_PREFIX)]
+
+
 def pass_stats(trace: dict[str, Any]) -> list[dict[str, Any]]:
     """Per marked pass (in µs): its span on the CPU side, the kernels that started within it, their busy
     time, the delay to the first kernel, the idle time between kernels, and the tail after the last one."""
@@ -76,11 +82,7 @@ def pass_stats(trace: dict[str, Any]) -> list[dict[str, Any]]:
     kernels = _intervals([e for e in events if e.get("cat") == "kernel"])
     starts = np.array([k[0] for k in kernels])
     out = []
-    # The host-side marks only: the profiler mirrors each onto the GPU's timeline too ("gpu_user_annotation").
-    marks = [
-        e for e in events if e.get("cat") == "user_annotation" and str(e["name"]).startswith(PASS_PREFIX)
-    ]
-    for mark in marks:
+    for mark in _pass_marks(events):
         begin, end = float(mark["ts"]), float(mark["ts"]) + float(mark["dur"])
         inside = kernels[np.searchsorted(starts, begin) : np.searchsorted(starts, end)]
         if not inside:
@@ -117,11 +119,7 @@ def host_calls(trace: dict[str, Any], top: int = 12) -> tuple[int, list[tuple[st
     number of passes, and per call name its count a pass and its µs a pass, most time first. What a pass's
     host side spends in CUDA itself, against the rest of MLX's encoding."""
     events = [e for e in trace["traceEvents"] if e.get("ph") == "X"]
-    marks = sorted(
-        (float(e["ts"]), float(e["ts"]) + float(e["dur"]))
-        for e in events
-        if e.get("cat") == "user_annotation" and str(e["name"]).startswith(PASS_PREFIX)
-    )
+    marks = sorted((float(e["ts"]), float(e["ts"]) + float(e["dur"])) for e in _pass_marks(events))
     if not marks:
         return 0, []
     begins = np.array([b for b, _ in marks])
