@@ -25,7 +25,8 @@ from embedserver.runtime.architectures.cuda_kernels import (
     qk_norm_rope_rows,
     rope_params,
     rope_table,
-    short_attention,
+    short_attention_rope,
+    short_attention_takes,
     swiglu,
 )
 
@@ -84,19 +85,29 @@ class CudaQwen3Block:
     def __call__(self, x: mx.array, table: mx.array) -> mx.array:
         batch, length, hidden = x.shape
         qkv = self.input_norm(x) @ self.w_qkv
-        q, k = qk_norm_rope_rows(
-            qkv,
-            self.q_norm,
-            self.k_norm,
-            table,
-            self.params,
-            heads=self.heads,
-            kv_heads=self.kv_heads,
-            head_dim=self.head_dim,
-        )
-        if length <= SHORT_ATTENTION_USED:
-            heads_out = short_attention(q, k, qkv, self.scale_param).reshape(batch * length, -1)
+        if length <= SHORT_ATTENTION_USED and short_attention_takes(x.dtype, self.head_dim):
+            heads_out = short_attention_rope(
+                qkv,
+                self.q_norm,
+                self.k_norm,
+                table,
+                self.params,
+                self.scale_param,
+                heads=self.heads,
+                kv_heads=self.kv_heads,
+                head_dim=self.head_dim,
+            ).reshape(batch * length, -1)
         else:
+            q, k = qk_norm_rope_rows(
+                qkv,
+                self.q_norm,
+                self.k_norm,
+                table,
+                self.params,
+                heads=self.heads,
+                kv_heads=self.kv_heads,
+                head_dim=self.head_dim,
+            )
             attended = mx.fast.scaled_dot_product_attention(
                 *attention_views(q, k, qkv), scale=self.scale, mask="causal"
             )

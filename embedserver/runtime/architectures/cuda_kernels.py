@@ -152,139 +152,254 @@ _EMBED_ROWS = """
     reinterpret_cast<Pack*>(out)[i] = reinterpret_cast<const Pack*>(weight)[long(row) * PACKS + pack];
 """
 
-# Causal attention over short sequences (L <= SHORT_ATTENTION_MAX), one block a (sequence, KV head): the block
-# copies that head's keys and values into shared memory as float32 (key rows padded by four elements, so the
-# eight keys a warp reads at once sit in eight different groups of four banks), then takes the R = G * L query
-# rows of the G = H / KV query heads that share them, 32 rows at a time, a team of eight lanes a row. Member m
-# scores keys m, m + 8, ... (keys past the row's position are masked: causal, so a right-padded row never reads
-# padding), the team takes the softmax with shuffles, writes the row's weights to shared memory, and each
-# member sums four of every 32 output columns over the row's keys. float32 throughout, rounded to T once at
-# the end. cuDNN's fused attention, built for long sequences, took 50 µs a layer at 128 x 16 on an H200 (a
-# quarter of the pass's kernel time), and its graph set-up a tenth of the pass's host time. A first version
-# of this kernel, a lane a key reading shared memory a float at a time, took 59 µs (bound by those reads);
-# with teams and 16-byte reads 36-38 µs, with or without the query's loads issued together. Its memory
-# traffic alone would take a few µs, so something else still serializes it (not yet found); the pass gains
-# mostly on the host. At 32 tokens cuDNN is faster, hence SHORT_ATTENTION_USED.
+# Causal attention over short sequences (L <= SHORT_ATTENTION_MAX) on the tensor cores: one warp a (sequence,
+# query head, tile of 16 query positions), no shared memory. The warp's scores [16, LP] (LP = L rounded up to
+# 16) are Q [16, D] K^T [D, LP] in m16n8k16 matrix products (bf16 or fp16 in, float32 out) whose fragments the
+# lanes load straight from q and k (two adjacent elements a 32-bit load: q and k are token-major, each head's
+# D elements contiguous); the softmax runs on the score fragments in registers (a row's values sit in four
+# adjacent lanes: two shuffles), and its weights, rounded to T, are the next product's A fragments as they
+# stand (the layouts coincide), times V [LP, D] read from qkv, so the heads' outputs never leave registers
+# before the store. Keys past the tile's last position are neither loaded nor multiplied (causal); rows and
+# keys past L are zeros, masked, never stored. The weights are rounded to T before the second product, as
+# cuDNN's fused attention does; everything else is float32. A first kernel of CUDA-core arithmetic from shared
+# memory took 36-40 µs a layer at 128 x 16 on an H200 alone (its shared-memory reads, every key read once per
+# query row, were the cost); cuDNN's took 50 µs there and 28 µs at 64 x 32. docs/perf/log.md has the figures.
+_MMA = """
+template <bool BF16>
+__device__ inline void embedserver_mma(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
+    if constexpr (BF16) {
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+    } else {
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+    }
+}
+"""
+
+# Fragment layouts (PTX ISA, mma.m16n8k16): lane = 4 * gr + tg; A's registers hold rows gr and gr + 8 at
+# columns 2 tg, 2 tg + 1 and those + 8; B's hold rows 2 tg, 2 tg + 1 (and + 8) of column gr; the float32
+# result holds rows gr and gr + 8 at columns 2 tg, 2 tg + 1. The low half of a register is the lower index.
 _SHORT_ATTENTION = """
     constexpr int G = H / KV;
     constexpr int S = H + 2 * KV;
-    constexpr int R = G * L;
-    constexpr int KS = D + 4;
-    constexpr int J = (L + 7) / 8;
-    constexpr int E = 16 / sizeof(T);
-    constexpr int C = D / 32;
-    struct alignas(16) Pack { T v[E]; };
-    struct alignas(4 * sizeof(T)) Four { T v[4]; };
-    __shared__ __align__(16) float ks[L * KS];
-    __shared__ __align__(16) float vs[L * D];
-    __shared__ float ps[32 * L];
-    const int b = blockIdx.x / KV;
-    const int kvh = blockIdx.x - b * KV;
-    for (int x = threadIdx.x; x < L * D / E; x += THREADS) {
-        const int j = x / (D / E);
-        const int c = (x - j * (D / E)) * E;
-        const long row = long(b) * L + j;
-        const Pack kp = *reinterpret_cast<const Pack*>(k + (row * KV + kvh) * D + c);
-        const Pack vp = *reinterpret_cast<const Pack*>(qkv + (row * S + H + KV + kvh) * D + c);
+    constexpr int LP = (L + 15) / 16 * 16;
+    constexpr int MT = LP / 16;
+    constexpr int NT = LP / 8;
+    using u32 = unsigned int;
+    const int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    if (warp >= q_shape[0] * H * MT) return;
+    const int lane = threadIdx.x & 31;
+    const int gr = lane >> 2;
+    const int tg = lane & 3;
+    const int mt = warp % MT;
+    const int h = (warp / MT) % H;
+    const long b = warp / (MT * H);
+    const int kvh = h / G;
+    const int p0 = mt * 16 + gr;
+    const int p1 = p0 + 8;
+    const int last = min(mt * 16 + 15, L - 1);
+    const float scale = params[0];
+    auto two = [](const T* at) { return *reinterpret_cast<const u32*>(at); };
+    auto bits = [](float x) {
+        const T y = static_cast<T>(x);
+        return u32(*reinterpret_cast<const unsigned short*>(&y));
+    };
+    auto bits_at = [](const T* at) { return u32(*reinterpret_cast<const unsigned short*>(at)); };
+    const T* q0 = q + ((b * L + p0) * H + h) * D + 2 * tg;
+    const T* q1 = q + ((b * L + p1) * H + h) * D + 2 * tg;
+    float s[NT][4];
+    #pragma unroll
+    for (int n = 0; n < NT; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+    #pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+        const u32 a[4] = {p0 < L ? two(q0 + 16 * kk) : 0u, p1 < L ? two(q1 + 16 * kk) : 0u,
+                          p0 < L ? two(q0 + 16 * kk + 8) : 0u, p1 < L ? two(q1 + 16 * kk + 8) : 0u};
         #pragma unroll
-        for (int e = 0; e < E; ++e) {
-            ks[j * KS + c + e] = static_cast<float>(kp.v[e]);
-            vs[j * D + c + e] = static_cast<float>(vp.v[e]);
+        for (int n = 0; n < NT; ++n) {
+            if (n * 8 > last) continue;
+            const int j = n * 8 + gr;
+            const T* kr = k + ((b * L + j) * KV + kvh) * D + 16 * kk + 2 * tg;
+            const u32 bb[2] = {j <= last ? two(kr) : 0u, j <= last ? two(kr + 8) : 0u};
+            embedserver_mma<BF16>(s[n], a, bb);
         }
     }
-    __syncthreads();
-    const float scale = params[0];
-    const int team = threadIdx.x >> 3;
-    const int m = threadIdx.x & 7;
-    for (int first = 0; first < R; first += THREADS / 8) {
-        const int r = first + team;
-        const bool live = r < R;
-        const int g = live ? r / L : 0;
-        const int i = live ? r - g * L : -1;
-        const long at = ((long(b) * L + i) * H + kvh * G + g) * D;
-        float s[J];
+    float top0 = -3.0e38f, top1 = -3.0e38f;
+    #pragma unroll
+    for (int n = 0; n < NT; ++n) {
         #pragma unroll
-        for (int jj = 0; jj < J; ++jj) s[jj] = 0.0f;
-        // The row's query: all of its loads issued before any is used.
-        Pack qr[D / E];
-        if (live) {
-            #pragma unroll
-            for (int c = 0; c < D / E; ++c) qr[c] = *reinterpret_cast<const Pack*>(q + at + c * E);
-            #pragma unroll
-            for (int c = 0; c < D / E; ++c) {
-                #pragma unroll
-                for (int e4 = 0; e4 < E; e4 += 4) {
-                    const float q0 = static_cast<float>(qr[c].v[e4]), q1 = static_cast<float>(qr[c].v[e4 + 1]);
-                    const float q2 = static_cast<float>(qr[c].v[e4 + 2]), q3 = static_cast<float>(qr[c].v[e4 + 3]);
-                    #pragma unroll
-                    for (int jj = 0; jj < J; ++jj) {
-                        const int j = m + 8 * jj;
-                        if (j < L) {
-                            const float4 kk = *reinterpret_cast<const float4*>(ks + j * KS + c * E + e4);
-                            s[jj] += q0 * kk.x + q1 * kk.y + q2 * kk.z + q3 * kk.w;
-                        }
-                    }
-                }
-            }
+        for (int e = 0; e < 2; ++e) {
+            const int j = n * 8 + 2 * tg + e;
+            s[n][e] = j <= p0 && j < L ? s[n][e] * scale : -3.0e38f;
+            s[n][2 + e] = j <= p1 && j < L ? s[n][2 + e] * scale : -3.0e38f;
+            top0 = fmaxf(top0, s[n][e]);
+            top1 = fmaxf(top1, s[n][2 + e]);
         }
-        float top = -3.0e38f;
+    }
+    #pragma unroll
+    for (int o = 1; o < 4; o <<= 1) {
+        top0 = fmaxf(top0, __shfl_xor_sync(0xffffffff, top0, o));
+        top1 = fmaxf(top1, __shfl_xor_sync(0xffffffff, top1, o));
+    }
+    // Key 0 is every row's (causal, and L >= 1), so each row's maximum is a real score.
+    float sum0 = 0.0f, sum1 = 0.0f;
+    #pragma unroll
+    for (int n = 0; n < NT; ++n) {
         #pragma unroll
-        for (int jj = 0; jj < J; ++jj) {
-            const int j = m + 8 * jj;
-            s[jj] = j <= i && j < L ? s[jj] * scale : -3.0e38f;
-            top = fmaxf(top, s[jj]);
+        for (int e = 0; e < 2; ++e) {
+            const int j = n * 8 + 2 * tg + e;
+            s[n][e] = j <= p0 && j < L ? expf(s[n][e] - top0) : 0.0f;
+            s[n][2 + e] = j <= p1 && j < L ? expf(s[n][2 + e] - top1) : 0.0f;
+            sum0 += s[n][e];
+            sum1 += s[n][2 + e];
         }
+    }
+    #pragma unroll
+    for (int o = 1; o < 4; o <<= 1) {
+        sum0 += __shfl_xor_sync(0xffffffff, sum0, o);
+        sum1 += __shfl_xor_sync(0xffffffff, sum1, o);
+    }
+    float acc[D / 8][4];
+    #pragma unroll
+    for (int n = 0; n < D / 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+    #pragma unroll
+    for (int ks = 0; ks < MT; ++ks) {
+        if (ks * 16 > last) continue;
+        const u32 a[4] = {bits(s[2 * ks][0]) | bits(s[2 * ks][1]) << 16, bits(s[2 * ks][2]) | bits(s[2 * ks][3]) << 16,
+                          bits(s[2 * ks + 1][0]) | bits(s[2 * ks + 1][1]) << 16,
+                          bits(s[2 * ks + 1][2]) | bits(s[2 * ks + 1][3]) << 16};
+        const int j = ks * 16 + 2 * tg;
+        const T* v0 = qkv + ((b * L + j) * S + H + KV + kvh) * D + gr;
         #pragma unroll
-        for (int o = 4; o > 0; o >>= 1) top = fmaxf(top, __shfl_xor_sync(0xffffffff, top, o));
-        float sum = 0.0f;
-        #pragma unroll
-        for (int jj = 0; jj < J; ++jj) {
-            const int j = m + 8 * jj;
-            s[jj] = j <= i && j < L ? expf(s[jj] - top) : 0.0f;
-            sum += s[jj];
+        for (int n = 0; n < D / 8; ++n) {
+            const T* v = v0 + 8 * n;
+            const u32 bb[2] = {(j <= last ? bits_at(v) : 0u) | (j + 1 <= last ? bits_at(v + S * D) : 0u) << 16,
+                               (j + 8 <= last ? bits_at(v + 8 * S * D) : 0u) | (j + 9 <= last ? bits_at(v + 9 * S * D) : 0u) << 16};
+            embedserver_mma<BF16>(acc[n], a, bb);
         }
-        #pragma unroll
-        for (int o = 4; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffff, sum, o);
-        const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
-        #pragma unroll
-        for (int jj = 0; jj < J; ++jj) {
-            const int j = m + 8 * jj;
-            if (j < L) ps[team * L + j] = s[jj] * inv;
-        }
-        __syncwarp();
-        if (live) {
-            float4 acc[C];
-            #pragma unroll
-            for (int c = 0; c < C; ++c) acc[c] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-            for (int j = 0; j <= i; ++j) {
-                const float p = ps[team * L + j];
-                #pragma unroll
-                for (int c = 0; c < C; ++c) {
-                    const float4 v = *reinterpret_cast<const float4*>(vs + j * D + 32 * c + 4 * m);
-                    acc[c].x += p * v.x;
-                    acc[c].y += p * v.y;
-                    acc[c].z += p * v.z;
-                    acc[c].w += p * v.w;
-                }
-            }
-            #pragma unroll
-            for (int c = 0; c < C; ++c) {
-                Four o;
-                o.v[0] = static_cast<T>(acc[c].x);
-                o.v[1] = static_cast<T>(acc[c].y);
-                o.v[2] = static_cast<T>(acc[c].z);
-                o.v[3] = static_cast<T>(acc[c].w);
-                *reinterpret_cast<Four*>(out + at + 32 * c + 4 * m) = o;
-            }
-        }
-        __syncwarp();
+    }
+    const float inv0 = 1.0f / sum0, inv1 = 1.0f / sum1;
+    #pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+        const int d = 8 * n + 2 * tg;
+        if (p0 < L) *reinterpret_cast<u32*>(out + ((b * L + p0) * H + h) * D + d) = bits(acc[n][0] * inv0) | bits(acc[n][1] * inv0) << 16;
+        if (p1 < L) *reinterpret_cast<u32*>(out + ((b * L + p1) * H + h) * D + d) = bits(acc[n][2] * inv1) | bits(acc[n][3] * inv1) << 16;
     }
 """
 
-# The longest sequence `short_attention` takes (four keys a lane).
-SHORT_ATTENTION_MAX = 32
-# The longest padded length the Qwen3 block sends to it: at 16 tokens a pass of 128 texts ran 11% faster and
-# one of 256 15% (0.6B shape, H200); at 32, cuDNN's kernel was faster (4-8% a pass).
+# `short_attention` with `qk_norm_rope` done inside it, on the fragments as loaded: for short sequences the
+# separate kernel (and its launch, and q and k's round trip through memory) is most of the cost. A lane holds,
+# of each row it loads (a query position or a key), columns 16 kk + 2 tg + {0, 1, 8, 9} for every k-step kk:
+# the row's four lanes together hold the whole head (its RMSNorm sum: two shuffles), and a column's RoPE
+# partner, D / 2 away, is D / 32 k-steps away in the same lane. Rounding as in `qk_norm_rope`, step for step.
+# Keys are normalized and rotated by every warp that reads them (a few hundred operations a key).
+_SHORT_ATTENTION_ROPE = """
+    constexpr int G = H / KV;
+    constexpr int S = H + 2 * KV;
+    constexpr int LP = (L + 15) / 16 * 16;
+    constexpr int MT = LP / 16;
+    constexpr int NT = LP / 8;
+    constexpr int DK = D / 16;
+    constexpr int HALF = DK / 2;
+    using u32 = unsigned int;
+    struct alignas(4) Two { T v[2]; };
+    const int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    if (warp >= qkv_shape[0] * H * MT) return;
+    const int lane = threadIdx.x & 31;
+    const int gr = lane >> 2;
+    const int tg = lane & 3;
+    const int mt = warp % MT;
+    const int h = (warp / MT) % H;
+    const long b = warp / (MT * H);
+    const int kvh = h / G;
+    const int p0 = mt * 16 + gr;
+    const int p1 = p0 + 8;
+    const int last = min(mt * 16 + 15, L - 1);
+    const float eps = params[0];
+    auto bits = [](float x) {
+        const T y = static_cast<T>(x);
+        return u32(*reinterpret_cast<const unsigned short*>(&y));
+    };
+    auto bits_at = [](const T* at) { return u32(*reinterpret_cast<const unsigned short*>(at)); };
+    // One row's columns of this lane (zeros where `live` is false), normalized with weights `w` and rotated
+    // to position `pos`, rounded to T and packed as fragments: frag[kk][0] holds columns 2 tg, 2 tg + 1 of
+    // k-step kk, frag[kk][1] those + 8. Every lane of the warp calls it together (the shuffles).
+    auto rotate = [&](const T* row, bool live, const T* w, int pos, u32 (&frag)[DK][2]) {
+        float x[DK][4];
+        float ss = 0.0f;
+        #pragma unroll
+        for (int kk = 0; kk < DK; ++kk) {
+            #pragma unroll
+            for (int half = 0; half < 2; ++half) {
+                Two t;
+                if (live) {
+                    t = *reinterpret_cast<const Two*>(row + 16 * kk + 2 * tg + 8 * half);
+                } else {
+                    t.v[0] = t.v[1] = static_cast<T>(0.0f);
+                }
+                x[kk][2 * half] = static_cast<float>(t.v[0]);
+                x[kk][2 * half + 1] = static_cast<float>(t.v[1]);
+            }
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) ss += x[kk][e] * x[kk][e];
+        }
+        ss += __shfl_xor_sync(0xffffffff, ss, 1);
+        ss += __shfl_xor_sync(0xffffffff, ss, 2);
+        const float normalizer = rsqrt(ss / D + eps);
+        #pragma unroll
+        for (int kk = 0; kk < DK; ++kk) {
+            #pragma unroll
+            for (int half = 0; half < 2; ++half) {
+                const Two wt = *reinterpret_cast<const Two*>(w + 16 * kk + 2 * tg + 8 * half);
+                #pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    const T normed = static_cast<T>(x[kk][2 * half + e] * normalizer);
+                    x[kk][2 * half + e] = static_cast<float>(static_cast<T>(static_cast<float>(wt.v[e]) * static_cast<float>(normed)));
+                }
+            }
+        }
+        const float* angles = table + long(pos) * D;
+        #pragma unroll
+        for (int kk = 0; kk < HALF; ++kk) {
+            #pragma unroll
+            for (int half = 0; half < 2; ++half) {
+                const int col = 16 * kk + 2 * tg + 8 * half;
+                const float2 c = *reinterpret_cast<const float2*>(angles + col);
+                const float2 s = *reinterpret_cast<const float2*>(angles + D / 2 + col);
+                const float lo0 = x[kk][2 * half], lo1 = x[kk][2 * half + 1];
+                const float hi0 = x[kk + HALF][2 * half], hi1 = x[kk + HALF][2 * half + 1];
+                frag[kk][half] = bits(lo0 * c.x - hi0 * s.x) | bits(lo1 * c.y - hi1 * s.y) << 16;
+                frag[kk + HALF][half] = bits(lo0 * s.x + hi0 * c.x) | bits(lo1 * s.y + hi1 * c.y) << 16;
+            }
+        }
+    };
+    u32 q0[DK][2], q1[DK][2];
+    const T* qrow = qkv + (b * L + p0) * S * D + h * D;
+    rotate(qrow, p0 < L, q_weight, p0 < L ? p0 : 0, q0);
+    rotate(qrow + 8 * S * D, p1 < L, q_weight, p1 < L ? p1 : 0, q1);
+    float s[NT][4];
+    #pragma unroll
+    for (int n = 0; n < NT; ++n) {
+        s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+        if (n * 8 > last) continue;
+        const int j = n * 8 + gr;
+        u32 kf[DK][2];
+        rotate(qkv + (b * L + j) * S * D + (H + kvh) * D, j <= last, k_weight, j <= last ? j : 0, kf);
+        #pragma unroll
+        for (int kk = 0; kk < DK; ++kk) {
+            const u32 a[4] = {q0[kk][0], q1[kk][0], q0[kk][1], q1[kk][1]};
+            const u32 bb[2] = {kf[kk][0], kf[kk][1]};
+            embedserver_mma<BF16>(s[n], a, bb);
+        }
+    }
+    const float scale = scale_param[0];
+""" + _SHORT_ATTENTION[_SHORT_ATTENTION.index("    float top0") :]
+
+# The longest sequence `short_attention` takes.
+SHORT_ATTENTION_MAX = 64
+# The longest padded length the Qwen3 block sends to it (cuDNN's fused attention above).
 SHORT_ATTENTION_USED = 16
 
 _THREADS = 256
@@ -313,6 +428,14 @@ def _kernels() -> dict[str, Any]:
             input_names=["q", "k", "qkv", "params"],
             output_names=["out"],
             source=_SHORT_ATTENTION,
+            header=_MMA,
+        ),
+        "short_attention_rope": mx.fast.cuda_kernel(
+            name="embedserver_short_attention_rope",
+            input_names=["qkv", "q_weight", "k_weight", "table", "params", "scale_param"],
+            output_names=["out"],
+            source=_SHORT_ATTENTION_ROPE,
+            header=_MMA,
         ),
         "embed_rows": mx.fast.cuda_kernel(
             name="embedserver_embed_rows",
@@ -384,30 +507,97 @@ def attention_views(q: mx.array, k: mx.array, qkv: mx.array) -> tuple[mx.array, 
     return q.transpose(0, 2, 1, 3), k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
 
 
+def short_attention_takes(dtype: mx.Dtype, head_dim: int) -> bool:
+    """Whether `short_attention` runs here for this dtype and head size: bfloat16 or float16 (the tensor cores'
+    inputs; float32 models keep cuDNN's attention), heads a multiple of 16, and a GPU with those products
+    (compute capability 8.0 and later)."""
+    return dtype in (mx.bfloat16, mx.float16) and head_dim % 16 == 0 and _compute_capability() >= 80
+
+
+@cache
+def _compute_capability() -> int:
+    """The CUDA device's compute capability as major * 10 + minor (90 for an H100), 0 where unknown."""
+    info = mx.device_info()
+    digits = "".join(ch for ch in str(info.get("architecture", "")) if ch.isdigit())
+    return int(digits) if digits else 0
+
+
 def short_attention(q: mx.array, k: mx.array, qkv: mx.array, scale: mx.array) -> mx.array:
     """Causal attention for sequences of at most SHORT_ATTENTION_MAX tokens: q [B, L, H, D] and k [B, L, KV, D]
     (`qk_norm_rope_rows`), v the last KV heads of qkv [B, L, (H + 2 KV) * D]; `scale` float32 [1]. Returns the
-    heads' outputs [B, L, H * D], what the output projection reads."""
+    heads' outputs [B, L, H * D], what the output projection reads. bfloat16 or float16 only."""
     batch, length, heads, head_dim = q.shape
     kv_heads = k.shape[2]
-    if length > SHORT_ATTENTION_MAX or heads % kv_heads or head_dim % 32:
+    if (
+        length > SHORT_ATTENTION_MAX
+        or heads % kv_heads
+        or head_dim % 16
+        or q.dtype not in (mx.bfloat16, mx.float16)
+    ):
         raise ValueError(
-            f"short_attention takes up to {SHORT_ATTENTION_MAX} tokens, got q {q.shape}, k {k.shape}"
+            f"short_attention takes up to {SHORT_ATTENTION_MAX} tokens of bfloat16 or float16, got q {q.shape} "
+            f"{q.dtype}, k {k.shape}"
         )
+    tiles = -(-length // 16)
     (out,) = _kernels()["short_attention"](
         inputs=[q, k, qkv, scale],
         template=[
             ("T", q.dtype),
+            ("BF16", q.dtype == mx.bfloat16),
             ("H", heads),
             ("KV", kv_heads),
             ("D", head_dim),
             ("L", length),
-            ("THREADS", _THREADS),
         ],
-        grid=(batch * kv_heads * _THREADS, 1, 1),
-        threadgroup=(_THREADS, 1, 1),
+        grid=(batch * heads * tiles * 32, 1, 1),
+        threadgroup=(128, 1, 1),
         output_shapes=[(batch, length, heads * head_dim)],
         output_dtypes=[q.dtype],
+    )
+    return out
+
+
+def short_attention_rope(
+    qkv: mx.array,
+    q_weight: mx.array,
+    k_weight: mx.array,
+    table: mx.array,
+    params: mx.array,
+    scale: mx.array,
+    *,
+    heads: int,
+    kv_heads: int,
+    head_dim: int,
+) -> mx.array:
+    """`qk_norm_rope_rows` and `short_attention` in one kernel: qkv [B, L, (heads + 2 kv_heads) * head_dim] ->
+    the heads' outputs [B, L, heads * head_dim]. `table` and `params` as for `qk_norm_rope_rows`, `scale` as
+    for `short_attention`."""
+    batch, length, _ = qkv.shape
+    if (
+        length > SHORT_ATTENTION_MAX
+        or heads % kv_heads
+        or head_dim % 32
+        or not short_attention_takes(qkv.dtype, 16)
+    ):
+        raise ValueError(
+            f"short_attention takes up to {SHORT_ATTENTION_MAX} tokens of bfloat16 or float16, got qkv "
+            f"{qkv.shape} {qkv.dtype}"
+        )
+    tiles = -(-length // 16)
+    (out,) = _kernels()["short_attention_rope"](
+        inputs=[qkv, q_weight, k_weight, table, params, scale],
+        template=[
+            ("T", qkv.dtype),
+            ("BF16", qkv.dtype == mx.bfloat16),
+            ("H", heads),
+            ("KV", kv_heads),
+            ("D", head_dim),
+            ("L", length),
+        ],
+        grid=(batch * heads * tiles * 32, 1, 1),
+        threadgroup=(128, 1, 1),
+        output_shapes=[(batch, length, heads * head_dim)],
+        output_dtypes=[qkv.dtype],
     )
     return out
 
