@@ -26,7 +26,6 @@ from embedserver.runtime.architectures.cuda_kernels import (
     rope_params,
     rope_table,
     short_attention,
-    short_attention_rope,
     short_attention_takes,
     swiglu,
 )
@@ -159,6 +158,40 @@ def test_qk_norm_rope_matches_mlx_operations(dtype: mx.Dtype, heads: int, kv_hea
     assert mx.array_equal(v, v_ref).item()
 
 
+def attention_in_float64(
+    qkv: np.ndarray,
+    q_weight: np.ndarray,
+    k_weight: np.ndarray,
+    heads: int,
+    kv_heads: int,
+    eps: float,
+    base: float,
+) -> np.ndarray:
+    """Qwen3's attention from the fused projection qkv [B, L, (heads + 2 kv_heads) * D]: q and k RMS-normalized
+    with their weights and rotated by RoPE, causal softmax attention; float64 throughout. [B, L, heads * D]."""
+    batch, length, width = qkv.shape
+    head_dim = width // (heads + 2 * kv_heads)
+    x = qkv.astype(np.float64).reshape(batch, length, -1, head_dim)
+    half = head_dim // 2
+    angles = np.arange(length)[:, None] * base ** (-np.arange(half) / half)[None, :]
+    cos, sin = np.cos(angles)[None, :, None, :], np.sin(angles)[None, :, None, :]
+
+    def norm_rope(t: np.ndarray, weight: np.ndarray) -> np.ndarray:
+        t = t / np.sqrt((t * t).mean(-1, keepdims=True) + eps) * weight.astype(np.float64)
+        lo, hi = t[..., :half], t[..., half:]
+        return np.concatenate([lo * cos - hi * sin, hi * cos + lo * sin], axis=-1)
+
+    group = heads // kv_heads
+    q = norm_rope(x[:, :, :heads], q_weight)
+    k = np.repeat(norm_rope(x[:, :, heads : heads + kv_heads], k_weight), group, axis=2)
+    v = np.repeat(x[:, :, heads + kv_heads :], group, axis=2)
+    scores = np.einsum("bihd,bjhd->bhij", q, k) * head_dim**-0.5
+    scores[:, :, np.triu_indices(length, 1)[0], np.triu_indices(length, 1)[1]] = -np.inf
+    weights = np.exp(scores - scores.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    return np.einsum("bhij,bjhd->bihd", weights, v).reshape(batch, length, -1)
+
+
 @cuda_only
 @pytest.mark.parametrize("dtype", [mx.bfloat16, mx.float16])
 # Qwen3's 0.6B heads (16 + 8 of 128), its 4B and 8B grouping (4 query heads a KV head), and 64-wide heads.
@@ -168,70 +201,45 @@ def test_qk_norm_rope_matches_mlx_operations(dtype: mx.Dtype, heads: int, kv_hea
 def test_short_attention_matches_attention_in_float64(
     dtype: mx.Dtype, heads: int, kv_heads: int, head_dim: int, length: int
 ) -> None:
-    batch = 3
+    batch, eps, base = 3, 1e-6, 1e6
     mx.random.seed(3)
     qkv = (mx.random.normal((batch, length, (heads + 2 * kv_heads) * head_dim)) * 2).astype(dtype)
-    params = rope_params(1e-6, 1e6)
-    weight = mx.ones((head_dim,), dtype=dtype)
-    q, k = qk_norm_rope_rows(
+    q_weight, k_weight = ((1 + 0.2 * mx.random.normal((head_dim,))).astype(dtype) for _ in range(2))
+    params = rope_params(eps, base)
+    table = rope_table(length + 7, head_dim, params)  # rows past the sequence, as the model's table has
+    assert short_attention_takes(dtype, head_dim)
+    got = short_attention(
         qkv,
-        weight,
-        weight,
-        rope_table(length, head_dim, params),
+        q_weight,
+        k_weight,
+        table,
         params,
+        mx.array([head_dim**-0.5], dtype=mx.float32),
         heads=heads,
         kv_heads=kv_heads,
         head_dim=head_dim,
     )
-    scale = head_dim**-0.5
-    assert short_attention_takes(dtype, head_dim)
-    got = short_attention(q, k, qkv, mx.array([scale], dtype=mx.float32))
     assert got.shape == (batch, length, heads * head_dim) and got.dtype == dtype
-    qs, ks = (np.array(x.astype(mx.float32)).astype(np.float64) for x in (q, k))
-    vs = np.array(qkv.astype(mx.float32)).astype(np.float64).reshape(batch, length, -1, head_dim)
-    vs = vs[:, :, heads + kv_heads :]
-    group = heads // kv_heads
-    scores = np.einsum("bihd,bjhd->bhij", qs, np.repeat(ks, group, axis=2)) * scale
-    scores[:, :, np.triu_indices(length, 1)[0], np.triu_indices(length, 1)[1]] = -np.inf
-    weights = np.exp(scores - scores.max(-1, keepdims=True))
-    weights /= weights.sum(-1, keepdims=True)
-    want = np.einsum("bhij,bjhd->bihd", weights, np.repeat(vs, group, axis=2)).reshape(batch, length, -1)
-    # The attention weights are rounded to the dtype before they multiply v (as in cuDNN's attention).
+    host = (np.array(x.astype(mx.float32)) for x in (qkv, q_weight, k_weight))
+    want = attention_in_float64(*host, heads, kv_heads, eps, base)
+    # q and k are rounded to the dtype, and the attention weights before they multiply v (as in cuDNN's).
     np.testing.assert_allclose(np.array(got.astype(mx.float32)), want, atol=2e-2, rtol=2e-2)
 
 
-@cuda_only
-@pytest.mark.parametrize("dtype", [mx.bfloat16, mx.float16])
-@pytest.mark.parametrize("heads,kv_heads,head_dim", [(16, 8, 128), (8, 2, 128), (4, 2, 64)])
-@pytest.mark.parametrize("length", [1, 5, 16, 17, 32, 50, SHORT_ATTENTION_MAX])
-def test_short_attention_rope_equals_its_two_kernels(
-    dtype: mx.Dtype, heads: int, kv_heads: int, head_dim: int, length: int
-) -> None:
-    batch = 3
-    mx.random.seed(4)
-    qkv = (mx.random.normal((batch, length, (heads + 2 * kv_heads) * head_dim)) * 2).astype(dtype)
-    q_weight, k_weight = ((1 + 0.2 * mx.random.normal((head_dim,))).astype(dtype) for _ in range(2))
-    params = rope_params(1e-6, 1e6)
-    table = rope_table(length + 7, head_dim, params)  # rows past the sequence, as the model's table has
-    scale = mx.array([head_dim**-0.5], dtype=mx.float32)
-    shape = {"heads": heads, "kv_heads": kv_heads, "head_dim": head_dim}
-    q, k = qk_norm_rope_rows(qkv, q_weight, k_weight, table, params, **shape)
-    want = short_attention(q, k, qkv, scale).astype(mx.float32)
-    got = short_attention_rope(qkv, q_weight, k_weight, table, params, scale, **shape)
-    assert got.shape == (batch, length, heads * head_dim) and got.dtype == dtype
-    # The same roundings in the same order; only the RMSNorm's sum adds its terms in another order, which can
-    # move a q or k element by one unit in the last place.
-    np.testing.assert_allclose(np.array(got.astype(mx.float32)), np.array(want), atol=1e-2, rtol=1e-2)
-
-
 def test_short_attention_refuses_longer_sequences_and_float32() -> None:
+    shape = {"heads": 4, "kv_heads": 2, "head_dim": 64}
+    weight, table, params, scale = (
+        mx.ones((64,)),
+        mx.zeros((100, 64)),
+        rope_params(1e-6, 1e6),
+        mx.array([0.125]),
+    )
     length = SHORT_ATTENTION_MAX + 1
-    q, k = mx.zeros((1, length, 4, 64), dtype=mx.bfloat16), mx.zeros((1, length, 2, 64), dtype=mx.bfloat16)
+    qkv = mx.zeros((1, length, 8 * 64), dtype=mx.bfloat16)
     with pytest.raises(ValueError, match="short_attention takes up to"):
-        short_attention(q, k, mx.zeros((1, length, 8 * 64), dtype=mx.bfloat16), mx.array([0.125]))
-    q, k = mx.zeros((1, 4, 4, 64)), mx.zeros((1, 4, 2, 64))
+        short_attention(qkv, weight, weight, table, params, scale, **shape)
     with pytest.raises(ValueError, match="bfloat16 or float16"):
-        short_attention(q, k, mx.zeros((1, 4, 8 * 64)), mx.array([0.125]))
+        short_attention(mx.zeros((1, 4, 8 * 64)), weight, weight, table, params, scale, **shape)
     assert not short_attention_takes(mx.float32, 64)
 
 

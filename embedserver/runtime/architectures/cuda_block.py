@@ -3,8 +3,10 @@
 Same weights and the same mathematics as mlx-lm's block (see cuda_kernels.py for the numerics), arranged for
 fewer passes over memory: q, k and v come from one matrix product (their weight rows concatenated), gate and
 up from another; `qk_norm_rope` turns the first into attention's inputs and `swiglu` the second into the down
-projection's. One larger product keeps the GPU busier than three small ones. Sequences of up to 16 tokens
-take `short_attention` instead of cuDNN's fused attention (faster there, and no graph set-up on the host).
+projection's. One larger product keeps the GPU busier than three small ones. Sequences of up to 32 tokens
+(bfloat16 or float16) take `short_attention`, which also normalizes and rotates q and k, instead of
+`qk_norm_rope` and cuDNN's fused attention: short passes are bound by the host, which encodes one kernel
+fewer a layer and no cuDNN graph.
 The two residual additions are the output and down projections' own (`addmm`: cuBLAS adds the residual as it
 writes the product, instead of a separate kernel reading both back), so the residual stream is rounded to the
 dtype once per addition, from float32, where mlx-lm rounds the product and then the sum. docs/perf/log.md
@@ -25,7 +27,7 @@ from embedserver.runtime.architectures.cuda_kernels import (
     qk_norm_rope_rows,
     rope_params,
     rope_table,
-    short_attention_rope,
+    short_attention,
     short_attention_takes,
     swiglu,
 )
@@ -86,7 +88,7 @@ class CudaQwen3Block:
         batch, length, hidden = x.shape
         qkv = self.input_norm(x) @ self.w_qkv
         if length <= SHORT_ATTENTION_USED and short_attention_takes(x.dtype, self.head_dim):
-            heads_out = short_attention_rope(
+            heads_out = short_attention(
                 qkv,
                 self.q_norm,
                 self.k_norm,

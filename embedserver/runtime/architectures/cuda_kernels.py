@@ -9,7 +9,8 @@ layout, so the transpose back before the output projection is free too. RoPE's c
 (`rope_table`, made once per model for its whole context and read by every layer of every pass) instead of
 precise float32 `cos`/`sin` for every element of every head of every layer. `swiglu` reads the fused gate|up
 projection and writes silu(gate) * up; `embed_rows` is the embedding lookup; `short_attention` is causal
-attention for sequences of up to 16 tokens (short queries), where cuDNN's kernel and its set-up cost most.
+attention for sequences of up to 32 tokens (queries), RMSNorm and RoPE included, on the tensor cores: there
+cuDNN's kernel and its set-up, and one more kernel a layer, cost most.
 On an H200 at 256 x 128 tokens, the kernel that computed its angles and copied v took 439 µs a layer, about
 3.4 times its memory traffic; with the table, v left in place and its loads in flight together, 135 µs
 (docs/perf/log.md).
@@ -152,18 +153,26 @@ _EMBED_ROWS = """
     reinterpret_cast<Pack*>(out)[i] = reinterpret_cast<const Pack*>(weight)[long(row) * PACKS + pack];
 """
 
-# Causal attention over short sequences (L <= SHORT_ATTENTION_MAX) on the tensor cores: one warp a (sequence,
-# query head, tile of 16 query positions), no shared memory. The warp's scores [16, LP] (LP = L rounded up to
-# 16) are Q [16, D] K^T [D, LP] in m16n8k16 matrix products (bf16 or fp16 in, float32 out) whose fragments the
-# lanes load straight from q and k (two adjacent elements a 32-bit load: q and k are token-major, each head's
-# D elements contiguous); the softmax runs on the score fragments in registers (a row's values sit in four
-# adjacent lanes: two shuffles), and its weights, rounded to T, are the next product's A fragments as they
-# stand (the layouts coincide), times V [LP, D] read from qkv, so the heads' outputs never leave registers
-# before the store. Keys past the tile's last position are neither loaded nor multiplied (causal); rows and
-# keys past L are zeros, masked, never stored. The weights are rounded to T before the second product, as
-# cuDNN's fused attention does; everything else is float32. A first kernel of CUDA-core arithmetic from shared
-# memory took 36-40 µs a layer at 128 x 16 on an H200 alone (its shared-memory reads, every key read once per
-# query row, were the cost); cuDNN's took 50 µs there and 28 µs at 64 x 32. docs/perf/log.md has the figures.
+# Causal attention over short sequences (L <= SHORT_ATTENTION_MAX) on the tensor cores, RMSNorm and RoPE of
+# q and k included: one warp a (sequence, query head, tile of 16 query positions), no shared memory. The
+# lanes load their matrix fragments straight from the q|k|v projection (two adjacent elements a 32-bit load)
+# and normalize and rotate them where they stand: a lane holds, of each row it loads (a query position or a
+# key), columns 16 kk + 2 tg + {0, 1, 8, 9} of every k-step kk, so a row's four lanes together hold the whole
+# head (its RMSNorm sum: two shuffles) and a column's RoPE partner, D / 2 away, sits D / 32 k-steps away in
+# the same lane (rounding as in `qk_norm_rope`, step for step). The scores [16, LP] (LP = L rounded up to 16)
+# are Q [16, D] K^T [D, LP] in m16n8k16 products (bf16 or fp16 in, float32 out); the softmax runs on the score
+# fragments in registers (a row sits in four adjacent lanes: two shuffles), and its weights, rounded to T as
+# cuDNN's fused attention rounds them, are the next product's A fragments as they stand (the layouts
+# coincide), times V [LP, D] read from qkv: the heads' outputs leave registers only to be stored. Keys past
+# the tile's last position are neither loaded nor multiplied (causal); rows and keys past L are zeros, masked,
+# never stored. Every warp that reads a key normalizes and rotates it again (a few hundred operations a key).
+# On an H200 (0.6B shape): the separate `qk_norm_rope` and the same attention without it took 27 µs a layer
+# at 128 x 16 where this takes 41, but each custom kernel costs the host ~20 µs a layer to encode, and a
+# 128 x 16 pass is host-bound: with this kernel it took 6.1-6.2 ms against 7.4 with the previous attention
+# kernel and `qk_norm_rope`, one text of 16 tokens 3.4-3.5 ms against 5.1-5.5, 64 x 32 6.6 against 7.4
+# (cuDNN's). At 64 tokens it lost to cuDNN's (11.2-11.5 against 10.4-10.5 ms at 64 x 64): hence
+# SHORT_ATTENTION_USED. The first attention kernel, CUDA-core arithmetic from shared memory, was bound by
+# its shared-memory reads (every key read once per query row). docs/perf/log.md has the figures.
 _MMA = """
 template <bool BF16>
 __device__ inline void embedserver_mma(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
@@ -183,119 +192,6 @@ __device__ inline void embedserver_mma(float (&d)[4], const unsigned (&a)[4], co
 # columns 2 tg, 2 tg + 1 and those + 8; B's hold rows 2 tg, 2 tg + 1 (and + 8) of column gr; the float32
 # result holds rows gr and gr + 8 at columns 2 tg, 2 tg + 1. The low half of a register is the lower index.
 _SHORT_ATTENTION = """
-    constexpr int G = H / KV;
-    constexpr int S = H + 2 * KV;
-    constexpr int LP = (L + 15) / 16 * 16;
-    constexpr int MT = LP / 16;
-    constexpr int NT = LP / 8;
-    using u32 = unsigned int;
-    const int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
-    if (warp >= q_shape[0] * H * MT) return;
-    const int lane = threadIdx.x & 31;
-    const int gr = lane >> 2;
-    const int tg = lane & 3;
-    const int mt = warp % MT;
-    const int h = (warp / MT) % H;
-    const long b = warp / (MT * H);
-    const int kvh = h / G;
-    const int p0 = mt * 16 + gr;
-    const int p1 = p0 + 8;
-    const int last = min(mt * 16 + 15, L - 1);
-    const float scale = params[0];
-    auto two = [](const T* at) { return *reinterpret_cast<const u32*>(at); };
-    auto bits = [](float x) {
-        const T y = static_cast<T>(x);
-        return u32(*reinterpret_cast<const unsigned short*>(&y));
-    };
-    auto bits_at = [](const T* at) { return u32(*reinterpret_cast<const unsigned short*>(at)); };
-    const T* q0 = q + ((b * L + p0) * H + h) * D + 2 * tg;
-    const T* q1 = q + ((b * L + p1) * H + h) * D + 2 * tg;
-    float s[NT][4];
-    #pragma unroll
-    for (int n = 0; n < NT; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
-    #pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-        const u32 a[4] = {p0 < L ? two(q0 + 16 * kk) : 0u, p1 < L ? two(q1 + 16 * kk) : 0u,
-                          p0 < L ? two(q0 + 16 * kk + 8) : 0u, p1 < L ? two(q1 + 16 * kk + 8) : 0u};
-        #pragma unroll
-        for (int n = 0; n < NT; ++n) {
-            if (n * 8 > last) continue;
-            const int j = n * 8 + gr;
-            const T* kr = k + ((b * L + j) * KV + kvh) * D + 16 * kk + 2 * tg;
-            const u32 bb[2] = {j <= last ? two(kr) : 0u, j <= last ? two(kr + 8) : 0u};
-            embedserver_mma<BF16>(s[n], a, bb);
-        }
-    }
-    float top0 = -3.0e38f, top1 = -3.0e38f;
-    #pragma unroll
-    for (int n = 0; n < NT; ++n) {
-        #pragma unroll
-        for (int e = 0; e < 2; ++e) {
-            const int j = n * 8 + 2 * tg + e;
-            s[n][e] = j <= p0 && j < L ? s[n][e] * scale : -3.0e38f;
-            s[n][2 + e] = j <= p1 && j < L ? s[n][2 + e] * scale : -3.0e38f;
-            top0 = fmaxf(top0, s[n][e]);
-            top1 = fmaxf(top1, s[n][2 + e]);
-        }
-    }
-    #pragma unroll
-    for (int o = 1; o < 4; o <<= 1) {
-        top0 = fmaxf(top0, __shfl_xor_sync(0xffffffff, top0, o));
-        top1 = fmaxf(top1, __shfl_xor_sync(0xffffffff, top1, o));
-    }
-    // Key 0 is every row's (causal, and L >= 1), so each row's maximum is a real score.
-    float sum0 = 0.0f, sum1 = 0.0f;
-    #pragma unroll
-    for (int n = 0; n < NT; ++n) {
-        #pragma unroll
-        for (int e = 0; e < 2; ++e) {
-            const int j = n * 8 + 2 * tg + e;
-            s[n][e] = j <= p0 && j < L ? expf(s[n][e] - top0) : 0.0f;
-            s[n][2 + e] = j <= p1 && j < L ? expf(s[n][2 + e] - top1) : 0.0f;
-            sum0 += s[n][e];
-            sum1 += s[n][2 + e];
-        }
-    }
-    #pragma unroll
-    for (int o = 1; o < 4; o <<= 1) {
-        sum0 += __shfl_xor_sync(0xffffffff, sum0, o);
-        sum1 += __shfl_xor_sync(0xffffffff, sum1, o);
-    }
-    float acc[D / 8][4];
-    #pragma unroll
-    for (int n = 0; n < D / 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
-    #pragma unroll
-    for (int ks = 0; ks < MT; ++ks) {
-        if (ks * 16 > last) continue;
-        const u32 a[4] = {bits(s[2 * ks][0]) | bits(s[2 * ks][1]) << 16, bits(s[2 * ks][2]) | bits(s[2 * ks][3]) << 16,
-                          bits(s[2 * ks + 1][0]) | bits(s[2 * ks + 1][1]) << 16,
-                          bits(s[2 * ks + 1][2]) | bits(s[2 * ks + 1][3]) << 16};
-        const int j = ks * 16 + 2 * tg;
-        const T* v0 = qkv + ((b * L + j) * S + H + KV + kvh) * D + gr;
-        #pragma unroll
-        for (int n = 0; n < D / 8; ++n) {
-            const T* v = v0 + 8 * n;
-            const u32 bb[2] = {(j <= last ? bits_at(v) : 0u) | (j + 1 <= last ? bits_at(v + S * D) : 0u) << 16,
-                               (j + 8 <= last ? bits_at(v + 8 * S * D) : 0u) | (j + 9 <= last ? bits_at(v + 9 * S * D) : 0u) << 16};
-            embedserver_mma<BF16>(acc[n], a, bb);
-        }
-    }
-    const float inv0 = 1.0f / sum0, inv1 = 1.0f / sum1;
-    #pragma unroll
-    for (int n = 0; n < D / 8; ++n) {
-        const int d = 8 * n + 2 * tg;
-        if (p0 < L) *reinterpret_cast<u32*>(out + ((b * L + p0) * H + h) * D + d) = bits(acc[n][0] * inv0) | bits(acc[n][1] * inv0) << 16;
-        if (p1 < L) *reinterpret_cast<u32*>(out + ((b * L + p1) * H + h) * D + d) = bits(acc[n][2] * inv1) | bits(acc[n][3] * inv1) << 16;
-    }
-"""
-
-# `short_attention` with `qk_norm_rope` done inside it, on the fragments as loaded: for short sequences the
-# separate kernel (and its launch, and q and k's round trip through memory) is most of the cost. A lane holds,
-# of each row it loads (a query position or a key), columns 16 kk + 2 tg + {0, 1, 8, 9} for every k-step kk:
-# the row's four lanes together hold the whole head (its RMSNorm sum: two shuffles), and a column's RoPE
-# partner, D / 2 away, is D / 32 k-steps away in the same lane. Rounding as in `qk_norm_rope`, step for step.
-# Keys are normalized and rotated by every warp that reads them (a few hundred operations a key).
-_SHORT_ATTENTION_ROPE = """
     constexpr int G = H / KV;
     constexpr int S = H + 2 * KV;
     constexpr int LP = (L + 15) / 16 * 16;
@@ -395,12 +291,73 @@ _SHORT_ATTENTION_ROPE = """
         }
     }
     const float scale = scale_param[0];
-""" + _SHORT_ATTENTION[_SHORT_ATTENTION.index("    float top0") :]
+    float top0 = -3.0e38f, top1 = -3.0e38f;
+    #pragma unroll
+    for (int n = 0; n < NT; ++n) {
+        #pragma unroll
+        for (int e = 0; e < 2; ++e) {
+            const int j = n * 8 + 2 * tg + e;
+            s[n][e] = j <= p0 && j < L ? s[n][e] * scale : -3.0e38f;
+            s[n][2 + e] = j <= p1 && j < L ? s[n][2 + e] * scale : -3.0e38f;
+            top0 = fmaxf(top0, s[n][e]);
+            top1 = fmaxf(top1, s[n][2 + e]);
+        }
+    }
+    #pragma unroll
+    for (int o = 1; o < 4; o <<= 1) {
+        top0 = fmaxf(top0, __shfl_xor_sync(0xffffffff, top0, o));
+        top1 = fmaxf(top1, __shfl_xor_sync(0xffffffff, top1, o));
+    }
+    // Key 0 is every row's (causal, and L >= 1), so each row's maximum is a real score.
+    float sum0 = 0.0f, sum1 = 0.0f;
+    #pragma unroll
+    for (int n = 0; n < NT; ++n) {
+        #pragma unroll
+        for (int e = 0; e < 2; ++e) {
+            const int j = n * 8 + 2 * tg + e;
+            s[n][e] = j <= p0 && j < L ? expf(s[n][e] - top0) : 0.0f;
+            s[n][2 + e] = j <= p1 && j < L ? expf(s[n][2 + e] - top1) : 0.0f;
+            sum0 += s[n][e];
+            sum1 += s[n][2 + e];
+        }
+    }
+    #pragma unroll
+    for (int o = 1; o < 4; o <<= 1) {
+        sum0 += __shfl_xor_sync(0xffffffff, sum0, o);
+        sum1 += __shfl_xor_sync(0xffffffff, sum1, o);
+    }
+    float acc[D / 8][4];
+    #pragma unroll
+    for (int n = 0; n < D / 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+    #pragma unroll
+    for (int ks = 0; ks < MT; ++ks) {
+        if (ks * 16 > last) continue;
+        const u32 a[4] = {bits(s[2 * ks][0]) | bits(s[2 * ks][1]) << 16, bits(s[2 * ks][2]) | bits(s[2 * ks][3]) << 16,
+                          bits(s[2 * ks + 1][0]) | bits(s[2 * ks + 1][1]) << 16,
+                          bits(s[2 * ks + 1][2]) | bits(s[2 * ks + 1][3]) << 16};
+        const int j = ks * 16 + 2 * tg;
+        const T* v0 = qkv + ((b * L + j) * S + H + KV + kvh) * D + gr;
+        #pragma unroll
+        for (int n = 0; n < D / 8; ++n) {
+            const T* v = v0 + 8 * n;
+            const u32 bb[2] = {(j <= last ? bits_at(v) : 0u) | (j + 1 <= last ? bits_at(v + S * D) : 0u) << 16,
+                               (j + 8 <= last ? bits_at(v + 8 * S * D) : 0u) | (j + 9 <= last ? bits_at(v + 9 * S * D) : 0u) << 16};
+            embedserver_mma<BF16>(acc[n], a, bb);
+        }
+    }
+    const float inv0 = 1.0f / sum0, inv1 = 1.0f / sum1;
+    #pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+        const int d = 8 * n + 2 * tg;
+        if (p0 < L) *reinterpret_cast<u32*>(out + ((b * L + p0) * H + h) * D + d) = bits(acc[n][0] * inv0) | bits(acc[n][1] * inv0) << 16;
+        if (p1 < L) *reinterpret_cast<u32*>(out + ((b * L + p1) * H + h) * D + d) = bits(acc[n][2] * inv1) | bits(acc[n][3] * inv1) << 16;
+    }
+"""
 
 # The longest sequence `short_attention` takes.
 SHORT_ATTENTION_MAX = 64
-# The longest padded length the Qwen3 block sends to it (cuDNN's fused attention above).
-SHORT_ATTENTION_USED = 16
+# The longest padded length the Qwen3 block sends to it (cuDNN's fused attention above; see the kernel).
+SHORT_ATTENTION_USED = 32
 
 _THREADS = 256
 
@@ -425,16 +382,9 @@ def _kernels() -> dict[str, Any]:
         ),
         "short_attention": mx.fast.cuda_kernel(
             name="embedserver_short_attention",
-            input_names=["q", "k", "qkv", "params"],
-            output_names=["out"],
-            source=_SHORT_ATTENTION,
-            header=_MMA,
-        ),
-        "short_attention_rope": mx.fast.cuda_kernel(
-            name="embedserver_short_attention_rope",
             input_names=["qkv", "q_weight", "k_weight", "table", "params", "scale_param"],
             output_names=["out"],
-            source=_SHORT_ATTENTION_ROPE,
+            source=_SHORT_ATTENTION,
             header=_MMA,
         ),
         "embed_rows": mx.fast.cuda_kernel(
@@ -509,55 +459,19 @@ def attention_views(q: mx.array, k: mx.array, qkv: mx.array) -> tuple[mx.array, 
 
 def short_attention_takes(dtype: mx.Dtype, head_dim: int) -> bool:
     """Whether `short_attention` runs here for this dtype and head size: bfloat16 or float16 (the tensor cores'
-    inputs; float32 models keep cuDNN's attention), heads a multiple of 16, and a GPU with those products
+    inputs; float32 models keep cuDNN's attention), heads a multiple of 32, and a GPU with those products
     (compute capability 8.0 and later)."""
-    return dtype in (mx.bfloat16, mx.float16) and head_dim % 16 == 0 and _compute_capability() >= 80
+    return dtype in (mx.bfloat16, mx.float16) and head_dim % 32 == 0 and _compute_capability() >= 80
 
 
 @cache
 def _compute_capability() -> int:
-    """The CUDA device's compute capability as major * 10 + minor (90 for an H100), 0 where unknown."""
+    """The CUDA device's compute capability as major * 10 + minor (90 for an H100), 0 where there is none."""
     info = mx.device_info()
-    digits = "".join(ch for ch in str(info.get("architecture", "")) if ch.isdigit())
-    return int(digits) if digits else 0
+    return int(info.get("compute_capability_major", 0)) * 10 + int(info.get("compute_capability_minor", 0))
 
 
-def short_attention(q: mx.array, k: mx.array, qkv: mx.array, scale: mx.array) -> mx.array:
-    """Causal attention for sequences of at most SHORT_ATTENTION_MAX tokens: q [B, L, H, D] and k [B, L, KV, D]
-    (`qk_norm_rope_rows`), v the last KV heads of qkv [B, L, (H + 2 KV) * D]; `scale` float32 [1]. Returns the
-    heads' outputs [B, L, H * D], what the output projection reads. bfloat16 or float16 only."""
-    batch, length, heads, head_dim = q.shape
-    kv_heads = k.shape[2]
-    if (
-        length > SHORT_ATTENTION_MAX
-        or heads % kv_heads
-        or head_dim % 16
-        or q.dtype not in (mx.bfloat16, mx.float16)
-    ):
-        raise ValueError(
-            f"short_attention takes up to {SHORT_ATTENTION_MAX} tokens of bfloat16 or float16, got q {q.shape} "
-            f"{q.dtype}, k {k.shape}"
-        )
-    tiles = -(-length // 16)
-    (out,) = _kernels()["short_attention"](
-        inputs=[q, k, qkv, scale],
-        template=[
-            ("T", q.dtype),
-            ("BF16", q.dtype == mx.bfloat16),
-            ("H", heads),
-            ("KV", kv_heads),
-            ("D", head_dim),
-            ("L", length),
-        ],
-        grid=(batch * heads * tiles * 32, 1, 1),
-        threadgroup=(128, 1, 1),
-        output_shapes=[(batch, length, heads * head_dim)],
-        output_dtypes=[q.dtype],
-    )
-    return out
-
-
-def short_attention_rope(
+def short_attention(
     qkv: mx.array,
     q_weight: mx.array,
     k_weight: mx.array,
@@ -569,22 +483,23 @@ def short_attention_rope(
     kv_heads: int,
     head_dim: int,
 ) -> mx.array:
-    """`qk_norm_rope_rows` and `short_attention` in one kernel: qkv [B, L, (heads + 2 kv_heads) * head_dim] ->
-    the heads' outputs [B, L, heads * head_dim]. `table` and `params` as for `qk_norm_rope_rows`, `scale` as
-    for `short_attention`."""
+    """Causal attention for sequences of at most SHORT_ATTENTION_MAX tokens, bfloat16 or float16, with q and k
+    RMS-normalized and rotated as `qk_norm_rope_rows` does: qkv [B, L, (heads + 2 kv_heads) * head_dim] (the
+    fused projection), `table` and `params` as for `qk_norm_rope_rows`, `scale` float32 [1]. Returns the
+    heads' outputs [B, L, heads * head_dim], what the output projection reads."""
     batch, length, _ = qkv.shape
     if (
         length > SHORT_ATTENTION_MAX
         or heads % kv_heads
         or head_dim % 32
-        or not short_attention_takes(qkv.dtype, 16)
+        or qkv.dtype not in (mx.bfloat16, mx.float16)
     ):
         raise ValueError(
-            f"short_attention takes up to {SHORT_ATTENTION_MAX} tokens of bfloat16 or float16, got qkv "
-            f"{qkv.shape} {qkv.dtype}"
+            f"short_attention takes up to {SHORT_ATTENTION_MAX} tokens of bfloat16 or float16, heads a multiple "
+            f"of 32 wide, got qkv {qkv.shape} {qkv.dtype} with {heads} + {kv_heads} heads of {head_dim}"
         )
     tiles = -(-length // 16)
-    (out,) = _kernels()["short_attention_rope"](
+    (out,) = _kernels()["short_attention"](
         inputs=[qkv, q_weight, k_weight, table, params, scale],
         template=[
             ("T", qkv.dtype),
