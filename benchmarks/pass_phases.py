@@ -6,8 +6,8 @@ another on the MLX thread, timed apart.
 prep: padding the token ids and making the input arrays; build: the Python calls that build the pass's graph
 (one per operation, each taking the interpreter lock); eval: `mx.eval`, which queues every kernel and waits for
 the device (the lock released); read: the vectors to numpy. Then the same with the pass compiled (`COMPILE`).
-Medians of 20 passes after 5. On a GPU, a short pass's eval is mostly the host queueing ~260 kernels (about
-3 ms for one text of 16 tokens on an H200), not the device computing. Ids are int32 arrays, as the engine gets
+Medians of 20 passes after 5. On a GPU, a short pass's eval is mostly the host queueing ~230 kernels (about
+2.8 ms for one text of 16 tokens on an H200), not the device computing. Ids are int32 arrays, as the engine gets
 them from its front-ends. Defaults: 1x16 64x16 256x16 64x128 256x128.
 """
 
