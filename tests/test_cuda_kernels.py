@@ -16,6 +16,7 @@ import pytest
 from mlx.utils import tree_flatten
 from mlx_lm.models.activations import swiglu as mlx_lm_swiglu
 
+from embedserver.runtime.architectures import cuda_kernels
 from embedserver.runtime.architectures.cuda_block import fusable
 from embedserver.runtime.architectures.cuda_kernels import (
     SHORT_ATTENTION_MAX,
@@ -246,6 +247,29 @@ def test_short_attention_refuses_longer_sequences_and_float32() -> None:
     with pytest.raises(ValueError, match="bfloat16 or float16"):
         short_attention(mx.zeros((1, 4, 8 * 64)), weight, weight, table, params, scale, **shape)
     assert not short_attention_takes(mx.float32, 64)
+
+
+@pytest.mark.parametrize(
+    "info,takes",
+    [
+        ({"compute_capability_major": 9, "compute_capability_minor": 0, "architecture": "sm_90"}, True),
+        ({"compute_capability_major": 8, "compute_capability_minor": 0, "architecture": "sm_80"}, True),
+        ({"compute_capability_major": 7, "compute_capability_minor": 5, "architecture": "sm_75"}, False),
+        ({"architecture": "x86_64", "device_name": "a CPU"}, False),  # no CUDA device: MLX's CPU answer
+    ],
+)
+def test_short_attention_needs_tensor_cores_of_compute_capability_8(
+    monkeypatch: pytest.MonkeyPatch, info: dict[str, Any], takes: bool
+) -> None:
+    monkeypatch.setattr(mx, "device_info", lambda: info)
+    cuda_kernels._compute_capability.cache_clear()
+    try:
+        assert short_attention_takes(mx.bfloat16, 128) is takes
+        assert short_attention_takes(mx.float16, 64) is takes
+        assert not short_attention_takes(mx.float32, 128)
+        assert not short_attention_takes(mx.bfloat16, 80)  # heads not a multiple of 32
+    finally:
+        cuda_kernels._compute_capability.cache_clear()
 
 
 @cuda_only
