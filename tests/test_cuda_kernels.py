@@ -20,10 +20,9 @@ from embedserver.runtime.architectures import cuda_kernels
 from embedserver.runtime.architectures.cuda_block import fusable
 from embedserver.runtime.architectures.cuda_kernels import (
     SHORT_ATTENTION_MAX,
-    attention_views,
     embed_rows,
     embed_rows_fits,
-    qk_norm_rope_rows,
+    qk_norm_rope,
     rope_params,
     rope_table,
     short_attention,
@@ -135,10 +134,9 @@ def test_qk_norm_rope_matches_mlx_operations(dtype: mx.Dtype, heads: int, kv_hea
     k_weight = (1 + 0.2 * mx.random.normal((head_dim,))).astype(dtype)
     params = rope_params(1e-6, 1e6)
     table = rope_table(length, head_dim, params)
-    q, k = qk_norm_rope_rows(
+    q, k, v = qk_norm_rope(
         qkv, q_weight, k_weight, table, params, heads=heads, kv_heads=kv_heads, head_dim=head_dim
     )
-    q, k, v = attention_views(q, k, qkv)
 
     rope = nn.RoPE(head_dim, traditional=False, base=1e6)
 

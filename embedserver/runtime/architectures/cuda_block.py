@@ -23,8 +23,7 @@ import mlx.nn as nn
 
 from embedserver.runtime.architectures.cuda_kernels import (
     SHORT_ATTENTION_USED,
-    attention_views,
-    qk_norm_rope_rows,
+    qk_norm_rope,
     rope_params,
     rope_table,
     short_attention,
@@ -100,7 +99,7 @@ class CudaQwen3Block:
                 head_dim=self.head_dim,
             ).reshape(batch * length, -1)
         else:
-            q, k = qk_norm_rope_rows(
+            q, k, v = qk_norm_rope(
                 qkv,
                 self.q_norm,
                 self.k_norm,
@@ -110,9 +109,7 @@ class CudaQwen3Block:
                 kv_heads=self.kv_heads,
                 head_dim=self.head_dim,
             )
-            attended = mx.fast.scaled_dot_product_attention(
-                *attention_views(q, k, qkv), scale=self.scale, mask="causal"
-            )
+            attended = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask="causal")
             # In memory `attended` is [B, L, heads, D] (attention writes in its query's layout): this is a view.
             heads_out = attended.transpose(0, 2, 1, 3).reshape(batch * length, -1)
         h = mx.addmm(x.reshape(batch * length, hidden), heads_out, self.w_o)

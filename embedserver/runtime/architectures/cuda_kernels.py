@@ -415,7 +415,7 @@ def rope_table(length: int, head_dim: int, params: mx.array) -> mx.array:
     return table
 
 
-def qk_norm_rope_rows(
+def qk_norm_rope(
     qkv: mx.array,
     q_weight: mx.array,
     k_weight: mx.array,
@@ -425,10 +425,10 @@ def qk_norm_rope_rows(
     heads: int,
     kv_heads: int,
     head_dim: int,
-) -> tuple[mx.array, mx.array]:
-    """qkv [B, L, (heads + 2 kv_heads) * head_dim] -> q [B, L, heads, D] and k [B, L, kv_heads, D], each head
-    RMS-normalized (with its weights) and rotated by RoPE at positions 0..L-1 (`table`: `rope_table(L, ...)`),
-    in the projection's own token-major order."""
+) -> tuple[mx.array, mx.array, mx.array]:
+    """qkv [B, L, (heads + 2 kv_heads) * head_dim] -> q [B, heads, L, D], k and v [B, kv_heads, L, D]; q and k
+    RMS-normalized per head (with their weights) and rotated by RoPE at positions 0..L-1 (`table`:
+    `rope_table(L, ...)`). All three are transposed views of [B, L, heads, D] memory; v is qkv's own."""
     if head_dim not in (64, 128):
         raise ValueError(f"qk_norm_rope takes heads of 64 or 128 elements, got {head_dim}")
     batch, length, _ = qkv.shape
@@ -444,24 +444,19 @@ def qk_norm_rope_rows(
         output_shapes=[(batch, length, heads, head_dim), (batch, length, kv_heads, head_dim)],
         output_dtypes=[qkv.dtype] * 2,
     )
-    return q, k
-
-
-def attention_views(q: mx.array, k: mx.array, qkv: mx.array) -> tuple[mx.array, mx.array, mx.array]:
-    """q [B, L, H, D] and k [B, L, KV, D] (`qk_norm_rope_rows`), with v (the last KV heads of qkv
-    [B, L, (H + 2 KV) * D]), in attention's layout: q [B, H, L, D], k and v [B, KV, L, D], transposed views
-    of that memory (nothing is copied; v is qkv's own)."""
-    batch, length, heads, head_dim = q.shape
-    kv_heads = k.shape[2]
     v = qkv.reshape(batch, length, heads + 2 * kv_heads, head_dim)[:, :, heads + kv_heads :]
     return q.transpose(0, 2, 1, 3), k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+
+
+# The tensor cores' input types the kernel is written for (its products take bf16 or fp16).
+_SHORT_ATTENTION_DTYPES = (mx.bfloat16, mx.float16)
 
 
 def short_attention_takes(dtype: mx.Dtype, head_dim: int) -> bool:
     """Whether `short_attention` runs here for this dtype and head size: bfloat16 or float16 (the tensor cores'
     inputs; float32 models keep cuDNN's attention), heads a multiple of 32, and a GPU with those products
     (compute capability 8.0 and later)."""
-    return dtype in (mx.bfloat16, mx.float16) and head_dim % 32 == 0 and _compute_capability() >= 80
+    return dtype in _SHORT_ATTENTION_DTYPES and head_dim % 32 == 0 and _compute_capability() >= 80
 
 
 @cache
@@ -484,15 +479,15 @@ def short_attention(
     head_dim: int,
 ) -> mx.array:
     """Causal attention for sequences of at most SHORT_ATTENTION_MAX tokens, bfloat16 or float16, with q and k
-    RMS-normalized and rotated as `qk_norm_rope_rows` does: qkv [B, L, (heads + 2 kv_heads) * head_dim] (the
-    fused projection), `table` and `params` as for `qk_norm_rope_rows`, `scale` float32 [1]. Returns the
+    RMS-normalized and rotated as `qk_norm_rope` does: qkv [B, L, (heads + 2 kv_heads) * head_dim] (the
+    fused projection), `table` and `params` as for `qk_norm_rope`, `scale` float32 [1]. Returns the
     heads' outputs [B, L, heads * head_dim], what the output projection reads."""
     batch, length, _ = qkv.shape
     if (
         length > SHORT_ATTENTION_MAX
         or heads % kv_heads
         or head_dim % 32
-        or qkv.dtype not in (mx.bfloat16, mx.float16)
+        or qkv.dtype not in _SHORT_ATTENTION_DTYPES
     ):
         raise ValueError(
             f"short_attention takes up to {SHORT_ATTENTION_MAX} tokens of bfloat16 or float16, heads a multiple "
