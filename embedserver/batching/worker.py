@@ -31,15 +31,23 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
+from embedserver.batching.launched import LaunchedPass, LaunchFn
 from embedserver.errors import InferenceError, ModelUnavailable, Overloaded, TooManyTokens
 from embedserver.metrics import Metrics, observe_many
 from embedserver.runtime.padding import bucket_length, padded_shape, rows_to_run
 from embedserver.tokenization.token_ids import TokenIds
+from embedserver.tuning.threads import named_executor
 
 log = logging.getLogger(__name__)
+
+# Overlapped passes (GPUs): at most this many launched and not yet answered. Two let the device compute one
+# while the host queues the next; a third would only wait longer for the device, holding its batch's texts
+# back from joining a later, fuller one.
+_OVERLAPPED = 2
 
 # The next batch is cut this share of a typical forward pass before the running one should end: enough for
 # the event loop to plan it and hand it over while the MLX thread is still busy.
@@ -137,8 +145,13 @@ class BatchWorker:
         metrics: Metrics,
         executor: Executor,
         bucketed_rows: bool = False,
+        launch: LaunchFn | None = None,
     ) -> None:
         self.model = model
+        # GPUs: passes are overlapped (_run_overlapped), `launch` queueing one without waiting for it, and
+        # a thread of the worker's own waiting for each.
+        self._launch = launch
+        self._collector = named_executor("collect", 1) if launch is not None else None
         # The runner pads batch sizes to buckets (GPUs): while busy, cut batches to bucket sizes (rows_to_run).
         self._bucketed_rows = bucketed_rows
         self._embed = embed
@@ -159,6 +172,10 @@ class BatchWorker:
         self._last_done = 0.0
         self._backlogged = False
         self._planned: list[list[WorkItem]] = []  # cut but not yet handed to the MLX thread
+        self._launched: list[
+            LaunchedPass
+        ] = []  # overlapped passes handed to the MLX thread, not yet answered
+        self._device_end = 0.0  # when the MLX thread last collected an overlapped pass
         self._in_executor = 0  # batches handed to the MLX thread and not yet back
         self._forward_started = 0.0  # when the MLX thread began its current (or last) forward pass
         self._forward_shape = (0, 0)  # that pass's padded (rows, length)
@@ -241,7 +258,7 @@ class BatchWorker:
 
     @property
     def busy(self) -> bool:
-        return bool(self._queued) or bool(self._running) or any(self._planned)
+        return bool(self._queued) or bool(self._running) or any(self._planned) or bool(self._launched)
 
     @property
     def alive(self) -> bool:
@@ -249,7 +266,8 @@ class BatchWorker:
 
     # --- lifecycle ----------------------------------------------------------------------------------------
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=f"batcher-{self.model}")
+        run = self._run() if self._launch is None else self._run_overlapped()
+        self._task = asyncio.create_task(run, name=f"batcher-{self.model}")
         # Read when /metrics is scraped: texts queued, and texts cut into batches not yet handed to the MLX thread.
         self._series.queue_depth.set_function(self.waiting)
 
@@ -259,6 +277,8 @@ class BatchWorker:
             await asyncio.gather(self._task, return_exceptions=True)
         await asyncio.gather(*self._running, return_exceptions=True)
         self._fail_queued(ModelUnavailable(f"model {self.model} was unloaded"))
+        if self._collector is not None:
+            self._collector.shutdown(wait=False)  # a pass it still waits for ends with the device's work
 
     # --- worker side --------------------------------------------------------------------------------------
     async def _run(self) -> None:
@@ -272,37 +292,113 @@ class BatchWorker:
                 if self._running:
                     # The MLX thread is busy anyway: waiting for the batch to fill costs no latency.
                     await self._fill()
-                # Items taken off the queue stay reachable until dispatched, so a crash or stop() fails them
-                # instead of leaving their callers waiting forever.
-                window = self._take_window()
-                if self._bucketed_rows and self._running and len(window) <= self._limits.max_size:
-                    window = self._keep_for_next(window, rows_to_run(len(window)))
-                self._planned = [window]
-                batches = plan_batches(
-                    window, max_size=self._limits.max_size, max_tokens=self._limits.max_tokens
-                )
-                self._planned = []
-                if not batches:  # everything taken had been left or had expired
+                first = self._cut(busy=bool(self._running))
+                if not first:  # everything taken had been left or had expired
                     self._handoffs.release()
                     continue
-                # One batch per hand-off: the one holding the longest-waiting text (so no text waits forever
-                # behind shorter ones); the rest go back to their requests and are planned again with whatever
-                # arrives meanwhile, so a request arriving now joins the next batch, not the one after a
-                # large request's last.
-                first = min(batches, key=lambda batch: min(item.request.enqueued for item in batch))
-                self._return([item for batch in batches if batch is not first for item in batch])
                 task = asyncio.create_task(self._run_batch(first))
                 self._running.add(task)
                 task.add_done_callback(self._running.discard)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug in the worker itself: fail what waits rather than hang it
-            log.exception("batch worker for %s died", self.model)
-            self.failure = f"worker died: {exc!r}"
-            self._fail_queued(ModelUnavailable(f"model {self.model} worker failed; retry"))
-            if self.on_death is not None:
-                self.on_death()
+            self._died(exc)
             raise
+
+    def _died(self, exc: Exception) -> None:
+        log.exception("batch worker for %s died", self.model)
+        self.failure = f"worker died: {exc!r}"
+        self._fail_queued(ModelUnavailable(f"model {self.model} worker failed; retry"))
+        if self.on_death is not None:
+            self.on_death()
+
+    def _cut(self, *, busy: bool) -> list[WorkItem]:
+        """The next batch from the queue (empty when everything taken had been left or had expired). While the
+        device is `busy`, a batch is cut to a bucketed row count and the rest waits for the next."""
+        # Items taken off the queue stay reachable until dispatched, so a crash or stop() fails them instead
+        # of leaving their callers waiting forever.
+        window = self._take_window()
+        if self._bucketed_rows and busy and len(window) <= self._limits.max_size:
+            window = self._keep_for_next(window, rows_to_run(len(window)))
+        self._planned = [window]
+        batches = plan_batches(window, max_size=self._limits.max_size, max_tokens=self._limits.max_tokens)
+        self._planned = []
+        if not batches:
+            return []
+        # One batch at a time: the one holding the longest-waiting text (so no text waits forever behind
+        # shorter ones); the rest go back to their requests and are planned again with whatever arrives
+        # meanwhile, so a request arriving now joins the next batch, not the one after a large request's last.
+        first = min(batches, key=lambda batch: min(item.request.enqueued for item in batch))
+        self._return([item for batch in batches if batch is not first for item in batch])
+        return first
+
+    async def _run_overlapped(self) -> None:
+        """The worker on GPUs, where queueing a short pass's kernels is most of its time. The MLX thread only
+        launches passes; another thread (`_collector`) waits for each and reads its vectors, so the device
+        computes one pass while the MLX thread queues the next, and a pass is answered as soon as the device
+        is done with it. A batch is cut when the MLX thread is ready to launch it, so it holds what arrived
+        while the previous one was launched; at most `_OVERLAPPED` passes are in flight (MLX itself holds the
+        host back once it is ten command buffers ahead of the device, as long passes are)."""
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                while not self._queued or len(self._launched) >= _OVERLAPPED:
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                batch = self._cut(busy=bool(self._launched))
+                if not batch:  # everything taken had been left or had expired
+                    continue
+                launched = LaunchedPass(
+                    batch, padded_shape([item.ids for item in batch], bucket_rows=self._bucketed_rows)
+                )
+                self._launched.append(launched)
+                assert self._launch is not None
+                await loop.run_in_executor(self._executor, launched.launch, self._launch)
+                if launched.collected:  # not run (its callers left) or failed to launch
+                    self._answer(launched)
+                    continue
+                collecting = loop.run_in_executor(self._collector, self._collect, launched)
+                collecting.add_done_callback(lambda _, done=launched: self._answer(done))  # type: ignore[misc]
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug in the worker itself: fail what waits rather than hang it
+            self._died(exc)
+            raise
+
+    def _collect(self, launched: LaunchedPass) -> None:
+        """On the collector thread, one pass at a time in launch order."""
+        self._device_end = launched.collect(self._device_end)
+
+    def _answer(self, done: LaunchedPass) -> None:
+        """An overlapped pass's outcome to its requests (on the event loop). A pass failed by stop() or the
+        worker's death meanwhile is answered already."""
+        if done not in self._launched:
+            return
+        self._launched.remove(done)
+        self._wakeup.set()  # a place for the next pass
+        batch = done.batch
+        if done.abandoned:
+            self._series.dropped.inc(len(batch))
+            self._settle(batch)
+            return
+        error = done.error
+        if error is None:
+            self._observe_rate(len(batch))
+            real = sum(len(item.ids) for item in batch)
+            record = partial(self._record_pass, done.requests, done.shape, real, done.started, done.seconds)
+            if not done.bad:
+                assert done.vectors is not None
+                _deliver(batch, done.vectors, time.perf_counter())
+                asyncio.get_running_loop().call_soon(record)  # after the callers resume
+                self._settle(batch)
+                return
+            record()
+            error = InferenceError(f"model {self.model} produced non-finite values for {done.bad} text(s)")
+        else:
+            self._record_waits(done.started, done.requests)  # its texts waited for the model all the same
+        task = asyncio.create_task(self._retry_alone(batch, error))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
 
     async def _fill(self) -> None:
         """While the MLX thread is busy, let texts join the next batch until shortly before the running forward
@@ -418,21 +514,7 @@ class BatchWorker:
                 self._series.dropped.inc(len(batch))
                 return
             except Exception as exc:
-                self._series.batch_failures.inc()
-                log.warning("batch of %d for %s failed (%r)", len(batch), self.model, exc)
-                if len(batch) == 1:
-                    batch[0].request.fail(exc)
-                    return
-                # Retry each text alone, so one bad input fails only its own request.
-                for item in batch:
-                    if item.request.future.done():
-                        continue  # failed by an earlier text of the same request
-                    try:
-                        vectors, record = await self._forward([item])
-                        _deliver([item], vectors, time.perf_counter())
-                        loop.call_soon(record)
-                    except Exception as item_exc:
-                        item.request.fail(item_exc)
+                await self._retry_alone(batch, exc, settle=False)
                 return
             _deliver(batch, vectors, time.perf_counter())
             # Metrics after the callers resume (they were scheduled first): a lone request does not wait for them.
@@ -440,6 +522,29 @@ class BatchWorker:
         finally:
             self._settle(taken)  # computed, failed, left or expired: every item of the batch is done with
             self._handoffs.release()
+
+    async def _retry_alone(self, batch: list[WorkItem], exc: Exception, *, settle: bool = True) -> None:
+        """A failed batch's texts, each in a pass of its own, so one bad input fails only its own request
+        (`settle`: their tokens leave the budget afterwards, as an overlapped pass's do)."""
+        self._series.batch_failures.inc()
+        log.warning("batch of %d for %s failed (%r)", len(batch), self.model, exc)
+        loop = asyncio.get_running_loop()
+        try:
+            if len(batch) == 1:
+                batch[0].request.fail(exc)
+                return
+            for item in batch:
+                if item.request.future.done():
+                    continue  # failed by an earlier text of the same request
+                try:
+                    vectors, record = await self._forward([item])
+                    _deliver([item], vectors, time.perf_counter())
+                    loop.call_soon(record)
+                except Exception as item_exc:
+                    item.request.fail(item_exc)
+        finally:
+            if settle:
+                self._settle(batch)
 
     async def _forward(self, batch: list[WorkItem]) -> tuple[np.ndarray, Callable[[], None]]:
         """The pooled vectors, and a function that records the pass in the metrics (run it later)."""
@@ -462,25 +567,28 @@ class BatchWorker:
         known = self._shape_s.get(shape)
         self._shape_s[shape] = seconds if known is None else 0.8 * known + 0.2 * seconds
         self._observe_rate(len(sequences))
-        real = sum(len(s) for s in sequences)
-
-        def record() -> None:
-            m = self._series
-            self._record_waits(started, requests)
-            # Filler rows (the runner's batch buckets) are padding too: the device computes them all the same.
-            padded = shape[0] * shape[1]
-            m.inference_seconds.observe(seconds)
-            m.batches.inc()
-            m.batch_size.observe(len(sequences))
-            m.batch_tokens.observe(padded)
-            m.padding_ratio.observe(1 - real / padded)
-            m.tokens.inc(real)
-            m.texts.inc(len(sequences))
-
+        record = partial(self._record_pass, requests, shape, sum(map(len, sequences)), started, seconds)
         if bad:
             record()
             raise InferenceError(f"model {self.model} produced non-finite values for {bad} text(s)")
         return vectors, record
+
+    def _record_pass(
+        self, requests: list[QueuedRequest], shape: tuple[int, int], real: int, started: float, seconds: float
+    ) -> None:
+        """A pass in the metrics: its texts' waits, its time, its size in texts and in `real` tokens, and its
+        padding."""
+        m = self._series
+        self._record_waits(started, requests)
+        # Filler rows (the runner's batch buckets) are padding too: the device computes them all the same.
+        padded = shape[0] * shape[1]
+        m.inference_seconds.observe(seconds)
+        m.batches.inc()
+        m.batch_size.observe(len(requests))
+        m.batch_tokens.observe(padded)
+        m.padding_ratio.observe(1 - real / padded)
+        m.tokens.inc(real)
+        m.texts.inc(len(requests))
 
     def _observe_rate(self, texts: int) -> None:
         """Texts per second of wall time while a backlog waits: what admission needs to know how long new
@@ -520,6 +628,11 @@ class BatchWorker:
         return vectors, started, seconds, int((~np.isfinite(vectors).all(axis=1)).sum())
 
     def _fail_queued(self, exc: Exception) -> None:
+        for launched in self._launched:  # overlapped passes whose outcome nobody will read now
+            for item in launched.batch:
+                item.request.fail(exc)
+            self._settle(launched.batch)
+        self._launched = []
         for batch in self._planned:
             for item in batch:
                 item.request.fail(exc)

@@ -42,6 +42,8 @@ def ready_for_device(runner: ModelRunner, plan: DevicePlan) -> ModelRunner:
     # A new shape costs tens of milliseconds of kernel set-up on GPUs: batch sizes are padded to a few
     # buckets, and every bucketed shape within the limits runs once now rather than on a request.
     runner.bucket_rows = True
+    # Measured on CUDA, where a short pass is mostly the host queueing its kernels (docs/PERFORMANCE.md).
+    runner.overlap_passes = device.backend() == "cuda"
     runner.compiled = plan.compile_forward
     device.bound_gpu_memory(plan.gpu_workspace_bytes)
     started = time.perf_counter()

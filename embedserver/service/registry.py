@@ -226,6 +226,7 @@ class ModelRegistry:
                     metrics=self._metrics,
                     executor=self._executor,
                     bucketed_rows=runner.bucket_rows,
+                    launch=runner.launch if runner.overlap_passes else None,
                 )
                 worker.on_death = lambda: self._worker_died(slot)
                 worker.start()

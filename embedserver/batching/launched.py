@@ -1,0 +1,81 @@
+"""One forward pass of the overlapped batch worker (GPUs): launched on the MLX thread, collected (waited for
+and read) on the worker's collector thread, answered on the event loop."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from embedserver.tokenization.token_ids import TokenIds
+
+if TYPE_CHECKING:
+    from embedserver.batching.worker import QueuedRequest, WorkItem
+
+# A batch's token ids in, a function that waits for its pass and returns the vectors out (ModelRunner.launch).
+LaunchFn = Callable[[list[TokenIds]], Callable[[], np.ndarray]]
+
+
+class LaunchedPass:
+    """A batch, its padded shape, and what became of its pass. `launch` runs on the MLX thread, `collect` on
+    the collector thread (waiting on an array MLX has queued touches only that array's event, which CUDA and
+    MLX's CPU scheduler both let any thread wait on); the event loop reads the outcome once `collected` is
+    set."""
+
+    __slots__ = (
+        "_wait",
+        "abandoned",
+        "bad",
+        "batch",
+        "collected",
+        "error",
+        "requests",
+        "seconds",
+        "shape",
+        "started",
+        "vectors",
+    )
+
+    def __init__(self, batch: list[WorkItem], shape: tuple[int, int]) -> None:
+        self.batch = batch
+        self.requests: list[QueuedRequest] = [item.request for item in batch]
+        self.shape = shape
+        self.started = 0.0
+        self.seconds = 0.0  # the device pipeline's time on this pass (see collect)
+        self.vectors: np.ndarray | None = None
+        self.bad = 0  # vectors holding a non-finite value
+        self.error: Exception | None = None
+        self.abandoned = False  # every caller left before it was launched: not run
+        self.collected = False
+        self._wait: Callable[[], np.ndarray] | None = None
+
+    def launch(self, launch: LaunchFn) -> None:
+        """Queue the pass (reading done() from this thread is a benign race: at worst one batch runs for
+        nobody). A failure to launch is its outcome, collected at once."""
+        if all(request.future.done() for request in self.requests):
+            self.abandoned = self.collected = True
+            return
+        self.started = time.perf_counter()
+        try:
+            self._wait = launch([item.ids for item in self.batch])
+        except Exception as exc:
+            self.error, self.collected = exc, True
+
+    def collect(self, previous_end: float) -> float:
+        """Wait for the pass and count its non-finite vectors. Its time is from its launch, or from the end of
+        the pass before it if that ended later: what this pass added to the device's queue. Returns when it
+        ended."""
+        wait, self._wait = self._wait, None
+        assert wait is not None
+        try:
+            vectors = wait()
+            self.bad = int((~np.isfinite(vectors).all(axis=1)).sum())
+            self.vectors = vectors
+        except Exception as exc:
+            self.error = exc
+        ended = time.perf_counter()
+        self.seconds = ended - max(self.started, previous_end)
+        self.collected = True
+        return ended
