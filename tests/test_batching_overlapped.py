@@ -29,6 +29,7 @@ class Device:
     def __init__(self, *, held: bool = False) -> None:
         self.events: list[str] = []
         self.launched: list[list[int]] = []
+        self.collectors: list[str] = []  # the thread of each collection
         self._open = threading.Semaphore(0)
         self._held = held
         self._lock = threading.Lock()
@@ -52,6 +53,7 @@ class Device:
                 assert self._open.acquire(timeout=10), "the test never let this pass end"
             with self._lock:
                 self.events.append(f"collect {firsts}")
+                self.collectors.append(threading.current_thread().name)
             if 555 in firsts:
                 raise RuntimeError("poison at collection")
             return out
@@ -120,10 +122,13 @@ async def test_the_next_pass_launches_while_the_device_computes_the_last() -> No
     one has ended; a third waits until one of the two is answered."""
     device = Device(held=True)
     w = _worker(device)
+    gate = threading.Event()
+    w._executor.submit(gate.wait)  # the MLX thread is busy: the first batch is cut and waits to launch
     w.start()
     first = w.submit([[1]])
-    await _until(lambda: len(device.launched) == 1)
-    second, third = w.submit([[2]]), w.submit([[3]])
+    await asyncio.sleep(0.05)
+    second, third = w.submit([[2]]), w.submit([[3]])  # waiting behind it as it launches: not alone
+    gate.set()
     await _until(lambda: len(device.launched) == 2)
     await asyncio.sleep(0.05)
     assert device.launched == [[1], [2, 3]] and not first.done()  # launched behind the running pass
@@ -143,6 +148,19 @@ async def test_the_next_pass_launches_while_the_device_computes_the_last() -> No
         "collect [2, 3]",
         "collect [4]",
     ]
+    assert all(name.startswith("collect") for name in device.collectors)  # the worker's collector thread
+    await w.stop()
+
+
+async def test_a_pass_alone_runs_whole_on_the_mlx_thread() -> None:
+    """Nothing to overlap with: one request alone is computed as without overlapping, launched and waited
+    for on the MLX thread in one go (no hand-over to the collector thread)."""
+    device = Device()
+    w = _worker(device)
+    w.start()
+    for k in range(3):
+        assert (await w.submit([[k + 1, 5]])).tolist() == [[2, k + 1]]
+    assert len(device.collectors) == 3 and not any(name.startswith("collect") for name in device.collectors)
     await w.stop()
 
 
@@ -150,8 +168,13 @@ async def test_stop_fails_the_passes_in_flight() -> None:
     device = Device(held=True)
     w = _worker(device)
     w.start()
-    waiting = [w.submit([[1]]), w.submit([[2]])]
-    await _until(lambda: len(device.launched) == 1)
+    gate = threading.Event()
+    w._executor.submit(gate.wait)
+    waiting = [w.submit([[1]])]
+    await asyncio.sleep(0.05)
+    waiting.append(w.submit([[2]]))
+    gate.set()
+    await _until(lambda: len(device.launched) == 2)
     await w.stop()
     for future in waiting:
         with pytest.raises(ModelUnavailable):

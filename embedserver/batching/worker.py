@@ -336,7 +336,7 @@ class BatchWorker:
         """The worker on GPUs, where queueing a short pass's kernels is most of its time. The MLX thread only
         launches passes; another thread (`_collector`) waits for each and reads its vectors, so the device
         computes one pass while the MLX thread queues the next, and a pass is answered as soon as the device
-        is done with it. A batch is cut when the MLX thread is ready to launch it, so it holds what arrived
+        is done with it. A pass alone (nothing waits, nothing in flight) runs whole on the MLX thread. A batch is cut when the MLX thread is ready to launch it, so it holds what arrived
         while the previous one was launched; at most `_OVERLAPPED` passes are in flight (MLX itself holds the
         host back once it is ten command buffers ahead of the device, as long passes are)."""
         loop = asyncio.get_running_loop()
@@ -353,8 +353,10 @@ class BatchWorker:
                 )
                 self._launched.append(launched)
                 assert self._launch is not None
-                await loop.run_in_executor(self._executor, launched.launch, self._launch)
-                if launched.collected:  # not run (its callers left) or failed to launch
+                await loop.run_in_executor(
+                    self._executor, launched.launch, self._launch, self._embed, self._alone
+                )
+                if launched.collected:  # run whole (alone), not run (its callers left), or failed to launch
                     self._answer(launched)
                     continue
                 collecting = loop.run_in_executor(self._collector, self._collect, launched)
@@ -364,6 +366,11 @@ class BatchWorker:
         except Exception as exc:  # a bug in the worker itself: fail what waits rather than hang it
             self._died(exc)
             raise
+
+    def _alone(self) -> bool:
+        """Read on the MLX thread as a pass launches: no text waits to follow it and no other pass is in
+        flight (a benign race: at worst one pass runs whole that could have overlapped, or the reverse)."""
+        return not self._queued and len(self._launched) == 1
 
     def _collect(self, launched: LaunchedPass) -> None:
         """On the collector thread, one pass at a time in launch order."""

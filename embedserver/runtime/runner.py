@@ -89,10 +89,18 @@ class ModelRunner:
         if policy is not None:
             policy.before(lengths)
         started = time.perf_counter()
-        vectors = self.launch(batch)()
+        pooled = self._pooled(batch)
+        mx.eval(pooled)  # waits for the device with the GIL released (MLX's binding releases it)
+        vectors = np.array(pooled, copy=False)[: len(batch)]
         if policy is not None:
             policy.after(lengths, time.perf_counter() - started)
         return vectors
+
+    def _pooled(self, batch: Sequence[TokenIds]) -> mx.array:
+        """The pass's graph, not yet evaluated."""
+        ids, padded_lengths = pad_right(batch, self.tokenizer.pad_id, bucket_rows=self.bucket_rows)
+        forward = self._compiled_forward if self.compiled else self._forward
+        return forward(mx.array(ids), mx.array(padded_lengths))
 
     def launch(self, batch: Sequence[TokenIds]) -> Callable[[], np.ndarray]:
         """Queue the forward pass of `batch` and return without waiting for it: the returned function waits
@@ -100,9 +108,7 @@ class ModelRunner:
         its graph, then MLX encoding each kernel (~230 for the 0.6B model; on CUDA ~20 µs each, most of a
         short pass's time), and MLX lets the host run at most a few command buffers ahead of the device. Both
         run on the MLX thread."""
-        ids, padded_lengths = pad_right(batch, self.tokenizer.pad_id, bucket_rows=self.bucket_rows)
-        forward = self._compiled_forward if self.compiled else self._forward
-        pooled = forward(mx.array(ids), mx.array(padded_lengths))
+        pooled = self._pooled(batch)
         mx.async_eval(pooled)  # type: ignore[no-untyped-call]  # the GIL is released while MLX queues kernels
         rows = len(batch)
 
