@@ -13,7 +13,8 @@ have waited longer than MAX_QUEUE_WAIT_S without any of their texts computed (ad
 this makes it a bound even when the machine slows down under it, while a large request that progresses batch
 after batch is never cut), sorts by length and cuts batches by count and
 padded-token budget (`plan_batches`, a pure function). Forward passes run on the MLX thread; up to two
-batches are handed to it at once, so the next one is ready the moment the current one ends.
+batches are handed to it at once, so the next one is ready the moment the current one ends. On CUDA passes
+overlap instead (`_run_overlapped`): the MLX thread only launches them and a collector thread waits for each.
 
 Why the late cut: cut early, the next batch held only what arrived in its first milliseconds and then
 waited behind the running one while everything else queued for the batch after; under steady load batches
