@@ -173,10 +173,9 @@ class BatchWorker:
         self._last_done = 0.0
         self._backlogged = False
         self._planned: list[list[WorkItem]] = []  # cut but not yet handed to the MLX thread
-        self._launched: list[
-            LaunchedPass
-        ] = []  # overlapped passes handed to the MLX thread, not yet answered
-        self._device_end = 0.0  # when the MLX thread last collected an overlapped pass
+        # Overlapped passes handed to the MLX thread and not yet answered, and when the last collected ended.
+        self._launched: list[LaunchedPass] = []
+        self._device_end = 0.0
         self._in_executor = 0  # batches handed to the MLX thread and not yet back
         self._forward_started = 0.0  # when the MLX thread began its current (or last) forward pass
         self._forward_shape = (0, 0)  # that pass's padded (rows, length)
@@ -337,9 +336,10 @@ class BatchWorker:
         """The worker on GPUs, where queueing a short pass's kernels is most of its time. The MLX thread only
         launches passes; another thread (`_collector`) waits for each and reads its vectors, so the device
         computes one pass while the MLX thread queues the next, and a pass is answered as soon as the device
-        is done with it. A pass alone (nothing waits, nothing in flight) runs whole on the MLX thread. A batch is cut when the MLX thread is ready to launch it, so it holds what arrived
-        while the previous one was launched; at most `_OVERLAPPED` passes are in flight (MLX itself holds the
-        host back once it is ten command buffers ahead of the device, as long passes are)."""
+        is done with it. A batch is cut when the MLX thread is ready to launch it, so it holds what arrived
+        while the previous one was launched (no pass times judge the cut); at most `_OVERLAPPED` passes are in
+        flight (MLX itself holds the host back once it is ten command buffers ahead of the device, as long
+        passes are). A pass alone (nothing waits, nothing in flight) runs whole on the MLX thread."""
         loop = asyncio.get_running_loop()
         try:
             while True:
