@@ -183,6 +183,29 @@ async def test_stop_fails_the_passes_in_flight() -> None:
     device.release(2)  # the collector thread's wait ends; nobody reads its pass
 
 
+async def test_a_collection_that_breaks_leaves_no_request_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug in the collector thread's own step (not in the pass) fails the pass like any failure: a batch of
+    one text fails its request, a larger one's texts are retried alone on the MLX thread and answered."""
+    device = Device()
+    w = _worker(device)
+
+    def broken(launched: object) -> None:
+        raise RuntimeError("collector bug")
+
+    monkeypatch.setattr(w, "_collect", broken)
+    gate = threading.Event()
+    w._executor.submit(gate.wait)
+    w.start()
+    first = w.submit([[1]])
+    await asyncio.sleep(0.05)
+    second = w.submit([[2, 2], [3]])  # waiting as the first launches: both passes are overlapped
+    gate.set()
+    with pytest.raises(RuntimeError, match="collector bug"):
+        await asyncio.wait_for(first, 5)
+    assert (await asyncio.wait_for(second, 5)).tolist() == [[2, 2], [1, 3]]
+    await w.stop()
+
+
 async def test_a_batch_whose_callers_left_is_not_launched() -> None:
     device = Device()
     metrics = Metrics()

@@ -361,7 +361,7 @@ class BatchWorker:
                     self._answer(launched)
                     continue
                 collecting = loop.run_in_executor(self._collector, self._collect, launched)
-                collecting.add_done_callback(lambda _, done=launched: self._answer(done))  # type: ignore[misc]
+                collecting.add_done_callback(partial(self._collected, launched))
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug in the worker itself: fail what waits rather than hang it
@@ -376,6 +376,15 @@ class BatchWorker:
     def _collect(self, launched: LaunchedPass) -> None:
         """On the collector thread, one pass at a time in launch order."""
         self._device_end = launched.collect(self._device_end)
+
+    def _collected(self, launched: LaunchedPass, collecting: asyncio.Future[None]) -> None:
+        """The collector thread is done with a pass: answer it. Should the collection itself have raised
+        (not the pass: `LaunchedPass.collect` keeps that as the outcome), the pass failed, and its texts are
+        retried alone like any failed pass's, never left waiting."""
+        error = collecting.exception()
+        if error is not None and not launched.collected:
+            launched.error, launched.collected = error, True  # type: ignore[assignment]
+        self._answer(launched)
 
     def _answer(self, done: LaunchedPass) -> None:
         """An overlapped pass's outcome to its requests (on the event loop). A pass failed by stop() or the
