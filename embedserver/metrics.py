@@ -117,7 +117,8 @@ class Metrics:
         )
         self.inference_seconds = Histogram(
             "embedserver_inference_seconds",
-            "Forward pass + pooling time per batch",
+            "Forward pass + pooling time per batch (overlapped passes, on CUDA: from its launch or the end of the "
+            "pass before it, whichever is later, so the sum never exceeds the wall time)",
             ["model"],
             buckets=_LATENCY,
             registry=r,
