@@ -75,7 +75,7 @@ class LaunchedPass:
             self.error, self.collected = exc, True
 
     def _read(self, vectors: np.ndarray) -> None:
-        self.bad = int((~np.isfinite(vectors).all(axis=1)).sum())
+        self.bad = non_finite_rows(vectors)
         self.vectors = vectors
 
     def collect(self, previous_end: float) -> float:
@@ -92,3 +92,8 @@ class LaunchedPass:
         self.seconds = ended - max(self.started, previous_end)
         self.collected = True
         return ended
+
+
+def non_finite_rows(vectors: np.ndarray) -> int:
+    """How many vectors hold a NaN or an infinity (counted where the pass is read, off the event loop)."""
+    return int((~np.isfinite(vectors).all(axis=1)).sum())

@@ -36,7 +36,7 @@ from functools import partial
 
 import numpy as np
 
-from embedserver.batching.launched import LaunchedPass, LaunchFn
+from embedserver.batching.launched import LaunchedPass, LaunchFn, non_finite_rows
 from embedserver.errors import InferenceError, ModelUnavailable, Overloaded, TooManyTokens
 from embedserver.metrics import Metrics, observe_many
 from embedserver.runtime.padding import bucket_length, padded_shape, rows_to_run
@@ -410,7 +410,7 @@ class BatchWorker:
                 self._settle(batch)
                 return
             record()
-            error = InferenceError(f"model {self.model} produced non-finite values for {done.bad} text(s)")
+            error = self._non_finite(done.bad)
         else:
             self._record_waits(done.started, done.requests)  # its texts waited for the model all the same
         task = asyncio.create_task(self._retry_alone(batch, error))
@@ -587,7 +587,7 @@ class BatchWorker:
         record = partial(self._record_pass, requests, shape, sum(map(len, sequences)), started, seconds)
         if bad:
             record()
-            raise InferenceError(f"model {self.model} produced non-finite values for {bad} text(s)")
+            raise self._non_finite(bad)
         return vectors, record
 
     def _record_pass(
@@ -606,6 +606,9 @@ class BatchWorker:
         m.padding_ratio.observe(1 - real / padded)
         m.tokens.inc(real)
         m.texts.inc(len(requests))
+
+    def _non_finite(self, bad: int) -> InferenceError:
+        return InferenceError(f"model {self.model} produced non-finite values for {bad} text(s)")
 
     def _observe_rate(self, texts: int) -> None:
         """Texts per second of wall time while a backlog waits: what admission needs to know how long new
@@ -642,7 +645,7 @@ class BatchWorker:
         except Exception as exc:
             raise _FailedPass(started, exc) from exc
         seconds = time.perf_counter() - started
-        return vectors, started, seconds, int((~np.isfinite(vectors).all(axis=1)).sum())
+        return vectors, started, seconds, non_finite_rows(vectors)
 
     def _fail_queued(self, exc: Exception) -> None:
         for launched in self._launched:  # overlapped passes whose outcome nobody will read now

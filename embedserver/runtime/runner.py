@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Protocol
 
 import mlx.core as mx
@@ -89,9 +90,7 @@ class ModelRunner:
         if policy is not None:
             policy.before(lengths)
         started = time.perf_counter()
-        pooled = self._pooled(batch)
-        mx.eval(pooled)  # waits for the device with the GIL released (MLX's binding releases it)
-        vectors = np.array(pooled, copy=False)[: len(batch)]
+        vectors = _vectors(self._pooled(batch), len(batch))
         if policy is not None:
             policy.after(lengths, time.perf_counter() - started)
         return vectors
@@ -106,17 +105,12 @@ class ModelRunner:
         """Queue the forward pass of `batch` and return without waiting for it: the returned function waits
         and gives the vectors (`embed` is the two in one). Queueing is the host's share of a pass: building
         its graph, then MLX encoding each kernel (~230 for the 0.6B model; on CUDA ~20 µs each, most of a
-        short pass's time), and MLX lets the host run at most a few command buffers ahead of the device. Both
-        run on the MLX thread."""
+        short pass's time), and MLX lets the host run at most a few command buffers ahead of the device. It
+        runs on the MLX thread; the returned function may run on any thread (it only waits on the queued
+        array's event and reads it)."""
         pooled = self._pooled(batch)
         mx.async_eval(pooled)  # type: ignore[no-untyped-call]  # the GIL is released while MLX queues kernels
-        rows = len(batch)
-
-        def collect() -> np.ndarray:
-            mx.eval(pooled)  # waits for the device with the GIL released (MLX's binding releases it)
-            return np.array(pooled, copy=False)[:rows]
-
-        return collect
+        return partial(_vectors, pooled, len(batch))
 
     def warmup(self, *, max_batch: int = 2, max_tokens: int = 128, max_length: int = 64) -> int:
         """Run every bucketed shape up to the limits once, so kernel set-up (tens of ms a shape on CUDA) does
@@ -133,6 +127,13 @@ class ModelRunner:
             except Exception as exc:
                 raise WarmupFailed(rows, length, exc) from exc
         return len(shapes)
+
+
+def _vectors(pooled: mx.array, rows: int) -> np.ndarray:
+    """The first `rows` pooled vectors as numpy, once computed: `mx.eval` runs a pass not yet queued, and only
+    waits for one queued already (`launch`), with the GIL released either way (MLX's binding releases it)."""
+    mx.eval(pooled)
+    return np.array(pooled, copy=False)[:rows]
 
 
 class WarmupFailed(RuntimeError):
