@@ -72,10 +72,20 @@ def workload_texts(tokenizer: Path, length: str, n: int, seed: int) -> list[str]
     return [out[i] for i in order[:n]]
 
 
+# The most tokens/s a level is given texts for: several times what one GPU computes for the 0.6B model.
+_TOKENS_PER_S = 2_000_000
+
+
 def level_texts(length: str, clients: int, seconds: float) -> int:
-    """How many texts a load level may need: ~110 requests/s a client up to 128 clients (over 14k requests/s),
-    whatever the length; a level that sends more than this repeats texts, and says so (`repeats`)."""
-    return int(min(clients, 128) * 110 * seconds) + 2000
+    """How many texts a load level may need: ~110 requests/s a client, up to 40k requests/s and _TOKENS_PER_S
+    (a fast host served more than 20k requests/s of 16-token texts from 512 clients, where the earlier cap of
+    14k requests/s made a third of them repeats, answered by the cache); a level that sends more than this
+    repeats texts, and says so (`repeats`)."""
+    tokens = (
+        sum(t * share for t, share in MIXED) / sum(s for _, s in MIXED) if length == "mixed" else int(length)
+    )
+    rate = min(clients * 110, 40_000, _TOKENS_PER_S / tokens)
+    return int(rate * seconds) + 2000
 
 
 def timed(fn: Any, repeat: int = 5, warmup: int = 2) -> float:
