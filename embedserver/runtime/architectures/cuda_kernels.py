@@ -7,9 +7,8 @@ rotated, in the projection's own [batch, length, heads, head_dim] order. Attenti
 of the projection, never copied) as transposed views, and MLX's attention writes its output in its query's
 layout, so the transpose back before the output projection is free too. RoPE's cos and sin come from a table
 (`rope_table`, made once per model for its whole context and read by every layer of every pass) instead of
-precise float32 `cos`/`sin` for every element of every head of every layer. `swiglu_norm` reads the fused gate|up
-projection (the post-attention RMSNorm's weight folded into it) and the residual stream, and writes
-silu(gate) * up of the normalized rows; `embed_rows` is the embedding lookup; `short_attention` is causal
+precise float32 `cos`/`sin` for every element of every head of every layer. `swiglu` reads the fused gate|up
+projection and writes silu(gate) * up; `embed_rows` is the embedding lookup; `short_attention` is causal
 attention for sequences of up to 32 tokens (queries), RMSNorm and RoPE included, on the tensor cores: there
 cuDNN's kernel and its set-up, and one more kernel a layer, cost most.
 On an H200 at 256 x 128 tokens, the kernel that computed its angles and copied v took 439 µs a layer, about
@@ -120,54 +119,22 @@ _QK_NORM_ROPE = """
     }
 """
 
-# One block a token row: the row's RMS from the residual stream h (the post-attention RMSNorm, whose weight is
-# folded into the gate|up projection's columns at load), then silu(gate * r) * (up * r), r = 1 / RMS(h). HE
-# elements of h and P outputs a thread at a time (16-byte vectors where the widths allow). The block's threads
-# sum their squares by shuffles within each warp, then across warps through shared memory.
-_SWIGLU_NORM = """
-    struct alignas(sizeof(T) * HE) HPack { T v[HE]; };
+# P consecutive outputs per thread (one 16-byte vector of bf16 where the width allows).
+_SWIGLU = """
     struct alignas(sizeof(T) * P) Pack { T v[P]; };
-    __shared__ float partial[32];
-    const long n = blockIdx.x;
-    const int lane = threadIdx.x & 31;
-    const int warp = threadIdx.x >> 5;
-    const int warps = (blockDim.x + 31) >> 5;
-    const T* row = h + n * HID;
-    float ss = 0.0f;
-    for (int i = threadIdx.x * HE; i < HID; i += blockDim.x * HE) {
-        const HPack x = *reinterpret_cast<const HPack*>(row + i);
-        #pragma unroll
-        for (int e = 0; e < HE; ++e) {
-            const float f = static_cast<float>(x.v[e]);
-            ss += f * f;
-        }
-    }
+    const long i = (long(blockIdx.x) * blockDim.x + threadIdx.x) * P;
+    if (i >= long(gate_up_shape[0]) * I) return;
+    const long n = i / I;
+    const long j = i - n * I;
+    const Pack g = *reinterpret_cast<const Pack*>(gate_up + n * 2 * I + j);
+    const Pack u = *reinterpret_cast<const Pack*>(gate_up + n * 2 * I + I + j);
+    Pack o;
     #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffff, ss, o);
-    if (lane == 0) partial[warp] = ss;
-    __syncthreads();
-    if (warp == 0) {
-        ss = lane < warps ? partial[lane] : 0.0f;
-        #pragma unroll
-        for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffff, ss, o);
-        if (lane == 0) partial[0] = ss;
+    for (int e = 0; e < P; ++e) {
+        const float x = static_cast<float>(g.v[e]);
+        o.v[e] = static_cast<T>(static_cast<float>(static_cast<T>(x / (1.0f + exp(-x)))) * static_cast<float>(u.v[e]));
     }
-    __syncthreads();
-    const float r = rsqrt(partial[0] / HID + params[0]);
-    const T* gate = gate_up + n * 2 * I;
-    T* dst = out + n * I;
-    for (int j = threadIdx.x * P; j < I; j += blockDim.x * P) {
-        const Pack g = *reinterpret_cast<const Pack*>(gate + j);
-        const Pack u = *reinterpret_cast<const Pack*>(gate + I + j);
-        Pack o;
-        #pragma unroll
-        for (int e = 0; e < P; ++e) {
-            const float x = static_cast<float>(g.v[e]) * r;
-            const float up = static_cast<float>(u.v[e]) * r;
-            o.v[e] = static_cast<T>(static_cast<float>(static_cast<T>(x / (1.0f + exp(-x)))) * up);
-        }
-        *reinterpret_cast<Pack*>(dst + j) = o;
-    }
+    *reinterpret_cast<Pack*>(out + i) = o;
 """
 
 # P consecutive elements (one 16-byte vector) of one token's row of the embedding table per thread. MLX's
@@ -235,7 +202,7 @@ _SHORT_ATTENTION = """
     using u32 = unsigned int;
     struct alignas(4) Two { T v[2]; };
     const int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
-    if (warp >= qkv_shape[0] / L * H * MT) return;  // qkv: [B * L, S * D]
+    if (warp >= qkv_shape[0] * H * MT) return;
     const int lane = threadIdx.x & 31;
     const int gr = lane >> 2;
     const int tg = lane & 3;
@@ -410,11 +377,8 @@ def _kernels() -> dict[str, Any]:
             output_names=["q", "k"],
             source=_QK_NORM_ROPE,
         ),
-        "swiglu_norm": mx.fast.cuda_kernel(
-            name="embedserver_swiglu_norm",
-            input_names=["gate_up", "h", "params"],
-            output_names=["out"],
-            source=_SWIGLU_NORM,
+        "swiglu": mx.fast.cuda_kernel(
+            name="embedserver_swiglu", input_names=["gate_up"], output_names=["out"], source=_SWIGLU
         ),
         "short_attention": mx.fast.cuda_kernel(
             name="embedserver_short_attention",
@@ -513,21 +477,12 @@ def short_attention(
     heads: int,
     kv_heads: int,
     head_dim: int,
-    length: int | None = None,
 ) -> mx.array:
     """Causal attention for sequences of at most SHORT_ATTENTION_MAX tokens, bfloat16 or float16, with q and k
     RMS-normalized and rotated as `qk_norm_rope` does: qkv [B, L, (heads + 2 kv_heads) * head_dim] (the
-    fused projection), or [B * L, ...] with `length` L, `table` and `params` as for `qk_norm_rope`, `scale`
-    float32 [1]. Returns the heads' outputs, [B, L, heads * head_dim] or [B * L, heads * head_dim] as qkv
-    came: what the output projection reads."""
-    flat = qkv.ndim == 2
-    if flat:
-        if length is None:
-            raise ValueError("short_attention of a [B * L, width] projection needs its length")
-        batch = qkv.shape[0] // length
-    else:
-        batch, length, width = qkv.shape
-        qkv = qkv.reshape(batch * length, width)
+    fused projection), `table` and `params` as for `qk_norm_rope`, `scale` float32 [1]. Returns the
+    heads' outputs [B, L, heads * head_dim], what the output projection reads."""
+    batch, length, _ = qkv.shape
     if (
         length > SHORT_ATTENTION_MAX
         or heads % kv_heads
@@ -551,39 +506,22 @@ def short_attention(
         ],
         grid=(batch * heads * tiles * 32, 1, 1),
         threadgroup=(128, 1, 1),
-        output_shapes=[(batch * length, heads * head_dim)],
+        output_shapes=[(batch, length, heads * head_dim)],
         output_dtypes=[qkv.dtype],
     )
-    return out if flat else out.reshape(batch, length, heads * head_dim)
+    return out
 
 
-# Threads a row of `swiglu_norm`: 3,072 outputs of the 0.6B model are three 16-byte vectors a thread.
-_SWIGLU_THREADS = 128
-
-
-def _per_thread(width: int, dtype: mx.Dtype) -> int:
-    """Elements a thread moves at once: one 16-byte vector, or fewer where `width` does not divide."""
-    return next(p for p in (16 // dtype.size, 4, 2, 1) if width % p == 0)
-
-
-def swiglu_norm(gate_up: mx.array, h: mx.array, params: mx.array) -> mx.array:
-    """The MLP's activation with the post-attention RMSNorm folded in: gate_up [N, 2I] (gate then up) is h [N,
-    hidden] times the gate|up weights with the norm's weight folded into them (`fold_norm`), params float32
-    [eps]. Returns silu(gate * r) * (up * r) [N, I], r = 1 / sqrt(mean(h^2) + eps) per row: the same as
-    silu(gate') * up' for gate'|up' = rms_norm(h) times the weights as they were."""
+def swiglu(gate_up: mx.array) -> mx.array:
+    """gate_up [N, 2I] (gate then up) -> silu(gate) * up [N, I]."""
     rows, width = gate_up.shape
-    half, hidden = width // 2, h.shape[-1]
-    (out,) = _kernels()["swiglu_norm"](
-        inputs=[gate_up, h, params],
-        template=[
-            ("T", gate_up.dtype),
-            ("I", half),
-            ("P", _per_thread(half, gate_up.dtype)),
-            ("HID", hidden),
-            ("HE", _per_thread(hidden, h.dtype)),
-        ],
-        grid=(rows * _SWIGLU_THREADS, 1, 1),
-        threadgroup=(_SWIGLU_THREADS, 1, 1),
+    half = width // 2
+    per_thread = next(p for p in (16 // gate_up.dtype.size, 4, 2, 1) if half % p == 0)
+    (out,) = _kernels()["swiglu"](
+        inputs=[gate_up],
+        template=[("T", gate_up.dtype), ("I", half), ("P", per_thread)],
+        grid=(rows * half // per_thread, 1, 1),
+        threadgroup=(_THREADS, 1, 1),
         output_shapes=[(rows, half)],
         output_dtypes=[gate_up.dtype],
     )

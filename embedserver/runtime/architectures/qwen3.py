@@ -69,14 +69,12 @@ class Qwen3Encoder(nn.Module):
         assert blocks
         embed = self.model.embed_tokens
         h = embed_rows(embed.weight, ids) if self._cuda_embed else embed(ids)
-        batch, length = ids.shape
         table = self._rope_table
-        if table is None or table.shape[0] < length:  # longer than the model's declared context
-            table = blocks[0].rope_table(length)
-        h = h.reshape(batch * length, -1)  # the blocks' layout: [tokens, hidden]
+        if table is None or table.shape[0] < ids.shape[1]:  # longer than the model's declared context
+            table = blocks[0].rope_table(ids.shape[1])
         for block in blocks:
-            h = block(h, table, length)
-        return h.reshape(batch, length, -1)
+            h = block(h, table)
+        return h
 
     def last_token_states(self, ids: mx.array, lengths: mx.array) -> mx.array:
         """The final states at each sequence's last real token, [B, hidden]: last-token pooling. On CPU the
