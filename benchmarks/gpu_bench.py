@@ -4,7 +4,7 @@ mixed workload. Every request is one text never sent before (the cache never ans
 
     python -m benchmarks.gpu_bench --out results/ [--shape 0.6b] [--model DIR] [--duration 10]
         [--lengths 16,128,512,mixed] [--concurrency 1,32,256,512] [--skip model,st,server]
-        [--server NAME=PATH[,SETTING=VALUE...] ...] [--env SETTING=VALUE ...] [--rounds R]
+        [--server NAME=PATH[,SETTING=VALUE...] ...] [--env SETTING=VALUE ...] [--rounds R] [--trace]
 
 Random weights of the chosen shape are written under --work once; --model runs a model directory of your own
 instead. --server runs the server from a source tree (PATH put first on PYTHONPATH), with settings of its
@@ -14,7 +14,8 @@ level in turn; --rounds R repeats all levels R times, the servers' order reverse
 host's drift over the run touches every server alike (round R > 1 of NAME is reported as NAME.R). --env adds
 a server setting for every server run. For each level: requests/s, tokens/s, p50/p99 at the client, the
 server's own stage means from /metrics over that level, and the GPU's peak memory (nvidia-smi) while the
-server ran. Results: OUT/gpu_results.json, and a table on stdout.
+server ran. --trace adds each level's passes as the server's MLX thread saw them (their rate, its busy share,
+the gaps between launches: benchmarks/pass_trace.py). Results: OUT/gpu_results.json, and a table on stdout.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks import pass_trace
 from benchmarks.cpu_census import busiest, threads_now
 from benchmarks.loadgen import run_load
 from embedserver_testing.random_model import write_random_qwen3
@@ -213,19 +215,32 @@ class ServerUnderTest:
     url: str
     pid: int
     results: dict[str, Any]
+    trace: Path | None = None  # where it records its passes (benchmarks/pass_trace.py)
 
 
 @contextmanager
 def started_server(
-    name: str, source: Path | None, model_dir: Path, env: dict[str, str], out_dir: Path
+    name: str,
+    source: Path | None,
+    model_dir: Path,
+    env: dict[str, str],
+    out_dir: Path,
+    trace_passes: bool = False,
 ) -> Iterator[ServerUnderTest]:
     """The server from `source` (None: this tree) with its defaults and `env`, serving `model_dir`; on the way
-    out, its last /metrics goes to OUT/server-NAME-metrics.txt and its GPU memory peak into its results."""
+    out, its last /metrics goes to OUT/server-NAME-metrics.txt and its GPU memory peak into its results. With
+    `trace_passes`, it records its passes to OUT/trace-NAME.jsonl (benchmarks/pass_trace.py)."""
     import httpx
 
     server_env = {"MODEL_NAME": str(model_dir), "LOG_LEVEL": "WARNING", **env}
-    if source is not None:
-        server_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(source), os.environ.get("PYTHONPATH")]))
+    path = [str(source) if source is not None else "", os.environ.get("PYTHONPATH", "")]
+    trace = out_dir.resolve() / f"trace-{name}.jsonl" if trace_passes else None
+    if trace is not None:  # benchmarks/pass_trace.py: the hook goes first, so every process imports it
+        trace.unlink(missing_ok=True)
+        server_env["PASS_TRACE"] = str(trace)
+        path.insert(0, str(pass_trace.HOOK_DIR))
+    if any(path):
+        server_env["PYTHONPATH"] = os.pathsep.join(filter(None, path))
     # Started from the tree itself: `python -m` puts the working directory first on the path.
     server_log = out_dir.resolve() / f"server-{name}.log"
     with (
@@ -233,7 +248,7 @@ def started_server(
         gpu_memory_peak(process.pid) as peak,
     ):
         server = ServerUnderTest(
-            name, url, process.pid, {"source": str(source or "."), "env": env, "lengths": {}}
+            name, url, process.pid, {"source": str(source or "."), "env": env, "lengths": {}}, trace
         )
         yield server
         (out_dir.resolve() / f"server-{name}-metrics.txt").write_text(httpx.get(f"{url}/metrics").text)
@@ -260,9 +275,12 @@ def run_level(
     # engine's event loop is "[main]", MLX's thread "[mlx0]").
     threads, started = threads_now(), time.perf_counter()
     r = run_load(f"{url}/v1/embeddings", bodies, clients, seconds, processes=min(8, max(1, clients // 32)))
-    cpu = busiest(threads, time.perf_counter() - started)
+    ended = time.perf_counter()
+    cpu = busiest(threads, ended - started)
     summary = r.summary() | level_means(httpx.get(f"{url}/metrics").text, since=before)
     summary["cpu_percent"] = cpu
+    if server.trace is not None:  # summarized once the server has stopped and written all of it
+        summary["_window"] = (started, ended)
     log(f"server {server.name}, {length} tokens:", summary)
     return summary
 
@@ -280,14 +298,16 @@ def bench_servers(
     duration: float,
     rounds: int,
     out_dir: Path,
+    trace_passes: bool = False,
 ) -> dict[str, Any]:
     """Every server started at once, then each level run on each server in turn, the order reversed every
     round, so a host that drifts during the run (neighbouring runs here differ by up to 20%) moves every
-    server's figures alike. Results by server name; round R > 1 of server NAME is "NAME.R"."""
+    server's figures alike. Results by server name; round R > 1 of server NAME is "NAME.R". With
+    `trace_passes`, each level has its passes' summary (benchmarks/pass_trace.py) under "passes"."""
     results: dict[str, Any] = {}
     with ExitStack() as stack:
         running = [
-            stack.enter_context(started_server(name, source, model_dir, env, out_dir))
+            stack.enter_context(started_server(name, source, model_dir, env, out_dir, trace_passes))
             for name, source, env in servers
         ]
         for round_ in range(1, rounds + 1):
@@ -301,11 +321,15 @@ def bench_servers(
                         level = run_level(server, model_dir, length, clients, duration, seed)
                         entry = results.setdefault(key, {**server.results, "lengths": {}})
                         entry["lengths"].setdefault(length, []).append(level)
-    for server in running:  # memory peaks are known once the servers have stopped
+    for server in running:  # memory peaks and traces are complete once the servers have stopped
+        events = pass_trace.read(server.trace) if server.trace is not None and server.trace.exists() else []
         for round_ in range(1, rounds + 1):
-            results[_round_name(server.name, round_)] |= {
-                k: v for k, v in server.results.items() if k.endswith("_peak_gb")
-            }
+            entry = results[_round_name(server.name, round_)]
+            entry |= {k: v for k, v in server.results.items() if k.endswith("_peak_gb")}
+            for level in (level for levels in entry["lengths"].values() for level in levels):
+                window = level.pop("_window", None)
+                if window is not None:
+                    level["passes"] = pass_trace.summarize(events, *window)
     return results
 
 
@@ -321,7 +345,7 @@ def table(results: dict[str, Any]) -> str:
     )
     lines = [
         f"{'server':>8} {'length':>6} {'clients':>7} {'req/s':>9} {'tok/s':>10} {'p50 ms':>8} {'p99 ms':>8}"
-        f" {'server':>7} {'engine':>7} {'queue':>7} {'pass':>7} {'texts':>6}"
+        f" {'server':>7} {'engine':>7} {'queue':>7} {'pass':>7} {'texts':>6} {'busy %':>6}"
     ]
     for name, server in results.get("server", {}).items():
         for length, levels in server["lengths"].items():
@@ -330,9 +354,11 @@ def table(results: dict[str, Any]) -> str:
                     f"{level[key]:>{width}.1f}" if key in level else f"{'-':>{width}}"
                     for key, width in stages
                 )
+                busy = level.get("passes", {}).get("mlx_busy_percent")
                 lines.append(
                     f"{name:>8} {length:>6} {level['concurrency']:>7} {level['requests_per_s']:>9,.0f} "
                     f"{level['tokens_per_s']:>10,.0f} {level['p50_ms']:>8.2f} {level['p99_ms']:>8.2f} {split}"
+                    f" {busy if busy is not None else '-':>6}"
                 )
         lines.append(
             f"{name:>8} GPU memory peak {server['gpu_memory_peak_gb']} GB (card), "
@@ -364,6 +390,11 @@ def main() -> None:
     )
     parser.add_argument(
         "--env", action="append", default=[], help="NAME=VALUE: a server setting for every run"
+    )
+    parser.add_argument(
+        "--trace",
+        action="store_true",
+        help="record each server's passes (benchmarks/pass_trace.py): the MLX thread's busy share a level",
     )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -402,7 +433,7 @@ def main() -> None:
                 (name, Path(path).resolve() if path else None, env | dict(p.split("=", 1) for p in pairs))
             )
         results["server"] = bench_servers(
-            runs, model_dir, lengths, concurrency, args.duration, args.rounds, args.out
+            runs, model_dir, lengths, concurrency, args.duration, args.rounds, args.out, args.trace
         )
     for section in results.values():
         if isinstance(section, dict):

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import generate_latest
 
+from benchmarks import pass_trace
 from embedserver.metrics import Metrics
 from embedserver_testing.server_process import server_process
 from embedserver_testing.stage_times import level_means, stage_means
@@ -228,7 +229,7 @@ def test_the_gpu_benchmark_alternates_servers_level_by_level(tiny_qwen3: Path, t
     printed = _run_benchmark(
         "benchmarks.gpu_bench",
         *("--out", str(tmp_path), "--model", str(tiny_qwen3), "--skip", "model,st", "--rounds", "2"),
-        *("--server", "a=", "--server", "b=,MAX_BATCH_SIZE=8"),
+        *("--server", "a=", "--server", "b=,MAX_BATCH_SIZE=8", "--trace"),
         *("--lengths", "16", "--concurrency", "1,2", "--duration", "0.6"),
         timeout=300,
     )
@@ -241,3 +242,7 @@ def test_the_gpu_benchmark_alternates_servers_level_by_level(tiny_qwen3: Path, t
         levels = server["lengths"]["16"]
         assert [level["concurrency"] for level in levels] == [1, 2]
         assert all(level["requests"] > 0 and level["errors"] == 0 for level in levels)
+        # --trace: each server recorded its batches (passes overlap on CUDA only, so here only the cuts).
+        assert all("passes" in level for level in levels)
+    for name in ("a", "b"):
+        assert any(event[0] == "cut" for event in pass_trace.read(tmp_path / f"trace-{name}.jsonl"))

@@ -1,0 +1,97 @@
+"""How the MLX thread spends a load level on CUDA, pass by pass: launching passes (building the graph and
+queueing its kernels), or waiting between them (for the event loop to cut the next batch and hand it over);
+then how long the device takes after a launch, and how soon the event loop answers a pass it has finished.
+Is the server bound by launching passes, or by what happens around them?
+
+  python -m benchmarks.pass_trace FILE          # FILE: what a server wrote with PASS_TRACE=FILE
+
+A server records a trace when started with PASS_TRACE=FILE and benchmarks/pass_trace_hook first on
+PYTHONPATH (`gpu_bench --trace` does both for each of its servers and adds each level's summary to its
+results). The hook wraps the batch worker's methods as they are imported, so the server under test runs its
+own code. Passes are recorded where they overlap (CUDA); elsewhere only the batch cuts are.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HOOK_DIR = Path(__file__).resolve().parent / "pass_trace_hook"
+
+Event = list[Any]
+
+
+def read(path: Path) -> list[Event]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def levels(events: list[Event], pause_s: float = 0.25) -> list[tuple[float, float]]:
+    """The stretches of passes with no pause longer than `pause_s` between them: a benchmark's load levels."""
+    launches = sorted((e[2], e[3]) for e in events if e[0] == "launch")
+    out: list[tuple[float, float]] = []
+    for start, end in launches:
+        if out and start - out[-1][1] <= pause_s:
+            out[-1] = (out[-1][0], end)
+        else:
+            out.append((start, end))
+    return out
+
+
+def summarize(events: list[Event], start: float, end: float) -> dict[str, float]:
+    """The passes launched between `start` and `end` (perf_counter seconds): their rate and size, the MLX
+    thread's share of the time spent launching them, the mean gap between one launch and the next (split at
+    the cut: the event loop getting to it, then the hand-over to the MLX thread), the device's time after a
+    launch returned, and the event loop's delay in answering. Empty with fewer than two passes."""
+    launches = sorted((e for e in events if e[0] == "launch" and start <= e[2] <= end), key=lambda e: e[2])
+    if len(launches) < 2:
+        return {}
+    cut_starts = sorted(e[1] for e in events if e[0] == "cut" and start <= e[1] <= end)
+    cut_ends = {e[1]: e[2] for e in events if e[0] == "cut"}
+    collected = {e[1]: e[2] for e in events if e[0] == "collect"}
+    answered = {e[1]: e[2] for e in events if e[0] == "answer"}
+    wall = launches[-1][3] - launches[0][2]
+    launch_s = np.array([e[3] - e[2] for e in launches])
+    to_cut, to_launch = [], []
+    for before, after in itertools.pairwise(launches):
+        i = int(np.searchsorted(cut_starts, after[2])) - 1  # the cut of the batch `after` launched
+        if i >= 0 and cut_starts[i] >= before[3]:
+            to_cut.append(cut_starts[i] - before[3])
+            to_launch.append(after[2] - cut_ends[cut_starts[i]])
+    overlapped = [e for e in launches if not e[7] and e[1] in collected]
+    device = [collected[e[1]] - e[3] for e in overlapped]
+    answer = [answered[e[1]] - collected[e[1]] for e in overlapped if e[1] in answered]
+    gaps = [after[2] - before[3] for before, after in itertools.pairwise(launches)]
+
+    def ms(values: list[float] | np.ndarray) -> float:
+        return round(1e3 * float(np.mean(values)), 3) if len(values) else float("nan")
+
+    return {
+        "passes": len(launches),
+        "passes_per_s": round(len(launches) / wall, 1),
+        "texts_per_pass": round(float(np.mean([e[4] for e in launches])), 1),
+        "whole_passes": sum(1 for e in launches if e[7]),  # run whole on the MLX thread (alone, or failed)
+        "launch_mean_ms": ms(launch_s),
+        "mlx_busy_percent": round(100 * float(launch_s.sum()) / wall, 1),
+        "gap_mean_ms": ms(gaps),
+        "gap_to_cut_ms": ms(to_cut),
+        "gap_cut_to_launch_ms": ms(to_launch),
+        "device_after_launch_ms": ms(device),
+        "answer_delay_ms": ms(answer),
+    }
+
+
+def main() -> None:
+    events = read(Path(sys.argv[1]))
+    for start, end in levels(events):
+        summary = summarize(events, start, end)
+        if summary:
+            print(f"{end - start:6.2f} s  " + "  ".join(f"{k} {v}" for k, v in summary.items()))
+
+
+if __name__ == "__main__":
+    main()

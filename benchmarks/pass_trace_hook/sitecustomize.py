@@ -1,0 +1,104 @@
+"""The hook of benchmarks/pass_trace.py. With this directory first on PYTHONPATH and PASS_TRACE=FILE set, a
+Python process imports this file at start-up; once that process imports the batch worker (only the engine
+process does), the worker's overlapped passes append one JSON line an event to FILE. Nothing is patched
+otherwise, and the server's code is not changed: the methods are wrapped as they are imported."""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import json
+import os
+import sys
+import threading
+import time
+from types import ModuleType
+from typing import Any
+
+_WORKER = "embedserver.batching.worker"
+_FLUSH_EVERY_S = 0.2
+
+
+class _Recorder:
+    """Events in memory, written to the file by a daemon thread every _FLUSH_EVERY_S (the server may end
+    without running atexit handlers)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.lock = threading.Lock()
+        self.events: list[tuple[Any, ...]] = []
+        threading.Thread(target=self._flush_forever, name="pass-trace", daemon=True).start()
+
+    def add(self, *event: Any) -> None:
+        with self.lock:
+            self.events.append(event)
+
+    def _flush_forever(self) -> None:
+        while True:
+            time.sleep(_FLUSH_EVERY_S)
+            with self.lock:
+                events, self.events = self.events, []
+            if events:
+                with open(self.path, "a") as f:
+                    f.writelines(json.dumps(event) + "\n" for event in events)
+
+
+def _wrap(worker: ModuleType, record: _Recorder) -> None:
+    """Wrap the batch worker's cut and answer and the launched pass's launch and collection: each records its
+    perf_counter times (CLOCK_MONOTONIC, the same in every process of the machine)."""
+    now = time.perf_counter
+    passes: dict[int, int] = {}  # id of a pass in flight -> its number
+    numbers = iter(range(1 << 62))
+    worker_cls, pass_cls = worker.BatchWorker, worker.LaunchedPass
+    cut, answer, launch, collect = worker_cls._cut, worker_cls._answer, pass_cls.launch, pass_cls.collect
+
+    def traced_cut(self: Any, *, busy: bool) -> Any:
+        start, queued, in_flight = now(), self._queued, len(self._launched)
+        batch = cut(self, busy=busy)
+        record.add("cut", start, now(), queued, len(batch), in_flight)
+        return batch
+
+    def traced_launch(self: Any, *args: Any) -> None:
+        number = passes[id(self)] = next(numbers)
+        start = now()
+        launch(self, *args)
+        rows, length = self.shape
+        record.add("launch", number, start, now(), len(self.batch), rows, length, self.collected)
+
+    def traced_collect(self: Any, previous_end: float) -> float:
+        ended: float = collect(self, previous_end)
+        record.add("collect", passes.get(id(self), -1), ended)
+        return ended
+
+    def traced_answer(self: Any, done: Any) -> None:
+        start = now()
+        answer(self, done)
+        record.add("answer", passes.pop(id(done), -1), start, now())
+
+    worker_cls._cut, worker_cls._answer = traced_cut, traced_answer
+    pass_cls.launch, pass_cls.collect = traced_launch, traced_collect
+
+
+class _WrapOnImport(importlib.abc.MetaPathFinder):
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def find_spec(self, name: str, path: Any, target: Any = None) -> importlib.machinery.ModuleSpec | None:
+        if name != _WORKER:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is None or spec.loader is None:
+            return spec
+        loader: Any = spec.loader
+        execute = loader.exec_module
+
+        def exec_module(module: ModuleType) -> None:
+            execute(module)
+            _wrap(module, _Recorder(self.path))
+
+        loader.exec_module = exec_module
+        return spec
+
+
+if os.environ.get("PASS_TRACE"):
+    sys.meta_path.insert(0, _WrapOnImport(os.environ["PASS_TRACE"]))

@@ -1,0 +1,82 @@
+"""benchmarks/pass_trace.py and its hook: a process started with the hook records the batch worker's
+overlapped passes as they run (here a scripted device whose passes take a known time), and the summary
+reads the MLX thread's share of the time and the gaps from them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from benchmarks import pass_trace
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# 24 single-text requests in three waves of 8, through a worker whose "device" takes 20 ms a launch (on the
+# MLX thread) and 5 ms more before its vectors can be read (on the collector thread).
+_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, time
+    from concurrent.futures import ThreadPoolExecutor
+    import numpy as np
+    from embedserver.batching.worker import BatchLimits, BatchWorker
+    from embedserver.metrics import Metrics
+
+    def launch(batch):
+        time.sleep(0.02)
+        out = np.ones((len(batch), 4), dtype=np.float32)
+        def collect():
+            time.sleep(0.005)
+            return out
+        return collect
+
+    async def main():
+        limits = BatchLimits(max_size=8, max_tokens=4096, wait_s=0.002, max_queue=100)
+        worker = BatchWorker("m", lambda b: launch(b)(), launch=launch, limits=limits, metrics=Metrics(),
+                             executor=ThreadPoolExecutor(1))
+        worker.start()
+        for _ in range(3):
+            futures = [worker.submit([np.array([1, 2, 3], dtype=np.int32)]) for _ in range(8)]
+            await asyncio.gather(*futures)
+        await worker.stop()
+        time.sleep(0.5)  # the hook writes every 0.2 s
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_a_traced_worker_records_every_pass_and_the_summary_reads_them(tmp_path: Path) -> None:
+    trace = tmp_path / "trace.jsonl"
+    env = {
+        **os.environ,
+        "PASS_TRACE": str(trace),
+        "PYTHONPATH": os.pathsep.join([str(pass_trace.HOOK_DIR), str(ROOT)]),
+    }
+    done = subprocess.run([sys.executable, "-c", _SCRIPT], env=env, cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    events = pass_trace.read(trace)
+    launches = [e for e in events if e[0] == "launch"]
+    # Every text computed once; each pass cut, launched, and answered (its number shared by its events).
+    assert sum(e[4] for e in launches) == 24
+    assert {e[1] for e in launches} == {e[1] for e in events if e[0] == "answer"}
+    assert len([e for e in events if e[0] == "cut"]) == len(launches)
+    (start, end), *_ = pass_trace.levels(events, pause_s=1.0)
+    summary = pass_trace.summarize(events, start, end)
+    assert summary["passes"] == len(launches) >= 3
+    assert summary["launch_mean_ms"] >= 19  # the scripted 20 ms
+    assert 0 < summary["mlx_busy_percent"] <= 100
+    assert summary["gap_mean_ms"] >= 0
+
+
+def test_without_the_variable_the_hook_changes_nothing(tmp_path: Path) -> None:
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "PASS_TRACE"},
+        "PYTHONPATH": os.pathsep.join([str(pass_trace.HOOK_DIR), str(ROOT)]),
+    }
+    probe = "import embedserver.batching.worker as w; print(w.BatchWorker._cut.__qualname__)"
+    done = subprocess.run([sys.executable, "-c", probe], env=env, cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "BatchWorker._cut"
