@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -66,12 +64,12 @@ class Device:
         return self.launch(batch)()
 
 
-def _worker(device: Device, metrics: Metrics | None = None, limits: BatchLimits = LIMITS) -> BatchWorker:
+def _worker(device: Device, metrics: Metrics | None = None) -> BatchWorker:
     return BatchWorker(
         "m",
         device.embed,
         launch=device.launch,
-        limits=limits,
+        limits=LIMITS,
         metrics=metrics or Metrics(),
         executor=ThreadPoolExecutor(1),
     )
@@ -121,35 +119,34 @@ async def test_a_bad_input_fails_only_its_own_request_at_launch_or_collection(wo
 
 async def test_the_next_pass_launches_while_the_device_computes_the_last() -> None:
     """The point of overlapping: with work waiting, the MLX thread launches the next pass before the running
-    one has ended, cutting it itself (the event loop does nothing meanwhile); a third waits until one of the
-    two is done on the device. One text a batch here, so each request is a pass."""
+    one has ended; a third waits until one of the two is answered."""
     device = Device(held=True)
-    w = _worker(device, limits=replace(LIMITS, max_size=1))
+    w = _worker(device)
     gate = threading.Event()
-    w._executor.submit(gate.wait)  # the MLX thread is busy: the worker's turn waits for it
+    w._executor.submit(gate.wait)  # the MLX thread is busy: the first batch is cut and waits to launch
     w.start()
-    first, second, third = (w.submit([[k]]) for k in (1, 2, 3))
+    first = w.submit([[1]])
     await asyncio.sleep(0.05)
+    second, third = w.submit([[2]]), w.submit([[3]])  # waiting behind it as it launches: not alone
     gate.set()
-    # The event loop stands still (this test blocks it): the MLX thread cuts and launches by itself.
-    give_up = time.monotonic() + 10
-    while len(device.launched) < 2 and time.monotonic() < give_up:
-        time.sleep(0.01)
-    assert device.launched == [[1], [2]] and not first.done()  # the second behind the running first
+    await _until(lambda: len(device.launched) == 2)
     await asyncio.sleep(0.05)
-    assert len(device.launched) == 2  # two in flight: the third waits
+    assert device.launched == [[1], [2, 3]] and not first.done()  # launched behind the running pass
+    fourth = w.submit([[4]])
+    await asyncio.sleep(0.05)
+    assert len(device.launched) == 2  # two in flight: the fourth waits
     device.release()
     assert (await first).tolist() == [[1, 1]]
     await _until(lambda: len(device.launched) == 3)
     device.release(2)
-    assert [(await f).tolist() for f in (second, third)] == [[[1, 2]], [[1, 3]]]
+    assert [(await f).tolist() for f in (second, third, fourth)] == [[[1, 2]], [[1, 3]], [[1, 4]]]
     assert device.events == [
         "launch [1]",
-        "launch [2]",
+        "launch [2, 3]",
         "collect [1]",
-        "launch [3]",
-        "collect [2]",
-        "collect [3]",
+        "launch [4]",
+        "collect [2, 3]",
+        "collect [4]",
     ]
     assert all(name.startswith("collect") for name in device.collectors)  # the worker's collector thread
     await w.stop()
@@ -169,7 +166,7 @@ async def test_a_pass_alone_runs_whole_on_the_mlx_thread() -> None:
 
 async def test_stop_fails_the_passes_in_flight() -> None:
     device = Device(held=True)
-    w = _worker(device, limits=replace(LIMITS, max_size=1))  # a pass a request
+    w = _worker(device)
     w.start()
     gate = threading.Event()
     w._executor.submit(gate.wait)
@@ -196,11 +193,16 @@ async def test_a_collection_that_breaks_leaves_no_request_waiting(monkeypatch: p
         raise RuntimeError("collector bug")
 
     monkeypatch.setattr(w, "_collect", broken)
-    monkeypatch.setattr(w, "_alone", lambda: False)  # every pass overlapped, even with nothing behind it
+    gate = threading.Event()
+    w._executor.submit(gate.wait)
     w.start()
+    first = w.submit([[1]])
+    await asyncio.sleep(0.05)
+    second = w.submit([[2, 2], [3]])  # waiting as the first launches: both passes are overlapped
+    gate.set()
     with pytest.raises(RuntimeError, match="collector bug"):
-        await asyncio.wait_for(w.submit([[1]]), 5)
-    assert (await asyncio.wait_for(w.submit([[2, 2], [3]]), 5)).tolist() == [[2, 2], [1, 3]]
+        await asyncio.wait_for(first, 5)
+    assert (await asyncio.wait_for(second, 5)).tolist() == [[2, 2], [1, 3]]
     await w.stop()
 
 
@@ -209,7 +211,7 @@ async def test_a_batch_whose_callers_left_is_not_launched() -> None:
     metrics = Metrics()
     w = _worker(device, metrics)
     gate = threading.Event()
-    w._executor.submit(gate.wait)  # the MLX thread is busy: the callers leave before it cuts their batch
+    w._executor.submit(gate.wait)  # the MLX thread is busy: the batch is cut and waits to launch
     w.start()
     future = w.submit([[1], [2]])
     await asyncio.sleep(0.05)

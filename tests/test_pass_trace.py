@@ -76,7 +76,7 @@ def test_without_the_variable_the_hook_changes_nothing(tmp_path: Path) -> None:
         **{k: v for k, v in os.environ.items() if k != "PASS_TRACE"},
         "PYTHONPATH": os.pathsep.join([str(pass_trace.HOOK_DIR), str(ROOT)]),
     }
-    probe = "import embedserver.batching.worker as w; print(w.BatchWorker._cut_locked.__qualname__)"
+    probe = "import embedserver.batching.worker as w; print(w.BatchWorker._cut.__qualname__)"
     done = subprocess.run([sys.executable, "-c", probe], env=env, cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip() == "BatchWorker._cut_locked"
+    assert done.stdout.strip() == "BatchWorker._cut"

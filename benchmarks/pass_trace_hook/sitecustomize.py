@@ -50,15 +50,11 @@ def _wrap(worker: ModuleType, record: _Recorder) -> None:
     passes: dict[int, int] = {}  # id of a pass in flight -> its number
     numbers = iter(range(1 << 62))
     worker_cls, pass_cls = worker.BatchWorker, worker.LaunchedPass
-    # The cut itself: `_cut_locked` where the MLX thread cuts overlapped passes (and `_cut` calls it), `_cut`
-    # in trees from before that.
-    cut_name = "_cut_locked" if hasattr(worker_cls, "_cut_locked") else "_cut"
-    cut, answer = getattr(worker_cls, cut_name), worker_cls._answer
-    launch, collect = pass_cls.launch, pass_cls.collect
+    cut, answer, launch, collect = worker_cls._cut, worker_cls._answer, pass_cls.launch, pass_cls.collect
 
-    def traced_cut(self: Any, *args: Any, **kwargs: Any) -> Any:
+    def traced_cut(self: Any, *, busy: bool) -> Any:
         start, queued, in_flight = now(), self._queued, len(self._launched)
-        batch = cut(self, *args, **kwargs)
+        batch = cut(self, busy=busy)
         record.add("cut", start, now(), queued, len(batch), in_flight)
         return batch
 
@@ -79,8 +75,7 @@ def _wrap(worker: ModuleType, record: _Recorder) -> None:
         answer(self, done)
         record.add("answer", passes.pop(id(done), -1), start, now())
 
-    setattr(worker_cls, cut_name, traced_cut)
-    worker_cls._answer = traced_answer
+    worker_cls._cut, worker_cls._answer = traced_cut, traced_answer
     pass_cls.launch, pass_cls.collect = traced_launch, traced_collect
 
 

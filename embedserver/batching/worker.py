@@ -14,8 +14,7 @@ this makes it a bound even when the machine slows down under it, while a large r
 after batch is never cut), sorts by length and cuts batches by count and
 padded-token budget (`plan_batches`, a pure function). Forward passes run on the MLX thread; up to two
 batches are handed to it at once, so the next one is ready the moment the current one ends. On CUDA passes
-overlap instead (`_run_overlapped`): the MLX thread cuts their batches and launches them back to back, and a
-collector thread waits for each.
+overlap instead (`_run_overlapped`): the MLX thread only launches them and a collector thread waits for each.
 
 Why the late cut: cut early, the next batch held only what arrived in its first milliseconds and then
 waited behind the running one while everything else queued for the batch after; under steady load batches
@@ -25,18 +24,15 @@ alternated small and large, and small batches use the GPU poorly.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Executor, Future
+from concurrent.futures import Executor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
 
 import numpy as np
 
@@ -49,14 +45,10 @@ from embedserver.tuning.threads import named_executor
 
 log = logging.getLogger(__name__)
 
-# Overlapped passes (GPUs): at most this many launched and not yet done on the device. Two let the device
-# compute one while the host queues the next; a third would only wait longer for the device, holding its
-# batch's texts back from joining a later, fuller one.
+# Overlapped passes (GPUs): at most this many launched and not yet answered. Two let the device compute one
+# while the host queues the next; a third would only wait longer for the device, holding its batch's texts
+# back from joining a later, fuller one.
 _OVERLAPPED = 2
-
-# The longest the MLX thread launches one worker's passes back to back before it goes back to its queue, where
-# other models' work waits (a pass launched by then still completes).
-_TURN_S = 0.05
 
 # The next batch is cut this share of a typical forward pass before the running one should end: enough for
 # the event loop to plan it and hand it over while the MLX thread is still busy.
@@ -184,11 +176,6 @@ class BatchWorker:
         # Overlapped passes handed to the MLX thread and not yet answered, and when the last collected ended.
         self._launched: list[LaunchedPass] = []
         self._device_end = 0.0
-        # Overlapped passes are cut on the MLX thread (_turn): this lock guards the queue, the token count and
-        # `_launched` between it and the event loop. Reentrant: _cut settles under it.
-        self._lock = threading.RLock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._loop_thread = 0
         self._in_executor = 0  # batches handed to the MLX thread and not yet back
         self._forward_started = 0.0  # when the MLX thread began its current (or last) forward pass
         self._forward_shape = (0, 0)  # that pass's padded (rows, length)
@@ -245,19 +232,18 @@ class BatchWorker:
                 f"the request has {tokens} tokens to compute; the limit is {limits.max_request_tokens} "
                 "(MAX_REQUEST_TOKENS): split it"
             )
+        if self._tokens and self._tokens + tokens > limits.max_queue_tokens:
+            self._series.rejected.inc(len(sequences))
+            raise Overloaded(
+                f"model {self.model} has {self._tokens} tokens in progress (MAX_QUEUE_TOKENS "
+                f"{limits.max_queue_tokens}); retry later",
+                headers={"Retry-After": "1"},
+            )
         request = QueuedRequest(sequences, asyncio.get_running_loop().create_future())
         request.queued = True
-        with self._lock:
-            if self._tokens and self._tokens + tokens > limits.max_queue_tokens:
-                self._series.rejected.inc(len(sequences))
-                raise Overloaded(
-                    f"model {self.model} has {self._tokens} tokens in progress (MAX_QUEUE_TOKENS "
-                    f"{limits.max_queue_tokens}); retry later",
-                    headers={"Retry-After": "1"},
-                )
-            self._queue.append(request)
-            self._queued += request.size
-            self._tokens += tokens
+        self._queue.append(request)
+        self._queued += request.size
+        self._tokens += tokens
         self._wakeup.set()
         return request.future
 
@@ -280,7 +266,6 @@ class BatchWorker:
 
     # --- lifecycle ----------------------------------------------------------------------------------------
     def start(self) -> None:
-        self._loop, self._loop_thread = asyncio.get_running_loop(), threading.get_ident()
         run = self._run() if self._launch is None else self._run_overlapped()
         self._task = asyncio.create_task(run, name=f"batcher-{self.model}")
         # Read when /metrics is scraped: texts queued, and texts cut into batches not yet handed to the MLX thread.
@@ -330,10 +315,6 @@ class BatchWorker:
     def _cut(self, *, busy: bool) -> list[WorkItem]:
         """The next batch from the queue (empty when everything taken had been left or had expired). While the
         device is `busy`, a batch is cut to a bucketed row count and the rest waits for the next."""
-        with self._lock:
-            return self._cut_locked(busy)
-
-    def _cut_locked(self, busy: bool) -> list[WorkItem]:
         # Items taken off the queue stay reachable until dispatched, so a crash or stop() fails them instead
         # of leaving their callers waiting forever.
         window = self._take_window()
@@ -355,80 +336,48 @@ class BatchWorker:
         """The worker on GPUs, where queueing a short pass's kernels is most of its time. The MLX thread only
         launches passes; another thread (`_collector`) waits for each and reads its vectors, so the device
         computes one pass while the MLX thread queues the next, and a pass is answered as soon as the device
-        is done with it. The MLX thread cuts each batch itself when it is ready to launch it (`_turn`), so a
-        batch holds what arrived while the previous one was launched (no pass times judge the cut), and no
-        trip through the event loop separates one launch from the next: under load that trip took 0.9-1.5 ms
-        of a 5-7 ms launch on an H200. At most `_OVERLAPPED` passes are on the device or being launched (MLX
-        itself holds the host back once it is ten command buffers ahead of the device, as long passes are). A
-        pass alone (nothing waits, nothing in flight) runs whole on the MLX thread."""
+        is done with it. A batch is cut when the MLX thread is ready to launch it, so it holds what arrived
+        while the previous one was launched (no pass times judge the cut); at most `_OVERLAPPED` passes are in
+        flight (MLX itself holds the host back once it is ten command buffers ahead of the device, as long
+        passes are). A pass alone (nothing waits, nothing in flight) runs whole on the MLX thread."""
         loop = asyncio.get_running_loop()
         try:
             while True:
-                while not self._queued or self._in_flight() >= _OVERLAPPED:
+                while not self._queued or len(self._launched) >= _OVERLAPPED:
                     self._wakeup.clear()
                     await self._wakeup.wait()
-                await loop.run_in_executor(self._executor, self._turn)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # a bug in the worker itself: fail what waits rather than hang it
-            self._died(exc)
-            raise
-
-    def _turn(self) -> None:
-        """On the MLX thread: cut and launch passes back to back while texts wait and fewer than `_OVERLAPPED`
-        are in flight, for up to _TURN_S (then other models' work queued for the thread goes first)."""
-        ends = time.perf_counter() + _TURN_S
-        while True:
-            with self._lock:
-                if not self._queued or self._in_flight() >= _OVERLAPPED or self.failure is not None:
-                    return
-                batch = self._cut_locked(bool(self._launched))
+                batch = self._cut(busy=bool(self._launched))
                 if not batch:  # everything taken had been left or had expired
                     continue
                 launched = LaunchedPass(
                     batch, padded_shape([item.ids for item in batch], bucket_rows=self._bucketed_rows)
                 )
                 self._launched.append(launched)
-            assert self._launch is not None
-            launched.launch(self._launch, self._embed, self._alone)
-            self._launched_one(launched)
-            if time.perf_counter() >= ends:
-                return
-
-    def _launched_one(self, launched: LaunchedPass) -> None:
-        """On the MLX thread, after a launch: the collector waits for the pass, or, if it already has its
-        outcome (run whole, not run, failed to launch), the event loop answers it."""
-        if not launched.collected:
-            assert self._collector is not None
-            try:
-                collecting = self._collector.submit(self._collect, launched)
-            except RuntimeError as exc:  # the collector was shut down (stop): the pass was failed there
-                launched.error, launched.collected = exc, True
-            else:
-                collecting.add_done_callback(partial(self._call_soon, self._collected, launched))
-                return
-        self._call_soon(self._answer, launched)
-
-    def _call_soon(self, callback: Callable[..., None], *args: Any) -> None:
-        """`callback(*args)` on the event loop, from any thread (nothing, once the loop has closed)."""
-        assert self._loop is not None
-        with contextlib.suppress(RuntimeError):
-            self._loop.call_soon_threadsafe(callback, *args)
-
-    def _in_flight(self) -> int:
-        """Overlapped passes launched (or being launched) and not yet done on the device."""
-        return sum(1 for launched in self._launched if not launched.collected)
+                assert self._launch is not None
+                await loop.run_in_executor(
+                    self._executor, launched.launch, self._launch, self._embed, self._alone
+                )
+                if launched.collected:  # run whole (alone), not run (its callers left), or failed to launch
+                    self._answer(launched)
+                    continue
+                collecting = loop.run_in_executor(self._collector, self._collect, launched)
+                collecting.add_done_callback(partial(self._collected, launched))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug in the worker itself: fail what waits rather than hang it
+            self._died(exc)
+            raise
 
     def _alone(self) -> bool:
         """Read on the MLX thread as a pass launches: no text waits to follow it and no other pass is in
         flight (a benign race: at worst one pass runs whole that could have overlapped, or the reverse)."""
-        return not self._queued and self._in_flight() == 1
+        return not self._queued and len(self._launched) == 1
 
     def _collect(self, launched: LaunchedPass) -> None:
         """On the collector thread, one pass at a time in launch order."""
         self._device_end = launched.collect(self._device_end)
 
-    def _collected(self, launched: LaunchedPass, collecting: Future[None]) -> None:
+    def _collected(self, launched: LaunchedPass, collecting: asyncio.Future[None]) -> None:
         """The collector thread is done with a pass: answer it. Should the collection itself have raised
         (not the pass: `LaunchedPass.collect` keeps that as the outcome), the pass failed, and its texts are
         retried alone like any failed pass's, never left waiting."""
@@ -440,10 +389,9 @@ class BatchWorker:
     def _answer(self, done: LaunchedPass) -> None:
         """An overlapped pass's outcome to its requests (on the event loop). A pass failed by stop() or the
         worker's death meanwhile is answered already."""
-        with self._lock:
-            if done not in self._launched:
-                return
-            self._launched.remove(done)
+        if done not in self._launched:
+            return
+        self._launched.remove(done)
         self._wakeup.set()  # a place for the next pass
         batch = done.batch
         if done.abandoned:
@@ -535,9 +483,8 @@ class BatchWorker:
             headers={"Retry-After": str(max(1, math.ceil(max_wait)))},
         )
         expired = len(late)
-        failed = {item.request for item in late}
-        for request in failed:
-            self._fail_on_loop(request, error)
+        for request in {item.request for item in late}:
+            request.fail(error)
             # Its texts still queued are never computed either (left for _take_window to skip).
             rest = request.waiting
             self._queued -= len(rest)
@@ -545,21 +492,11 @@ class BatchWorker:
             self._settle(rest)
             rest.clear()
         self._series.expired.inc(expired)
-        return [item for item in items if item.request not in failed], late
-
-    def _fail_on_loop(self, request: QueuedRequest, error: Exception) -> None:
-        """Fail a request's future, which only the event loop's thread may do (the MLX thread cuts batches
-        of overlapped passes)."""
-        if threading.get_ident() == self._loop_thread:
-            request.fail(error)
-        else:
-            self._call_soon(request.fail, error)
+        return [item for item in items if not item.request.future.done()], late
 
     def _settle(self, items: Sequence[WorkItem]) -> None:
         """Items leave the worker (computed, failed, dropped or expired): their tokens free the budget."""
-        tokens = sum(len(item.ids) for item in items)
-        with self._lock:
-            self._tokens -= tokens
+        self._tokens -= sum(len(item.ids) for item in items)
 
     def _keep_for_next(self, window: list[WorkItem], run: int) -> list[WorkItem]:
         """Run the first `run` items of the window; put the rest back."""
@@ -711,10 +648,6 @@ class BatchWorker:
         return vectors, started, seconds, non_finite_rows(vectors)
 
     def _fail_queued(self, exc: Exception) -> None:
-        with self._lock:
-            self._fail_queued_locked(exc)
-
-    def _fail_queued_locked(self, exc: Exception) -> None:
         for launched in self._launched:  # overlapped passes whose outcome nobody will read now
             for item in launched.batch:
                 item.request.fail(exc)
