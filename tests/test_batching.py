@@ -42,6 +42,28 @@ def test_plan_batches(lengths: list[int], max_size: int, max_tokens: int, expect
     assert [[len(item.ids) for item in batch] for batch in batches] == expected
 
 
+@pytest.mark.parametrize(
+    ("lengths", "split_tokens", "expected"),
+    [
+        # Queries with passages: padding six 16-token texts to 256 (+1,440 tokens) is worth another pass at 64.
+        ([16] * 6 + [256] * 2, 64, [[16] * 6, [256] * 2]),
+        # ... and not where another pass is worth more than that padding (GPUs).
+        ([16] * 6 + [256] * 2, 2048, [[16] * 6 + [256] * 2]),
+        # Lengths within twice each other share a pass however many they are.
+        ([90] * 40 + [110] * 40, 64, [[90] * 40 + [110] * 40]),
+        ([16] * 100 + [30], 64, [[16] * 100 + [30]]),  # padded to 32: twice, not more
+        # Each length group its own pass once the next more than doubles the padding.
+        ([10, 10, 10, 100, 100, 300], 16, [[10, 10, 10], [100, 100], [300]]),
+        ([16] * 6 + [256] * 2, 0, [[16] * 6 + [256] * 2]),  # off
+    ],
+)
+def test_plan_batches_splits_where_padding_costs_more_than_a_pass(
+    lengths: list[int], split_tokens: int, expected: list[list[int]]
+) -> None:
+    batches = plan_batches(_items(*lengths), max_size=256, max_tokens=32768, split_tokens=split_tokens)
+    assert [[len(item.ids) for item in batch] for batch in batches] == expected
+
+
 def test_plan_batches_keeps_every_item_once() -> None:
     items = _items(*np.random.default_rng(0).integers(1, 300, size=200).tolist())
     batches = plan_batches(items, max_size=16, max_tokens=2048)
@@ -179,6 +201,26 @@ async def test_concurrent_submissions_share_forward_passes() -> None:
     await w.stop()
     assert [r.tolist()[0][1] for r in results] == [i + 1 for i in range(32)]
     assert len(embed.calls) < 32
+
+
+async def test_queries_queued_with_passages_run_as_a_pass_of_each() -> None:
+    """plan_batches' split through the worker: 16-token queries queued with 256-token passages become a pass
+    of queries and a pass of passages (the runner's split_tokens), each text answered with its own vector."""
+    embed = Scripted()
+    limits = BatchLimits(max_size=64, max_tokens=100_000, wait_s=0.01, max_queue=1000)
+    executor = ThreadPoolExecutor(1)
+    w = BatchWorker("m", embed, limits=limits, metrics=Metrics(), executor=executor, split_tokens=64)
+    gate = threading.Event()
+    executor.submit(gate.wait)  # the MLX thread is busy while all of them queue
+    w.start()
+    queries = [w.submit([[k] * 16]) for k in range(1, 7)]
+    passages = [w.submit([[k] * 256]) for k in range(7, 9)]
+    await asyncio.sleep(0.05)
+    gate.set()
+    results = await asyncio.gather(*queries, *passages)
+    await w.stop()
+    assert [r.tolist() for r in results] == [[[16, k]] for k in range(1, 7)] + [[[256, 7]], [[256, 8]]]
+    assert embed.calls == [6, 2]
 
 
 async def test_stop_fails_what_is_still_queued() -> None:

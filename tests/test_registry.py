@@ -77,6 +77,18 @@ async def test_concurrent_first_requests_load_once(tiny_qwen3: Path) -> None:
     await registry.close()
 
 
+async def test_the_worker_splits_batches_as_the_device_policy_says(tiny_qwen3: Path) -> None:
+    """On CPU a pass costs little beyond its tokens: the loaded model's worker splits batches whose padding
+    would more than double past a few dozen tokens (plan_batches)."""
+    registry = _registry(tiny_qwen3, CountingLoader())
+    try:
+        async with registry.acquire("a") as model:
+            assert model.runner.split_tokens == 64
+            assert model.worker._split_tokens == model.runner.split_tokens
+    finally:
+        await registry.close()
+
+
 async def test_a_loaded_model_and_everything_alive_then_leave_the_collectors_scans(tiny_qwen3: Path) -> None:
     """Full garbage collections scanned every long-lived object and held the GIL 60-100 ms under load; once a
     model is ready, what is alive (the model's Python objects included) is frozen out of later scans."""

@@ -119,18 +119,31 @@ class BatchLimits:
     max_queue_tokens: int = 2_000_000
 
 
-def plan_batches(items: Sequence[WorkItem], *, max_size: int, max_tokens: int) -> list[list[WorkItem]]:
+def plan_batches(
+    items: Sequence[WorkItem], *, max_size: int, max_tokens: int, split_tokens: int = 0
+) -> list[list[WorkItem]]:
     """Sort by length and cut into batches of at most `max_size` items whose padded size
-    (bucketed longest length × count) stays within `max_tokens`. A single item always forms a batch."""
+    (bucketed longest length × count) stays within `max_tokens`. A single item always forms a batch.
+
+    With `split_tokens`, a batch is also cut where the next (longer) item would pad the items already in it by
+    more than `split_tokens` tokens and by more than their own padded size: a pass costs a fixed time (on GPUs
+    mostly the host queueing its kernels) plus time per padded token, so past that point a second pass costs
+    less than the padding. Queries of 16 tokens waiting with passages of 256 then run as a batch of queries and
+    a batch of passages, not all padded to 256; texts of similar lengths still share a pass."""
     batches: list[list[WorkItem]] = []
     current: list[WorkItem] = []
+    current_length = 0  # the bucketed length `current` is padded to
     for item in sorted(items, key=lambda it: len(it.ids)):
         # Sorted ascending, so the newcomer is the longest and sets the padded length.
-        padded = bucket_length(len(item.ids)) * (len(current) + 1)
-        if current and (len(current) >= max_size or padded > max_tokens):
+        length = bucket_length(len(item.ids))
+        padded = length * (len(current) + 1)
+        added = (length - current_length) * len(current)  # padding the newcomer adds to the items in
+        split = split_tokens and added > split_tokens and added > current_length * len(current)
+        if current and (len(current) >= max_size or padded > max_tokens or split):
             batches.append(current)
             current = []
         current.append(item)
+        current_length = length
     if current:
         batches.append(current)
     return batches
@@ -147,8 +160,11 @@ class BatchWorker:
         executor: Executor,
         bucketed_rows: bool = False,
         launch: LaunchFn | None = None,
+        split_tokens: int = 0,
     ) -> None:
         self.model = model
+        # Padding worth one more pass (plan_batches): the runner's, which follows from the device.
+        self._split_tokens = split_tokens
         # GPUs: passes are overlapped (_run_overlapped), `launch` queueing one without waiting for it, and
         # a thread of the worker's own waiting for each.
         self._launch = launch
@@ -321,7 +337,10 @@ class BatchWorker:
         if self._bucketed_rows and busy and len(window) <= self._limits.max_size:
             window = self._keep_for_next(window, rows_to_run(len(window)))
         self._planned = [window]
-        batches = plan_batches(window, max_size=self._limits.max_size, max_tokens=self._limits.max_tokens)
+        limits = self._limits
+        batches = plan_batches(
+            window, max_size=limits.max_size, max_tokens=limits.max_tokens, split_tokens=self._split_tokens
+        )
         self._planned = []
         if not batches:
             return []

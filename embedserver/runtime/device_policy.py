@@ -22,6 +22,12 @@ log = logging.getLogger(__name__)
 # Warm every bucketed shape up to this many tokens per text at load (longer texts pay their first-use cost).
 _WARM_LENGTH = 512
 
+# Padded tokens worth one more forward pass (plan_batches splits a batch past them). GPUs: about a pass's fixed
+# time over its time per padded token, 3.3 ms over 1.8 µs for the 0.6B model on an H200 (docs/PERFORMANCE.md),
+# less for larger models (they split less often than would pay). CPU: a pass costs little beyond its tokens.
+_SPLIT_TOKENS_GPU = 2048
+_SPLIT_TOKENS_CPU = 64
+
 
 @dataclass(frozen=True)
 class DevicePlan:
@@ -37,8 +43,10 @@ def ready_for_device(runner: ModelRunner, plan: DevicePlan) -> ModelRunner:
     """Runs on the MLX thread after the weights are loaded; returns the same runner, ready to serve."""
     if device.backend() == "cpu":
         # A new shape costs nothing extra on CPU: a token warm-up, and exact batch sizes (no filler rows).
+        runner.split_tokens = _SPLIT_TOKENS_CPU
         runner.warmup()
         return runner
+    runner.split_tokens = _SPLIT_TOKENS_GPU
     # A new shape costs tens of milliseconds of kernel set-up on GPUs: batch sizes are padded to a few
     # buckets, and every bucketed shape within the limits runs once now rather than on a request.
     runner.bucket_rows = True

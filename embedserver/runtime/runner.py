@@ -57,6 +57,9 @@ class ModelRunner:
     # Overlap passes (CUDA): the batch worker launches the next pass before collecting the running one, so
     # the device computes while the host queues the next pass's kernels (`launch`).
     overlap_passes: bool = False
+    # Padded tokens worth one more pass: a batch is split where padding its shorter texts to a longer one would
+    # cost more (batching.worker.plan_batches; set by device_policy.py).
+    split_tokens: int = 0
     # Run the forward pass as one mx.compile'd graph per shape (COMPILE): the Python side of a forward pass
     # shrinks from hundreds of operation calls, each taking the GIL, to one call. Compiles on first use of a
     # shape, so it is meant with bucketed shapes warmed at load.

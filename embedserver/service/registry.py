@@ -227,6 +227,7 @@ class ModelRegistry:
                     executor=self._executor,
                     bucketed_rows=runner.bucket_rows,
                     launch=runner.launch if runner.overlap_passes else None,
+                    split_tokens=runner.split_tokens,
                 )
                 worker.on_death = lambda: self._worker_died(slot)
                 worker.start()
