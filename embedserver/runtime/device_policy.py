@@ -23,8 +23,9 @@ log = logging.getLogger(__name__)
 _WARM_LENGTH = 512
 
 # Padded tokens worth one more forward pass (plan_batches splits a batch past them). GPUs: about a pass's fixed
-# time over its time per padded token, 3.3 ms over 1.8 µs for the 0.6B model on an H200 (docs/PERFORMANCE.md),
-# less for larger models (they split less often than would pay). CPU: a pass costs little beyond its tokens.
+# time over its time per padded token, 3.3 ms over 1.8 µs for the 0.6B model on an H200 (docs/PERFORMANCE.md);
+# larger models cost more a token, so for them fewer splits happen than would pay, never more. CPU: a pass
+# costs little beyond its tokens.
 _SPLIT_TOKENS_GPU = 2048
 _SPLIT_TOKENS_CPU = 64
 
