@@ -1,7 +1,8 @@
 """The hook of benchmarks/pass_trace.py. With this directory first on PYTHONPATH and PASS_TRACE=FILE set, a
 Python process imports this file at start-up; once that process imports the batch worker (only the engine
 process does), the worker's overlapped passes append one JSON line an event to FILE. Nothing is patched
-otherwise, and the server's code is not changed: the methods are wrapped as they are imported."""
+otherwise, and the server's code is not changed: the methods are wrapped as they are imported. Being first on
+the path, this file stands in for any other sitecustomize of the interpreter while the trace runs."""
 
 from __future__ import annotations
 
