@@ -223,6 +223,38 @@ async def test_queries_queued_with_passages_run_as_a_pass_of_each() -> None:
     assert embed.calls == [6, 2]
 
 
+async def test_a_small_request_takes_turns_with_a_large_one_in_passes_of_its_own() -> None:
+    """A 2-token request behind a request of twenty 64-token texts is split from them (split_tokens), so
+    their batches compete: a request waits from when it was queued or last had a text computed, and the small
+    one runs in the pass after the large one's next, not after all five of the large one's."""
+    release = threading.Event()
+
+    class Held(Scripted):
+        def __call__(self, batch: list[TokenIds]) -> np.ndarray:
+            if not self.calls:
+                release.wait(10)
+            return super().__call__(batch)
+
+    embed = Held()
+    limits = BatchLimits(max_size=4, max_tokens=100_000, wait_s=0.001, max_queue=1000)
+    w = BatchWorker(
+        "m", embed, limits=limits, metrics=Metrics(), executor=ThreadPoolExecutor(1), split_tokens=16
+    )
+    w.start()
+    try:
+        large = w.submit([[1] * 64 for _ in range(20)])
+        await asyncio.sleep(0.05)  # its first pass holds the MLX thread, its second is handed over behind it
+        small = w.submit([[2, 2]])
+        await asyncio.sleep(0.05)
+        release.set()
+        assert (await small).tolist() == [[2, 2]]
+        assert (await large).shape == (20, 2)
+        assert embed.calls == [4, 4, 1, 4, 4, 4]
+    finally:
+        release.set()
+        await w.stop()
+
+
 async def test_stop_fails_what_is_still_queued() -> None:
     def slow(batch: list[TokenIds]) -> np.ndarray:
         time.sleep(0.2)

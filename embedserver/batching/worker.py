@@ -348,7 +348,10 @@ class BatchWorker:
         # One batch at a time: the one holding the longest-waiting text (so no text waits forever behind
         # shorter ones); the rest go back to their requests and are planned again with whatever arrives
         # meanwhile, so a request arriving now joins the next batch, not the one after a large request's last.
-        first = min(batches, key=lambda batch: min(item.request.enqueued for item in batch))
+        # A request waits from when it was queued or last had a text computed: a large request whose texts
+        # form a batch of their own (longer texts than a small request's, or past the budget) takes turns
+        # with the small ones that arrived behind it instead of going first until it is done.
+        first = min(batches, key=lambda batch: min(_waiting_since(item.request) for item in batch))
         self._return([item for batch in batches if batch is not first for item in batch])
         return first
 
@@ -493,7 +496,7 @@ class BatchWorker:
         if not max_wait:
             return items, []
         oldest = time.perf_counter() - max_wait
-        late = [item for item in items if max(item.request.enqueued, item.request.progressed) < oldest]
+        late = [item for item in items if _waiting_since(item.request) < oldest]
         if not late:
             return items, []
         error = Overloaded(
@@ -698,6 +701,11 @@ class _FailedPass(Exception):
     def __init__(self, started: float, cause: Exception) -> None:
         super().__init__(started, cause)
         self.started, self.cause = started, cause
+
+
+def _waiting_since(request: QueuedRequest) -> float:
+    """When a request last started waiting for the model: queued, or its last text computed."""
+    return max(request.enqueued, request.progressed)
 
 
 def _deliver(batch: list[WorkItem], vectors: np.ndarray, now: float) -> None:
