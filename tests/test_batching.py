@@ -417,6 +417,49 @@ async def test_a_busy_worker_cuts_batches_to_bucket_sizes(bucketed: bool, expect
         await w.stop()
 
 
+async def test_the_bucket_cut_applies_to_the_batch_that_runs_after_a_split() -> None:
+    """40 short texts and 8 long ones queued behind a pass: 48 rows is a bucket, so cutting before planning
+    kept all 48, and the split then ran the 40 short ones as 48 rows with 8 of filler. The cut applies to the
+    planned batch: 32 short texts run, the other 8 wait for a pass of their own, beside the long ones'."""
+    release = threading.Event()
+
+    class Held(Scripted):
+        def __call__(self, batch: list[TokenIds]) -> np.ndarray:
+            if batch[0][0] == 1:
+                release.wait(10)
+            return super().__call__(batch)
+
+    embed = Held()
+    limits = BatchLimits(max_size=64, max_tokens=100_000, wait_s=0.005, max_queue=1000)
+    w = BatchWorker(
+        "m",
+        embed,
+        limits=limits,
+        metrics=Metrics(),
+        executor=ThreadPoolExecutor(1),
+        bucketed_rows=True,
+        split_tokens=16,
+    )
+    w.start()
+    try:
+        running = w.submit([[1]])
+        await asyncio.sleep(0.05)
+        short = w.submit([[10 + k, 0] for k in range(40)])
+        long = w.submit([[3] * 64 for _ in range(8)])
+        await asyncio.sleep(0.05)
+        release.set()
+        await running
+        assert [int(r[1]) for r in await short] == [
+            10 + k for k in range(40)
+        ]  # each its own vector, in order
+        assert (await long).shape == (8, 2)
+        assert embed.calls[:2] == [1, 32]
+        assert sorted(embed.calls[2:]) == [8, 8]
+    finally:
+        release.set()
+        await w.stop()
+
+
 @pytest.mark.parametrize(
     ("queued", "run"),
     [(1, 1), (3, 3), (13, 13), (17, 16), (23, 23), (40, 32), (99, 96), (120, 120), (130, 128), (250, 250)],

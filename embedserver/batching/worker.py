@@ -331,12 +331,11 @@ class BatchWorker:
 
     def _cut(self, *, busy: bool) -> list[WorkItem]:
         """The next batch from the queue (empty when everything taken had been left or had expired). While the
-        device is `busy`, a batch is cut to a bucketed row count and the rest waits for the next."""
+        device is `busy`, the batch is cut to a bucketed row count (rows_to_run) and the rest waits for the
+        next."""
         # Items taken off the queue stay reachable until dispatched, so a crash or stop() fails them instead
         # of leaving their callers waiting forever.
         window = self._take_window()
-        if self._bucketed_rows and busy and len(window) <= self._limits.max_size:
-            window = self._keep_for_next(window, rows_to_run(len(window)))
         self._planned = [window]
         limits = self._limits
         batches = plan_batches(
@@ -352,7 +351,18 @@ class BatchWorker:
         # form a batch of their own (longer texts than a small request's, or past the budget) takes turns
         # with the small ones that arrived behind it instead of going first until it is done.
         first = min(batches, key=lambda batch: min(_waiting_since(item.request) for item in batch))
-        self._return([item for batch in batches if batch is not first for item in batch])
+        back = [item for batch in batches if batch is not first for item in batch]
+        # While the device is busy, a batch is cut to a bucketed row count (after planning, so the cut is of
+        # the batch that runs); the texts held back are those the window took last.
+        run = rows_to_run(len(first)) if self._bucketed_rows and busy else len(first)
+        if back or run < len(first):
+            position = {id(item): k for k, item in enumerate(window)}
+            if run < len(first):
+                first.sort(key=lambda item: position[id(item)])
+                first, held = first[:run], first[run:]
+                back += held
+            # Back in the window's order, so each request's texts and the requests' turns stay as they were.
+            self._return(sorted(back, key=lambda item: position[id(item)]))
         return first
 
     async def _run_overlapped(self) -> None:
@@ -520,11 +530,6 @@ class BatchWorker:
     def _settle(self, items: Sequence[WorkItem]) -> None:
         """Items leave the worker (computed, failed, dropped or expired): their tokens free the budget."""
         self._tokens -= sum(len(item.ids) for item in items)
-
-    def _keep_for_next(self, window: list[WorkItem], run: int) -> list[WorkItem]:
-        """Run the first `run` items of the window; put the rest back."""
-        self._return(window[run:])
-        return window[:run]
 
     def _return(self, items: list[WorkItem]) -> None:
         """Put items taken from the queue back at the heads of their requests, in order, each request ahead
