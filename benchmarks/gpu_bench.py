@@ -207,6 +207,30 @@ def gpu_memory_peak(pid: int | None = None) -> Iterator[dict[str, float]]:
         thread.join()
 
 
+@contextmanager
+def gpu_busy() -> Iterator[list[tuple[float, float]]]:
+    """nvidia-smi's `utilization.gpu` sampled while the block runs, as (perf_counter, percent) pairs: the share
+    of the driver's last sample period in which a kernel ran on the card (none without nvidia-smi). Near 100
+    the device bounds a level; well below it, the host or the clients do."""
+    samples: list[tuple[float, float]] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.25):
+            value = _smi("--query-gpu=utilization.gpu")
+            if not value or not value[0].strip().isdigit():
+                return
+            samples.append((time.perf_counter(), float(value[0])))
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield samples
+    finally:
+        stop.set()
+        thread.join()
+
+
 @dataclass
 class ServerUnderTest:
     """A server started for the benchmark: where it answers, and its results so far (levels by length)."""
@@ -274,10 +298,18 @@ def run_level(
     # Which processes and threads were busy over the level, the load generator's start-up included (the
     # engine's event loop is "[main]", MLX's thread "[mlx0]").
     threads, started = threads_now(), time.perf_counter()
-    r = run_load(f"{url}/v1/embeddings", bodies, clients, seconds, processes=min(8, max(1, clients // 32)))
+    with gpu_busy() as device:
+        r = run_load(
+            f"{url}/v1/embeddings", bodies, clients, seconds, processes=min(8, max(1, clients // 32))
+        )
     ended = time.perf_counter()
     cpu = busiest(threads, ended - started)
     summary = r.summary() | level_means(httpx.get(f"{url}/metrics").text, since=before)
+    # The load ran for the last `seconds` (the load generator's start-up came first); the first half second
+    # of it is left out too, as the driver's sample period reaches back that far.
+    under_load = [percent for at, percent in device if ended - seconds + 0.5 <= at <= ended]
+    if under_load:
+        summary["gpu_busy_percent"] = round(sum(under_load) / len(under_load), 1)
     summary["cpu_percent"] = cpu
     if server.trace is not None:  # summarized once the server has stopped and written all of it
         summary["_window"] = (started, ended)
@@ -345,7 +377,7 @@ def table(results: dict[str, Any]) -> str:
     )
     lines = [
         f"{'server':>8} {'length':>6} {'clients':>7} {'req/s':>9} {'tok/s':>10} {'p50 ms':>8} {'p99 ms':>8}"
-        f" {'server':>7} {'engine':>7} {'queue':>7} {'pass':>7} {'texts':>6} {'busy %':>6}"
+        f" {'server':>7} {'engine':>7} {'queue':>7} {'pass':>7} {'texts':>6} {'busy %':>6} {'gpu %':>6}"
     ]
     for name, server in results.get("server", {}).items():
         for length, levels in server["lengths"].items():
@@ -358,7 +390,7 @@ def table(results: dict[str, Any]) -> str:
                 lines.append(
                     f"{name:>8} {length:>6} {level['concurrency']:>7} {level['requests_per_s']:>9,.0f} "
                     f"{level['tokens_per_s']:>10,.0f} {level['p50_ms']:>8.2f} {level['p99_ms']:>8.2f} {split}"
-                    f" {busy if busy is not None else '-':>6}"
+                    f" {busy if busy is not None else '-':>6} {level.get('gpu_busy_percent', '-'):>6}"
                 )
         lines.append(
             f"{name:>8} GPU memory peak {server['gpu_memory_peak_gb']} GB (card), "

@@ -246,3 +246,26 @@ def test_the_gpu_benchmark_alternates_servers_level_by_level(tiny_qwen3: Path, t
         assert all("passes" in level for level in levels)
     for name in ("a", "b"):
         assert any(event[0] == "cut" for event in pass_trace.read(tmp_path / f"trace-{name}.jsonl"))
+
+
+def test_gpu_busy_samples_nvidia_smi_while_the_block_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gpu_bench's per-level GPU busy share: nvidia-smi's utilization sampled with the time of each sample, so
+    a level averages only what ran under load; nothing (not an error) on a machine without nvidia-smi."""
+    from benchmarks.gpu_bench import gpu_busy
+
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho 42\n")
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    started = time.perf_counter()
+    with gpu_busy() as samples:
+        time.sleep(1.0)
+    assert len(samples) >= 2
+    assert all(percent == 42.0 and started < at < time.perf_counter() for at, percent in samples)
+
+    monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
+    with gpu_busy() as samples:
+        time.sleep(0.4)
+    assert samples == []
