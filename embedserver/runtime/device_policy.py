@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 
 from embedserver.runtime import device
+from embedserver.runtime.padding import batch_buckets
 from embedserver.runtime.runner import ModelRunner, WarmupFailed
 from embedserver.tuning.gc_freeze import collect_everything
 
@@ -22,12 +23,18 @@ log = logging.getLogger(__name__)
 # Warm every bucketed shape up to this many tokens per text at load (longer texts pay their first-use cost).
 _WARM_LENGTH = 512
 
-# Padded tokens worth one more forward pass (plan_batches splits a batch past them). GPUs: about a pass's fixed
-# time over its time per padded token, 3.3 ms over 1.8 µs for the 0.6B model on an H200 (docs/PERFORMANCE.md);
-# larger models cost more a token, so for them fewer splits happen than would pay, never more. CPU: a pass
-# costs little beyond its tokens.
+# Padded tokens worth one more forward pass (plan_batches splits a batch past them): a pass's fixed time over
+# its time per padded token. GPUs measure it for each model after the warm-up (split_tokens_measured): 3.3 ms
+# over 1.8 µs for the 0.6B model on an H200, and a larger model costs more a token, so it splits sooner. The
+# fallback where the measurement makes no sense, and the bounds a measurement is held within:
 _SPLIT_TOKENS_GPU = 2048
+_SPLIT_TOKENS_BOUNDS = (128, 16384)
+# CPU: a pass costs little beyond its tokens (not measured: the time would be the warm-up's, on small machines).
 _SPLIT_TOKENS_CPU = 64
+# The shapes timed: one short text (the fixed cost) and the most rows of 128-token texts within this many tokens
+# and the batch limits (the cost per padded token); each the fastest of a few runs.
+_SPLIT_LONG_TOKENS = 16384
+_SPLIT_RUNS = 3
 
 
 @dataclass(frozen=True)
@@ -47,7 +54,6 @@ def ready_for_device(runner: ModelRunner, plan: DevicePlan) -> ModelRunner:
         runner.split_tokens = _SPLIT_TOKENS_CPU
         runner.warmup()
         return runner
-    runner.split_tokens = _SPLIT_TOKENS_GPU
     # A new shape costs tens of milliseconds of kernel set-up on GPUs: batch sizes are padded to a few
     # buckets, and every bucketed shape within the limits runs once now rather than on a request.
     runner.bucket_rows = True
@@ -66,13 +72,53 @@ def ready_for_device(runner: ModelRunner, plan: DevicePlan) -> ModelRunner:
             f"{exc}; if the device ran out of memory, lower MAX_BATCH_TOKENS (now {plan.max_tokens}) "
             f"or MAX_BATCH_SIZE (now {plan.max_batch})"
         ) from exc
+    log.info("%s: warmed %d shapes in %.1fs", runner.name, shapes, time.perf_counter() - started)
+    runner.split_tokens = split_tokens_measured(runner, max_batch=plan.max_batch, max_tokens=plan.max_tokens)
     # The warm-up leaves buffers in MLX's cache sized for shapes traffic rarely repeats; kept, they push the
     # allocator into freeing (and synchronizing the device) on later misses. The warm-up's arrays are freed
     # already (no cycles), so no full collection here: the one that freezes the loaded model runs next, and
     # each full collection holds the interpreter lock long enough to stall every other model's traffic.
     mx.clear_cache()
-    log.info("%s: warmed %d shapes in %.1fs", runner.name, shapes, time.perf_counter() - started)
     return runner
+
+
+def split_tokens_measured(runner: ModelRunner, *, max_batch: int, max_tokens: int) -> int:
+    """Padded tokens worth one more pass of this model on this device, from two warmed shapes timed now."""
+    budget = max(128, min(max_tokens, _SPLIT_LONG_TOKENS))
+    short, long = (1, 16), (max(rows for rows in batch_buckets(max_batch) if rows * 128 <= budget), 128)
+    timed = {shape: _fastest_pass(runner, *shape) for shape in (short, long)}
+    split = split_tokens_from(short[0] * short[1], timed[short], long[0] * long[1], timed[long])
+    log.info(
+        "%s: a pass of %d x %d took %.2f ms, %d x %d %.2f ms: batches split past %d padded tokens",
+        runner.name,
+        *short,
+        1e3 * timed[short],
+        *long,
+        1e3 * timed[long],
+        split,
+    )
+    return split
+
+
+def split_tokens_from(short_tokens: int, short_s: float, long_tokens: int, long_s: float) -> int:
+    """A pass's fixed time over its time per padded token, from the times of a short and a long pass; within
+    _SPLIT_TOKENS_BOUNDS, and _SPLIT_TOKENS_GPU where the long pass was not the slower one per added token."""
+    per_token = (long_s - short_s) / (long_tokens - short_tokens) if long_tokens > short_tokens else 0.0
+    if per_token <= 0:
+        return _SPLIT_TOKENS_GPU
+    fixed = max(0.0, short_s - per_token * short_tokens)
+    low, high = _SPLIT_TOKENS_BOUNDS
+    return min(high, max(low, round(fixed / per_token)))
+
+
+def _fastest_pass(runner: ModelRunner, rows: int, length: int) -> float:
+    batch = [[runner.tokenizer.pad_id] * length] * rows
+    times = []
+    for _ in range(_SPLIT_RUNS):
+        started = time.perf_counter()
+        runner.embed(batch)
+        times.append(time.perf_counter() - started)
+    return min(times)
 
 
 def free_memory() -> None:

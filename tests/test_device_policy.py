@@ -1,0 +1,57 @@
+"""How a loaded model is readied for its device: the padded tokens worth one more pass, from two timed shapes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from types import SimpleNamespace
+from typing import Any, cast
+
+import numpy as np
+import pytest
+
+from embedserver.runtime.device_policy import split_tokens_from, split_tokens_measured
+from embedserver.runtime.runner import ModelRunner
+
+
+@pytest.mark.parametrize(
+    ("fixed_ms", "per_token_us", "split"),
+    [
+        (4.0, 2.0, 2000),  # about the 0.6B model on an H200
+        (10.0, 20.0, 500),  # a model ten times dearer a token splits sooner
+        (4.0, 0.01, 16384),  # held within the bounds
+        (0.01, 20.0, 128),
+    ],
+)
+def test_split_tokens_are_a_passs_fixed_time_over_its_time_per_token(
+    fixed_ms: float, per_token_us: float, split: int
+) -> None:
+    def seconds(tokens: int) -> float:
+        return (fixed_ms + per_token_us * tokens / 1e3) / 1e3
+
+    assert split_tokens_from(16, seconds(16), 16384, seconds(16384)) == split
+
+
+def test_split_tokens_fall_back_where_the_long_pass_was_not_the_slower() -> None:
+    assert split_tokens_from(16, 0.004, 16384, 0.003) == 2048
+    assert split_tokens_from(16, 0.004, 16, 0.004) == 2048
+
+
+@pytest.mark.parametrize(
+    ("max_batch", "max_tokens", "long"),
+    [(256, 32768, (128, 128)), (64, 32768, (64, 128)), (256, 1024, (8, 128)), (256, 64, (1, 128))],
+)
+def test_the_timed_shapes_are_one_short_text_and_the_most_rows_of_128_tokens_within_the_limits(
+    max_batch: int, max_tokens: int, long: tuple[int, int]
+) -> None:
+    """Both shapes are ones the warm-up ran (bucketed rows, within the batch limits), each timed a few times."""
+    shapes: list[tuple[int, int]] = []
+
+    def embed(batch: Sequence[Sequence[int]]) -> np.ndarray:
+        shapes.append((len(batch), len(batch[0])))
+        return np.zeros((len(batch), 4), dtype=np.float32)
+
+    runner: Any = SimpleNamespace(name="m", tokenizer=SimpleNamespace(pad_id=0), embed=embed)
+    split = split_tokens_measured(cast(ModelRunner, runner), max_batch=max_batch, max_tokens=max_tokens)
+    assert sorted(set(shapes)) == sorted({(1, 16), long})
+    assert len(shapes) == 6
+    assert 128 <= split <= 16384
