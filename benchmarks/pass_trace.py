@@ -1,7 +1,8 @@
 """How the MLX thread spends a load level on CUDA, pass by pass: launching passes (building the graph and
 queueing its kernels), or waiting between them (for the event loop to cut the next batch and hand it over);
-then how long the device takes after a launch, and how soon the event loop answers a pass it has finished.
-Is the server bound by launching passes, or by what happens around them?
+then how long the device takes after a launch, and how soon the event loop answers a pass it has finished;
+and, from the front-ends, each embedding call's round trip to the engine. Is the server bound by launching
+passes, or by what happens around them?
 
   python -m benchmarks.pass_trace FILE          # FILE: what a server wrote with PASS_TRACE=FILE
 
@@ -66,6 +67,7 @@ def summarize(events: list[Event], start: float, end: float) -> dict[str, float]
     device = [collected[e[1]] - e[3] for e in overlapped]
     answer = [answered[e[1]] - collected[e[1]] for e in overlapped if e[1] in answered]
     gaps = [after[2] - before[3] for before, after in itertools.pairwise(launches)]
+    trips = [e[2] for e in events if e[0] == "engine_trip" and start <= e[1] <= end]
 
     def ms(values: list[float] | np.ndarray) -> float:
         return round(1e3 * float(np.mean(values)), 3) if len(values) else float("nan")
@@ -82,6 +84,9 @@ def summarize(events: list[Event], start: float, end: float) -> dict[str, float]
         "gap_cut_to_launch_ms": ms(to_launch),
         "device_after_launch_ms": ms(device),
         "answer_delay_ms": ms(answer),
+        # An embedding call's round trip from its front-end to the engine and back (the engine's own share,
+        # from the frame's arrival to its answer leaving, is the metrics' engine_mean_ms): the rest is the link.
+        "engine_trip_ms": ms(trips),
     }
 
 

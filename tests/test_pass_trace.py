@@ -80,3 +80,36 @@ def test_without_the_variable_the_hook_changes_nothing(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", probe], env=env, cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "BatchWorker._cut"
+
+
+def test_front_ends_record_each_embedding_calls_round_trip_to_the_engine(
+    tiny_qwen3: Path, tmp_path: Path
+) -> None:
+    """The hook in a front-end: each embedding call's trip from the frame carrying it leaving to its answer
+    arriving (pass_trace.summarize gives their mean a level as engine_trip_ms)."""
+    import time
+
+    import httpx
+
+    from embedserver_testing.server_process import server_process
+
+    trace = tmp_path / "trace.jsonl"
+    env = {
+        "MODEL_NAME": str(tiny_qwen3),
+        "HTTP_WORKERS": "1",
+        "LOG_LEVEL": "WARNING",
+        "HF_HUB_OFFLINE": "1",
+        "PASS_TRACE": str(trace),
+        "PYTHONPATH": os.pathsep.join([str(pass_trace.HOOK_DIR), str(ROOT)]),
+    }
+    with server_process(env, tmp_path / "server.log", cwd=ROOT) as (url, _):
+        took = []
+        for k in range(3):
+            started = time.perf_counter()
+            answer = httpx.post(f"{url}/v1/embeddings", json={"input": f"text number {k}"}, timeout=30)
+            took.append(time.perf_counter() - started)
+            assert answer.status_code == 200
+        time.sleep(0.5)  # the hook writes every 0.2 s
+    trips = [e for e in pass_trace.read(trace) if e[0] == "engine_trip"]
+    assert len(trips) == 3  # one a call, each shorter than its request at the client
+    assert all(0 < trip < request for (_, _, trip), request in zip(trips, took, strict=True))

@@ -1,6 +1,7 @@
 """The hook of benchmarks/pass_trace.py. With this directory first on PYTHONPATH and PASS_TRACE=FILE set, a
 Python process imports this file at start-up; once that process imports the batch worker (only the engine
-process does), the worker's overlapped passes append one JSON line an event to FILE. Nothing is patched
+process does), the worker's overlapped passes append one JSON line an event to FILE, and once it imports the
+front-end's engine client (front-ends do), so does each embedding call's round trip to the engine. Nothing is patched
 otherwise, and the server's code is not changed: the methods are wrapped as they are imported. Being first on
 the path, this file stands in for any other sitecustomize of the interpreter while the trace runs."""
 
@@ -17,6 +18,7 @@ from types import ModuleType
 from typing import Any
 
 _WORKER = "embedserver.batching.worker"
+_ENGINE_CLIENT = "embedserver.server.engine_client"
 _FLUSH_EVERY_S = 0.2
 
 
@@ -40,8 +42,14 @@ class _Recorder:
             with self.lock:
                 events, self.events = self.events, []
             if events:
-                with open(self.path, "a") as f:
-                    f.writelines(json.dumps(event) + "\n" for event in events)
+                # One write to a file opened for appending: the engine and its front-ends share the file,
+                # and Linux appends a write to a regular file whole.
+                data = "".join(json.dumps(event) + "\n" for event in events).encode()
+                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                try:
+                    os.write(fd, data)
+                finally:
+                    os.close(fd)
 
 
 def _wrap(worker: ModuleType, record: _Recorder) -> None:
@@ -80,12 +88,41 @@ def _wrap(worker: ModuleType, record: _Recorder) -> None:
     pass_cls.launch, pass_cls.collect = traced_launch, traced_collect
 
 
+def _wrap_frontend(engine_client: ModuleType, record: _Recorder) -> None:
+    """Wrap a front-end's link to the engine: each embedding call's round trip as the front-end sees it, from
+    the frame that carries it leaving to its answer arriving (the engine's own share is in its metrics)."""
+    now = time.perf_counter
+    client = engine_client.EngineClient
+    send, answered = client._send_embeds, client._answered
+    sent: dict[int, float] = {}
+
+    def traced_send(self: Any) -> None:
+        at = now()
+        for id_ in self._embeds:
+            sent[id_] = at
+        send(self)
+
+    def traced_answered(self: Any, id_: int, *args: Any) -> None:
+        left = sent.pop(id_, None)
+        if left is not None:
+            at = now()
+            record.add("engine_trip", at, at - left)
+        answered(self, id_, *args)
+
+    client._send_embeds, client._answered = traced_send, traced_answered
+
+
+_WRAPPERS = {_WORKER: _wrap, _ENGINE_CLIENT: _wrap_frontend}
+
+
 class _WrapOnImport(importlib.abc.MetaPathFinder):
     def __init__(self, path: str) -> None:
         self.path = path
+        self.recorder: _Recorder | None = None
 
     def find_spec(self, name: str, path: Any, target: Any = None) -> importlib.machinery.ModuleSpec | None:
-        if name != _WORKER:
+        wrap = _WRAPPERS.get(name)
+        if wrap is None:
             return None
         spec = importlib.machinery.PathFinder.find_spec(name, path)
         if spec is None or spec.loader is None:
@@ -95,7 +132,9 @@ class _WrapOnImport(importlib.abc.MetaPathFinder):
 
         def exec_module(module: ModuleType) -> None:
             execute(module)
-            _wrap(module, _Recorder(self.path))
+            if self.recorder is None:
+                self.recorder = _Recorder(self.path)
+            wrap(module, self.recorder)
 
         loader.exec_module = exec_module
         return spec
