@@ -367,23 +367,29 @@ def bench_servers(
 
 def table(results: dict[str, Any]) -> str:
     # Where a request's time went, from the server's own histograms (means, ms): all of it in the server, the
-    # engine process's share (front-ends only), the wait for the model and the pass; texts a pass.
+    # engine process's share (front-ends only), the link (with --trace: the front-end's round trip to the
+    # engine less the engine's share), the wait for the model and the pass; texts a pass.
     stages = (
         ("server_mean_ms", 7),
         ("engine_mean_ms", 7),
+        ("link_ms", 6),
         ("queue_wait_mean_ms", 7),
         ("forward_mean_ms", 7),
         ("texts_per_pass", 6),
     )
     lines = [
         f"{'server':>8} {'length':>6} {'clients':>7} {'req/s':>9} {'tok/s':>10} {'p50 ms':>8} {'p99 ms':>8}"
-        f" {'server':>7} {'engine':>7} {'queue':>7} {'pass':>7} {'texts':>6} {'busy %':>6} {'gpu %':>6}"
+        f" {'server':>7} {'engine':>7} {'link':>6} {'queue':>7} {'pass':>7} {'texts':>6} {'busy %':>6} {'gpu %':>6}"
     ]
     for name, server in results.get("server", {}).items():
         for length, levels in server["lengths"].items():
             for level in levels:
+                trip = level.get("passes", {}).get("engine_trip_ms", float("nan"))
+                values = dict(level, link_ms=trip - level.get("engine_mean_ms", float("nan")))
                 split = " ".join(
-                    f"{level[key]:>{width}.1f}" if key in level else f"{'-':>{width}}"
+                    f"{values[key]:>{width}.1f}"
+                    if key in values and values[key] == values[key]
+                    else f"{'-':>{width}}"
                     for key, width in stages
                 )
                 busy = level.get("passes", {}).get("mlx_busy_percent")
