@@ -1,8 +1,8 @@
 """How the MLX thread spends a load level on CUDA, pass by pass: launching passes (building the graph and
 queueing its kernels), or waiting between them (for the event loop to cut the next batch and hand it over);
 then how long the device takes after a launch, and how soon the event loop answers a pass it has finished;
-and, from the front-ends, each embedding call's round trip to the engine. Is the server bound by launching
-passes, or by what happens around them?
+and, from the front-ends, each embedding call's round trip to the engine, and how late each process's event
+loop gets to what is due. Is the server bound by launching passes, or by what happens around them?
 
   python -m benchmarks.pass_trace FILE          # FILE: what a server wrote with PASS_TRACE=FILE
 
@@ -68,6 +68,7 @@ def summarize(events: list[Event], start: float, end: float) -> dict[str, float]
     answer = [answered[e[1]] - collected[e[1]] for e in overlapped if e[1] in answered]
     gaps = [after[2] - before[3] for before, after in itertools.pairwise(launches)]
     trips = [e[2] for e in events if e[0] == "engine_trip" and start <= e[1] <= end]
+    lags = {role: loop_lag(events, role, start, end) for role in ("engine", "frontend")}
 
     def ms(values: list[float] | np.ndarray) -> float:
         return round(1e3 * float(np.mean(values)), 3) if len(values) else float("nan")
@@ -87,7 +88,18 @@ def summarize(events: list[Event], start: float, end: float) -> dict[str, float]
         # An embedding call's round trip from its front-end to the engine and back (the engine's own share,
         # from the frame's arrival to its answer leaving, is the metrics' engine_mean_ms): the rest is the link.
         "engine_trip_ms": ms(trips),
+        # How late a timer fires on the engine's event loop and on the front-ends' (means): how long a frame
+        # that has arrived waits for its loop to get to it.
+        "engine_loop_lag_ms": lags["engine"],
+        "frontend_loop_lag_ms": lags["frontend"],
     }
+
+
+def loop_lag(events: list[Event], role: str, start: float, end: float) -> float:
+    """The mean lateness (ms) of the loop probes of `role`'s processes between `start` and `end`."""
+    windows = [e for e in events if e[0] == "loop_lag" and e[1] == role and start <= e[2] <= end]
+    ticks = sum(e[3] for e in windows)
+    return round(1e3 * sum(e[4] for e in windows) / ticks, 3) if ticks else float("nan")
 
 
 def main() -> None:

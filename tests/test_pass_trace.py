@@ -86,7 +86,8 @@ def test_front_ends_record_each_embedding_calls_round_trip_to_the_engine(
     tiny_qwen3: Path, tmp_path: Path
 ) -> None:
     """The hook in a front-end: each embedding call's trip from the frame carrying it leaving to its answer
-    arriving (pass_trace.summarize gives their mean a level as engine_trip_ms)."""
+    arriving (pass_trace.summarize gives their mean a level as engine_trip_ms); and the engine's and the
+    front-end's event loops probed for lag."""
     import time
 
     import httpx
@@ -110,6 +111,14 @@ def test_front_ends_record_each_embedding_calls_round_trip_to_the_engine(
             took.append(time.perf_counter() - started)
             assert answer.status_code == 200
         time.sleep(0.5)  # the hook writes every 0.2 s
-    trips = [e for e in pass_trace.read(trace) if e[0] == "engine_trip"]
+    events = pass_trace.read(trace)
+    trips = [e for e in events if e[0] == "engine_trip"]
     assert len(trips) == 3  # one a call, each shorter than its request at the client
     assert all(0 < trip < request for (_, _, trip), request in zip(trips, took, strict=True))
+    # Both processes' event loops were probed for lag throughout.
+    for role in ("engine", "frontend"):
+        windows = [e for e in events if e[0] == "loop_lag" and e[1] == role]
+        assert windows and all(
+            ticks > 0 and 0 <= total <= ticks * largest for _, _, _, ticks, total, largest in windows
+        )
+        assert pass_trace.loop_lag(events, role, windows[0][2], windows[-1][2]) >= 0

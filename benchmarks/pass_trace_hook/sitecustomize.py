@@ -1,12 +1,14 @@
 """The hook of benchmarks/pass_trace.py. With this directory first on PYTHONPATH and PASS_TRACE=FILE set, a
 Python process imports this file at start-up; once that process imports the batch worker (only the engine
 process does), the worker's overlapped passes append one JSON line an event to FILE, and once it imports the
-front-end's engine client (front-ends do), so does each embedding call's round trip to the engine. Nothing is patched
+front-end's engine client (front-ends do), so does each embedding call's round trip to the engine; and each
+process's event loop is probed for lag (how late a timer fires). Nothing is patched
 otherwise, and the server's code is not changed: the methods are wrapped as they are imported. Being first on
 the path, this file stands in for any other sitecustomize of the interpreter while the trace runs."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib.abc
 import importlib.machinery
 import json
@@ -20,6 +22,9 @@ from typing import Any
 _WORKER = "embedserver.batching.worker"
 _ENGINE_CLIENT = "embedserver.server.engine_client"
 _FLUSH_EVERY_S = 0.2
+# How often each process's event loop is probed for lag, and how many probes an event sums.
+_LAG_EVERY_S = 0.002
+_LAG_WINDOW_S = 0.1
 
 
 class _Recorder:
@@ -50,6 +55,28 @@ class _Recorder:
                     os.write(fd, data)
                 finally:
                     os.close(fd)
+
+
+def _watch_loop(role: str, record: _Recorder) -> None:
+    """From the running event loop on: a timer every _LAG_EVERY_S, and how late each fires (the time the loop
+    takes to get to what is due, frames from the other processes included), recorded as one event per
+    _LAG_WINDOW_S of ticks: ("loop_lag", role, end, ticks, summed lateness, the largest)."""
+    loop = asyncio.get_running_loop()
+    now = time.perf_counter
+    window = [now(), 0, 0.0, 0.0]  # started, ticks, summed lateness, largest
+
+    def tick(due: float) -> None:
+        at = now()
+        late = max(0.0, at - due)
+        window[1] += 1
+        window[2] += late
+        window[3] = max(window[3], late)
+        if at - window[0] >= _LAG_WINDOW_S:
+            record.add("loop_lag", role, at, window[1], window[2], window[3])
+            window[:] = [at, 0, 0.0, 0.0]
+        loop.call_later(_LAG_EVERY_S, tick, now() + _LAG_EVERY_S)
+
+    loop.call_later(_LAG_EVERY_S, tick, now() + _LAG_EVERY_S)
 
 
 def _wrap(worker: ModuleType, record: _Recorder) -> None:
@@ -84,7 +111,16 @@ def _wrap(worker: ModuleType, record: _Recorder) -> None:
         answer(self, done)
         record.add("answer", passes.pop(id(done), -1), start, now())
 
-    worker_cls._cut, worker_cls._answer = traced_cut, traced_answer
+    start = worker_cls.start
+    watched: list[bool] = []
+
+    def traced_start(self: Any) -> None:
+        start(self)
+        if not watched:  # one watch a process, whatever the models
+            watched.append(True)
+            _watch_loop("engine", record)
+
+    worker_cls._cut, worker_cls._answer, worker_cls.start = traced_cut, traced_answer, traced_start
     pass_cls.launch, pass_cls.collect = traced_launch, traced_collect
 
 
@@ -93,8 +129,12 @@ def _wrap_frontend(engine_client: ModuleType, record: _Recorder) -> None:
     the frame that carries it leaving to its answer arriving (the engine's own share is in its metrics)."""
     now = time.perf_counter
     client = engine_client.EngineClient
-    send, answered = client._send_embeds, client._answered
+    send, answered, connected = client._send_embeds, client._answered, client.connection_made
     sent: dict[int, float] = {}
+
+    def traced_connection_made(self: Any, transport: Any) -> None:
+        connected(self, transport)
+        _watch_loop("frontend", record)  # a front-end connects to the engine once
 
     def traced_send(self: Any) -> None:
         at = now()
@@ -110,6 +150,7 @@ def _wrap_frontend(engine_client: ModuleType, record: _Recorder) -> None:
         answered(self, id_, *args)
 
     client._send_embeds, client._answered = traced_send, traced_answered
+    client.connection_made = traced_connection_made
 
 
 _WRAPPERS = {_WORKER: _wrap, _ENGINE_CLIENT: _wrap_frontend}
