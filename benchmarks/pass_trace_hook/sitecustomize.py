@@ -8,7 +8,6 @@ the path, this file stands in for any other sitecustomize of the interpreter whi
 
 from __future__ import annotations
 
-import asyncio
 import importlib.abc
 import importlib.machinery
 import json
@@ -61,6 +60,8 @@ def _watch_loop(role: str, record: _Recorder) -> None:
     """From the running event loop on: a timer every _LAG_EVERY_S, and how late each fires (the time the loop
     takes to get to what is due, frames from the other processes included), recorded as one event per
     _LAG_WINDOW_S of ticks: ("loop_lag", role, end, ticks, summed lateness, the largest)."""
+    import asyncio  # here: every process with the hook on its path imports this file, traced or not
+
     loop = asyncio.get_running_loop()
     now = time.perf_counter
     window = [now(), 0, 0.0, 0.0]  # started, ticks, summed lateness, largest
