@@ -55,3 +55,13 @@ def test_the_timed_shapes_are_one_short_text_and_the_most_rows_of_128_tokens_wit
     assert sorted(set(shapes)) == sorted({(1, 16), long})
     assert len(shapes) == 6
     assert 128 <= split <= 16384
+
+
+def test_a_timed_pass_that_fails_leaves_the_fallback_and_the_load_goes_on() -> None:
+    def embed(batch: Sequence[Sequence[int]]) -> np.ndarray:
+        if len(batch) > 1:
+            raise RuntimeError("out of memory")
+        return np.zeros((1, 4), dtype=np.float32)
+
+    runner: Any = SimpleNamespace(name="m", tokenizer=SimpleNamespace(pad_id=0), embed=embed)
+    assert split_tokens_measured(cast(ModelRunner, runner), max_batch=256, max_tokens=32768) == 2048

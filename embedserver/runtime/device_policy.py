@@ -86,7 +86,16 @@ def split_tokens_measured(runner: ModelRunner, *, max_batch: int, max_tokens: in
     """Padded tokens worth one more pass of this model on this device, from two warmed shapes timed now."""
     budget = max(128, min(max_tokens, _SPLIT_LONG_TOKENS))
     short, long = (1, 16), (max(rows for rows in batch_buckets(max_batch) if rows * 128 <= budget), 128)
-    timed = {shape: _fastest_pass(runner, *shape) for shape in (short, long)}
+    try:
+        timed = {shape: _fastest_pass(runner, *shape) for shape in (short, long)}
+    except Exception:  # both shapes ran in the warm-up; a pass failing now must not fail the load
+        log.warning(
+            "%s: timing two passes failed; batches split past %d padded tokens",
+            runner.name,
+            _SPLIT_TOKENS_GPU,
+            exc_info=True,
+        )
+        return _SPLIT_TOKENS_GPU
     split = split_tokens_from(short[0] * short[1], timed[short], long[0] * long[1], timed[long])
     log.info(
         "%s: a pass of %d x %d took %.2f ms, %d x %d %.2f ms: batches split past %d padded tokens",
