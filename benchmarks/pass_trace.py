@@ -47,10 +47,12 @@ def summarize(events: list[Event], start: float, end: float) -> dict[str, float]
     """The passes launched between `start` and `end` (perf_counter seconds): their rate and size, the MLX
     thread's share of the time spent launching them, the mean gap between one launch and the next (split at
     the cut: the event loop getting to it, then the hand-over to the MLX thread), the device's time after a
-    launch returned, and the event loop's delay in answering. Empty with fewer than two passes."""
+    launch returned, and the event loop's delay in answering (with fewer than two passes, as on CPU, none of
+    these); then the front-ends' round trip to the engine and the event loops' lag."""
+    around = _around_the_engine(events, start, end)
     launches = sorted((e for e in events if e[0] == "launch" and start <= e[2] <= end), key=lambda e: e[2])
     if len(launches) < 2:
-        return {}
+        return around
     cut_starts = sorted(e[1] for e in events if e[0] == "cut" and start <= e[1] <= end)
     cut_ends = {e[1]: e[2] for e in events if e[0] == "cut"}
     collected = {e[1]: e[2] for e in events if e[0] == "collect"}
@@ -67,8 +69,6 @@ def summarize(events: list[Event], start: float, end: float) -> dict[str, float]
     device = [collected[e[1]] - e[3] for e in overlapped]
     answer = [answered[e[1]] - collected[e[1]] for e in overlapped if e[1] in answered]
     gaps = [after[2] - before[3] for before, after in itertools.pairwise(launches)]
-    trips = [e[2] for e in events if e[0] == "engine_trip" and start <= e[1] <= end]
-    lags = {role: loop_lag(events, role, start, end) for role in ("engine", "frontend")}
 
     def ms(values: list[float] | np.ndarray) -> float:
         return round(1e3 * float(np.mean(values)), 3) if len(values) else float("nan")
@@ -85,13 +85,19 @@ def summarize(events: list[Event], start: float, end: float) -> dict[str, float]
         "gap_cut_to_launch_ms": ms(to_launch),
         "device_after_launch_ms": ms(device),
         "answer_delay_ms": ms(answer),
+    } | around
+
+
+def _around_the_engine(events: list[Event], start: float, end: float) -> dict[str, float]:
+    trips = [e[2] for e in events if e[0] == "engine_trip" and start <= e[1] <= end]
+    return {
         # An embedding call's round trip from its front-end to the engine and back (the engine's own share,
         # from the frame's arrival to its answer leaving, is the metrics' engine_mean_ms): the rest is the link.
-        "engine_trip_ms": ms(trips),
+        "engine_trip_ms": round(1e3 * float(np.mean(trips)), 3) if trips else float("nan"),
         # How late a timer fires on the engine's event loop and on the front-ends' (means): how long a frame
         # that has arrived waits for its loop to get to it.
-        "engine_loop_lag_ms": lags["engine"],
-        "frontend_loop_lag_ms": lags["frontend"],
+        "engine_loop_lag_ms": loop_lag(events, "engine", start, end),
+        "frontend_loop_lag_ms": loop_lag(events, "frontend", start, end),
     }
 
 

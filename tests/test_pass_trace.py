@@ -122,3 +122,7 @@ def test_front_ends_record_each_embedding_calls_round_trip_to_the_engine(
             ticks > 0 and 0 <= total <= ticks * largest for _, _, _, ticks, total, largest in windows
         )
         assert pass_trace.loop_lag(events, role, windows[0][2], windows[-1][2]) >= 0
+    # The summary has the link's figures whether or not passes overlapped (they do not on CPU).
+    summary = pass_trace.summarize(events, trips[0][1] - 1, trips[-1][1] + 1)
+    assert {"engine_trip_ms", "engine_loop_lag_ms", "frontend_loop_lag_ms"} <= set(summary)
+    assert 0 < summary["engine_trip_ms"] < max(took) * 1e3
