@@ -9,7 +9,8 @@ loop gets to what is due. Is the server bound by launching passes, or by what ha
 A server records a trace when started with PASS_TRACE=FILE and benchmarks/pass_trace_hook first on
 PYTHONPATH (`gpu_bench --trace` does both for each of its servers and adds each level's summary to its
 results). The hook wraps the batch worker's methods as they are imported, so the server under test runs its
-own code. Passes are recorded where they overlap (CUDA); elsewhere only the batch cuts are.
+own code. Passes are recorded where they overlap (CUDA); elsewhere only the batch cuts are, and the
+front-ends' round trips and the loops' lag everywhere.
 """
 
 from __future__ import annotations
