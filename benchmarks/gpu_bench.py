@@ -29,7 +29,7 @@ import subprocess
 import threading
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,31 +180,43 @@ def _smi(*query: str) -> list[str]:
 
 
 @contextmanager
+def _sampling(every_s: float, sample: Callable[[], bool]) -> Iterator[None]:
+    """`sample()` every `every_s` seconds on a thread while the block runs, until it returns False."""
+    stop = threading.Event()
+
+    def run() -> None:
+        while not stop.wait(every_s) and sample():
+            pass
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+@contextmanager
 def gpu_memory_peak(pid: int | None = None) -> Iterator[dict[str, float]]:
     """The most device memory nvidia-smi reports in use while the block runs (GB; absent without it): the
     whole card ("gb": the CUDA contexts of this benchmark's own process count too), and the process `pid`'s
     own ("process_gb"), which is what the server takes."""
     peak: dict[str, float] = {}
-    stop = threading.Event()
 
-    def sample() -> None:
-        while not stop.wait(0.5):
-            card = _smi("--query-gpu=memory.used")
-            if not card:
-                return
-            peak["gb"] = max(peak.get("gb", 0.0), float(card[0]) / 1024)
-            for line in _smi("--query-compute-apps=pid,used_memory"):
-                owner, _, used = line.partition(",")
-                if pid is not None and owner.strip() == str(pid) and used.strip().isdigit():
-                    peak["process_gb"] = max(peak.get("process_gb", 0.0), float(used) / 1024)
+    def sample() -> bool:
+        card = _smi("--query-gpu=memory.used")
+        if not card:
+            return False
+        peak["gb"] = max(peak.get("gb", 0.0), float(card[0]) / 1024)
+        for line in _smi("--query-compute-apps=pid,used_memory"):
+            owner, _, used = line.partition(",")
+            if pid is not None and owner.strip() == str(pid) and used.strip().isdigit():
+                peak["process_gb"] = max(peak.get("process_gb", 0.0), float(used) / 1024)
+        return True
 
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    try:
+    with _sampling(0.5, sample):
         yield peak
-    finally:
-        stop.set()
-        thread.join()
 
 
 @contextmanager
@@ -213,22 +225,16 @@ def gpu_busy() -> Iterator[list[tuple[float, float]]]:
     of the driver's last sample period in which a kernel ran on the card (none without nvidia-smi). Near 100
     the device bounds a level; well below it, the host or the clients do."""
     samples: list[tuple[float, float]] = []
-    stop = threading.Event()
 
-    def sample() -> None:
-        while not stop.wait(0.25):
-            value = _smi("--query-gpu=utilization.gpu")
-            if not value or not value[0].strip().isdigit():
-                return
-            samples.append((time.perf_counter(), float(value[0])))
+    def sample() -> bool:
+        value = _smi("--query-gpu=utilization.gpu")
+        if not value or not value[0].strip().isdigit():
+            return False
+        samples.append((time.perf_counter(), float(value[0])))
+        return True
 
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    try:
+    with _sampling(0.25, sample):
         yield samples
-    finally:
-        stop.set()
-        thread.join()
 
 
 @dataclass
