@@ -87,6 +87,20 @@ class Scripted:
         return out
 
 
+class HeldOn(Scripted):
+    """Scripted, but a batch whose first text starts with `first` holds the MLX thread until `release`."""
+
+    def __init__(self, first: int, release: threading.Event) -> None:
+        super().__init__()
+        self.first = first
+        self.release = release
+
+    def __call__(self, batch: list[TokenIds]) -> np.ndarray:
+        if batch[0][0] == self.first:
+            self.release.wait(10)
+        return super().__call__(batch)
+
+
 @pytest.fixture
 async def worker() -> AsyncIterator[BatchWorker]:
     limits = BatchLimits(max_size=8, max_tokens=4096, wait_s=0.005, max_queue=20)
@@ -389,14 +403,7 @@ async def test_a_busy_worker_cuts_batches_to_bucket_sizes(bucketed: bool, expect
     """With bucketed batch sizes (GPUs), 40 texts would run as 48 rows, 8 of them filler: while the GPU is
     busy the worker runs 32 and keeps the other 8 for the next batch. Without buckets nothing is held back."""
     release = threading.Event()
-
-    class Held(Scripted):
-        def __call__(self, batch: list[TokenIds]) -> np.ndarray:
-            if batch[0][0] == 2:
-                release.wait(10)
-            return super().__call__(batch)
-
-    embed = Held()
+    embed = HeldOn(2, release)
     limits = BatchLimits(max_size=64, max_tokens=4096, wait_s=0.005, max_queue=1000)
     w = BatchWorker(
         "m", embed, limits=limits, metrics=Metrics(), executor=ThreadPoolExecutor(1), bucketed_rows=bucketed
@@ -422,14 +429,7 @@ async def test_the_bucket_cut_applies_to_the_batch_that_runs_after_a_split() -> 
     kept all 48, and the split then ran the 40 short ones as 48 rows with 8 of filler. The cut applies to the
     planned batch: 32 short texts run, the other 8 wait for a pass of their own, beside the long ones'."""
     release = threading.Event()
-
-    class Held(Scripted):
-        def __call__(self, batch: list[TokenIds]) -> np.ndarray:
-            if batch[0][0] == 1:
-                release.wait(10)
-            return super().__call__(batch)
-
-    embed = Held()
+    embed = HeldOn(1, release)
     limits = BatchLimits(max_size=64, max_tokens=100_000, wait_s=0.005, max_queue=1000)
     w = BatchWorker(
         "m",
