@@ -71,21 +71,18 @@ def summarize(events: list[Event], start: float, end: float) -> dict[str, float]
     answer = [answered[e[1]] - collected[e[1]] for e in overlapped if e[1] in answered]
     gaps = [after[2] - before[3] for before, after in itertools.pairwise(launches)]
 
-    def ms(values: list[float] | np.ndarray) -> float:
-        return round(1e3 * float(np.mean(values)), 3) if len(values) else float("nan")
-
     return {
         "passes": len(launches),
         "passes_per_s": round(len(launches) / wall, 1),
         "texts_per_pass": round(float(np.mean([e[4] for e in launches])), 1),
         "whole_passes": sum(1 for e in launches if e[7]),  # run whole on the MLX thread (alone, or failed)
-        "launch_mean_ms": ms(launch_s),
+        "launch_mean_ms": _ms(launch_s),
         "mlx_busy_percent": round(100 * float(launch_s.sum()) / wall, 1),
-        "gap_mean_ms": ms(gaps),
-        "gap_to_cut_ms": ms(to_cut),
-        "gap_cut_to_launch_ms": ms(to_launch),
-        "device_after_launch_ms": ms(device),
-        "answer_delay_ms": ms(answer),
+        "gap_mean_ms": _ms(gaps),
+        "gap_to_cut_ms": _ms(to_cut),
+        "gap_cut_to_launch_ms": _ms(to_launch),
+        "device_after_launch_ms": _ms(device),
+        "answer_delay_ms": _ms(answer),
     } | around
 
 
@@ -94,12 +91,17 @@ def _around_the_engine(events: list[Event], start: float, end: float) -> dict[st
     return {
         # An embedding call's round trip from its front-end to the engine and back (the engine's own share,
         # from the frame's arrival to its answer leaving, is the metrics' engine_mean_ms): the rest is the link.
-        "engine_trip_ms": round(1e3 * float(np.mean(trips)), 3) if trips else float("nan"),
+        "engine_trip_ms": _ms(trips),
         # How late a timer fires on the engine's event loop and on the front-ends' (means): how long a frame
         # that has arrived waits for its loop to get to it.
         "engine_loop_lag_ms": loop_lag(events, "engine", start, end),
         "frontend_loop_lag_ms": loop_lag(events, "frontend", start, end),
     }
+
+
+def _ms(values: list[float] | np.ndarray) -> float:
+    """The mean of `values` (seconds) in milliseconds; NaN for none."""
+    return round(1e3 * float(np.mean(values)), 3) if len(values) else float("nan")
 
 
 def loop_lag(events: list[Event], role: str, start: float, end: float) -> float:
