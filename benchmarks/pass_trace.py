@@ -88,15 +88,22 @@ def summarize(events: list[Event], start: float, end: float) -> dict[str, float]
 
 def _around_the_engine(events: list[Event], start: float, end: float) -> dict[str, float]:
     trips = [e[2] for e in events if e[0] == "engine_trip" and start <= e[1] <= end]
-    return {
-        # An embedding call's round trip from its front-end to the engine and back (the engine's own share,
-        # from the frame's arrival to its answer leaving, is the metrics' engine_mean_ms): the rest is the link.
-        "engine_trip_ms": _ms(trips),
-        # How late a timer fires on the engine's event loop and on the front-ends' (means): how long a frame
-        # that has arrived waits for its loop to get to it.
-        "engine_loop_lag_ms": loop_lag(events, "engine", start, end),
-        "frontend_loop_lag_ms": loop_lag(events, "frontend", start, end),
-    }
+    return (
+        {
+            # An embedding call's round trip from its front-end to the engine and back (the engine's own share,
+            # from the frame's arrival to its answer leaving, is the metrics' engine_mean_ms): the rest is the link.
+            "engine_trip_ms": _ms(trips),
+            # How late a timer fires on the engine's event loop and on the front-ends' (means): how long a frame
+            # that has arrived waits for its loop to get to it.
+            "engine_loop_lag_ms": loop_lag(events, "engine", start, end),
+            "frontend_loop_lag_ms": loop_lag(events, "frontend", start, end),
+            # The longest a timer waited, per 0.1 s window: the 90th percentile of the windows (long stalls).
+            "engine_loop_stall_p90_ms": loop_stall(events, "engine", start, end),
+            "frontend_loop_stall_p90_ms": loop_stall(events, "frontend", start, end),
+        }
+        | gc_pauses(events, "engine", start, end)
+        | gc_pauses(events, "frontend", start, end)
+    )
 
 
 def _ms(values: list[float] | np.ndarray) -> float:
@@ -109,6 +116,26 @@ def loop_lag(events: list[Event], role: str, start: float, end: float) -> float:
     windows = [e for e in events if e[0] == "loop_lag" and e[1] == role and start <= e[2] <= end]
     ticks = sum(e[3] for e in windows)
     return round(1e3 * sum(e[4] for e in windows) / ticks, 3) if ticks else float("nan")
+
+
+def loop_stall(events: list[Event], role: str, start: float, end: float) -> float:
+    """The 90th percentile over `role`'s 0.1 s windows of the longest lateness in each (ms)."""
+    longest = [e[5] for e in events if e[0] == "loop_lag" and e[1] == role and start <= e[2] <= end]
+    return round(1e3 * float(np.percentile(longest, 90)), 3) if longest else float("nan")
+
+
+def gc_pauses(events: list[Event], role: str, start: float, end: float) -> dict[str, float]:
+    """The cyclic garbage collector in `role`'s processes: ms paused per second of a process, the longest
+    pause, and full (generation 2) collections per second of a process."""
+    windows = [e for e in events if e[0] == "gc" and e[1] == role and start <= e[2] <= end]
+    if not windows:
+        return {}
+    process_s = sum(e[3] for e in windows)
+    return {
+        f"{role}_gc_ms_per_s": round(1e3 * sum(sum(e[5]) for e in windows) / process_s, 3),
+        f"{role}_gc_longest_ms": round(1e3 * max(e[6] for e in windows), 3),
+        f"{role}_gc_full_per_s": round(sum(e[4][2] for e in windows) / process_s, 2),
+    }
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ the path, this file stands in for any other sitecustomize of the interpreter whi
 
 from __future__ import annotations
 
+import gc
 import importlib.abc
 import importlib.machinery
 import json
@@ -59,12 +60,28 @@ class _Recorder:
 def _watch_loop(role: str, record: _Recorder) -> None:
     """From the running event loop on: a timer every _LAG_EVERY_S, and how late each fires (the time the loop
     takes to get to what is due, frames from the other processes included), recorded as one event per
-    _LAG_WINDOW_S of ticks: ("loop_lag", role, end, ticks, summed lateness, the largest)."""
+    _LAG_WINDOW_S of ticks: ("loop_lag", role, end, ticks, summed lateness, the largest); and the cyclic
+    garbage collector's pauses over the same window, since a collection holds the interpreter lock while it
+    runs: ("gc", role, end, the window's seconds, collections by generation, seconds by generation, the
+    longest)."""
     import asyncio  # here: every process with the hook on its path imports this file, traced or not
 
     loop = asyncio.get_running_loop()
     now = time.perf_counter
     window = [now(), 0, 0.0, 0.0]  # started, ticks, summed lateness, largest
+    # The cyclic collector's pauses in the same window: collections and seconds by generation, the longest.
+    collections, paused, longest, began = [0, 0, 0], [0.0, 0.0, 0.0], [0.0], [0.0]
+
+    def collector(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            began[0] = now()
+            return
+        seconds, generation = now() - began[0], info["generation"]
+        collections[generation] += 1
+        paused[generation] += seconds
+        longest[0] = max(longest[0], seconds)
+
+    gc.callbacks.append(collector)
 
     def tick(due: float) -> None:
         at = now()
@@ -74,7 +91,9 @@ def _watch_loop(role: str, record: _Recorder) -> None:
         window[3] = max(window[3], late)
         if at - window[0] >= _LAG_WINDOW_S:
             record.add("loop_lag", role, at, window[1], window[2], window[3])
+            record.add("gc", role, at, at - window[0], list(collections), list(paused), longest[0])
             window[:] = [at, 0, 0.0, 0.0]
+            collections[:], paused[:], longest[0] = [0, 0, 0], [0.0, 0.0, 0.0], 0.0
         loop.call_later(_LAG_EVERY_S, tick, now() + _LAG_EVERY_S)
 
     loop.call_later(_LAG_EVERY_S, tick, now() + _LAG_EVERY_S)
