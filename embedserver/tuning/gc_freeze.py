@@ -7,6 +7,12 @@ event loop and the MLX thread's way back from a forward pass, which leaves the G
 Freezing what is alive once start-up
 is done moves it out of every later scan, as Instagram's Django servers do; the collector still runs for the
 objects requests create.
+
+It runs less often than Python's default (a young collection every 700 objects allocated and not yet freed):
+under load, the hundreds of requests in flight are thousands of live objects that every young collection
+scans again while they wait, and each scan holds the interpreter lock. Most request objects die by reference
+counting, so a larger young threshold mostly skips scans of objects that are still in use; garbage cycles
+are still collected, a few times less often (docs/perf/log.md has the measurement).
 """
 
 from __future__ import annotations
@@ -17,13 +23,19 @@ import time
 
 log = logging.getLogger(__name__)
 
+# The collector's thresholds once start-up is done: objects allocated and not freed before a young collection,
+# and young (then middle) collections before the next older one.
+THRESHOLDS = (50_000, 20, 20)
+
 
 def freeze_long_lived() -> None:
-    """Collect once, then move every object alive now to the collector's permanent generation. Call when
-    start-up (or a model load) has finished; objects created later are collected as usual."""
+    """Collect once, then move every object alive now to the collector's permanent generation, and set the
+    serving thresholds. Call when start-up (or a model load) has finished; objects created later are collected
+    automatically, at THRESHOLDS."""
     started = time.perf_counter()
     gc.collect()
     gc.freeze()
+    gc.set_threshold(*THRESHOLDS)
     log.debug("froze %d objects in %.0f ms", gc.get_freeze_count(), (time.perf_counter() - started) * 1000)
 
 
