@@ -44,7 +44,7 @@ def levels(events: list[Event], pause_s: float = 0.25) -> list[tuple[float, floa
     return out
 
 
-def summarize(events: list[Event], start: float, end: float) -> dict[str, float]:
+def summarize(events: list[Event], start: float, end: float) -> dict[str, Any]:
     """The passes launched between `start` and `end` (perf_counter seconds): their rate and size, the MLX
     thread's share of the time spent launching them, the mean gap between one launch and the next (split at
     the cut: the event loop getting to it, then the hand-over to the MLX thread), the device's time after a
@@ -86,7 +86,7 @@ def summarize(events: list[Event], start: float, end: float) -> dict[str, float]
     } | around
 
 
-def _around_the_engine(events: list[Event], start: float, end: float) -> dict[str, float]:
+def _around_the_engine(events: list[Event], start: float, end: float) -> dict[str, Any]:
     trips = [e[2] for e in events if e[0] == "engine_trip" and start <= e[1] <= end]
     return (
         {
@@ -103,7 +103,19 @@ def _around_the_engine(events: list[Event], start: float, end: float) -> dict[st
         }
         | gc_pauses(events, "engine", start, end)
         | gc_pauses(events, "frontend", start, end)
+        | {"engine_slow_callbacks": slow_callbacks(events, "engine", start, end)}
     )
+
+
+def slow_callbacks(events: list[Event], role: str, start: float, end: float, top: int = 4) -> str:
+    """The loop's callbacks that ran 4 ms or longer (recorded on asyncio loops: the engine's), the `top` by
+    their summed time: "what: count x mean ms", most first; empty for none."""
+    took: dict[str, list[float]] = {}
+    for e in events:
+        if e[0] == "slow" and e[1] == role and start <= e[2] <= end:
+            took.setdefault(e[4], []).append(e[3])
+    ranked = sorted(took.items(), key=lambda kv: -sum(kv[1]))[:top]
+    return "; ".join(f"{what}: {len(t)} x {_ms(t)} ms" for what, t in ranked)
 
 
 def _ms(values: list[float] | np.ndarray) -> float:

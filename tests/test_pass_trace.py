@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # MLX thread) and 5 ms more before its vectors can be read (on the collector thread).
 _SCRIPT = textwrap.dedent(
     """
-    import asyncio, time
+    import asyncio, gc, time
     from concurrent.futures import ThreadPoolExecutor
     import numpy as np
     from embedserver.batching.worker import BatchLimits, BatchWorker
@@ -40,6 +40,10 @@ _SCRIPT = textwrap.dedent(
         for _ in range(3):
             futures = [worker.submit([np.array([1, 2, 3], dtype=np.int32)]) for _ in range(8)]
             await asyncio.gather(*futures)
+        asyncio.get_running_loop().call_soon(time.sleep, 0.012)  # a callback that holds the loop 12 ms
+        await asyncio.sleep(0.05)
+        gc.collect()  # a full collection, which the probe's window records
+        await asyncio.sleep(0.15)
         await worker.stop()
         time.sleep(0.5)  # the hook writes every 0.2 s
 
@@ -69,6 +73,12 @@ def test_a_traced_worker_records_every_pass_and_the_summary_reads_them(tmp_path:
     assert summary["launch_mean_ms"] >= 19  # the scripted 20 ms
     assert 0 < summary["mlx_busy_percent"] <= 100
     assert summary["gap_mean_ms"] >= 0
+    # The engine's loop: the callback that held it is named with its time, and the full collection counted.
+    # (Other callbacks may pass the 4 ms mark on a busy machine too.)
+    slept = [e for e in events if e[0] == "slow" and e[1] == "engine" and e[4] == "sleep"]
+    assert len(slept) == 1 and slept[0][3] >= 0.012
+    assert any(e[0] == "gc" and e[1] == "engine" and e[4][2] >= 1 for e in events)
+    assert "sleep: 1 x 1" in pass_trace.slow_callbacks(events, "engine", 0, float("inf"), top=100)
 
 
 def test_without_the_variable_the_hook_changes_nothing(tmp_path: Path) -> None:

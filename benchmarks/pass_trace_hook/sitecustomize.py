@@ -25,6 +25,8 @@ _FLUSH_EVERY_S = 0.2
 # How often each process's event loop is probed for lag, and how many probes an event sums.
 _LAG_EVERY_S = 0.002
 _LAG_WINDOW_S = 0.1
+# A callback of an asyncio loop that runs at least this long is recorded with what it was (a stall's cause).
+_SLOW_CALLBACK_S = 0.004
 
 
 class _Recorder:
@@ -63,7 +65,7 @@ def _watch_loop(role: str, record: _Recorder) -> None:
     _LAG_WINDOW_S of ticks: ("loop_lag", role, end, ticks, summed lateness, the largest); and the cyclic
     garbage collector's pauses over the same window, since a collection holds the interpreter lock while it
     runs: ("gc", role, end, the window's seconds, collections by generation, seconds by generation, the
-    longest)."""
+    longest). On an asyncio loop (the engine's), its slow callbacks too (_time_callbacks)."""
     import asyncio  # here: every process with the hook on its path imports this file, traced or not
 
     loop = asyncio.get_running_loop()
@@ -82,6 +84,8 @@ def _watch_loop(role: str, record: _Recorder) -> None:
         longest[0] = max(longest[0], seconds)
 
     gc.callbacks.append(collector)
+    if isinstance(loop, asyncio.BaseEventLoop):  # uvloop's callbacks (the front-ends') cannot be wrapped
+        _time_callbacks(asyncio, role, record)
 
     def tick(due: float) -> None:
         at = now()
@@ -97,6 +101,32 @@ def _watch_loop(role: str, record: _Recorder) -> None:
         loop.call_later(_LAG_EVERY_S, tick, now() + _LAG_EVERY_S)
 
     loop.call_later(_LAG_EVERY_S, tick, now() + _LAG_EVERY_S)
+
+
+def _time_callbacks(asyncio: ModuleType, role: str, record: _Recorder) -> None:
+    """Each callback the loop runs, timed; one that runs _SLOW_CALLBACK_S or longer is recorded as ("slow",
+    role, start, seconds, what it was: a task's coroutine, or the callback's name)."""
+    handle = asyncio.events.Handle
+    run = handle._run
+    now = time.perf_counter
+
+    def timed_run(self: Any) -> None:
+        started = now()
+        run(self)
+        took = now() - started
+        if took >= _SLOW_CALLBACK_S:
+            record.add("slow", role, started, took, _described(asyncio, self._callback))
+
+    handle._run = timed_run
+
+
+def _described(asyncio: ModuleType, callback: Any) -> str:
+    owner = getattr(callback, "__self__", None)
+    if isinstance(owner, asyncio.Task):
+        coro = owner.get_coro()
+        return f"task {getattr(coro, '__qualname__', type(coro).__name__)}"
+    name = getattr(callback, "__qualname__", None)
+    return str(name) if name else repr(callback)[:160]
 
 
 def _wrap(worker: ModuleType, record: _Recorder) -> None:
