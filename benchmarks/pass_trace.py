@@ -93,6 +93,9 @@ def _around_the_engine(events: list[Event], start: float, end: float) -> dict[st
             # An embedding call's round trip from its front-end to the engine and back (the engine's own share,
             # from the frame's arrival to its answer leaving, is the metrics' engine_mean_ms): the rest is the link.
             "engine_trip_ms": _ms(trips),
+            # How long a call waits in its front-end for the frame that carries it (calls of one loop turn leave
+            # together at its end, so a burst of requests holds its first back): the mean, and the longest.
+            **dispatch_waits(events, start, end),
             # How late a timer fires on the engine's event loop and on the front-ends' (means): how long a frame
             # that has arrived waits for its loop to get to it.
             "engine_loop_lag_ms": loop_lag(events, "engine", start, end),
@@ -105,6 +108,16 @@ def _around_the_engine(events: list[Event], start: float, end: float) -> dict[st
         | gc_pauses(events, "frontend", start, end)
         | {"engine_slow_callbacks": slow_callbacks(events, "engine", start, end)}
     )
+
+
+def dispatch_waits(events: list[Event], start: float, end: float) -> dict[str, float]:
+    frames = [e for e in events if e[0] == "dispatch" and start <= e[1] <= end]
+    calls = sum(e[2] for e in frames)
+    return {
+        "frontend_dispatch_ms": round(1e3 * sum(e[3] for e in frames) / calls, 3) if calls else float("nan"),
+        "frontend_dispatch_longest_ms": round(1e3 * max(e[4] for e in frames), 3) if frames else float("nan"),
+        "frontend_calls_per_frame": round(calls / len(frames), 2) if frames else float("nan"),
+    }
 
 
 def slow_callbacks(events: list[Event], role: str, start: float, end: float, top: int = 4) -> str:

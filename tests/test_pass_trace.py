@@ -125,6 +125,9 @@ def test_front_ends_record_each_embedding_calls_round_trip_to_the_engine(
     trips = [e for e in events if e[0] == "engine_trip"]
     assert len(trips) == 3  # one a call, each shorter than its request at the client
     assert all(0 < trip < request for (_, _, trip), request in zip(trips, took, strict=True))
+    # Each call's wait for its frame (one call a frame here: the requests came one at a time).
+    dispatched = [e for e in events if e[0] == "dispatch"]
+    assert [e[2] for e in dispatched] == [1, 1, 1] and all(0 <= e[3] < 0.1 for e in dispatched)
     # Both processes' event loops were probed for lag throughout.
     for role in ("engine", "frontend"):
         windows = [e for e in events if e[0] == "loop_lag" and e[1] == role]

@@ -176,21 +176,36 @@ def _wrap(worker: ModuleType, record: _Recorder) -> None:
 
 def _wrap_frontend(engine_client: ModuleType, record: _Recorder) -> None:
     """Wrap a front-end's link to the engine: each embedding call's round trip as the front-end sees it, from
-    the frame that carries it leaving to its answer arriving (the engine's own share is in its metrics)."""
+    the frame that carries it leaving to its answer arriving (the engine's own share is in its metrics); and
+    how long calls wait in the front-end for their frame (calls of one loop turn leave together, at its end):
+    one ("dispatch", at, calls, summed wait, longest) a frame."""
     now = time.perf_counter
     client = engine_client.EngineClient
     send, answered, connected = client._send_embeds, client._answered, client.connection_made
     sent: dict[int, float] = {}
+    queued: dict[int, float] = {}
+
+    class Stamped(dict):  # type: ignore[type-arg]
+        """The client's calls of this turn, each stamped as it is queued."""
+
+        def __setitem__(self, id_: int, call: Any) -> None:
+            queued[id_] = now()
+            super().__setitem__(id_, call)
 
     def traced_connection_made(self: Any, transport: Any) -> None:
         connected(self, transport)
+        self._embeds = Stamped()
         _watch_loop("frontend", record)  # a front-end connects to the engine once
 
     def traced_send(self: Any) -> None:
         at = now()
+        waits = [at - queued.pop(id_, at) for id_ in self._embeds]
         for id_ in self._embeds:
             sent[id_] = at
         send(self)
+        self._embeds = Stamped()
+        if waits:
+            record.add("dispatch", at, len(waits), sum(waits), max(waits))
 
     def traced_answered(self: Any, id_: int, *args: Any) -> None:
         left = sent.pop(id_, None)
