@@ -361,13 +361,14 @@ def bench_servers(
                         entry["lengths"].setdefault(length, []).append(level)
     for server in running:  # memory peaks and traces are complete once the servers have stopped
         events = pass_trace.read(server.trace) if server.trace is not None and server.trace.exists() else []
+        timeline = pass_trace.Timeline(events)
         for round_ in range(1, rounds + 1):
             entry = results[_round_name(server.name, round_)]
             entry |= {k: v for k, v in server.results.items() if k.endswith("_peak_gb")}
             for level in (level for levels in entry["lengths"].values() for level in levels):
                 window = level.pop("_window", None)
                 if window is not None:
-                    level["passes"] = pass_trace.summarize(events, *window)
+                    level["passes"] = pass_trace.summarize(timeline.near(*window), *window)
     return results
 
 

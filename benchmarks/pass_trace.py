@@ -15,6 +15,7 @@ front-ends' round trips and the loops' lag everywhere.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import json
 import sys
@@ -30,6 +31,30 @@ Event = list[Any]
 
 def read(path: Path) -> list[Event]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# Where each event's time is: the hook writes (kind, time, ...) for these and (kind, number or role, time, ...)
+# for the rest.
+_TIME_FIRST = {"cut", "engine_trip", "dispatch"}
+
+
+def _when(event: Event) -> float:
+    return float(event[1] if event[0] in _TIME_FIRST else event[2])
+
+
+class Timeline:
+    """The events in time order, so that each level's summary reads only the events near it: a long run's
+    trace holds millions, and summarizing every level over all of them took minutes."""
+
+    def __init__(self, events: list[Event]) -> None:
+        self.events = sorted(events, key=_when)
+        self.times = [_when(e) for e in self.events]
+
+    def near(self, start: float, end: float, margin_s: float = 1.0) -> list[Event]:
+        """The events from `margin_s` before `start` to `margin_s` after `end` (a pass launched in the window
+        is collected and answered after it)."""
+        low = bisect.bisect_left(self.times, start - margin_s)
+        return self.events[low : bisect.bisect_right(self.times, end + margin_s)]
 
 
 def levels(events: list[Event], pause_s: float = 0.25) -> list[tuple[float, float]]:
