@@ -192,6 +192,10 @@ def _wrap_frontend(engine_client: ModuleType, record: _Recorder) -> None:
             queued[id_] = now()
             super().__setitem__(id_, call)
 
+        def pop(self, id_: int, *default: Any) -> Any:  # a call cancelled before its frame left
+            queued.pop(id_, None)
+            return super().pop(id_, *default)
+
     def traced_connection_made(self: Any, transport: Any) -> None:
         connected(self, transport)
         self._embeds = Stamped()

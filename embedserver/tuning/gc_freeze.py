@@ -8,11 +8,12 @@ Freezing what is alive once start-up
 is done moves it out of every later scan, as Instagram's Django servers do; the collector still runs for the
 objects requests create.
 
-It runs less often than Python's default (a young collection every 700 objects allocated and not yet freed):
-under load, the hundreds of requests in flight are thousands of live objects that every young collection
-scans again while they wait, and each scan holds the interpreter lock. Most request objects die by reference
-counting, so a larger young threshold mostly skips scans of objects that are still in use; garbage cycles
-are still collected, a few times less often (docs/perf/log.md has the measurement).
+It also runs less often than Python's default (a young collection every 700 objects allocated and not yet
+freed): under load the hundreds of requests in flight, a few dozen objects each living tens of milliseconds,
+survived the young collections into the older generations and set off full collections over all of them,
+pauses of up to 28 ms (32-76 ms of every second in the engine on an H200, docs/perf/log.md). Most request
+objects die by reference counting before a collection at the larger threshold would see them; garbage cycles
+are still collected automatically, later.
 """
 
 from __future__ import annotations
