@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.pass_phases import bench_runner
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(
@@ -31,17 +33,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0)
     args = parser.parse_intermixed_args()
 
-    import mlx.core as mx
-
-    import embedserver.runtime  # noqa: F401  (readies the process for MLX: BLAS preload, MLX settings)
-    from embedserver.catalog import ModelSpec
-    from embedserver.runtime.device import bound_gpu_memory
-    from embedserver.runtime.loader import load_runner
-    from embedserver.settings import DEFAULT_GPU_WORKSPACE_BYTES
-
-    runner = load_runner(ModelSpec(name="bench", source=str(args.model)))
-    runner.bucket_rows = mx.default_device() == mx.gpu
-    bound_gpu_memory(DEFAULT_GPU_WORKSPACE_BYTES)
+    runner = bench_runner(str(args.model))
     shapes = [tuple(int(n) for n in shape.split("x")) for shape in args.shapes]
 
     for threads in (int(n) for n in args.threads.split(",")):
