@@ -149,11 +149,15 @@ def slow_callbacks(events: list[Event], role: str, start: float, end: float, top
     """The loop's callbacks that ran 4 ms or longer (recorded on asyncio loops: the engine's), the `top` by
     their summed time: "what: count x mean ms", most first; empty for none."""
     took: dict[str, list[float]] = {}
-    for e in events:
-        if e[0] == "slow" and e[1] == role and start <= e[2] <= end:
-            took.setdefault(e[4], []).append(e[3])
+    for e in _of_role(events, "slow", role, start, end):
+        took.setdefault(e[4], []).append(e[3])
     ranked = sorted(took.items(), key=lambda kv: -sum(kv[1]))[:top]
     return "; ".join(f"{what}: {len(t)} x {_ms(t)} ms" for what, t in ranked)
+
+
+def _of_role(events: list[Event], kind: str, role: str, start: float, end: float) -> list[Event]:
+    """The `kind` events of `role`'s processes ("engine" or "frontend") between `start` and `end`."""
+    return [e for e in events if e[0] == kind and e[1] == role and start <= e[2] <= end]
 
 
 def _ms(values: list[float] | np.ndarray) -> float:
@@ -163,21 +167,21 @@ def _ms(values: list[float] | np.ndarray) -> float:
 
 def loop_lag(events: list[Event], role: str, start: float, end: float) -> float:
     """The mean lateness (ms) of the loop probes of `role`'s processes between `start` and `end`."""
-    windows = [e for e in events if e[0] == "loop_lag" and e[1] == role and start <= e[2] <= end]
+    windows = _of_role(events, "loop_lag", role, start, end)
     ticks = sum(e[3] for e in windows)
     return round(1e3 * sum(e[4] for e in windows) / ticks, 3) if ticks else float("nan")
 
 
 def loop_stall(events: list[Event], role: str, start: float, end: float) -> float:
     """The 90th percentile over `role`'s 0.1 s windows of the longest lateness in each (ms)."""
-    longest = [e[5] for e in events if e[0] == "loop_lag" and e[1] == role and start <= e[2] <= end]
+    longest = [e[5] for e in _of_role(events, "loop_lag", role, start, end)]
     return round(1e3 * float(np.percentile(longest, 90)), 3) if longest else float("nan")
 
 
 def gc_pauses(events: list[Event], role: str, start: float, end: float) -> dict[str, float]:
     """The cyclic garbage collector in `role`'s processes: ms paused per second of a process, the longest
     pause, and full (generation 2) collections per second of a process."""
-    windows = [e for e in events if e[0] == "gc" and e[1] == role and start <= e[2] <= end]
+    windows = _of_role(events, "gc", role, start, end)
     if not windows:
         return {}
     process_s = sum(e[3] for e in windows)
