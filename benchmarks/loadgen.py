@@ -112,13 +112,16 @@ if __name__ == "__main__":
 
     from benchmarks.gpu_bench import make_texts
 
+    # python -m benchmarks.loadgen URL MODEL_DIR CONCURRENCY SECONDS [TOKENS_PER_TEXT]
     url, model_dir, concurrency, seconds = (
         sys.argv[1],
         Path(sys.argv[2]),
         int(sys.argv[3]),
         float(sys.argv[4]),
     )
-    texts = make_texts(model_dir / "tokenizer.json", 512, 128)
+    tokens = int(sys.argv[5]) if len(sys.argv) > 5 else 128
+    # Enough distinct texts that none is sent twice at ~40 requests a second per client (no cache hits).
+    texts = make_texts(model_dir / "tokenizer.json", max(512, int(concurrency * seconds * 40)), tokens)
     bodies = [json.dumps({"input": t, "encoding_format": "base64"}).encode() for t in texts]
     result = run_load(url, bodies, concurrency, seconds, processes=min(8, max(1, concurrency // 16)))
     print(json.dumps(result.summary()))

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from embedserver.batching.launched import non_finite_rows
 from embedserver.batching.worker import BatchLimits, BatchWorker
 from embedserver.catalog import ModelSpec
 from embedserver.errors import InferenceError, ModelUnavailable
@@ -253,3 +254,14 @@ async def test_the_runner_overlapped_equals_the_runner_alone(tiny_qwen3: Path) -
     await w.stop()
     for got, want in zip(results, alone, strict=True):
         np.testing.assert_allclose(got[0], want, rtol=1e-4, atol=1e-4)
+
+
+def test_non_finite_rows_counts_rows_with_nan_or_either_infinity() -> None:
+    vectors = np.ones((6, 1024), dtype=np.float32)
+    vectors[1, 5] = np.nan
+    vectors[2, 0] = np.inf
+    vectors[3, 1023] = -np.inf
+    vectors[4, [7, 9]] = (np.inf, -np.inf)  # inf + -inf: NaN, still counted once
+    vectors[5] = 1e30  # large but finite: not counted
+    assert non_finite_rows(vectors) == 4
+    assert non_finite_rows(np.zeros((3, 8), dtype=np.float32)) == 0
