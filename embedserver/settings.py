@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     http_workers: int | Literal["auto"] = Field("auto", union_mode="left_to_right")
     # mx.compile the forward pass per bucketed shape, all compiled at load (GPU backends only; see runner.py).
     compile: bool = False
+    # Each model in a process of its own that runs its passes and nothing else, fed batches by the engine's
+    # event loop (embedserver/server/model_process.py). Off until measured on a GPU.
+    model_process: bool = False
     # On CUDA, run Qwen3 layers with fused projections and the project's kernels (embedserver/runtime/architectures/cuda_block.py);
     # false runs mlx-lm's layers, for comparison or as a fallback.
     cuda_kernels: bool = True

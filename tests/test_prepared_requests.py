@@ -10,6 +10,7 @@ import numpy as np
 
 from embedserver.metrics import Metrics
 from embedserver.runtime.device import mlx_executor
+from embedserver.runtime.runner import ModelRunner
 from embedserver.service.cache import EmbeddingCache
 from embedserver.service.embeddings import EmbeddingService
 from embedserver.service.requests import PreparedRequest
@@ -27,6 +28,7 @@ async def test_a_prepared_request_gets_the_models_vectors_through_one_callback(t
     try:
         slot = await service.registry.load("a")
         runner = slot.loaded.runner  # type: ignore[union-attr]
+        assert isinstance(runner, ModelRunner)
         sequences = runner.tokenizer.encode_batch(["first text", "a second, longer text here"])
         answers: list[tuple[np.ndarray, list[bool]] | BaseException] = []
         assert service.start_prepared(PreparedRequest("a", sequences, None), answers.append) is not None

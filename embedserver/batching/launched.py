@@ -3,9 +3,10 @@ and read) on the worker's collector thread, answered on the event loop."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -16,6 +17,21 @@ if TYPE_CHECKING:
 
 # A batch's token ids in, a function that waits for its pass and returns the vectors out (ModelRunner.launch).
 LaunchFn = Callable[[list[TokenIds]], Callable[[], np.ndarray]]
+
+
+class RemotePasses(Protocol):
+    """Passes run by a model in another process (MODEL_PROCESS: embedserver/server/model_process.py), driven
+    from the event loop: no thread of this process waits for them."""
+
+    async def launch(self, launched: LaunchedPass, alone: Callable[[], bool]) -> None:
+        """Returns once the pass is queued there; or with `launched.collected` set when its outcome is in
+        already (run whole because `alone()`, not run because its callers left, or failed)."""
+
+    def collected(self, launched: LaunchedPass) -> asyncio.Future[None]:
+        """Resolves once a launched pass's outcome (vectors and non-finite count, or error) is in `launched`."""
+
+    async def run(self, sequences: list[TokenIds]) -> tuple[np.ndarray, float, float, int]:
+        """A whole pass: the vectors, when it started, its duration, and its non-finite vectors' count."""
 
 
 class LaunchedPass:

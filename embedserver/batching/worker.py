@@ -37,7 +37,7 @@ from functools import partial
 
 import numpy as np
 
-from embedserver.batching.launched import LaunchedPass, LaunchFn, non_finite_rows
+from embedserver.batching.launched import LaunchedPass, LaunchFn, RemotePasses, non_finite_rows
 from embedserver.errors import InferenceError, ModelUnavailable, Overloaded, TooManyTokens
 from embedserver.metrics import Metrics, observe_many
 from embedserver.runtime.padding import bucket_length, padded_shape, rows_to_run
@@ -154,13 +154,14 @@ class BatchWorker:
     def __init__(
         self,
         model: str,
-        embed: EmbedFn,
+        embed: EmbedFn | None,
         *,
         limits: BatchLimits,
         metrics: Metrics,
         executor: Executor,
         bucketed_rows: bool = False,
         launch: LaunchFn | None = None,
+        passes: RemotePasses | None = None,
         split_tokens: int = 0,
     ) -> None:
         self.model = model
@@ -170,6 +171,8 @@ class BatchWorker:
         # a thread of the worker's own waiting for each.
         self._launch = launch
         self._collector = named_executor("collect", 1) if launch is not None else None
+        # MODEL_PROCESS: the model runs in a process of its own; passes overlap there, driven from this loop.
+        self._passes = passes
         # The runner pads batch sizes to buckets (GPUs): while busy, cut batches to bucket sizes (rows_to_run).
         self._bucketed_rows = bucketed_rows
         self._embed = embed
@@ -283,7 +286,8 @@ class BatchWorker:
 
     # --- lifecycle ----------------------------------------------------------------------------------------
     def start(self) -> None:
-        run = self._run() if self._launch is None else self._run_overlapped()
+        overlapped = self._launch is not None or self._passes is not None
+        run = self._run_overlapped() if overlapped else self._run()
         self._task = asyncio.create_task(run, name=f"batcher-{self.model}")
         # Read when /metrics is scraped: texts queued, and texts cut into batches not yet handed to the MLX thread.
         self._series.queue_depth.set_function(self.waiting)
@@ -386,14 +390,20 @@ class BatchWorker:
                     batch, padded_shape([item.ids for item in batch], bucket_rows=self._bucketed_rows)
                 )
                 self._launched.append(launched)
-                assert self._launch is not None
-                await loop.run_in_executor(
-                    self._executor, launched.launch, self._launch, self._embed, self._alone
-                )
+                if self._passes is not None:
+                    await self._passes.launch(launched, self._alone)
+                else:
+                    assert self._launch is not None and self._embed is not None
+                    await loop.run_in_executor(
+                        self._executor, launched.launch, self._launch, self._embed, self._alone
+                    )
                 if launched.collected:  # run whole (alone), not run (its callers left), or failed to launch
                     self._answer(launched)
                     continue
-                collecting = loop.run_in_executor(self._collector, self._collect, launched)
+                if self._passes is not None:
+                    collecting = self._passes.collected(launched)
+                else:
+                    collecting = loop.run_in_executor(self._collector, self._collect, launched)
                 collecting.add_done_callback(partial(self._collected, launched))
         except asyncio.CancelledError:
             raise
@@ -599,9 +609,12 @@ class BatchWorker:
         shape = padded_shape(sequences, bucket_rows=self._bucketed_rows)
         self._in_executor += 1
         try:
-            vectors, started, seconds, bad = await loop.run_in_executor(
-                self._executor, self._timed_embed, sequences, requests, shape
-            )
+            if self._passes is not None:
+                vectors, started, seconds, bad = await self._remote_pass(sequences, requests)
+            else:
+                vectors, started, seconds, bad = await loop.run_in_executor(
+                    self._executor, self._timed_embed, sequences, requests, shape
+                )
         except _FailedPass as failed:  # its texts waited for the model all the same
             self._record_waits(failed.started, requests)
             raise failed.cause from None
@@ -653,6 +666,19 @@ class BatchWorker:
         """Each text's wait until its pass began on the MLX thread: queued, cut, and handed over."""
         observe_many(self._series.queue_wait, [started - request.enqueued for request in requests])
 
+    async def _remote_pass(
+        self, sequences: list[TokenIds], requests: list[QueuedRequest]
+    ) -> tuple[np.ndarray, float, float, int]:
+        """`_timed_embed` for a model in a process of its own."""
+        if all(request.future.done() for request in requests):
+            raise _Abandoned
+        assert self._passes is not None
+        started = time.perf_counter()
+        try:
+            return await self._passes.run(sequences)
+        except Exception as exc:
+            raise _FailedPass(started, exc) from exc
+
     def _timed_embed(
         self,
         sequences: list[TokenIds],
@@ -668,6 +694,7 @@ class BatchWorker:
             raise _Abandoned
         self._forward_shape = shape
         started = self._forward_started = time.perf_counter()
+        assert self._embed is not None  # a model of this process (else _remote_pass)
         try:
             vectors = self._embed(sequences)
         except Exception as exc:

@@ -26,6 +26,7 @@ from embedserver.runtime.device_policy import DevicePlan, ready_for_device
 from embedserver.runtime.loader import load_runner
 from embedserver.runtime.model_files import ModelFiles, resolve_source
 from embedserver.runtime.runner import ModelRunner
+from embedserver.server.model_process import start_model_process
 from embedserver.service.cache import EmbeddingCache
 from embedserver.service.embeddings import EmbeddingService
 from embedserver.service.registry import Loader, ModelRegistry
@@ -61,7 +62,7 @@ def create_app(
             max_request_tokens=settings.max_request_tokens,
             max_queue_tokens=settings.max_queue_tokens,
         ),
-        loader=loader or partial(load_model, settings),
+        loader=loader or partial(start_model_process if settings.model_process else load_model, settings),
         fetch=partial(_fetch, settings),
         download_on_request=settings.download_on_request,
         executor=device.mlx_executor(),

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import struct
+from collections.abc import Iterator
 from typing import Any, cast
 
 import numpy as np
@@ -59,6 +61,34 @@ def frame(kind: int, id_: int, meta: Any, payload: bytes = b"") -> bytes:
     return _HEAD.pack(length, kind, id_, len(encoded)) + encoded + payload
 
 
+def split_frames(buffer: bytearray) -> Iterator[tuple[int, int, Any, bytes]]:
+    """The whole frames at the start of `buffer` as (kind, id, meta, payload), each removed from it as it is
+    taken; a partial frame stays for the bytes still to come."""
+    offset = 0
+    try:
+        while len(buffer) - offset >= _HEAD.size:
+            length, kind, id_, meta_length = _HEAD.unpack_from(buffer, offset)
+            end = offset + _PREFIX.size + length
+            if len(buffer) < end:
+                break
+            start = offset + _HEAD.size
+            raw_meta = buffer[start : start + meta_length]
+            meta = json.loads(raw_meta) if kind & _STDLIB_JSON else orjson.loads(raw_meta)
+            payload = bytes(buffer[start + meta_length : end])
+            offset = end
+            yield kind & ~_STDLIB_JSON, id_, meta, payload
+    finally:
+        del buffer[:offset]
+
+
+def recv_frames(sock: socket.socket) -> Iterator[tuple[int, int, Any, bytes]]:
+    """Frames read from a blocking socket until its other end closes it."""
+    buffer = bytearray()
+    while chunk := sock.recv(1 << 20):
+        buffer += chunk
+        yield from split_frames(buffer)
+
+
 class FrameProtocol(asyncio.Protocol):
     """Splits the byte stream into frames for `frame_received`; `send` queues a frame for this loop turn."""
 
@@ -73,20 +103,8 @@ class FrameProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         buffer = self._buffer
         buffer += data
-        offset = 0
-        while len(buffer) - offset >= _HEAD.size:
-            length, kind, id_, meta_length = _HEAD.unpack_from(buffer, offset)
-            end = offset + _PREFIX.size + length
-            if len(buffer) < end:
-                break
-            start = offset + _HEAD.size
-            raw_meta = buffer[start : start + meta_length]
-            meta = json.loads(raw_meta) if kind & _STDLIB_JSON else orjson.loads(raw_meta)
-            kind &= ~_STDLIB_JSON
-            payload = bytes(buffer[start + meta_length : end])
-            offset = end
-            self.frame_received(kind, id_, meta, payload)
-        del buffer[:offset]
+        for received in split_frames(buffer):
+            self.frame_received(*received)
 
     def frame_received(self, kind: int, id_: int, meta: Any, payload: bytes) -> None:
         raise NotImplementedError

@@ -16,11 +16,10 @@ import numpy as np
 
 from embedserver.errors import shutting_down
 from embedserver.metrics import Metrics
-from embedserver.runtime.runner import ModelRunner
 from embedserver.service import reranking
 from embedserver.service.cache import EmbeddingCache
 from embedserver.service.calls import EmbedCall, EmbedOutcome, RerankCall, RerankOutcome
-from embedserver.service.registry import LoadedModel, ModelRegistry
+from embedserver.service.registry import LoadedModel, ModelRegistry, Runner
 from embedserver.service.requests import (
     ModelInfo,
     PreparedRequest,
@@ -44,7 +43,7 @@ class Cancellable(Protocol):
     def cancel(self) -> object: ...
 
 
-def model_info(runner: ModelRunner) -> ModelInfo:
+def model_info(runner: Runner) -> ModelInfo:
     tokenizer = runner.tokenizer
     return ModelInfo(
         name=runner.name,

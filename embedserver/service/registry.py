@@ -13,25 +13,28 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Literal
+from functools import partial
+from typing import Any, Literal, Protocol
 
 from embedserver.backoff import doubling
 from embedserver.batching.worker import BatchLimits, BatchWorker
-from embedserver.catalog import Catalog, ModelSpec
+from embedserver.catalog import Catalog, ModelSpec, Task
 from embedserver.errors import ModelNotDownloaded, ModelUnavailable
 from embedserver.metrics import Metrics
 from embedserver.runtime.device_policy import free_memory
 from embedserver.runtime.model_files import ModelFiles
 from embedserver.runtime.model_files import ModelNotDownloaded as FilesNotDownloaded
+from embedserver.runtime.pooling import Pooling
 from embedserver.runtime.runner import ModelRunner
 from embedserver.tokenization.batcher import TokenizeBatcher
+from embedserver.tokenization.tokenizer import TextTokenizer
 from embedserver.tuning.gc_freeze import freeze_long_lived
 
 log = logging.getLogger(__name__)
 
 # Builds a model ready to serve on this device from its files (runs on the MLX thread):
 # embedserver/runtime/loader.py and device_policy.py.
-Loader = Callable[[ModelSpec, ModelFiles], ModelRunner]
+Loader = Callable[[ModelSpec, ModelFiles], "Runner"]
 # Finds a model's files, downloading them when the flag allows (runs in a thread of its own, never the MLX
 # thread, and returns or fails within a bound): embedserver/runtime/model_files.py.
 Fetcher = Callable[[ModelSpec, bool], ModelFiles]
@@ -44,11 +47,32 @@ _RESTART_MIN_S = 0.5
 _DEATH_MEMORY_S = 300.0
 
 
+class Runner(Protocol):
+    """What the service reads of a loaded model: a ModelRunner, or (MODEL_PROCESS) a model in a process of
+    its own, embedserver/server/model_process.py, which also has `passes` (RemotePasses) for the worker,
+    `attach` and `aclose`."""
+
+    name: str
+    source: str
+    revision: str
+    tokenizer: TextTokenizer
+    pooling: Pooling
+    max_length: int
+    query_task: str | None
+    task: Task
+    bucket_rows: bool
+    overlap_passes: bool
+    split_tokens: int
+
+    @property
+    def dimension(self) -> int: ...
+
+
 @dataclass(eq=False)
 class LoadedModel:
     """A model that can serve: its runner, the worker that batches for it, and its tokenization rounds."""
 
-    runner: ModelRunner
+    runner: Runner
     worker: BatchWorker
     tokenize: TokenizeBatcher
 
@@ -71,7 +95,7 @@ class ModelSlot:
     missing: bool = False  # failed because its files are not here and cannot be downloaded
 
     @property
-    def runner(self) -> ModelRunner | None:
+    def runner(self) -> Runner | None:
         return self.loaded.runner if self.loaded is not None else None
 
     @property
@@ -219,17 +243,11 @@ class ModelRegistry:
                     assert files is not None
                     log.info("loading model %s from %s", name, files.directory)
                     runner = await loop.run_in_executor(self._executor, self._loader, slot.spec, files)
-                worker = BatchWorker(
-                    name,
-                    runner.embed,
-                    limits=self._limits,
-                    metrics=self._metrics,
-                    executor=self._executor,
-                    bucketed_rows=runner.bucket_rows,
-                    launch=runner.launch if runner.overlap_passes else None,
-                    split_tokens=runner.split_tokens,
-                )
+                worker = self._worker(name, runner)
                 worker.on_death = lambda: self._worker_died(slot)
+                attach = getattr(runner, "attach", None)
+                if attach is not None:  # a model in a process of its own: hear of its exit even while idle
+                    await attach(partial(self._process_exited, slot, runner))
                 worker.start()
                 tokenize = TokenizeBatcher(runner.tokenizer, rounds=self._tokenize_rounds)
                 slot.loaded = LoadedModel(runner, worker, tokenize)
@@ -252,6 +270,49 @@ class ModelRegistry:
             raise _unavailable(slot) from exc
         finally:
             slot.load_task = None
+
+    def _worker(self, name: str, runner: Runner) -> BatchWorker:
+        passes = getattr(runner, "passes", None)  # MODEL_PROCESS: the model's own process runs the passes
+        embed = runner.embed if isinstance(runner, ModelRunner) else None
+        launch = runner.launch if isinstance(runner, ModelRunner) and runner.overlap_passes else None
+        return BatchWorker(
+            name,
+            embed,
+            limits=self._limits,
+            metrics=self._metrics,
+            executor=self._executor,
+            bucketed_rows=runner.bucket_rows,
+            launch=launch,
+            passes=passes,
+            split_tokens=runner.split_tokens,
+        )
+
+    def _process_exited(self, slot: ModelSlot, runner: Runner) -> None:
+        """A model's process went away unasked: unload the model (what waits for it fails with 503), so the
+        next request for it loads it again, in a new process."""
+        if slot.loaded is None or slot.loaded.runner is not runner:
+            return
+
+        async def unload() -> None:
+            async with self._admin:
+                if slot.loaded is None or slot.loaded.runner is not runner:
+                    return
+                await self._unload(slot)
+
+        task = asyncio.create_task(unload(), name=f"unload-{slot.spec.name}")
+        self._restarts.add(task)
+        task.add_done_callback(self._restarts.discard)
+
+    async def _unload(self, slot: ModelSlot) -> None:
+        """Stop a loaded model's worker, then its process if it has one."""
+        assert slot.loaded is not None
+        runner = slot.loaded.runner
+        await slot.loaded.worker.stop()
+        slot.loaded, slot.status = None, "unloaded"
+        self._metrics.models_loaded.set(self._loaded_count())
+        close = getattr(runner, "aclose", None)
+        if close is not None:
+            await close()
 
     def _worker_died(self, slot: ModelSlot) -> None:
         """Restart a dead worker after a short backoff, without waiting for a request to ask for it."""
@@ -299,10 +360,9 @@ class ModelRegistry:
     async def _evict(self, slot: ModelSlot) -> None:
         log.info("evicting model %s (least recently used)", slot.spec.name)
         if slot.loaded is not None:
-            await slot.loaded.worker.stop()
-        slot.loaded, slot.status = None, "unloaded"
+            await self._unload(slot)
+        slot.status = "unloaded"
         self._metrics.model_evictions.labels(slot.spec.name).inc()
-        self._metrics.models_loaded.set(self._loaded_count())
         await asyncio.get_running_loop().run_in_executor(self._executor, free_memory)
 
     async def close(self) -> None:
@@ -314,7 +374,7 @@ class ModelRegistry:
             if slot.load_task is not None:
                 slot.load_task.cancel()
             if slot.loaded is not None:
-                await slot.loaded.worker.stop()
+                await self._unload(slot)
 
 
 def _reason(exc: BaseException) -> str:

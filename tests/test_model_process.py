@@ -1,0 +1,142 @@
+"""MODEL_PROCESS: each model in a process of its own, fed batches by the engine's event loop. The vectors equal
+the in-process server's, passes overlap there, a pass that fails there fails only its requests, and a model
+whose process dies answers 503 and is loaded again in a new one."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import shutil
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from embedserver.server.engine_app import create_app
+from embedserver.server.model_process import ModelProcess
+from embedserver.settings import Settings
+from tests.conftest import started
+
+TEXTS = [f"text number {i} " + "word " * (i % 7) for i in range(24)]
+
+
+def _vectors(body: dict[str, Any]) -> np.ndarray:
+    return np.stack([np.frombuffer(base64.b64decode(d["embedding"]), dtype=np.float32) for d in body["data"]])
+
+
+async def _embed_each(client: httpx.AsyncClient, texts: list[str]) -> list[np.ndarray]:
+    """One request per text, all at once (batches form), in order."""
+
+    async def one(text: str) -> np.ndarray:
+        r = await client.post("/v1/embeddings", json={"input": text, "encoding_format": "base64"})
+        assert r.status_code == 200, r.text
+        vector: np.ndarray = _vectors(r.json())[0]
+        return vector
+
+    return list(await asyncio.gather(*(one(t) for t in texts)))
+
+
+def _process(app) -> ModelProcess:  # type: ignore[no-untyped-def]
+    slot = app.state.server.service.registry.slots()["tiny"]
+    assert slot.loaded is not None
+    runner = slot.loaded.runner
+    assert isinstance(runner, ModelProcess)
+    return runner
+
+
+async def test_vectors_equal_the_in_process_servers(make_settings: Callable[..., Settings]) -> None:
+    async with started(create_app(make_settings(cache_max_entries=0))) as client:
+        expected = await _embed_each(client, TEXTS)
+        batch = await client.post("/v1/embeddings", json={"input": TEXTS[:5], "encoding_format": "base64"})
+    app = create_app(make_settings(cache_max_entries=0, model_process=True))
+    async with started(app) as client:
+        runner = _process(app)
+        assert runner.alive and runner._process.pid != os.getpid()
+        got = await _embed_each(client, TEXTS)
+        many = await client.post("/v1/embeddings", json={"input": TEXTS[:5], "encoding_format": "base64"})
+        models = (await client.get("/v1/models")).json()
+    for a, b in zip(got, expected, strict=True):
+        assert a.shape == (64,) and np.allclose(a, b, atol=1e-4)
+    assert np.allclose(_vectors(many.json()), _vectors(batch.json()), atol=1e-4)
+    assert abs(float(np.linalg.norm(got[0])) - 1.0) < 1e-4
+    assert any(m["id"] == "tiny" for m in models["data"])
+    assert not runner.alive  # stopped with the server
+
+
+async def test_passes_overlap_in_the_model_process(make_settings: Callable[..., Settings]) -> None:
+    """Forced onto the overlapped path (a GPU's) on this CPU: every pass launched, then collected there."""
+    app = create_app(make_settings(cache_max_entries=0, model_process=True))
+    async with started(app) as client:
+        runner = _process(app)
+        launched: list[bool] = []
+        launch = runner.launch
+
+        async def counting(pass_, alone):  # type: ignore[no-untyped-def]
+            await launch(pass_, lambda: False)  # never run whole: always the LAUNCH, then DONE, exchange
+            launched.append(pass_.collected)
+
+        runner.launch = counting  # type: ignore[method-assign]
+        runner._overlap = True  # as on a GPU
+        got = await _embed_each(client, TEXTS)
+    async with started(create_app(make_settings(cache_max_entries=0))) as client:
+        expected = await _embed_each(client, TEXTS)
+    assert launched and not any(launched)  # queued there, answered later by its collector
+    for a, b in zip(got, expected, strict=True):
+        assert np.allclose(a, b, atol=1e-4)
+
+
+async def test_a_model_whose_process_dies_answers_503_then_loads_again(
+    make_settings: Callable[..., Settings],
+) -> None:
+    app = create_app(make_settings(cache_max_entries=0, model_process=True))
+    async with started(app) as client:
+        first = _process(app)
+        os.kill(first._process.pid, signal.SIGKILL)  # type: ignore[arg-type]
+        for _ in range(500):  # the registry hears of it from the socket closing
+            if not app.state.server.service.registry.slots()["tiny"].loaded:
+                break
+            await asyncio.sleep(0.01)
+        health = await client.get("/health")
+        assert health.status_code == 503
+        r = await client.post(
+            "/v1/embeddings", json={"input": "after the crash", "encoding_format": "base64"}
+        )
+        assert r.status_code == 200, r.text  # loaded again, in a new process
+        second = _process(app)
+        assert second is not first and second.alive and not first.alive
+
+
+async def test_a_model_that_cannot_load_in_its_process_fails_with_the_reason(
+    make_settings: Callable[..., Settings], tiny_qwen3: Path, tmp_path: Path
+) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_qwen3, broken)
+    config = json.loads((broken / "config.json").read_text())
+    (broken / "config.json").write_text(json.dumps({**config, "model_type": "gpt2"}))
+    app = create_app(make_settings(model_process=True, model_name=str(broken)))
+    async with started(app) as client:
+        health = await client.get("/health")
+        r = await client.post("/v1/embeddings", json={"input": "x"})
+    assert health.status_code == 503 and r.status_code == 503
+    assert "unsupported model_type 'gpt2'" in r.json()["error"]["message"]
+
+
+async def test_reranking_runs_in_the_model_process(make_settings: Callable[..., Settings]) -> None:
+    settings = {"rerank_model": "tiny-rerank", "cache_max_entries": 0}
+    body = {"model": "tiny-rerank", "query": "what is it", "documents": TEXTS[:3]}
+    async with started(create_app(make_settings(**settings))) as client:
+        await client.post("/v1/embeddings", json={"input": "load"})
+        expected = (await client.post("/v1/rerank", json=body)).json()
+    async with started(create_app(make_settings(model_process=True, **settings))) as client:
+        await client.post("/v1/embeddings", json={"input": "load"})
+        r = await client.post("/v1/rerank", json=body)
+    assert r.status_code == 200, r.text
+    got = r.json()
+    assert [x["index"] for x in got["results"]] == [x["index"] for x in expected["results"]]
+    for a, b in zip(got["results"], expected["results"], strict=True):
+        assert abs(a["relevance_score"] - b["relevance_score"]) < 1e-4
