@@ -200,8 +200,9 @@ def _sampling(every_s: float, sample: Callable[[], bool]) -> Iterator[None]:
 @contextmanager
 def gpu_memory_peak(pid: int | None = None) -> Iterator[dict[str, float]]:
     """The most device memory nvidia-smi reports in use while the block runs (GB; absent without it): the
-    whole card ("gb": the CUDA contexts of this benchmark's own process count too), and the process `pid`'s
-    own ("process_gb"), which is what the server takes."""
+    whole card ("gb": the CUDA contexts of this benchmark's own process count too), and that of process `pid`
+    and its descendants together ("process_gb"), which is what the server takes (its engine, and with
+    MODEL_PROCESS its models' processes)."""
     peak: dict[str, float] = {}
 
     def sample() -> bool:
@@ -209,14 +210,35 @@ def gpu_memory_peak(pid: int | None = None) -> Iterator[dict[str, float]]:
         if not card:
             return False
         peak["gb"] = max(peak.get("gb", 0.0), float(card[0]) / 1024)
+        tree = _process_tree(pid) if pid is not None else set()
+        used_by_tree = 0.0
         for line in _smi("--query-compute-apps=pid,used_memory"):
             owner, _, used = line.partition(",")
-            if pid is not None and owner.strip() == str(pid) and used.strip().isdigit():
-                peak["process_gb"] = max(peak.get("process_gb", 0.0), float(used) / 1024)
+            if owner.strip() in tree and used.strip().isdigit():
+                used_by_tree += float(used) / 1024
+        if used_by_tree:
+            peak["process_gb"] = max(peak.get("process_gb", 0.0), used_by_tree)
         return True
 
     with _sampling(0.5, sample):
         yield peak
+
+
+def _process_tree(pid: int) -> set[str]:
+    """`pid` and its descendants, as the strings nvidia-smi prints (Linux's /proc; `pid` alone elsewhere)."""
+    parents: dict[str, str] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue  # gone meanwhile
+        parents[stat.parent.name] = fields[1]
+    tree, grew = {str(pid)}, True
+    while grew:
+        added = {child for child, parent in parents.items() if parent in tree} - tree
+        tree |= added
+        grew = bool(added)
+    return tree
 
 
 @contextmanager
@@ -407,7 +429,7 @@ def table(results: dict[str, Any]) -> str:
                 )
         lines.append(
             f"{name:>8} GPU memory peak {server['gpu_memory_peak_gb']} GB (card), "
-            f"{server['server_gpu_memory_peak_gb']} GB (the server's process)"
+            f"{server['server_gpu_memory_peak_gb']} GB (the server's processes)"
         )
     return "\n".join(lines)
 

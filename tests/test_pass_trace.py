@@ -142,3 +142,62 @@ def test_front_ends_record_each_embedding_calls_round_trip_to_the_engine(
     summary = pass_trace.summarize(events, trips[0][1] - 1, trips[-1][1] + 1)
     assert {"engine_trip_ms", "engine_loop_lag_ms", "frontend_loop_lag_ms"} <= set(summary)
     assert 0 < summary["engine_trip_ms"] < max(took) * 1e3
+
+
+# The same records for passes a model's own process runs (MODEL_PROCESS), here the tiny model on this CPU with
+# passes launched and collected there as on a GPU.
+_MODEL_PROCESS_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, sys, time
+    from concurrent.futures import ThreadPoolExecutor
+    from embedserver.batching.worker import BatchLimits, BatchWorker
+    from embedserver.catalog import ModelSpec
+    from embedserver.metrics import Metrics
+    from embedserver.runtime.model_files import resolve_source
+    from embedserver.server.model_process import start_model_process
+    from embedserver.settings import Settings
+
+    async def main():
+        spec = ModelSpec(name="m", source=sys.argv[1])
+        model = start_model_process(Settings(_env_file=None), spec, resolve_source(spec.source))
+        model._overlap = True
+        limits = BatchLimits(max_size=8, max_tokens=4096, wait_s=0.002, max_queue=100)
+        worker = BatchWorker("m", None, passes=model, limits=limits, metrics=Metrics(),
+                             executor=ThreadPoolExecutor(1))
+        worker.start()
+        ids = model.tokenizer.encode_batch([f"text {i}" for i in range(24)])
+        await asyncio.gather(*(worker.submit([seq]) for seq in ids))  # three passes of 8, overlapped
+        await worker.stop()
+        await model.aclose()
+        time.sleep(0.5)  # the hook writes every 0.2 s
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_passes_in_a_models_own_process_are_recorded_as_the_engine_sees_them(
+    tmp_path: Path, tiny_qwen3: Path
+) -> None:
+    trace = tmp_path / "trace.jsonl"
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "PASS_TRACE": str(trace),
+        "PYTHONPATH": os.pathsep.join([str(pass_trace.HOOK_DIR), str(ROOT)]),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", _MODEL_PROCESS_SCRIPT, str(tiny_qwen3)],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    events = pass_trace.read(trace)
+    launches = [e for e in events if e[0] == "launch"]
+    assert sum(e[4] for e in launches) == 24
+    assert {e[1] for e in launches} == {e[1] for e in events if e[0] == "answer"}
+    # A pass queued there (not run whole, as one with nothing before or after it is) is collected once.
+    queued = {e[1] for e in launches if not e[7]}
+    assert queued and [e[1] for e in events if e[0] == "collect"] == sorted(queued)

@@ -21,6 +21,7 @@ from typing import Any
 
 _WORKER = "embedserver.batching.worker"
 _ENGINE_CLIENT = "embedserver.server.engine_client"
+_MODEL_PROCESS = "embedserver.server.model_process"
 _FLUSH_EVERY_S = 0.2
 # How often each process's event loop is probed for lag, and how many probes an event sums.
 _LAG_EVERY_S = 0.002
@@ -129,12 +130,39 @@ def _described(asyncio: ModuleType, callback: Any) -> str:
     return str(name) if name else repr(callback)[:160]
 
 
+_PASSES: dict[int, int] = {}  # id of a pass in flight -> its number
+_NUMBERS = iter(range(1 << 62))
+
+
+def _wrap_model_process(model_process: ModuleType, record: _Recorder) -> None:
+    """MODEL_PROCESS: the same launch and collect records for passes the model's own process runs, as the
+    engine sees them: a launch from its send to the answer that the pass is queued there, a collection when
+    the pass ended there (the shared monotonic clock)."""
+    now = time.perf_counter
+    cls = model_process.ModelProcess
+    launch, collected = cls.launch, cls.collected
+
+    async def traced_launch(self: Any, launched: Any, alone: Any) -> None:
+        number = _PASSES[id(launched)] = next(_NUMBERS)
+        start = now()
+        await launch(self, launched, alone)
+        rows, length = launched.shape
+        record.add("launch", number, start, now(), len(launched.batch), rows, length, launched.collected)
+
+    def traced_collected(self: Any, launched: Any) -> Any:
+        finished = collected(self, launched)
+        number = _PASSES.get(id(launched), -1)
+        finished.add_done_callback(lambda _: record.add("collect", number, self._device_end))
+        return finished
+
+    cls.launch, cls.collected = traced_launch, traced_collected
+
+
 def _wrap(worker: ModuleType, record: _Recorder) -> None:
     """Wrap the batch worker's cut and answer and the launched pass's launch and collection: each records its
     perf_counter times (CLOCK_MONOTONIC, the same in every process of the machine)."""
     now = time.perf_counter
-    passes: dict[int, int] = {}  # id of a pass in flight -> its number
-    numbers = iter(range(1 << 62))
+    passes, numbers = _PASSES, _NUMBERS
     worker_cls, pass_cls = worker.BatchWorker, worker.LaunchedPass
     cut, answer, launch, collect = worker_cls._cut, worker_cls._answer, pass_cls.launch, pass_cls.collect
 
@@ -222,7 +250,7 @@ def _wrap_frontend(engine_client: ModuleType, record: _Recorder) -> None:
     client.connection_made = traced_connection_made
 
 
-_WRAPPERS = {_WORKER: _wrap, _ENGINE_CLIENT: _wrap_frontend}
+_WRAPPERS = {_WORKER: _wrap, _ENGINE_CLIENT: _wrap_frontend, _MODEL_PROCESS: _wrap_model_process}
 
 
 class _WrapOnImport(importlib.abc.MetaPathFinder):

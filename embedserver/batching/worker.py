@@ -376,7 +376,9 @@ class BatchWorker:
         is done with it. A batch is cut when the MLX thread is ready to launch it, so it holds what arrived
         while the previous one was launched (no pass times judge the cut); at most `_OVERLAPPED` passes are in
         flight (MLX itself holds the host back once it is ten command buffers ahead of the device, as long
-        passes are). A pass alone (nothing waits, nothing in flight) runs whole on the MLX thread."""
+        passes are). A pass alone (nothing waits, nothing in flight) runs whole on the MLX thread. With a model
+        in a process of its own (`passes`, MODEL_PROCESS) that process launches and collects them, and this
+        loop awaits its answers: no thread of this process takes part."""
         loop = asyncio.get_running_loop()
         try:
             while True:

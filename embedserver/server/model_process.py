@@ -140,7 +140,6 @@ class ModelProcess:
         try:
             link = await self._connected()
             acked, done = link.request(RUN if whole else LAUNCH, [item.ids for item in launched.batch])
-            launched.started = time.perf_counter()
             if whole:
                 meta, payload = await done
                 self._read(launched, meta, payload, previous_end=0.0)
@@ -180,6 +179,7 @@ class ModelProcess:
     def _read(launched: LaunchedPass, meta: dict[str, Any], payload: bytes, *, previous_end: float) -> float:
         """A DONE answer into `launched`; its time is what it added to the device's queue (LaunchedPass.collect).
         Returns when it ended."""
+        launched.started = meta["started"]
         launched.vectors = _vectors(meta, payload)
         launched.bad = meta["bad"]
         launched.seconds = meta["ended"] - max(meta["started"], previous_end)
