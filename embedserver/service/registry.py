@@ -288,18 +288,30 @@ class ModelRegistry:
         )
 
     def _process_exited(self, slot: ModelSlot, runner: Runner) -> None:
-        """A model's process went away unasked: unload the model (what waits for it fails with 503), so the
-        next request for it loads it again, in a new process."""
+        """A model's process went away unasked: unload the model at once (what waits for it fails with 503),
+        then load it again in a new process after a short backoff, as a dead worker is restarted, without
+        waiting for a request (a replica whose default model died must become ready again on its own). A
+        request in the meantime loads it sooner."""
         if slot.loaded is None or slot.loaded.runner is not runner:
             return
+        delay = self._backoff_after_death(slot)
+        log.warning("the process of model %s died; loading it again in %.1fs", slot.spec.name, delay)
 
-        async def unload() -> None:
+        async def reload() -> None:
             async with self._admin:
                 if slot.loaded is None or slot.loaded.runner is not runner:
                     return
                 await self._unload(slot)
+            await asyncio.sleep(delay)
+            if slot.loaded is not None or slot.load_task is not None:
+                return  # a request loaded it first
+            try:
+                await self._ready(slot.spec, download=False)  # its files are here: it was loaded
+                self._metrics.worker_restarts.labels(slot.spec.name).inc()
+            except ModelUnavailable as exc:
+                log.error("loading model %s again failed: %s", slot.spec.name, exc.message)
 
-        task = asyncio.create_task(unload(), name=f"unload-{slot.spec.name}")
+        task = asyncio.create_task(reload(), name=f"reload-{slot.spec.name}")
         self._restarts.add(task)
         task.add_done_callback(self._restarts.discard)
 
@@ -314,12 +326,16 @@ class ModelRegistry:
         if close is not None:
             await close()
 
-    def _worker_died(self, slot: ModelSlot) -> None:
-        """Restart a dead worker after a short backoff, without waiting for a request to ask for it."""
+    def _backoff_after_death(self, slot: ModelSlot) -> float:
+        """How long to wait before restarting what died: doubling while deaths follow each other."""
         now = time.monotonic()
         slot.worker_deaths = slot.worker_deaths + 1 if now - slot.last_death < _DEATH_MEMORY_S else 1
         slot.last_death = now
-        delay = doubling(_RESTART_MIN_S, slot.worker_deaths, _BACKOFF_MAX_S)
+        return doubling(_RESTART_MIN_S, slot.worker_deaths, _BACKOFF_MAX_S)
+
+    def _worker_died(self, slot: ModelSlot) -> None:
+        """Restart a dead worker after a short backoff, without waiting for a request to ask for it."""
+        delay = self._backoff_after_death(slot)
         log.warning("worker for %s died; restarting it in %.1fs", slot.spec.name, delay)
         timer = asyncio.get_running_loop().call_later(delay, self._restart, slot)
         self._restart_timers[slot.spec.name] = timer
