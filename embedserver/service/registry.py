@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import Executor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -303,15 +303,22 @@ class ModelRegistry:
                     return
                 await self._unload(slot)
             await asyncio.sleep(delay)
-            if slot.loaded is not None or slot.load_task is not None:
-                return  # a request loaded it first
-            try:
-                await self._ready(slot.spec, download=False)  # its files are here: it was loaded
-                self._metrics.worker_restarts.labels(slot.spec.name).inc()
-            except ModelUnavailable as exc:
-                log.error("loading model %s again failed: %s", slot.spec.name, exc.message)
+            if slot.loaded is None and slot.load_task is None:  # else a request loaded it first
+                await self._load_again(slot)
 
-        task = asyncio.create_task(reload(), name=f"reload-{slot.spec.name}")
+        self._in_background(reload(), f"reload-{slot.spec.name}")
+
+    async def _load_again(self, slot: ModelSlot) -> None:
+        """Load a model again after a part of it died (its files are here: it was loaded); a restart."""
+        try:
+            await self._ready(slot.spec, download=False)
+            self._metrics.worker_restarts.labels(slot.spec.name).inc()
+        except ModelUnavailable as exc:
+            log.error("loading model %s again failed: %s", slot.spec.name, exc.message)
+
+    def _in_background(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        """Run `work` as a task the registry holds, and cancels on close."""
+        task = asyncio.create_task(work, name=name)
         self._restarts.add(task)
         task.add_done_callback(self._restarts.discard)
 
@@ -345,16 +352,7 @@ class ModelRegistry:
         if slot.status != "ready" or slot.loaded is None or slot.loaded.worker.alive:
             return  # evicted, or a request restarted it first
 
-        async def restart() -> None:
-            try:
-                await self._ready(slot.spec, download=False)  # its files are here: it was loaded
-                self._metrics.worker_restarts.labels(slot.spec.name).inc()
-            except ModelUnavailable as exc:
-                log.error("restarting the worker for %s failed: %s", slot.spec.name, exc.message)
-
-        task = asyncio.create_task(restart(), name=f"restart-{slot.spec.name}")
-        self._restarts.add(task)
-        task.add_done_callback(self._restarts.discard)
+        self._in_background(self._load_again(slot), f"restart-{slot.spec.name}")
 
     def _loaded_count(self) -> int:
         return sum(1 for s in self._slots.values() if s.loaded is not None)
