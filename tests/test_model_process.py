@@ -53,6 +53,7 @@ async def test_vectors_equal_the_in_process_servers(make_settings: Callable[...,
     async with started(create_app(make_settings(cache_max_entries=0))) as client:
         expected = await _embed_each(client, TEXTS)
         batch = await client.post("/v1/embeddings", json={"input": TEXTS[:5], "encoding_format": "base64"})
+        alone = (await client.get("/health")).json()["memory"]
     app = create_app(make_settings(cache_max_entries=0, model_process=True))
     async with started(app) as client:
         runner = _process(app)
@@ -60,6 +61,11 @@ async def test_vectors_equal_the_in_process_servers(make_settings: Callable[...,
         got = await _embed_each(client, TEXTS)
         many = await client.post("/v1/embeddings", json={"input": TEXTS[:5], "encoding_format": "base64"})
         models = (await client.get("/v1/models")).json()
+        memory = (await client.get("/health")).json()["memory"]
+    # The model's memory is in its own process, and /health adds it to the engine's: the weights count once.
+    assert runner.memory["mlx_active_bytes"] >= 0.9 * alone["mlx_active_bytes"] > 10 * 2**20
+    assert memory["mlx_active_bytes"] >= runner.memory["mlx_active_bytes"]
+    assert memory["rss_bytes"] > runner.memory["rss_bytes"]
     for a, b in zip(got, expected, strict=True):
         assert a.shape == (64,) and np.allclose(a, b, atol=1e-4)
     assert np.allclose(_vectors(many.json()), _vectors(batch.json()), atol=1e-4)

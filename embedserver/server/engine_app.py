@@ -71,7 +71,9 @@ def create_app(
     )
     cache = EmbeddingCache(settings.cache_max_entries, settings.cache_max_bytes)
     service = EmbeddingService(settings, registry, cache, metrics)
-    state = ServerState(service=service, metrics=metrics, device=device.info, memory=device.memory)
+    state = ServerState(
+        service=service, metrics=metrics, device=device.info, memory=partial(_memory, registry)
+    )
     metrics.ready.set_function(lambda: float(state.readiness() == "ready"))  # read at scrape time
 
     @asynccontextmanager
@@ -96,6 +98,16 @@ def create_app(
         state=state,
     )
     return app
+
+
+def _memory(registry: ModelRegistry) -> dict[str, int]:
+    """This process's memory, with that of its models' processes (MODEL_PROCESS) as each last reported it
+    added: what the server holds in all."""
+    total = device.memory()
+    for slot in registry.slots().values():
+        for key, value in getattr(slot.runner, "memory", {}).items():
+            total[key] = total.get(key, 0) + value
+    return total
 
 
 def _fetch(settings: Settings, spec: ModelSpec, download: bool) -> ModelFiles:

@@ -14,8 +14,9 @@ The wire is the front-ends' frame format (ipc.py) over a socket pair. Engine -> 
 whole) or LAUNCH (queued, then collected on the model's collector thread), meta {"lengths"}, payload the
 int32 ids back to back; the engine closes the socket to stop the process. Model -> engine: READY once loaded
 (meta: what the service reads of a runner) or LOAD_FAILED, then per pass LAUNCHED (when queued) and DONE
-(meta: its start and end on the machine's monotonic clock, which both processes read, and how many vectors
-hold a non-finite value; payload: float32 vectors) or FAILED.
+(meta: its start and end on the machine's monotonic clock, which both processes read, how many vectors hold
+a non-finite value, and the process's memory, which /health adds to the engine's; payload: float32 vectors)
+or FAILED.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from embedserver.batching.launched import LaunchedPass, non_finite_rows
 from embedserver.catalog import ModelSpec, Task
 from embedserver.errors import ModelUnavailable
 from embedserver.logs import configure_logging
+from embedserver.runtime import device
 from embedserver.runtime.model_files import ModelFiles, ModelLoadError
 from embedserver.runtime.pooling import Pooling
 from embedserver.server import ipc
@@ -116,6 +118,8 @@ class ModelProcess:
         self.dimension: int = meta["dimension"]
         self.bucket_rows: bool = meta["bucket_rows"]
         self.split_tokens: int = meta["split_tokens"]
+        # That process's memory (RSS and MLX's), as it last reported it: after the load, then with each pass.
+        self.memory: dict[str, int] = meta["memory"]
         # Whether passes overlap there (GPUs); elsewhere each runs whole, as in the engine.
         self._overlap: bool = meta["overlap_passes"]
         self.tokenizer = TextTokenizer(
@@ -172,13 +176,16 @@ class ModelProcess:
         link = await self._connected()
         _, done = link.request(RUN, sequences)
         meta, payload = await done
+        self.memory = meta["memory"]
         vectors = _vectors(meta, payload)
         return vectors, meta["started"], meta["ended"] - meta["started"], meta["bad"]
 
-    @staticmethod
-    def _read(launched: LaunchedPass, meta: dict[str, Any], payload: bytes, *, previous_end: float) -> float:
+    def _read(
+        self, launched: LaunchedPass, meta: dict[str, Any], payload: bytes, *, previous_end: float
+    ) -> float:
         """A DONE answer into `launched`; its time is what it added to the device's queue (LaunchedPass.collect).
         Returns when it ended."""
+        self.memory = meta["memory"]
         launched.started = meta["started"]
         launched.vectors = _vectors(meta, payload)
         launched.bad = meta["bad"]
@@ -342,6 +349,7 @@ def _serve(sock: socket.socket, settings: Settings, spec: ModelSpec, files: Mode
             "split_tokens": runner.split_tokens,
             "overlap_passes": runner.overlap_passes,
             "end_token": runner.tokenizer.end_token,
+            "memory": device.memory(),
         },
     )
     collector = ThreadPoolExecutor(1, thread_name_prefix="collect")
@@ -387,5 +395,6 @@ def _send_done(send: Callable[..., None], id_: int, vectors: np.ndarray, started
         "bad": non_finite_rows(vectors),
         "rows": rows,
         "columns": columns,
+        "memory": device.memory(),
     }
     send(DONE, id_, meta, vectors.tobytes())
