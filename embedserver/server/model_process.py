@@ -6,9 +6,9 @@ Why: in the engine, the thread that queues a pass's kernels shares the interpret
 which runs Python most of the time under load, in turns of milliseconds. Each time MLX hands the thread back
 to Python (after queueing a pass, after the device finishes one) it waits for the loop to let go of the lock,
 up to CPython's 5 ms switch interval: a fifth of the launching thread's time at 512 clients of short texts on
-an H200 (docs/perf/log.md). Here the model's process has three threads that hardly run Python: the one that
-reads batches and queues their passes, the one that waits for the device and sends vectors back, and nothing
-else; the engine's side is protocol callbacks on its loop.
+an H200 (docs/perf/log.md). Here the model's process has two threads, each running little Python: one reads
+batches and queues their passes, the other waits for the device and sends vectors back; in the engine, the
+passes are protocol callbacks on its loop.
 
 The wire is the front-ends' frame format (ipc.py) over a socket pair. Engine -> model: RUN (one pass, run
 whole) or LAUNCH (queued, then collected on the model's collector thread), meta {"lengths"}, payload the
