@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import numpy as np
 
+from embedserver.runtime import device
 from embedserver.server.engine_app import create_app
 from embedserver.server.model_process import ModelProcess
 from embedserver.settings import Settings
@@ -53,7 +54,6 @@ async def test_vectors_equal_the_in_process_servers(make_settings: Callable[...,
     async with started(create_app(make_settings(cache_max_entries=0))) as client:
         expected = await _embed_each(client, TEXTS)
         batch = await client.post("/v1/embeddings", json={"input": TEXTS[:5], "encoding_format": "base64"})
-        alone = (await client.get("/health")).json()["memory"]
     app = create_app(make_settings(cache_max_entries=0, model_process=True))
     async with started(app) as client:
         runner = _process(app)
@@ -62,10 +62,13 @@ async def test_vectors_equal_the_in_process_servers(make_settings: Callable[...,
         many = await client.post("/v1/embeddings", json={"input": TEXTS[:5], "encoding_format": "base64"})
         models = (await client.get("/v1/models")).json()
         memory = (await client.get("/health")).json()["memory"]
-    # The model's memory is in its own process, and /health adds it to the engine's: the weights count once.
-    assert runner.memory["mlx_active_bytes"] >= 0.9 * alone["mlx_active_bytes"] > 10 * 2**20
-    assert memory["mlx_active_bytes"] >= runner.memory["mlx_active_bytes"]
-    assert memory["rss_bytes"] > runner.memory["rss_bytes"]
+        own = device.memory()  # this (the engine's) process: under MODEL_PROCESS no MLX work happens here
+    # The model's memory is in its own process (the tiny model's weights, ~38 MB), and /health adds it to the
+    # engine's. (Not compared with the in-process server's: MLX's counters there are this test process's, which
+    # holds other tests' models too.)
+    assert runner.memory["mlx_active_bytes"] > 10 * 2**20
+    added = memory["mlx_active_bytes"] - own["mlx_active_bytes"]
+    assert abs(added - runner.memory["mlx_active_bytes"]) < 2**20
     for a, b in zip(got, expected, strict=True):
         assert a.shape == (64,) and np.allclose(a, b, atol=1e-4)
     assert np.allclose(_vectors(many.json()), _vectors(batch.json()), atol=1e-4)
