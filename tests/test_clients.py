@@ -251,9 +251,10 @@ def test_unread_answers_past_the_memory_bound_are_dropped_at_once(strict_server:
     before = _cuts(strict_server, "unsent_bytes")
     hogs = [_unread_answers(strict_server, texts, 4) for _ in range(8)]  # spread over the front-ends
     try:
-        started = time.monotonic()
+        # The label is the proof that the bound cut them before the deadline: each sweep checks a connection's
+        # send deadline before the memory bound, so one stalled past SEND_TIMEOUT_S is counted as send_timeout.
+        # (A wall-clock bound here would also count the time to parse and answer 8 x 4 x 2048 texts.)
         assert _wait_for_cut(strict_server, "unsent_bytes", before) >= 1
-        assert time.monotonic() - started < 1.9  # before SEND_TIMEOUT_S: the memory bound cut them
     finally:
         for sock in hogs:
             sock.close()

@@ -130,7 +130,7 @@ class ModelProcess:
         self._on_exit: Callable[[], None] | None = None
         self._process = process
         self._sock = sock
-        self._link: asyncio.Task[_PassLink] | None = None  # connected on first use, on the event loop
+        self._link: asyncio.Task[_PassLink] | None = None  # connected on the event loop by `attach`, at load
         self._collecting: dict[LaunchedPass, asyncio.Future[tuple[dict[str, Any], bytes]]] = {}
         self._device_end = 0.0  # when the last collected pass ended
         self._closed = False
