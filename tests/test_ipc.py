@@ -134,12 +134,20 @@ def test_the_answers_of_one_loop_turn_travel_as_one_frame_and_split_back() -> No
 
 
 def test_the_requests_of_one_loop_turn_travel_as_one_frame_and_split_back() -> None:
-    calls = [
-        (3, {"model": "m", "lengths": [2]}, b"\x01" * 8),
-        (4, {"model": "n", "lengths": []}, b""),
-        (8, {}, b"xyz"),
+    from embedserver.service.requests import PreparedRequest
+
+    sent = [
+        (3, PreparedRequest("m", [[7, 8]], [b"\x01" * 20])),
+        (4, PreparedRequest("n", [[1], [2, 3, 4], list(range(300))], None)),
+        (8, PreparedRequest("m", [[2**31 - 1]], [b"\x02" * 20])),
     ]
     receiver = Collect()
+    calls = [(id_, *ipc.pack_request(request)) for id_, request in sent]
     receiver.data_received(ipc.frame(ipc.EMBEDS, 0, *ipc.pack_embeds(calls)))
     ((kind, _, meta, payload),) = receiver.frames
-    assert kind == ipc.EMBEDS and ipc.split_embeds(meta, payload) == calls
+    assert kind == ipc.EMBEDS
+    got = list(ipc.unpack_embeds(meta, payload))
+    assert [id_ for id_, _ in got] == [3, 4, 8]
+    for (_, request), (_, back) in zip(sent, got, strict=True):
+        assert (back.model, back.keys) == (request.model, request.keys)
+        assert [ids.tolist() for ids in back.sequences] == request.sequences  # type: ignore[union-attr]

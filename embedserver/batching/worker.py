@@ -77,7 +77,10 @@ class QueuedRequest:
     __slots__ = ("enqueued", "future", "out", "progressed", "queued", "remaining", "size", "waiting")
 
     def __init__(self, sequences: Sequence[TokenIds], future: asyncio.Future[np.ndarray]) -> None:
-        self.waiting = deque(WorkItem(ids, self, row) for row, ids in enumerate(sequences))
+        if len(sequences) == 1:  # most requests under load: one query
+            self.waiting = deque((WorkItem(sequences[0], self, 0),))
+        else:
+            self.waiting = deque([WorkItem(ids, self, row) for row, ids in enumerate(sequences)])
         self.future = future
         self.size = self.remaining = len(self.waiting)
         self.out: np.ndarray | None = None  # the answer being filled, rows in request order
@@ -134,9 +137,13 @@ def plan_batches(
     batches: list[list[WorkItem]] = []
     current: list[WorkItem] = []
     current_length = 0  # the bucketed length `current` is padded to
-    for item in sorted(items, key=lambda it: len(it.ids)):
+    tokens = 0
+    length = 0
+    for item in sorted(items, key=_item_tokens):
         # Sorted ascending, so the newcomer is the longest and sets the padded length.
-        length = bucket_length(len(item.ids))
+        if len(item.ids) != tokens:  # texts of one length often come in runs
+            tokens = len(item.ids)
+            length = bucket_length(tokens)
         padded = length * (len(current) + 1)
         added = (length - current_length) * len(current)  # padding the newcomer adds to the items in
         split = split_tokens and added > split_tokens and added > current_length * len(current)
@@ -354,7 +361,7 @@ class BatchWorker:
         # A request waits from when it was queued or last had a text computed: a large request whose texts
         # form a batch of their own (longer texts than a small request's, or past the budget) takes turns
         # with the small ones that arrived behind it instead of going first until it is done.
-        first = min(batches, key=lambda batch: min(_waiting_since(item.request) for item in batch))
+        first = batches[0] if len(batches) == 1 else min(batches, key=_first_waiting_since)
         back = [item for batch in batches if batch is not first for item in batch]
         # While the device is busy, a batch is cut to a bucketed row count (after planning, so the cut is of
         # the batch that runs); the texts held back are those the window took last.
@@ -518,7 +525,7 @@ class BatchWorker:
         if not max_wait:
             return items, []
         oldest = time.perf_counter() - max_wait
-        late = [item for item in items if _waiting_since(item.request) < oldest]
+        late = [item for item in items if item.request.enqueued < oldest and item.request.progressed < oldest]
         if not late:
             return items, []
         error = Overloaded(
@@ -740,6 +747,14 @@ class _FailedPass(Exception):
 def _waiting_since(request: QueuedRequest) -> float:
     """When a request last started waiting for the model: queued, or its last text computed."""
     return max(request.enqueued, request.progressed)
+
+
+def _first_waiting_since(batch: list[WorkItem]) -> float:
+    return min(_waiting_since(item.request) for item in batch)
+
+
+def _item_tokens(item: WorkItem) -> int:
+    return len(item.ids)
 
 
 def _deliver(batch: list[WorkItem], vectors: np.ndarray, now: float) -> None:

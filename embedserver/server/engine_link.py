@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Coroutine
 from dataclasses import asdict
 from functools import partial
 from typing import Any
@@ -48,9 +49,12 @@ class EngineLink(ipc.FrameProtocol):
         self._arrived: dict[int, float] = {}
 
     def frame_received(self, kind: int, id_: int, meta: Any, payload: bytes) -> None:
-        if kind == ipc.EMBEDS:
-            for call_id, request, request_payload in ipc.split_embeds(meta, payload):
-                self.frame_received(ipc.EMBED, call_id, request, request_payload)
+        if kind == ipc.EMBEDS:  # the hot path: a front-end's requests of one turn, started in one go
+            arrived, now = self._arrived, time.perf_counter()
+            for call_id, request in ipc.unpack_embeds(meta, payload):
+                arrived[call_id] = now
+                if not self._start(call_id, request):
+                    self._call(call_id, self._embed(call_id, request))
         elif kind in (ipc.EMBED, ipc.ROUTE, ipc.DESCRIBE):
             if kind == ipc.EMBED:
                 self._arrived[id_] = time.perf_counter()
@@ -64,9 +68,7 @@ class EngineLink(ipc.FrameProtocol):
                 work = self._route(
                     id_, meta["path"], meta.get("method", "GET"), payload, public=bool(meta.get("public"))
                 )
-            task = asyncio.create_task(work)
-            self._calls[id_] = task
-            task.add_done_callback(lambda _: self._calls.pop(id_, None))
+            self._call(id_, work)
         elif kind == ipc.CANCEL:
             running = self._calls.pop(id_, None)
             self._arrived.pop(id_, None)
@@ -75,6 +77,11 @@ class EngineLink(ipc.FrameProtocol):
         elif kind == ipc.RECORD:
             for event in meta:
                 self._record(event)
+
+    def _call(self, id_: int, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._calls[id_] = task
+        task.add_done_callback(lambda _: self._calls.pop(id_, None))
 
     def connection_lost(self, exc: Exception | None) -> None:
         # The front-end is gone, and with it everyone waiting on these calls.

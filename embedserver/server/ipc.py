@@ -36,7 +36,7 @@ ROUTE = 3  # meta: {"path", "method", "public"}, payload: the body; a route the 
 RECORD = 4  # meta: [{"event", ...}, ...]; HTTP metrics observed by the front-end (no answer)
 DESCRIBE = 5  # meta: {"model"}; the ModelInfo of the model a request naming it gets
 # The EMBEDs a front-end sent in one turn of its loop: meta [[id, EMBED meta, payload length], ...], payload:
-# theirs in that order. Frame id 0. Split back into EMBEDs by `split_embeds`.
+# theirs in that order. Frame id 0. Read back by `unpack_embeds`.
 EMBEDS = 6
 # Engine -> front-end.
 RESULT = 10  # meta: {"cached", "shape"}; payload: float32 raw pooled vectors, one per sequence
@@ -165,13 +165,12 @@ def pack_embeds(calls: list[tuple[int, Any, bytes]]) -> tuple[list[Any], bytes]:
     return meta, b"".join(payload for _, _, payload in calls)
 
 
-def split_embeds(meta: list[Any], payload: bytes) -> list[tuple[int, Any, bytes]]:
-    """An EMBEDS frame -> each request's id, EMBED meta and payload."""
-    calls, offset = [], 0
+def unpack_embeds(meta: list[Any], payload: bytes) -> Iterator[tuple[int, PreparedRequest]]:
+    """An EMBEDS frame -> each request's id and PreparedRequest, its ids views of `payload` (no copies)."""
+    offset = 0
     for id_, request, length in meta:
-        calls.append((id_, request, payload[offset : offset + length]))
+        yield id_, unpack_request(request, payload, offset, offset + length)
         offset += length
-    return calls
 
 
 def pack_results(answers: list[tuple[int, np.ndarray, list[bool]]]) -> tuple[list[Any], bytes]:
@@ -203,18 +202,24 @@ def pack_request(request: PreparedRequest) -> tuple[dict[str, Any], bytes]:
     return meta, keys + ids.tobytes()
 
 
-def unpack_request(meta: dict[str, Any], payload: bytes) -> PreparedRequest:
+def unpack_request(
+    meta: dict[str, Any], payload: bytes, start: int = 0, end: int | None = None
+) -> PreparedRequest:
+    """The request packed in `payload[start:end]` (all of it by default)."""
     lengths: list[int] = meta["lengths"]
     keys: list[bytes] | None = None
-    offset = 0
     if meta["keyed"]:
-        keys = [payload[i * KEY_BYTES : (i + 1) * KEY_BYTES] for i in range(len(lengths))]
-        offset = len(lengths) * KEY_BYTES
+        keys_end = start + len(lengths) * KEY_BYTES
+        keys = [payload[k : k + KEY_BYTES] for k in range(start, keys_end, KEY_BYTES)]
+        start = keys_end
     # Views of the frame, not Python ints (embedserver/tokenization/token_ids.py).
-    flat = np.frombuffer(payload, dtype=np.int32, offset=offset)
+    count = ((len(payload) if end is None else end) - start) // 4
+    flat = np.frombuffer(payload, dtype=np.int32, count=count, offset=start)
+    if len(lengths) == 1:
+        return PreparedRequest(meta["model"], [flat], keys)
     sequences: list[TokenIds] = []
-    start = 0
+    offset = 0
     for length in lengths:
-        sequences.append(flat[start : start + length])
-        start += length
+        sequences.append(flat[offset : offset + length])
+        offset += length
     return PreparedRequest(meta["model"], sequences, keys)

@@ -109,21 +109,28 @@ class EmbeddingService:
         if held is None:
             return None
         slot, model = held
-        worker, count = model.worker, len(request.sequences)
+        worker, sequences, keys = model.worker, request.sequences, request.keys
+        count = len(sequences)
         try:
             worker.reserve(count)
         except BaseException:
             self.registry.release(slot)
             raise
-        series = self.metrics.for_model(model.runner.name)
-        keys = request.keys
-        found = [self._cached(key) for key in keys] if keys is not None else [None] * count
-        misses = [i for i, vector in enumerate(found) if vector is None]
+        found: list[np.ndarray | None] | None = (
+            None  # cache lookups; None: nothing to look up or nothing found
+        )
+        misses = count
         if keys is not None:
-            if count > len(misses):
-                series.cache_hits.inc(count - len(misses))
+            cached = self._cached
+            found = [cached(key) for key in keys]
+            misses = sum(vector is None for vector in found)
+            series = self.metrics.for_model(model.runner.name)
+            if misses < count:
+                series.cache_hits.inc(count - misses)
             if misses:
-                series.cache_misses.inc(len(misses))
+                series.cache_misses.inc(misses)
+            if misses == count:
+                found = None
 
         def finished() -> None:
             worker.release(count)
@@ -133,9 +140,9 @@ class EmbeddingService:
             finished()
             raw = np.stack(found)  # type: ignore[arg-type]
             return asyncio.get_running_loop().call_soon(answer, (raw, [True] * count))
+        missing = range(count) if found is None else [i for i, vector in enumerate(found) if vector is None]
         try:
-            sequences = request.sequences if len(misses) == count else [request.sequences[i] for i in misses]
-            computing = worker.submit(sequences)
+            computing = worker.submit(sequences if found is None else [sequences[i] for i in missing])
         except BaseException:
             finished()
             raise
@@ -150,13 +157,14 @@ class EmbeddingService:
                 return
             vectors = done.result()
             if keys is not None:
-                for row, i in enumerate(misses):
-                    self.cache.put(keys[i], vectors[row], len(request.sequences[i]))
-            if len(misses) == count:
+                put = self.cache.put
+                for row, i in enumerate(missing):
+                    put(keys[i], vectors[row], len(sequences[i]))
+            if found is None:
                 answer((vectors, [False] * count))
                 return
-            merged: list[np.ndarray | None] = list(found)
-            for row, i in enumerate(misses):
+            merged = list(found)
+            for row, i in enumerate(missing):
                 merged[i] = vectors[row]
             answer((np.stack(merged), [vector is not None for vector in found]))  # type: ignore[arg-type]
 
