@@ -48,7 +48,8 @@ def _frontend_pids(engine_pid: int) -> set[int]:
     pids = set()
     for child in psutil.Process(engine_pid).children():
         try:
-            if child.status() != psutil.STATUS_ZOMBIE and "spawn_main" in " ".join(child.cmdline()):
+            front_end = "spawn_main" in " ".join(child.cmdline()) and not child.name().startswith("model-")
+            if child.status() != psutil.STATUS_ZOMBIE and front_end:  # (MODEL_PROCESS: a model's is not)
                 pids.add(child.pid)
         except psutil.Error:
             continue  # gone while we looked

@@ -10,12 +10,14 @@ import json
 import os
 import shutil
 import signal
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
+import psutil
 
 from embedserver.runtime import device
 from embedserver.server.engine_app import create_app
@@ -58,6 +60,8 @@ async def test_vectors_equal_the_in_process_servers(make_settings: Callable[...,
     async with started(app) as client:
         runner = _process(app)
         assert runner.alive and runner._process.pid != os.getpid()
+        if sys.platform == "linux":  # named for `ps` and `top` (and told from the front-ends by it)
+            assert psutil.Process(runner._process.pid).name() == "model-tiny"
         got = await _embed_each(client, TEXTS)
         many = await client.post("/v1/embeddings", json={"input": TEXTS[:5], "encoding_format": "base64"})
         models = (await client.get("/v1/models")).json()

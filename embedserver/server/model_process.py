@@ -30,7 +30,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -47,6 +46,7 @@ from embedserver.settings import Settings
 from embedserver.tokenization.token_ids import TokenIds
 from embedserver.tokenization.tokenizer import TextTokenizer
 from embedserver.tuning.gc_freeze import freeze_long_lived
+from embedserver.tuning.threads import name_this_process, named_executor
 
 log = logging.getLogger(__name__)
 
@@ -317,6 +317,7 @@ def _serve(sock: socket.socket, settings: Settings, spec: ModelSpec, files: Mode
     engine sends until it closes the socket. This thread launches passes (MLX's thread here); a collector
     thread waits for each and sends its vectors."""
     configure_logging(settings.log_level, settings.log_format)
+    name_this_process(f"model-{spec.name}")  # tells it from the front-ends in `ps` and `top`
     from embedserver.server.engine_app import load_model  # imports MLX: only this process and the engine's
 
     lock = threading.Lock()
@@ -352,7 +353,7 @@ def _serve(sock: socket.socket, settings: Settings, spec: ModelSpec, files: Mode
             "memory": device.memory(),
         },
     )
-    collector = ThreadPoolExecutor(1, thread_name_prefix="collect")
+    collector = named_executor("collect", 1)
     try:
         for kind, id_, meta, payload in ipc.recv_frames(sock):
             flat = np.frombuffer(payload, dtype=np.int32)

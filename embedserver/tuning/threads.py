@@ -12,13 +12,22 @@ from concurrent.futures import ThreadPoolExecutor
 _PR_SET_NAME = 15
 
 
-def _name_this_thread(prefix: str) -> None:
+def _set_os_name(name: str) -> None:
+    """This thread's name for the operating system (Linux keeps 15 bytes); elsewhere nothing."""
     if sys.platform != "linux":
         return
     libc = ctypes.CDLL(None)  # the process's own symbols, libc's prctl among them (no library search)
-    # Linux keeps 15 bytes; the Python name ends in the worker's number, which is what tells them apart.
-    name = threading.current_thread().name.replace(f"{prefix}_", prefix)[-15:]
-    libc.prctl(_PR_SET_NAME, name.encode(), 0, 0, 0)
+    libc.prctl(_PR_SET_NAME, name[:15].encode(), 0, 0, 0)
+
+
+def _name_this_thread(prefix: str) -> None:
+    # The Python name ends in the worker's number, which is what tells them apart: keep the end.
+    _set_os_name(threading.current_thread().name.replace(f"{prefix}_", prefix)[-15:])
+
+
+def name_this_process(name: str) -> None:
+    """The name `ps`, `top` and psutil show for this process: its main thread's, set from that thread."""
+    _set_os_name(name)
 
 
 def named_executor(prefix: str, workers: int) -> ThreadPoolExecutor:
