@@ -23,6 +23,18 @@ def _service(tiny_qwen3: Path) -> EmbeddingService:
     return EmbeddingService(Settings(), registry, EmbeddingCache(0, 0), registry._metrics)
 
 
+async def _answer_of(service: EmbeddingService, request: PreparedRequest) -> tuple[np.ndarray, list[bool]]:
+    answers: list[tuple[np.ndarray, list[bool]] | BaseException] = []
+    assert service.start_prepared(request, answers.append) is not None
+    for _ in range(500):
+        if answers:
+            break
+        await asyncio.sleep(0.01)
+    (answer,) = answers
+    assert not isinstance(answer, BaseException)
+    return answer
+
+
 async def test_a_prepared_request_gets_the_models_vectors_through_one_callback(tiny_qwen3: Path) -> None:
     service = _service(tiny_qwen3)
     try:
@@ -30,15 +42,7 @@ async def test_a_prepared_request_gets_the_models_vectors_through_one_callback(t
         runner = slot.loaded.runner  # type: ignore[union-attr]
         assert isinstance(runner, ModelRunner)
         sequences = runner.tokenizer.encode_batch(["first text", "a second, longer text here"])
-        answers: list[tuple[np.ndarray, list[bool]] | BaseException] = []
-        assert service.start_prepared(PreparedRequest("a", sequences, None), answers.append) is not None
-        for _ in range(500):
-            if answers:
-                break
-            await asyncio.sleep(0.01)
-        (answer,) = answers
-        assert not isinstance(answer, BaseException)
-        raw, cached = answer
+        raw, cached = await _answer_of(service, PreparedRequest("a", sequences, None))
         assert raw.shape == (2, runner.dimension) and cached == [False, False]
         # Each text alone, on the thread that owns MLX.
         alone = [
@@ -76,18 +80,6 @@ async def test_cancelling_a_prepared_request_frees_its_places_and_runs_nothing(
         assert metrics.registry.get_sample_value("embedserver_texts_total", {"model": "a"}) in (None, 0.0)
     finally:
         await service.registry.close()
-
-
-async def _answer_of(service: EmbeddingService, request: PreparedRequest) -> tuple[np.ndarray, list[bool]]:
-    answers: list[tuple[np.ndarray, list[bool]] | BaseException] = []
-    assert service.start_prepared(request, answers.append) is not None
-    for _ in range(500):
-        if answers:
-            break
-        await asyncio.sleep(0.01)
-    (answer,) = answers
-    assert not isinstance(answer, BaseException)
-    return answer
 
 
 async def test_a_prepared_request_takes_what_the_cache_holds_and_computes_the_rest(tiny_qwen3: Path) -> None:
