@@ -116,9 +116,8 @@ class EmbeddingService:
         except BaseException:
             self.registry.release(slot)
             raise
-        found: list[np.ndarray | None] | None = (
-            None  # cache lookups; None: nothing to look up or nothing found
-        )
+        # The cache's vector per text; None when there are no keys to look up or every lookup missed.
+        found: list[np.ndarray | None] | None = None
         misses = count
         if keys is not None:
             cached = self._cached
