@@ -1,11 +1,12 @@
 """The engine process's end of the front-end link (HTTP_WORKERS): one connection per front-end process.
 
 DESCRIBE frames answer what a front-end needs to prepare requests for a model (embedserver/service/requests.py),
-loading it if needed. EMBED frames carry requests the front-end has validated and tokenized: token ids and
-cache keys, which go through the same cache, admission and batching as in one process (the texts of every
-front-end meet in one batch queue per model); the answer is the raw pooled vectors as one buffer. CANCEL
-cancels a call, which drops its queued texts; GET runs an operations route on this process's app; RECORD
-adds a front-end's HTTP metrics to this process's, so /metrics shows every process.
+loading it if needed. EMBEDS frames carry the requests a front-end validated and tokenized in one turn of its
+loop (each an EMBED call: token ids and cache keys), which go through the same cache, admission and batching
+as in one process (the texts of every front-end meet in one batch queue per model); the answers are the raw
+pooled vectors, one buffer for all of a turn's. CANCEL cancels a call, which drops its queued texts; ROUTE
+runs an operations route on this process's app; RECORD adds a front-end's HTTP metrics to this process's, so
+/metrics shows every process.
 """
 
 from __future__ import annotations
@@ -55,20 +56,13 @@ class EngineLink(ipc.FrameProtocol):
                 arrived[call_id] = now
                 if not self._start(call_id, request):
                     self._call(call_id, self._embed(call_id, request))
-        elif kind in (ipc.EMBED, ipc.ROUTE, ipc.DESCRIBE):
-            if kind == ipc.EMBED:
-                self._arrived[id_] = time.perf_counter()
-                request = ipc.unpack_request(meta, payload)
-                if self._start(id_, request):
-                    return
-                work = self._embed(id_, request)
-            elif kind == ipc.DESCRIBE:
-                work = self._describe(id_, meta["model"])
-            else:
-                work = self._route(
-                    id_, meta["path"], meta.get("method", "GET"), payload, public=bool(meta.get("public"))
-                )
-            self._call(id_, work)
+        elif kind == ipc.DESCRIBE:
+            self._call(id_, self._describe(id_, meta["model"]))
+        elif kind == ipc.ROUTE:
+            route = self._route(
+                id_, meta["path"], meta.get("method", "GET"), payload, public=bool(meta.get("public"))
+            )
+            self._call(id_, route)
         elif kind == ipc.CANCEL:
             running = self._calls.pop(id_, None)
             self._arrived.pop(id_, None)
