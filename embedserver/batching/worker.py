@@ -77,10 +77,7 @@ class QueuedRequest:
     __slots__ = ("enqueued", "future", "out", "progressed", "queued", "remaining", "size", "waiting")
 
     def __init__(self, sequences: Sequence[TokenIds], future: asyncio.Future[np.ndarray]) -> None:
-        if len(sequences) == 1:  # most requests under load: one query
-            self.waiting = deque((WorkItem(sequences[0], self, 0),))
-        else:
-            self.waiting = deque([WorkItem(ids, self, row) for row, ids in enumerate(sequences)])
+        self.waiting = deque([WorkItem(ids, self, row) for row, ids in enumerate(sequences)])
         self.future = future
         self.size = self.remaining = len(self.waiting)
         self.out: np.ndarray | None = None  # the answer being filled, rows in request order
@@ -137,13 +134,9 @@ def plan_batches(
     batches: list[list[WorkItem]] = []
     current: list[WorkItem] = []
     current_length = 0  # the bucketed length `current` is padded to
-    tokens = 0
-    length = 0
-    for item in sorted(items, key=_item_tokens):
+    for item in sorted(items, key=lambda it: len(it.ids)):
         # Sorted ascending, so the newcomer is the longest and sets the padded length.
-        if len(item.ids) != tokens:  # texts of one length often come in runs
-            tokens = len(item.ids)
-            length = bucket_length(tokens)
+        length = bucket_length(len(item.ids))
         padded = length * (len(current) + 1)
         added = (length - current_length) * len(current)  # padding the newcomer adds to the items in
         split = split_tokens and added > split_tokens and added > current_length * len(current)
@@ -525,7 +518,7 @@ class BatchWorker:
         if not max_wait:
             return items, []
         oldest = time.perf_counter() - max_wait
-        late = [item for item in items if item.request.enqueued < oldest and item.request.progressed < oldest]
+        late = [item for item in items if _waiting_since(item.request) < oldest]
         if not late:
             return items, []
         error = Overloaded(
@@ -751,10 +744,6 @@ def _waiting_since(request: QueuedRequest) -> float:
 
 def _first_waiting_since(batch: list[WorkItem]) -> float:
     return min(_waiting_since(item.request) for item in batch)
-
-
-def _item_tokens(item: WorkItem) -> int:
-    return len(item.ids)
 
 
 def _deliver(batch: list[WorkItem], vectors: np.ndarray, now: float) -> None:

@@ -215,8 +215,6 @@ def unpack_request(
     # Views of the frame, not Python ints (embedserver/tokenization/token_ids.py).
     count = ((len(payload) if end is None else end) - start) // 4
     flat = np.frombuffer(payload, dtype=np.int32, count=count, offset=start)
-    if len(lengths) == 1:
-        return PreparedRequest(meta["model"], [flat], keys)
     sequences: list[TokenIds] = []
     offset = 0
     for length in lengths:

@@ -141,7 +141,6 @@ class ModelRegistry:
         self._executor = executor
         self._metrics = metrics
         self._slots: dict[str, ModelSlot] = {}
-        self._resolved: dict[str, str] = {}  # request model names -> catalog names (lease_ready)
         self._admin = asyncio.Lock()  # loads and evictions happen one at a time
         self._restart_timers: dict[str, asyncio.TimerHandle] = {}
         self._restarts: set[asyncio.Task[None]] = set()
@@ -165,13 +164,7 @@ class ModelRegistry:
     def lease_ready(self, name: str | None) -> tuple[ModelSlot, LoadedModel] | None:
         """The model for `name`, held as `acquire` holds it, when it is ready now (else None: use `acquire`,
         which loads it); `release` ends the hold. For callers that cannot wait, on the hot path."""
-        key = self._resolved.get(name) if name is not None else None
-        if key is None:
-            key = self.resolve(name).name
-            # Names other than the default's, remembered (the catalog never changes; a bounded few).
-            if name is not None and name.strip().lower() != "default" and len(self._resolved) < 64:
-                self._resolved[name] = key
-        slot = self._slots.get(key)
+        slot = self._slots.get(self.resolve(name).name)
         if slot is None or slot.status != "ready" or slot.loaded is None or not slot.loaded.worker.alive:
             return None
         slot.leases += 1
