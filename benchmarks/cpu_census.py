@@ -59,6 +59,20 @@ def census(seconds: float) -> tuple[dict[str, float], dict[tuple[str, str], floa
     return since(before, seconds)
 
 
+def machine_ticks() -> tuple[int, int]:
+    """(busy, total) CPU ticks of the whole machine so far, all cores (/proc/stat): counts what processes that
+    have exited used too, such as a load generator's workers."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def machine_busy_percent(before: tuple[int, int]) -> float:
+    """The share of all the machine's cores that was busy since `before` (machine_ticks), in percent."""
+    busy, total = machine_ticks()
+    return round(100 * (busy - before[0]) / max(1, total - before[1]), 1)
+
+
 def busiest(before: Snapshot, seconds: float, floor: float = 1.0) -> dict[str, float]:
     """`since` as one flat mapping for a results file: processes and their threads at or over `floor` percent
     of a core, busiest first."""

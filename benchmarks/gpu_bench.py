@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks import pass_trace
-from benchmarks.cpu_census import busiest, threads_now
+from benchmarks.cpu_census import busiest, machine_busy_percent, machine_ticks, threads_now
 from benchmarks.loadgen import run_load
 from embedserver_testing.random_model import write_random_qwen3
 from embedserver_testing.server_process import server_process
@@ -325,13 +325,15 @@ def run_level(
     before = httpx.get(f"{url}/metrics").text
     # Which processes and threads were busy over the level, the load generator's start-up included (the
     # engine's event loop is "[main]", MLX's thread "[mlx0]").
-    threads, started = threads_now(), time.perf_counter()
+    threads, machine, started = threads_now(), machine_ticks(), time.perf_counter()
     with gpu_busy() as device:
         r = run_load(
             f"{url}/v1/embeddings", bodies, clients, seconds, processes=min(8, max(1, clients // 32))
         )
     ended = time.perf_counter()
     cpu = busiest(threads, ended - started)
+    # The whole machine's share of its cores, the load generator included (its processes have exited by now).
+    host_cpu = machine_busy_percent(machine)
     summary = r.summary() | level_means(httpx.get(f"{url}/metrics").text, since=before)
     # The load ran for the last `seconds` (the load generator's start-up came first); the first half second
     # of it is left out too, as the driver's sample period reaches back that far.
@@ -339,6 +341,7 @@ def run_level(
     if under_load:
         summary["gpu_busy_percent"] = round(sum(under_load) / len(under_load), 1)
     summary["cpu_percent"] = cpu
+    summary["host_cpu_percent"] = host_cpu
     if server.trace is not None:  # summarized once the server has stopped and written all of it
         summary["_window"] = (started, ended)
     log(f"server {server.name}, {length} tokens:", summary)
@@ -397,7 +400,9 @@ def bench_servers(
 def table(results: dict[str, Any]) -> str:
     # Where a request's time went, from the server's own histograms (means, ms): all of it in the server, the
     # engine process's share (front-ends only), the link (with --trace: the front-end's round trip to the
-    # engine less the engine's share), the wait for the model and the pass; texts a pass.
+    # engine less the engine's share), the wait for the model and the pass; texts a pass. Then the MLX
+    # thread's share of the time launching (--trace), the GPU's busy share, the whole machine's CPU share, and
+    # the busiest load-generator process's CPU in percent of a core (near 100: the clients bound the level).
     stages = (
         ("server_mean_ms", 7),
         ("engine_mean_ms", 7),
@@ -409,6 +414,7 @@ def table(results: dict[str, Any]) -> str:
     lines = [
         f"{'server':>8} {'length':>6} {'clients':>7} {'req/s':>9} {'tok/s':>10} {'p50 ms':>8} {'p99 ms':>8}"
         f" {'server':>7} {'engine':>7} {'link':>6} {'queue':>7} {'pass':>7} {'texts':>6} {'busy %':>6} {'gpu %':>6}"
+        f" {'host %':>6} {'gen %':>6}"
     ]
     for name, server in results.get("server", {}).items():
         for length, levels in server["lengths"].items():
@@ -426,6 +432,7 @@ def table(results: dict[str, Any]) -> str:
                     f"{name:>8} {length:>6} {level['concurrency']:>7} {level['requests_per_s']:>9,.0f} "
                     f"{level['tokens_per_s']:>10,.0f} {level['p50_ms']:>8.2f} {level['p99_ms']:>8.2f} {split}"
                     f" {busy if busy is not None else '-':>6} {level.get('gpu_busy_percent', '-'):>6}"
+                    f" {level.get('host_cpu_percent', '-'):>6} {level.get('busiest_client_cpu_percent', '-'):>6}"
                 )
         lines.append(
             f"{name:>8} GPU memory peak {server['gpu_memory_peak_gb']} GB (card), "

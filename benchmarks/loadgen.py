@@ -26,6 +26,9 @@ class LoadResult:
     tokens: int
     latencies_ms: list[float]
     repeats: int = 0
+    # CPU seconds each load-generator process used over its run: a process near `seconds` of CPU is saturated,
+    # and the clients, not the server, may bound the level.
+    client_cpu_s: tuple[float, ...] = ()
 
     def summary(self) -> dict[str, Any]:
         lat = np.array(self.latencies_ms) if self.latencies_ms else np.array([np.nan])
@@ -39,6 +42,7 @@ class LoadResult:
             "p50_ms": round(float(np.percentile(lat, 50)), 2),
             "p95_ms": round(float(np.percentile(lat, 95)), 2),
             "p99_ms": round(float(np.percentile(lat, 99)), 2),
+            "busiest_client_cpu_percent": round(100 * max(self.client_cpu_s, default=0.0) / self.seconds, 1),
         }
 
 
@@ -75,14 +79,15 @@ async def _clients(
     return done, errors, tokens, latencies, max(0, sent - len(bodies))
 
 
-def _worker(args: tuple[str, list[bytes], int, float]) -> tuple[int, int, int, list[float], int]:
+def _worker(args: tuple[str, list[bytes], int, float]) -> tuple[int, int, int, list[float], int, float]:
     try:
         import uvloop
 
         uvloop.install()
     except ImportError:
         pass
-    return asyncio.run(_clients(*args))
+    started = time.process_time()
+    return *asyncio.run(_clients(*args)), time.process_time() - started
 
 
 def run_load(
@@ -102,6 +107,7 @@ def run_load(
         tokens=sum(p[2] for p in parts),
         latencies_ms=[x for p in parts for x in p[3]],
         repeats=sum(p[4] for p in parts),
+        client_cpu_s=tuple(p[5] for p in parts),
     )
 
 
