@@ -17,7 +17,8 @@ Here
 
 All of it costs the hot path a few assignments: one sweep over the open connections (every second, or more
 often for short deadlines) checks the deadlines and the unsent bytes (no timer per request), and disconnects
-arrive through uvicorn's own connection_lost.
+arrive through uvicorn's own connection_lost. A response's head and body leave in one write
+(response_writes.py).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from embedserver.api.body import GONE_KEY, TASK_KEY
 from embedserver.api.error_handlers import error_body
 from embedserver.metrics import HttpMetrics
+from embedserver.server.response_writes import HeadWithBody
 from embedserver.settings import Settings
 
 
@@ -121,6 +123,8 @@ def guarded_protocol(limits: ConnectionLimits, metrics: HttpMetrics) -> type[asy
         # Bytes of answer waiting in the transport, and since when the client has taken none of them.
         unsent = 0
         unsent_since: float | None = None
+        # The latest response's writes: its head joins its body in one write (response_writes.py).
+        _writes: HeadWithBody | None = None
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             nonlocal sweeping
@@ -179,7 +183,14 @@ def guarded_protocol(limits: ConnectionLimits, metrics: HttpMetrics) -> type[asy
             self._header_bytes = 0
             self._headers_since = None
             self._body_since = self.loop.time()
+            before = self.cycle
             super().on_headers_complete()
+            cycle = self.cycle
+            if cycle is not None and cycle is not before:  # a request to answer (not an upgrade)
+                if self._writes is not None:
+                    self._writes.flush()  # the answer before it comes first, whole
+                self._writes = HeadWithBody(self.transport, self.loop)
+                cycle.transport = self._writes  # type: ignore[assignment]
 
         def on_message_complete(self) -> None:
             self._body_since = None
