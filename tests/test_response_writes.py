@@ -67,7 +67,9 @@ async def _answered(transport: _Transport, answers: int) -> None:
 
 async def _whole(scope: Any, receive: Any, send: Any) -> None:
     body = scope["path"].encode()
-    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(body))]})
+    await send(
+        {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(body))]}
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -85,7 +87,9 @@ async def test_a_head_whose_body_comes_later_is_written_when_its_turn_ends() -> 
     body_may_go = asyncio.Event()
 
     async def streamed(scope: Any, receive: Any, send: Any) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"transfer-encoding", b"chunked")]})
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"transfer-encoding", b"chunked")]}
+        )
         await body_may_go.wait()
         await send({"type": "http.response.body", "body": b"late"})
 
