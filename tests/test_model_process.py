@@ -10,18 +10,25 @@ import json
 import os
 import shutil
 import signal
+import socket
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import numpy as np
 import psutil
+import pytest
 
+from embedserver.batching.launched import LaunchedPass
 from embedserver.runtime import device
+from embedserver.runtime.model_files import ModelFiles
+from embedserver.server import ipc
 from embedserver.server.engine_app import create_app
-from embedserver.server.model_process import ModelProcess
+from embedserver.server.model_process import DONE, FAILED, LAUNCHED, ModelProcess, PassFailed
 from embedserver.settings import Settings
 from tests.conftest import started
 
@@ -158,3 +165,76 @@ async def test_reranking_runs_in_the_model_process(make_settings: Callable[..., 
     assert [x["index"] for x in got["results"]] == [x["index"] for x in expected["results"]]
     for a, b in zip(got["results"], expected["results"], strict=True):
         assert abs(a["relevance_score"] - b["relevance_score"]) < 1e-4
+
+
+class _ExitedProcess:
+    """Stands for the model's process where the test itself answers on the socket."""
+
+    exitcode = 0
+
+    def is_alive(self) -> bool:
+        return False
+
+    def join(self, timeout: float | None = None) -> None:
+        pass
+
+
+def _scripted_peer(sock: socket.socket, answers: dict[int, list[int]]) -> threading.Thread:
+    """The model's side of the socket, scripted: to the Nth pass it receives it sends answers[N] (frame kinds:
+    LAUNCHED, DONE with one 4-float vector a sequence, or FAILED), in order."""
+
+    def serve() -> None:
+        with sock:
+            for n, (_, id_, meta, _) in enumerate(ipc.recv_frames(sock)):
+                rows = len(meta["lengths"])
+                done = {"started": 1.0, "ended": 2.0, "bad": 0, "rows": rows, "columns": 4, "memory": {}}
+                for kind in answers[n]:
+                    if kind == DONE:
+                        sock.sendall(ipc.frame(kind, id_, done, np.ones((rows, 4), np.float32).tobytes()))
+                    else:
+                        sock.sendall(
+                            ipc.frame(kind, id_, {"message": "boom"} if kind == FAILED else {"started": 1.0})
+                        )
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return thread
+
+
+async def test_a_pass_that_fails_in_the_model_process_fails_that_pass_alone(
+    tiny_qwen3: Path, make_settings: Callable[..., Settings]
+) -> None:
+    """A FAILED answer, whole or after the pass was launched, is that pass's outcome (the worker retries its
+    texts alone, as for any failed pass); the passes around it are answered, and the link stays up."""
+    ours, theirs = socket.socketpair()
+    peer = _scripted_peer(theirs, {0: [FAILED], 1: [LAUNCHED, FAILED], 2: [LAUNCHED, DONE]})
+    meta = {
+        "name": "tiny", "source": str(tiny_qwen3), "revision": "r", "pooling": "last", "max_length": 512,
+        "query_task": None, "task": "embed", "dimension": 4, "bucket_rows": False, "split_tokens": 64,
+        "overlap_passes": True, "end_token": None, "memory": {},
+    }  # fmt: skip
+    process = ModelProcess(_ExitedProcess(), ours, meta, ModelFiles(tiny_qwen3, "r"), make_settings())  # type: ignore[arg-type]
+    try:
+        with pytest.raises(PassFailed, match="boom"):
+            await asyncio.wait_for(process.run([np.array([1, 2, 3], np.int32)]), 10)
+
+        def launched_pass(texts: int) -> LaunchedPass:
+            loop = asyncio.get_running_loop()
+            items = [
+                SimpleNamespace(
+                    ids=np.array([5, 6], np.int32), request=SimpleNamespace(future=loop.create_future())
+                )
+                for _ in range(texts)
+            ]
+            return LaunchedPass(items, (texts, 2))  # type: ignore[arg-type]
+
+        failing, fine = launched_pass(2), launched_pass(3)
+        for each in (failing, fine):
+            await asyncio.wait_for(process.launch(each, alone=lambda: False), 10)
+            assert not each.collected  # launched there, to be collected
+            await asyncio.wait_for(process.collected(each), 10)
+        assert isinstance(failing.error, PassFailed) and failing.vectors is None
+        assert fine.error is None and fine.vectors is not None and fine.vectors.shape == (3, 4)
+    finally:
+        await process.aclose()
+        peer.join(5)
