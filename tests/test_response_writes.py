@@ -137,3 +137,15 @@ async def test_closing_writes_a_held_head_first_and_abort_drops_it() -> None:
     assert transport.writes == [] and transport.aborted
     # Everything else is the transport's own.
     assert writes.is_closing() and writes.get_extra_info("peername") == ("127.0.0.1", 5000)
+
+
+async def test_a_large_body_follows_its_head_uncopied() -> None:
+    """A body past 64 KiB (a large batch's answer) is written as it is, after its head, not copied behind it."""
+    transport = _Transport()
+    writes = HeadWithBody(transport, asyncio.get_running_loop())
+    body = b"x" * (1 << 20)
+    writes.write(b"head")
+    writes.write(body)
+    assert transport.writes == [b"head", body]
+    await asyncio.sleep(0)
+    assert len(transport.writes) == 2  # nothing left held for the turn's end

@@ -3,7 +3,7 @@
 uvicorn's httptools cycle writes a response's status line and headers as soon as the app starts the response,
 and its body when the app sends it: two `send` system calls, and on a TCP_NODELAY socket two segments the
 client reads separately. An embedding answer's body follows its head within the same loop turn, so the head is
-held until the body's first write joins it. A head with no body in that turn (a HEAD request, a streamed body
+held until the body's first write joins it (a body under 64 KiB; a larger one follows it in a write of its own). A head with no body in that turn (a HEAD request, a streamed body
 whose first chunk comes later) is written when the turn ends: no answer waits on a later event.
 """
 
@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import asyncio
 from typing import Any
+
+# Bodies up to this size are copied behind their head, which costs less than the second send call it saves;
+# a larger one (a batch's answer may be megabytes) is written after the head instead of copied.
+_JOINED_BODY_BYTES = 64 * 1024
 
 
 class HeadWithBody:
@@ -29,7 +33,11 @@ class HeadWithBody:
         head = self._head
         if head is not None:
             self._head = None
-            self._transport.write(head + data)
+            if len(data) <= _JOINED_BODY_BYTES:
+                self._transport.write(head + data)
+                return
+            self._transport.write(head)
+            self._transport.write(data)
         elif self._started:
             self._transport.write(data)
         else:
