@@ -178,6 +178,18 @@ def test_process_cost_gives_each_process_its_cpu_per_request(tiny_qwen3: Path) -
     assert set(costs) == {"engine", "front-end 1"} and all(float(cost) > 0 for cost in costs.values()), text
 
 
+def test_paired_latency_gives_each_tree_its_latency_and_the_paired_difference(tiny_qwen3: Path) -> None:
+    """Two servers from the same tree: each answers every request it is sent (the paired rounds after the
+    warm-up tenth), and both get latencies, so the difference is a number, not a failed request."""
+    text = _run_benchmark(
+        "benchmarks.paired_latency", str(tiny_qwen3), ".", str(ROOT), "--requests", "30", timeout=180
+    )
+    p50s = re.findall(r"^ *(\S+): p50 ([\d.]+) ms, p90 ([\d.]+) ms$", text, re.M)
+    assert [tree for tree, *_ in p50s] == [".", str(ROOT)], text
+    assert all(0 < float(p50) <= float(p90) for _, p50, p90 in p50s), text
+    assert re.search(r"B - A, paired: median [+-][\d.]+ ms over 27 rounds$", text, re.M), text
+
+
 def test_pass_phases_time_each_phase_of_a_pass_plain_and_compiled(tiny_qwen3: Path) -> None:
     text = _run_benchmark("benchmarks.pass_phases", str(tiny_qwen3), "1x16", "3x40")
     rows = re.findall(r"^(plain|compiled) +(\d+)x(\d+) +(.*) ms ", text, flags=re.M)
