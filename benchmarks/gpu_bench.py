@@ -397,12 +397,23 @@ def bench_servers(
     return results
 
 
+def against_baselines(results: dict[str, Any], length: str, level: dict[str, Any]) -> str:
+    """A level's requests/s over sentence-transformers' texts/s at the same length (its requests carry one text
+    each), and its tokens/s as a share of the model alone's at a full batch; "-" where a baseline did not run."""
+    st = ((results.get("sentence_transformers") or {}).get("lengths") or {}).get(length) or {}
+    model = ((results.get("model") or {}).get("lengths") or {}).get(length) or {}
+    times = f"{level['requests_per_s'] / st['texts_per_s']:.2f}" if st.get("texts_per_s") else "-"
+    share = f"{100 * level['tokens_per_s'] / model['tokens_per_s']:.0f}" if model.get("tokens_per_s") else "-"
+    return f"{times:>6} {share:>7}"
+
+
 def table(results: dict[str, Any]) -> str:
     # Where a request's time went, from the server's own histograms (means, ms): all of it in the server, the
     # engine process's share (front-ends only), the link (with --trace: the front-end's round trip to the
     # engine less the engine's share), the wait for the model and the pass; texts a pass. Then the MLX
     # thread's share of the time launching (--trace), the GPU's busy share, the whole machine's CPU share, and
     # the busiest load-generator process's CPU in percent of a core (near 100: the clients bound the level).
+    # Last, the level against the same run's baselines (against_baselines).
     stages = (
         ("server_mean_ms", 7),
         ("engine_mean_ms", 7),
@@ -414,7 +425,7 @@ def table(results: dict[str, Any]) -> str:
     lines = [
         f"{'server':>8} {'length':>6} {'clients':>7} {'req/s':>9} {'tok/s':>10} {'p50 ms':>8} {'p99 ms':>8}"
         f" {'server':>7} {'engine':>7} {'link':>6} {'queue':>7} {'pass':>7} {'texts':>6} {'busy %':>6} {'gpu %':>6}"
-        f" {'host %':>6} {'gen %':>6}"
+        f" {'host %':>6} {'gen %':>6} {'x ST':>6} {'% model':>7}"
     ]
     for name, server in results.get("server", {}).items():
         for length, levels in server["lengths"].items():
@@ -433,6 +444,7 @@ def table(results: dict[str, Any]) -> str:
                     f"{level['tokens_per_s']:>10,.0f} {level['p50_ms']:>8.2f} {level['p99_ms']:>8.2f} {split}"
                     f" {busy if busy is not None else '-':>6} {level.get('gpu_busy_percent', '-'):>6}"
                     f" {level.get('host_cpu_percent', '-'):>6} {level.get('busiest_client_cpu_percent', '-'):>6}"
+                    f" {against_baselines(results, length, level)}"
                 )
         lines.append(
             f"{name:>8} GPU memory peak {server['gpu_memory_peak_gb']} GB (card), "

@@ -226,6 +226,9 @@ def test_the_gpu_benchmark_runs_end_to_end_on_any_device(tiny_qwen3: Path, tmp_p
     assert row is not None, printed
     server, queue, forward = map(float, row.groups())
     assert server >= forward > 0 and queue >= 0
+    # Against the run's baselines: no sentence-transformers here ("-"), the model alone's share a number.
+    against = re.search(r"^ +server +16 +4 .* (\S+) +(\S+)$", printed, re.M)
+    assert against is not None and against.group(1) == "-" and float(against.group(2)) > 0, printed
     assert set(results["model"]["lengths"]) == {"16", "mixed"}
     levels = results["server"]["server"]["lengths"]["16"]
     assert [level["concurrency"] for level in levels] == [1, 4]
