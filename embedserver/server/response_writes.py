@@ -3,8 +3,9 @@
 uvicorn's httptools cycle writes a response's status line and headers as soon as the app starts the response,
 and its body when the app sends it: two `send` system calls, and on a TCP_NODELAY socket two segments the
 client reads separately. An embedding answer's body follows its head within the same loop turn, so the head is
-held until the body's first write joins it (a body under 64 KiB; a larger one follows it in a write of its own). A head with no body in that turn (a HEAD request, a streamed body
-whose first chunk comes later) is written when the turn ends: no answer waits on a later event.
+held until the body's first write joins it (a body under 64 KiB; a larger one follows it in a write of its
+own). A head with no body in that turn (a HEAD request, a streamed body whose first chunk comes later) is
+written when the turn ends: no answer waits on a later event.
 """
 
 from __future__ import annotations
