@@ -1,12 +1,12 @@
 """Where a forward pass's time goes on the host, per batch shape: the phases `ModelRunner.embed` runs one after
 another on the MLX thread, timed apart.
 
-  python -m benchmarks.pass_phases MODEL_DIR [ROWSxLENGTH ...]
+  python -m benchmarks.pass_phases MODEL_DIR [ROWSxLENGTH ...] [--plain]
 
 prep: padding the token ids and making the input arrays; build: the Python calls that build the pass's graph
 (one per operation, each taking the interpreter lock); eval: `mx.eval`, which queues every kernel and waits for
 the device (the lock released); read: the vectors to numpy. Then the same with the pass compiled (`COMPILE`).
-Medians of 20 passes after 5. On a GPU, a short pass's eval is mostly the host queueing ~230 kernels (about
+Medians of 20 passes after 5; `--plain` leaves the compiled passes out. On a GPU, a short pass's eval is mostly the host queueing ~230 kernels (about
 2.8 ms for one text of 16 tokens on an H200), not the device computing. Ids are int32 arrays, as the engine gets
 them from its front-ends. Defaults: 1x16 64x16 256x16 64x128 256x128.
 """
@@ -45,12 +45,14 @@ def main() -> None:
 
     from embedserver.runtime.padding import pad_right
 
-    model, *shapes = sys.argv[1:] or [""]
+    args = sys.argv[1:]
+    modes = (False,) if "--plain" in args else (False, True)
+    model, *shapes = [arg for arg in args if arg != "--plain"] or [""]
     if not model:
         sys.exit(__doc__)
     runner = bench_runner(model)
     rng = np.random.default_rng(0)
-    for compiled in (False, True):
+    for compiled in modes:
         forward = runner._compiled_forward if compiled else runner._forward
         for shape in shapes or ["1x16", "64x16", "256x16", "64x128", "256x128"]:
             rows, length = (int(n) for n in shape.split("x"))

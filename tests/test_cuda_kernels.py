@@ -16,17 +16,21 @@ import pytest
 from mlx.utils import tree_flatten
 from mlx_lm.models.activations import swiglu as mlx_lm_swiglu
 
-from embedserver.runtime.architectures import cuda_kernels
+from embedserver.runtime.architectures import cuda_attention
+from embedserver.runtime.architectures.cuda_attention import (
+    SHORT_ATTENTION_MAX,
+    STAGED_ATTENTION_MAX,
+    attention_takes,
+    short_attention,
+    staged_attention,
+)
 from embedserver.runtime.architectures.cuda_block import fusable
 from embedserver.runtime.architectures.cuda_kernels import (
-    SHORT_ATTENTION_MAX,
     embed_rows,
     embed_rows_fits,
     qk_norm_rope,
     rope_params,
     rope_table,
-    short_attention,
-    short_attention_takes,
     swiglu,
 )
 from embedserver.runtime.architectures.qwen3 import Qwen3Encoder
@@ -192,14 +196,21 @@ def attention_in_float64(
     return out
 
 
+ATTENTION_CASES = [
+    # One tile of 16 query positions, part of one, several, and lengths between tiles.
+    *((short_attention, length) for length in (1, 5, 16, 17, 32, 50, SHORT_ATTENTION_MAX)),
+    # An odd and an even count of tiles (a warp takes one from each end; the middle one of an odd count alone).
+    *((staged_attention, length) for length in (1, 16, 33, 48, 64, 100, STAGED_ATTENTION_MAX)),
+]
+
+
 @cuda_only
 @pytest.mark.parametrize("dtype", [mx.bfloat16, mx.float16])
 # Qwen3's 0.6B heads (16 + 8 of 128), its 4B and 8B grouping (4 query heads a KV head), and 64-wide heads.
 @pytest.mark.parametrize("heads,kv_heads,head_dim", [(16, 8, 128), (8, 2, 128), (4, 2, 64)])
-# One tile of 16 query positions, part of one, several, and lengths between tiles.
-@pytest.mark.parametrize("length", [1, 5, 16, 17, 32, 50, SHORT_ATTENTION_MAX])
-def test_short_attention_matches_attention_in_float64(
-    dtype: mx.Dtype, heads: int, kv_heads: int, head_dim: int, length: int
+@pytest.mark.parametrize("kernel,length", ATTENTION_CASES, ids=lambda case: getattr(case, "__name__", case))
+def test_attention_matches_attention_in_float64(
+    dtype: mx.Dtype, heads: int, kv_heads: int, head_dim: int, kernel: Any, length: int
 ) -> None:
     batch, eps, base = 3, 1e-6, 1e6
     mx.random.seed(3)
@@ -207,8 +218,8 @@ def test_short_attention_matches_attention_in_float64(
     q_weight, k_weight = ((1 + 0.2 * mx.random.normal((head_dim,))).astype(dtype) for _ in range(2))
     params = rope_params(eps, base)
     table = rope_table(length + 7, head_dim, params)  # rows past the sequence, as the model's table has
-    assert short_attention_takes(dtype, head_dim)
-    got = short_attention(
+    assert attention_takes(dtype, head_dim)
+    got = kernel(
         qkv,
         q_weight,
         k_weight,
@@ -230,21 +241,23 @@ def test_short_attention_matches_attention_in_float64(
     np.testing.assert_allclose(np.array(got.astype(mx.float32)), want, atol=tol, rtol=tol)
 
 
-def test_short_attention_refuses_longer_sequences_and_float32() -> None:
+@pytest.mark.parametrize(
+    "kernel,longest", [(short_attention, SHORT_ATTENTION_MAX), (staged_attention, STAGED_ATTENTION_MAX)]
+)
+def test_attention_kernels_refuse_longer_sequences_and_float32(kernel: Any, longest: int) -> None:
     shape = {"heads": 4, "kv_heads": 2, "head_dim": 64}
     weight, table, params, scale = (
         mx.ones((64,)),
-        mx.zeros((100, 64)),
+        mx.zeros((200, 64)),
         rope_params(1e-6, 1e6),
         mx.array([0.125]),
     )
-    length = SHORT_ATTENTION_MAX + 1
-    qkv = mx.zeros((1, length, 8 * 64), dtype=mx.bfloat16)
-    with pytest.raises(ValueError, match="short_attention takes up to"):
-        short_attention(qkv, weight, weight, table, params, scale, **shape)
+    qkv = mx.zeros((1, longest + 1, 8 * 64), dtype=mx.bfloat16)
+    with pytest.raises(ValueError, match=f"{kernel.__name__} takes up to {longest} tokens"):
+        kernel(qkv, weight, weight, table, params, scale, **shape)
     with pytest.raises(ValueError, match="bfloat16 or float16"):
-        short_attention(mx.zeros((1, 4, 8 * 64)), weight, weight, table, params, scale, **shape)
-    assert not short_attention_takes(mx.float32, 64)
+        kernel(mx.zeros((1, 4, 8 * 64)), weight, weight, table, params, scale, **shape)
+    assert not attention_takes(mx.float32, 64)
 
 
 @pytest.mark.parametrize(
@@ -256,18 +269,18 @@ def test_short_attention_refuses_longer_sequences_and_float32() -> None:
         ({"architecture": "x86_64", "device_name": "a CPU"}, False),  # no CUDA device: MLX's CPU answer
     ],
 )
-def test_short_attention_needs_tensor_cores_of_compute_capability_8(
+def test_attention_kernels_need_tensor_cores_of_compute_capability_8(
     monkeypatch: pytest.MonkeyPatch, info: dict[str, Any], takes: bool
 ) -> None:
     monkeypatch.setattr(mx, "device_info", lambda: info)
-    cuda_kernels._compute_capability.cache_clear()
+    cuda_attention._compute_capability.cache_clear()
     try:
-        assert short_attention_takes(mx.bfloat16, 128) is takes
-        assert short_attention_takes(mx.float16, 64) is takes
-        assert not short_attention_takes(mx.float32, 128)
-        assert not short_attention_takes(mx.bfloat16, 80)  # heads not a multiple of 32
+        assert attention_takes(mx.bfloat16, 128) is takes
+        assert attention_takes(mx.float16, 64) is takes
+        assert not attention_takes(mx.float32, 128)
+        assert not attention_takes(mx.bfloat16, 80)  # heads not a multiple of 32
     finally:
-        cuda_kernels._compute_capability.cache_clear()
+        cuda_attention._compute_capability.cache_clear()
 
 
 @cuda_only
@@ -310,8 +323,9 @@ def last_tokens(hidden: mx.array, lengths: list[int]) -> np.ndarray:
 
 @cuda_only
 @pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16])
-# Padded to 128 (cuDNN's attention), and to 16 and 30 (short_attention's, for bfloat16).
-@pytest.mark.parametrize("lengths", [[1, 5, 64, 100, 128], [1, 5, 9, 16], [3, 17, 30]])
+# Padded to 128 (staged_attention's for bfloat16, cuDNN's for float32), and to 16 and 30 (short_attention's
+# for bfloat16).
+@pytest.mark.parametrize("lengths", [[1, 5, 64, 100, 128], [3, 40, 47], [1, 5, 9, 16], [3, 17, 30], [5, 140]])
 def test_encoder_matches_mlx_lm_layers(dtype: mx.Dtype, lengths: list[int]) -> None:
     fused, plain = encoder_pair(dtype)
     assert fused.use_cuda_kernels()

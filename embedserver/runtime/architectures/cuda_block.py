@@ -2,11 +2,11 @@
 
 Same weights and the same mathematics as mlx-lm's block (see cuda_kernels.py for the numerics), arranged for
 fewer passes over memory: q, k and v come from one matrix product (their weight rows concatenated), gate and
-up from another; `qk_norm_rope` turns the first into attention's inputs and `swiglu` the second into the down
-projection's. One larger product keeps the GPU busier than three small ones. Sequences of up to 32 tokens
-(bfloat16 or float16) take `short_attention`, which also normalizes and rotates q and k, instead of
-`qk_norm_rope` and cuDNN's fused attention: short passes are bound by the host, which encodes one kernel
-fewer a layer and no cuDNN graph.
+up from another; attention reads the first and `swiglu` turns the second into the down projection's input.
+One larger product keeps the GPU busier than three small ones. Sequences of up to 32 tokens, and small
+batches of up to 128 (bfloat16 or float16), take one of cuda_attention.py's kernels, which normalize and
+rotate q and k themselves, instead of `qk_norm_rope` and cuDNN's fused attention: such passes are bound by the
+host, which encodes one kernel fewer a layer and no cuDNN graph.
 The two residual additions are the output and down projections' own (`addmm`: cuBLAS adds the residual as it
 writes the product, instead of a separate kernel reading both back), so the residual stream is rounded to the
 dtype once per addition, from float32, where mlx-lm rounds the product and then the sum. docs/perf/log.md
@@ -18,18 +18,20 @@ the model holds each weight once.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import mlx.core as mx
 import mlx.nn as nn
 
-from embedserver.runtime.architectures.cuda_kernels import (
+from embedserver.runtime.architectures.cuda_attention import (
     SHORT_ATTENTION_USED,
-    qk_norm_rope,
-    rope_params,
-    rope_table,
+    STAGED_ATTENTION_MAX,
+    STAGED_ATTENTION_TOKENS,
+    attention_takes,
     short_attention,
-    short_attention_takes,
-    swiglu,
+    staged_attention,
 )
+from embedserver.runtime.architectures.cuda_kernels import qk_norm_rope, rope_params, rope_table, swiglu
 
 
 def fusable(layer: nn.Module) -> bool:
@@ -68,7 +70,7 @@ class CudaQwen3Block:
         self.heads, self.kv_heads = attn.n_heads, attn.n_kv_heads
         self.head_dim = attn.q_norm.weight.shape[0]
         self.scale = attn.scale
-        self.scale_param = mx.array([attn.scale], dtype=mx.float32)  # what `short_attention` reads
+        self.scale_param = mx.array([attn.scale], dtype=mx.float32)  # what the attention kernels read
         # Weights as [in, out]: transposed views made once here, not one transpose per product per pass (the
         # matrix products read either layout).
         self.w_qkv = _fuse(attn.q_proj, attn.k_proj, attn.v_proj).T
@@ -83,11 +85,23 @@ class CudaQwen3Block:
         """The cos/sin table for sequences of `length` (every layer of a model shares it)."""
         return rope_table(length, self.head_dim, self.params)
 
+    def _attention_kernel(self, batch: int, length: int, dtype: mx.Dtype) -> Callable[..., mx.array] | None:
+        """The kernel that normalizes, rotates and attends in one (cuda_attention.py says where each is the
+        faster), or None for `qk_norm_rope` and cuDNN's fused attention."""
+        if not attention_takes(dtype, self.head_dim):
+            return None
+        if length <= SHORT_ATTENTION_USED:
+            return short_attention
+        if length <= STAGED_ATTENTION_MAX and batch * length <= STAGED_ATTENTION_TOKENS:
+            return staged_attention
+        return None
+
     def __call__(self, x: mx.array, table: mx.array) -> mx.array:
         batch, length, hidden = x.shape
         qkv = self.input_norm(x) @ self.w_qkv
-        if length <= SHORT_ATTENTION_USED and short_attention_takes(x.dtype, self.head_dim):
-            heads_out = short_attention(
+        kernel = self._attention_kernel(batch, length, x.dtype)
+        if kernel is not None:
+            heads_out = kernel(
                 qkv,
                 self.q_norm,
                 self.k_norm,
