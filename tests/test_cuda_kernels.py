@@ -16,10 +16,11 @@ import pytest
 from mlx.utils import tree_flatten
 from mlx_lm.models.activations import swiglu as mlx_lm_swiglu
 
-from embedserver.runtime.architectures import cuda_attention
+from embedserver.runtime.architectures import cuda_attention, cuda_block
 from embedserver.runtime.architectures.cuda_attention import (
     SHORT_ATTENTION_MAX,
     STAGED_ATTENTION_MAX,
+    STAGED_ATTENTION_TOKENS,
     attention_takes,
     short_attention,
     staged_attention,
@@ -102,6 +103,23 @@ def test_fusing_keeps_every_weight_and_stores_it_once() -> None:
     assert block.w_gate_up.shape == (CONFIG["hidden_size"], 2 * CONFIG["intermediate_size"])
     assert np.array_equal(np.array(block.w_o), np.array(attn.o_proj.weight.T))
     assert fused._cuda_embed  # the embedding lookup by the row-copy kernel
+
+
+def test_attention_kernel_follows_length_and_batch_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Up to 32 tokens `short_attention`; up to 128 `staged_attention` while a batch holds at most
+    STAGED_ATTENTION_TOKENS padded tokens (where passes are host-bound); cuDNN's attention otherwise."""
+    fused, _ = encoder_pair(mx.float32)
+    assert fused.use_cuda_kernels()
+    block = fused._cuda_blocks[0]
+    monkeypatch.setattr(cuda_block, "attention_takes", lambda dtype, head_dim: dtype == mx.bfloat16)
+    per_batch = STAGED_ATTENTION_TOKENS // STAGED_ATTENTION_MAX
+    assert block._attention_kernel(256, 16, mx.bfloat16) is short_attention
+    assert block._attention_kernel(256, 32, mx.bfloat16) is short_attention
+    assert block._attention_kernel(1, 48, mx.bfloat16) is staged_attention
+    assert block._attention_kernel(per_batch, STAGED_ATTENTION_MAX, mx.bfloat16) is staged_attention
+    assert block._attention_kernel(per_batch + 1, STAGED_ATTENTION_MAX, mx.bfloat16) is None
+    assert block._attention_kernel(1, STAGED_ATTENTION_MAX + 16, mx.bfloat16) is None
+    assert block._attention_kernel(1, 16, mx.float32) is None
 
 
 def test_embed_rows_takes_tables_of_whole_16_byte_rows() -> None:
