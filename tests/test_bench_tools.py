@@ -289,3 +289,36 @@ def test_gpu_busy_samples_nvidia_smi_while_the_block_runs(
     with gpu_busy() as samples:
         time.sleep(0.4)
     assert samples == []
+
+
+def test_kernel_registers_builds_each_kernel_as_mlx_declares_it() -> None:
+    from benchmarks import kernel_registers
+
+    found = {case.label: case for case in kernel_registers.cases("0.6b")}
+    assert set(found) >= {"short_attention L=16", "staged_attention L=128", "qk_norm_rope", "swiglu"}
+    rope = kernel_registers.kernel_source(found["qk_norm_rope"])
+    # Inputs, a `_shape` where the body reads one, outputs, then the template arguments as constants.
+    assert "const __nv_bfloat16* qkv,\n    const __grid_constant__ Shape qkv_shape," in rope
+    assert "q_weight_shape" not in rope and "__nv_bfloat16* k) {" in rope
+    assert "using T = __nv_bfloat16;" in rope and "constexpr int KV = 8;" in rope
+    staged = kernel_registers.kernel_source(found["staged_attention L=128"])
+    assert "Shape" not in staged.split("__global__")[1].split(") {")[0]
+    assert "constexpr bool BF16 = true;" in staged and "constexpr int L = 128;" in staged
+    assert "embedserver_norm_rope" in staged.split("__global__")[0]  # the shared header comes first
+
+
+def test_kernel_registers_reads_ptxas_report() -> None:
+    from benchmarks.kernel_registers import parse_ptxas
+
+    log = (
+        "ptxas info    : Compiling entry function 'kernel' for 'sm_90a'\n"
+        "ptxas         .     208 bytes stack frame, 104 bytes spill stores, 96 bytes spill loads\n"
+        "ptxas info    : Used 255 registers, used 1 barriers, 208 bytes cumulative stack size\n"
+    )
+    assert parse_ptxas(log) == {
+        "registers": 255,
+        "spill_stores": 104,
+        "spill_loads": 96,
+        "stack": 208,
+        "shared": 0,
+    }
