@@ -21,10 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import mlx.core as mx
+
 from embedserver.runtime.architectures import cuda_attention, cuda_kernels
 
 # MLX's names for the dtypes the kernels take (dtype_to_cuda_type).
 _BF16, _F32, _I32 = "__nv_bfloat16", "float", "int"
+_CUDA_TYPES = {mx.bfloat16: _BF16, mx.float32: _F32, mx.int32: _I32}
 
 # Qwen3-Embedding's attention heads (query, key/value, width) and layer widths (hidden, intermediate).
 SHAPES = {
@@ -88,15 +91,17 @@ def cases(shape: str) -> list[KernelCase]:
         ("scale_param", _F32),
     ]
     out = [("out", _BF16)]
-    per_round = 32 // (d // 8)
-    rounds = next(r for r in (4, 2, 1) if r == 1 or per_round * r <= heads + kv)
+    _, rounds = cuda_kernels.qk_norm_rope_rounds(heads, kv, d, mx.bfloat16.size)
     found = [
         KernelCase(
             f"{name} L={length}",
             source,
             attention_inputs,
             out,
-            [("T", _BF16), ("BF16", True), ("H", heads), ("KV", kv), ("D", d), ("L", length)],
+            [
+                (key, _CUDA_TYPES[value] if isinstance(value, mx.Dtype) else value)
+                for key, value in cuda_attention.template(mx.bfloat16, length, heads, kv, d)
+            ],
             cuda_attention._HEADER,
         )
         for name, source, lengths in (
@@ -118,14 +123,18 @@ def cases(shape: str) -> list[KernelCase]:
             cuda_kernels._SWIGLU,
             [("gate_up", _BF16)],
             out,
-            [("T", _BF16), ("I", dims["intermediate"]), ("P", 8)],
+            [
+                ("T", _BF16),
+                ("I", dims["intermediate"]),
+                ("P", cuda_kernels.swiglu_per_thread(dims["intermediate"], mx.bfloat16.size)),
+            ],
         ),
         KernelCase(
             "embed_rows",
             cuda_kernels._EMBED_ROWS,
             [("weight", _BF16), ("ids", _I32)],
             out,
-            [("T", _BF16), ("W", dims["hidden"]), ("P", 8)],
+            [("T", _BF16), ("W", dims["hidden"]), ("P", 16 // mx.bfloat16.size)],
         ),
     ]
     return found

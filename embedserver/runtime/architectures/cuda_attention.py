@@ -448,14 +448,15 @@ def _check(name: str, longest: int, qkv: mx.array, heads: int, kv_heads: int, he
         )
 
 
-def _template(qkv: mx.array, heads: int, kv_heads: int, head_dim: int) -> list[tuple[str, Any]]:
+def template(dtype: mx.Dtype, length: int, heads: int, kv_heads: int, head_dim: int) -> list[tuple[str, Any]]:
+    """Both kernels' template arguments (compile-time constants) for qkv of `dtype` and `length` tokens."""
     return [
-        ("T", qkv.dtype),
-        ("BF16", qkv.dtype == mx.bfloat16),
+        ("T", dtype),
+        ("BF16", dtype == mx.bfloat16),
         ("H", heads),
         ("KV", kv_heads),
         ("D", head_dim),
-        ("L", qkv.shape[1]),
+        ("L", length),
     ]
 
 
@@ -480,7 +481,7 @@ def short_attention(
     tiles = -(-length // 16)
     (out,) = _short_kernel()(
         inputs=[qkv, q_weight, k_weight, table, params, scale],
-        template=_template(qkv, heads, kv_heads, head_dim),
+        template=template(qkv.dtype, length, heads, kv_heads, head_dim),
         grid=(batch * heads * tiles * 32, 1, 1),
         threadgroup=(128, 1, 1),
         output_shapes=[(batch, length, heads * head_dim)],
@@ -511,7 +512,7 @@ def staged_attention(
     shared = (padded * (head_dim + 8) + head_dim * (padded + 8)) * qkv.dtype.size
     (out,) = _staged_kernel(shared)(
         inputs=[qkv, q_weight, k_weight, table, params, scale],
-        template=_template(qkv, heads, kv_heads, head_dim),
+        template=template(qkv.dtype, length, heads, kv_heads, head_dim),
         grid=(batch * heads * warps * 32, 1, 1),
         threadgroup=(warps * 32, 1, 1),
         output_shapes=[(batch, length, heads * head_dim)],

@@ -202,6 +202,14 @@ def rope_table(length: int, head_dim: int, params: mx.array) -> mx.array:
     return table
 
 
+def qk_norm_rope_rounds(heads: int, kv_heads: int, head_dim: int, itemsize: int) -> tuple[int, int]:
+    """How `qk_norm_rope` spreads a token's heads over warps: the heads a warp takes at once (one 16-byte vector
+    a lane) and its rounds of them (R): up to four, fewer where a warp would take more heads than a token has."""
+    per_round = 32 // (head_dim // (16 // itemsize))
+    rounds = next(r for r in (4, 2, 1) if r == 1 or per_round * r <= heads + kv_heads)
+    return per_round, rounds
+
+
 def qk_norm_rope(
     qkv: mx.array,
     q_weight: mx.array,
@@ -219,9 +227,7 @@ def qk_norm_rope(
     if head_dim not in (64, 128):
         raise ValueError(f"qk_norm_rope takes heads of 64 or 128 elements, got {head_dim}")
     batch, length, _ = qkv.shape
-    per_round = 32 // (head_dim // (16 // qkv.dtype.size))  # heads a warp takes at once
-    # Up to four rounds a warp, fewer where a warp would take more heads than a token has.
-    rounds = next(r for r in (4, 2, 1) if r == 1 or per_round * r <= heads + kv_heads)
+    per_round, rounds = qk_norm_rope_rounds(heads, kv_heads, head_dim, qkv.dtype.size)
     warps = -(-(heads + kv_heads) // (per_round * rounds))
     q, k = _kernels()["qk_norm_rope"](
         inputs=[qkv, q_weight, k_weight, table, params],
@@ -235,11 +241,16 @@ def qk_norm_rope(
     return q.transpose(0, 2, 1, 3), k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
 
 
+def swiglu_per_thread(width: int, itemsize: int) -> int:
+    """The outputs a `swiglu` thread writes (P): one 16-byte vector where the width divides into them."""
+    return next(p for p in (16 // itemsize, 4, 2, 1) if width % p == 0)
+
+
 def swiglu(gate_up: mx.array) -> mx.array:
     """gate_up [N, 2I] (gate then up) -> silu(gate) * up [N, I]."""
     rows, width = gate_up.shape
     half = width // 2
-    per_thread = next(p for p in (16 // gate_up.dtype.size, 4, 2, 1) if half % p == 0)
+    per_thread = swiglu_per_thread(half, gate_up.dtype.size)
     (out,) = _kernels()["swiglu"](
         inputs=[gate_up],
         template=[("T", gate_up.dtype), ("I", half), ("P", per_thread)],
