@@ -16,7 +16,7 @@ import pytest
 from mlx.utils import tree_flatten
 from mlx_lm.models.activations import swiglu as mlx_lm_swiglu
 
-from embedserver.runtime.architectures import cuda_attention, cuda_block
+from embedserver.runtime.architectures import cuda_attention, cuda_block, qwen3
 from embedserver.runtime.architectures.cuda_attention import (
     SHORT_ATTENTION_MAX,
     STAGED_ATTENTION_MAX,
@@ -344,7 +344,9 @@ def last_tokens(hidden: mx.array, lengths: list[int]) -> np.ndarray:
 # Padded to 128 (staged_attention's for bfloat16, cuDNN's for float32), and to 16 and 30 (short_attention's
 # for bfloat16).
 @pytest.mark.parametrize("lengths", [[1, 5, 64, 100, 128], [3, 40, 47], [1, 5, 9, 16], [3, 17, 30], [5, 140]])
-def test_encoder_matches_mlx_lm_layers(dtype: mx.Dtype, lengths: list[int]) -> None:
+def test_encoder_matches_mlx_lm_layers(
+    dtype: mx.Dtype, lengths: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
     fused, plain = encoder_pair(dtype)
     assert fused.use_cuda_kernels()
     # One RoPE table for the model's whole context, made at load.
@@ -365,6 +367,11 @@ def test_encoder_matches_mlx_lm_layers(dtype: mx.Dtype, lengths: list[int]) -> N
     # Last-token pooling's own path: the final norm on the picked rows only.
     pooled = np.array(fused.last_token_states(mx.array(ids), lens).astype(mx.float32))
     np.testing.assert_allclose(pooled, got, atol=1e-5 if dtype == mx.float32 else 2e-2, rtol=1e-3)
+    # The first layer queued before the second is built: the same kernels on the same inputs, in the same order.
+    monkeypatch.setattr(qwen3, "QUEUED_FIRST", 1)
+    monkeypatch.setattr(qwen3, "QUEUE_EARLY_TOKENS", 1)
+    early = np.array(fused.last_token_states(mx.array(ids), lens, queue_early=True).astype(mx.float32))
+    np.testing.assert_allclose(early, pooled, atol=1e-6, rtol=1e-6)
 
 
 @cuda_only

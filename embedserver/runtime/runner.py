@@ -72,13 +72,15 @@ class ModelRunner:
     score_head: mx.array | None = None
 
     def __post_init__(self) -> None:
-        self._compiled_forward = mx.compile(self._forward)
+        # A traced pass cannot queue part of itself early (qwen3.py's QUEUED_FIRST).
+        self._compiled_forward = mx.compile(partial(self._forward, queue_early=False))
 
-    def _forward(self, ids: mx.array, lengths: mx.array) -> mx.array:
+    def _forward(self, ids: mx.array, lengths: mx.array, *, queue_early: bool = True) -> mx.array:
         last_token_states = getattr(self.encoder, "last_token_states", None)
         if self.pooling == "last" and last_token_states is not None:
-            # Only the pooled states: the encoder may skip work no other position needs (Qwen3 on CPU).
-            pooled = last_token_states(ids, lengths).astype(mx.float32)
+            # Only the pooled states: the encoder may skip work no other position needs (Qwen3 on CPU), and
+            # may queue its first layers while it builds the rest.
+            pooled = last_token_states(ids, lengths, queue_early=queue_early).astype(mx.float32)
         else:
             pooled = pool(self.encoder(ids, lengths), lengths, self.pooling).astype(mx.float32)
         if self.score_head is not None:

@@ -18,6 +18,16 @@ from embedserver.runtime.architectures.cuda_block import CudaQwen3Block, fusable
 from embedserver.runtime.architectures.cuda_kernels import embed_rows, embed_rows_fits
 from embedserver.runtime.pooling import pool
 
+# The CUDA path queues a pass's first layers before it builds the rest (`queue_early`). MLX starts the device only
+# when it commits a command buffer: after ~100 kernels on an H100 or H200, or at the end of the eval. Until then
+# the device waits for the host to build the whole graph in Python and encode its first ~11 layers. Queued
+# first, two layers keep it busy while the host does the rest. On an H200 (0.6B shape, docs/perf/log.md):
+# 8 x 128 4.98-5.01 ms a pass against 5.45-5.57, 64 x 128 16.25-16.31 against 17.15-17.55, 128 x 128 31.6
+# against 32.4-32.7, 32 x 512 32.8-32.9 against 33.7-33.9; 256 x 128 61.7 against 61.9-62.1. A pass of
+# fewer tokens is bound by the host, and the extra commit made one text slower (3.5-5.5 ms against 3.4-3.6).
+QUEUED_FIRST = 2
+QUEUE_EARLY_TOKENS = 1024
+
 
 class Qwen3Encoder(nn.Module):
     causal = True
@@ -63,8 +73,10 @@ class Qwen3Encoder(nn.Module):
             h = qwen3_block(layer, h) if cpu else layer(h, "causal", None)  # type: ignore[arg-type]
         return model.norm(h)
 
-    def _cuda_states(self, ids: mx.array) -> mx.array:
-        """The CUDA path: the last layer's states [B, L, hidden], before the final norm."""
+    def _cuda_states(self, ids: mx.array, queue_early: bool = False) -> mx.array:
+        """The CUDA path: the last layer's states [B, L, hidden], before the final norm. `queue_early`: the
+        first QUEUED_FIRST layers of a pass of at least QUEUE_EARLY_TOKENS padded tokens go to the device
+        before the rest are built (not inside `mx.compile`, which cannot evaluate while it traces)."""
         blocks = self._cuda_blocks
         assert blocks
         embed = self.model.embed_tokens
@@ -72,17 +84,20 @@ class Qwen3Encoder(nn.Module):
         table = self._rope_table
         if table is None or table.shape[0] < ids.shape[1]:  # longer than the model's declared context
             table = blocks[0].rope_table(ids.shape[1])
-        for block in blocks:
+        queued = QUEUED_FIRST if queue_early and ids.size >= QUEUE_EARLY_TOKENS else 0
+        for index, block in enumerate(blocks):
             h = block(h, table)
+            if index + 1 == queued:
+                mx.async_eval(h)  # type: ignore[no-untyped-call]
         return h
 
-    def last_token_states(self, ids: mx.array, lengths: mx.array) -> mx.array:
+    def last_token_states(self, ids: mx.array, lengths: mx.array, *, queue_early: bool = False) -> mx.array:
         """The final states at each sequence's last real token, [B, hidden]: last-token pooling. On CPU the
         last layer runs at that token only (cpu_math.qwen3_block_at; the same values); on CUDA the final norm
-        runs on the picked rows only (it is row by row); on other GPUs the whole pass runs and the rows are
-        picked."""
+        runs on the picked rows only (it is row by row), and `queue_early` is `_cuda_states`'; on other GPUs
+        the whole pass runs and the rows are picked."""
         if self._cuda_blocks:
-            return self.model.norm(pool(self._cuda_states(ids), lengths, "last"))
+            return self.model.norm(pool(self._cuda_states(ids, queue_early), lengths, "last"))
         if not on_cpu():
             return pool(self(ids, lengths), lengths, "last")
         model = self.model
