@@ -1,10 +1,12 @@
 """One client's latency from two source trees, side by side: is a change faster or slower for a lone client, on a
 machine too noisy to tell from runs one after the other?
 
-  python -m benchmarks.paired_latency MODEL_DIR TREE_A TREE_B [--requests 2000] [--tokens 16] [SETTING=VALUE ...]
+  python -m benchmarks.paired_latency MODEL_DIR TREE_A TREE_B [--requests 2000] [--tokens 16] [--texts 1]
+      [SETTING=VALUE ...]
 
 Starts a server from each tree (`python -m embedserver` from the tree, with the settings given), then sends one
-single-text request at a time to each in turn, the order flipped every round, every text new: both servers see
+request at a time to each in turn (`--texts` texts in each: a client embedding documents sends batches), the
+order flipped every round, every text new: both servers see
 the same machine at the same moments, so drift between runs (this project's 2-core VM moves +-25%) touches both
 alike. Prints each tree's p50 and p90 at the client and the median of the paired differences (B - A), leaving
 out the first tenth of the rounds (warm-up).
@@ -25,9 +27,9 @@ from benchmarks.gpu_bench import make_texts
 from embedserver_testing.server_process import server_process
 
 
-def paired(urls: list[str], texts: list[str]) -> np.ndarray:
-    """Latencies in ms, one row a round, one column a server; each round sends texts[2k] and texts[2k + 1]."""
-    rounds = len(texts) // 2
+def paired(urls: list[str], inputs: list[str | list[str]]) -> np.ndarray:
+    """Latencies in ms, one row a round, one column a server; each round sends inputs[2k] and inputs[2k + 1]."""
+    rounds = len(inputs) // 2
     out = np.zeros((rounds, 2))
     with httpx.Client(timeout=30) as client:
         for k in range(rounds):
@@ -35,7 +37,7 @@ def paired(urls: list[str], texts: list[str]) -> np.ndarray:
                 started = time.perf_counter()
                 answer = client.post(
                     f"{urls[column]}/v1/embeddings",
-                    json={"input": texts[2 * k + column], "encoding_format": "base64"},
+                    json={"input": inputs[2 * k + column], "encoding_format": "base64"},
                 )
                 out[k, column] = (time.perf_counter() - started) * 1000
                 answer.raise_for_status()
@@ -50,10 +52,18 @@ def main() -> None:
     parser.add_argument("trees", type=Path, nargs=2)
     parser.add_argument("--requests", type=int, default=2000, help="to each server")
     parser.add_argument("--tokens", type=int, default=16)
+    parser.add_argument("--texts", type=int, default=1, help="texts a request")
     parser.add_argument("settings", nargs="*", help="SETTING=VALUE for both servers")
     args = parser.parse_intermixed_args()
     texts = make_texts(
-        args.model / "tokenizer.json", 2 * args.requests, args.tokens, seed=int(time.time()) % 1000
+        args.model / "tokenizer.json",
+        2 * args.requests * args.texts,
+        args.tokens,
+        seed=int(time.time()) % 1000,
+    )
+    n = args.texts
+    inputs: list[str | list[str]] = (
+        list(texts) if n == 1 else [texts[i : i + n] for i in range(0, len(texts), n)]
     )
     env = {"MODEL_NAME": str(args.model), "LOG_LEVEL": "WARNING"}
     env |= dict(setting.split("=", 1) for setting in args.settings)
@@ -65,7 +75,7 @@ def main() -> None:
             )[0]
             for tree in args.trees
         ]
-        ms = paired(urls, texts)[args.requests // 10 :]
+        ms = paired(urls, inputs)[args.requests // 10 :]
     for column, tree in enumerate(args.trees):
         p50, p90 = np.percentile(ms[:, column], [50, 90])
         print(f"{tree!s:>30}: p50 {p50:.3f} ms, p90 {p90:.3f} ms")
