@@ -67,11 +67,15 @@ def main() -> None:
     )
     env = {"MODEL_NAME": str(args.model), "LOG_LEVEL": "WARNING"}
     env |= dict(setting.split("=", 1) for setting in args.settings)
+    extra = os.environ.get("PYTHONPATH", "")
     with ExitStack() as stack:
         urls = [
-            # Each from its own tree: `python -m` puts the working directory first on the path.
+            # Each from its own tree, put first on the path (the rest of PYTHONPATH kept for its packages).
             stack.enter_context(
-                server_process({**env, "PYTHONPATH": str(tree.resolve())}, cwd=tree.resolve())
+                server_process(
+                    {**env, "PYTHONPATH": os.pathsep.join(filter(None, (str(tree.resolve()), extra)))},
+                    cwd=tree.resolve(),
+                )
             )[0]
             for tree in args.trees
         ]

@@ -18,13 +18,16 @@ from embedserver.runtime.architectures.cuda_block import CudaQwen3Block, fusable
 from embedserver.runtime.architectures.cuda_kernels import embed_rows, embed_rows_fits
 from embedserver.runtime.pooling import pool
 
-# The CUDA path queues a pass's first layers before it builds the rest (`queue_early`). MLX starts the device only
-# when it commits a command buffer: after ~100 kernels on an H100 or H200, or at the end of the eval. Until then
-# the device waits for the host to build the whole graph in Python and encode its first ~11 layers. Queued
-# first, two layers keep it busy while the host does the rest. On an H200 (0.6B shape, docs/perf/log.md):
-# 8 x 128 4.98-5.01 ms a pass against 5.45-5.57, 64 x 128 16.25-16.31 against 17.15-17.55, 128 x 128 31.6
-# against 32.4-32.7, 32 x 512 32.8-32.9 against 33.7-33.9; 256 x 128 61.7 against 61.9-62.1. A pass of
-# fewer tokens is bound by the host, and the extra commit made one text slower (3.5-5.5 ms against 3.4-3.6).
+# The CUDA path queues a pass's first layers before it builds the rest (`queue_early`). Nothing reaches the
+# device before the pass is evaluated, and its graph is built in Python first (1-2 ms for the 0.6B model's 28
+# layers on an H200's host), so the device would wait that long. Queued first (MLX commits a command buffer
+# every 8 operations here, embedserver/runtime/__init__.py), two layers run while the host builds the rest.
+# On an H200 (0.6B shape; docs/perf/log.md, 2026-12-04): 8 x 128 4.98-5.01 ms a pass against 5.45-5.57,
+# 64 x 128 16.25-16.31 against 17.15-17.55, 128 x 128 31.6 against 32.4-32.7, 32 x 512 32.8-32.9 against
+# 33.7-33.9, 256 x 128 61.7 against 61.9-62.1. A pass of fewer tokens is bound by the host, and one text
+# was no faster (3.5-5.5 ms against 3.4-3.6). In the server one client's request of 64 / 256 such texts was
+# answered 0.9 / 2.1 ms sooner; under many clients passes overlap already (runner.launch), and nothing moved.
+# Not inside `mx.compile`, which cannot evaluate while it traces.
 QUEUED_FIRST = 2
 QUEUE_EARLY_TOKENS = 1024
 
@@ -76,7 +79,7 @@ class Qwen3Encoder(nn.Module):
     def _cuda_states(self, ids: mx.array, queue_early: bool = False) -> mx.array:
         """The CUDA path: the last layer's states [B, L, hidden], before the final norm. `queue_early`: the
         first QUEUED_FIRST layers of a pass of at least QUEUE_EARLY_TOKENS padded tokens go to the device
-        before the rest are built (not inside `mx.compile`, which cannot evaluate while it traces)."""
+        before the rest are built."""
         blocks = self._cuda_blocks
         assert blocks
         embed = self.model.embed_tokens
