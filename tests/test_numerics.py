@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import mlx.core as mx
 import numpy as np
 import pytest
 
@@ -69,6 +70,28 @@ def test_compiled_forward_gives_the_same_embeddings(tiny_qwen3: Path, reference:
     assert compiled.shape == plain.shape == (len(ids), 64)
     np.testing.assert_allclose(compiled, plain, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(alone, plain, rtol=1e-4, atol=1e-5)
+
+
+def test_only_the_plain_forward_queues_layers_early(
+    tiny_qwen3: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plain pass may queue its first layers while it builds the rest (on CUDA, qwen3.py's QUEUED_FIRST); a
+    compiled one must not ask, since mx.compile cannot evaluate while it traces."""
+    runner = _engine(tiny_qwen3)
+    asked: list[bool] = []
+    states = runner.encoder.last_token_states  # type: ignore[attr-defined]
+
+    def spy(ids: mx.array, lengths: mx.array, *, queue_early: bool = False) -> mx.array:
+        asked.append(queue_early)
+        return states(ids, lengths, queue_early=queue_early)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(runner.encoder, "last_token_states", spy)
+    ids = runner.tokenizer.encode_batch(["one", "two words"])
+    plain = runner.embed(ids)
+    runner.compiled = True
+    compiled = runner.embed(ids)
+    assert asked == [True, False]
+    np.testing.assert_allclose(compiled, plain, rtol=1e-4, atol=1e-5)
 
 
 def test_end_of_text_is_appended_exactly_once(tiny_qwen3: Path, tiny_qwen3_mlx: Path) -> None:
