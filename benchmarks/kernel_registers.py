@@ -94,8 +94,8 @@ def cases(shape: str) -> list[KernelCase]:
     _, rounds = cuda_kernels.qk_norm_rope_rounds(heads, kv, d, mx.bfloat16.size)
     found = [
         KernelCase(
-            f"{name} L={length}",
-            source,
+            f"grouped_attention L={length}",
+            cuda_attention._GROUPED_ATTENTION,
             attention_inputs,
             out,
             [
@@ -104,11 +104,7 @@ def cases(shape: str) -> list[KernelCase]:
             ],
             cuda_attention._HEADER,
         )
-        for name, source, lengths in (
-            ("short_attention", cuda_attention._SHORT_ATTENTION, (16, 32)),
-            ("staged_attention", cuda_attention._STAGED_ATTENTION, (48, 64, 128)),
-        )
-        for length in lengths
+        for length in (16, 32, 48, 64, 128)
     ]
     found += [
         KernelCase(

@@ -295,16 +295,16 @@ def test_kernel_registers_builds_each_kernel_as_mlx_declares_it() -> None:
     from benchmarks import kernel_registers
 
     found = {case.label: case for case in kernel_registers.cases("0.6b")}
-    assert set(found) >= {"short_attention L=16", "staged_attention L=128", "qk_norm_rope", "swiglu"}
+    assert set(found) >= {"grouped_attention L=16", "grouped_attention L=128", "qk_norm_rope", "swiglu"}
     rope = kernel_registers.kernel_source(found["qk_norm_rope"])
     # Inputs, a `_shape` where the body reads one, outputs, then the template arguments as constants.
     assert "const __nv_bfloat16* qkv,\n    const __grid_constant__ Shape qkv_shape," in rope
     assert "q_weight_shape" not in rope and "__nv_bfloat16* k) {" in rope
     assert "using T = __nv_bfloat16;" in rope and "constexpr int KV = 8;" in rope
-    staged = kernel_registers.kernel_source(found["staged_attention L=128"])
-    assert "Shape" not in staged.split("__global__")[1].split(") {")[0]
-    assert "constexpr bool BF16 = true;" in staged and "constexpr int L = 128;" in staged
-    assert "embedserver_norm_rope" in staged.split("__global__")[0]  # the shared header comes first
+    grouped = kernel_registers.kernel_source(found["grouped_attention L=128"])
+    assert "Shape" not in grouped.split("__global__")[1].split(") {")[0]
+    assert "constexpr bool BF16 = true;" in grouped and "constexpr int L = 128;" in grouped
+    assert "embedserver_norm_rope" in grouped.split("__global__")[0]  # the shared header comes first
 
 
 def test_kernel_registers_reads_ptxas_report() -> None:

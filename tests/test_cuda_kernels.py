@@ -18,12 +18,9 @@ from mlx_lm.models.activations import swiglu as mlx_lm_swiglu
 
 from embedserver.runtime.architectures import cuda_attention, cuda_block, qwen3
 from embedserver.runtime.architectures.cuda_attention import (
-    SHORT_ATTENTION_MAX,
-    STAGED_ATTENTION_MAX,
-    STAGED_ATTENTION_TOKENS,
+    GROUPED_ATTENTION_MAX,
     attention_takes,
-    short_attention,
-    staged_attention,
+    grouped_attention,
 )
 from embedserver.runtime.architectures.cuda_block import fusable
 from embedserver.runtime.architectures.cuda_kernels import (
@@ -105,21 +102,18 @@ def test_fusing_keeps_every_weight_and_stores_it_once() -> None:
     assert fused._cuda_embed  # the embedding lookup by the row-copy kernel
 
 
-def test_attention_kernel_follows_length_and_batch_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Up to 32 tokens `short_attention`; up to 128 `staged_attention` while a batch holds at most
-    STAGED_ATTENTION_TOKENS padded tokens (where passes are host-bound); cuDNN's attention otherwise."""
+def test_grouped_attention_takes_short_sequences_and_small_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`grouped_attention` up to 64 tokens whatever the batch, up to 128 in batches of up to 2,048 padded
+    tokens; cuDNN's attention otherwise, and for float32 models."""
     fused, _ = encoder_pair(mx.float32)
     assert fused.use_cuda_kernels()
-    block = fused._cuda_blocks[0]
+    uses = fused._cuda_blocks[0]._uses_grouped_attention
     monkeypatch.setattr(cuda_block, "attention_takes", lambda dtype, head_dim: dtype == mx.bfloat16)
-    per_batch = STAGED_ATTENTION_TOKENS // STAGED_ATTENTION_MAX
-    assert block._attention_kernel(256, 16, mx.bfloat16) is short_attention
-    assert block._attention_kernel(256, 32, mx.bfloat16) is short_attention
-    assert block._attention_kernel(1, 48, mx.bfloat16) is staged_attention
-    assert block._attention_kernel(per_batch, STAGED_ATTENTION_MAX, mx.bfloat16) is staged_attention
-    assert block._attention_kernel(per_batch + 1, STAGED_ATTENTION_MAX, mx.bfloat16) is None
-    assert block._attention_kernel(1, STAGED_ATTENTION_MAX + 16, mx.bfloat16) is None
-    assert block._attention_kernel(1, 16, mx.float32) is None
+    assert uses(1, 1, mx.bfloat16) and uses(256, 16, mx.bfloat16) and uses(512, 64, mx.bfloat16)
+    assert uses(16, 128, mx.bfloat16) and uses(20, 100, mx.bfloat16)
+    assert not uses(17, 128, mx.bfloat16) and not uses(256, 65, mx.bfloat16)
+    assert not uses(1, GROUPED_ATTENTION_MAX + 16, mx.bfloat16)
+    assert not uses(1, 16, mx.float32)
 
 
 def test_embed_rows_takes_tables_of_whole_16_byte_rows() -> None:
@@ -214,21 +208,19 @@ def attention_in_float64(
     return out
 
 
-ATTENTION_CASES = [
-    # One tile of 16 query positions, part of one, several, and lengths between tiles.
-    *((short_attention, length) for length in (1, 5, 16, 17, 32, 50, SHORT_ATTENTION_MAX)),
-    # An odd and an even count of tiles (a warp takes one from each end; the middle one of an odd count alone).
-    *((staged_attention, length) for length in (1, 16, 33, 48, 64, 100, STAGED_ATTENTION_MAX)),
-]
+# Lengths within one tile of 16 query positions, at and between tiles, and odd and even counts of tiles (a
+# work unit is a tile from each end, the middle one of an odd count alone). With 4 query heads a KV head
+# (8 + 2 heads) 128 tokens make 16 work units for 8 warps, two each.
+ATTENTION_LENGTHS = (1, 5, 16, 17, 32, 33, 48, 50, 64, 100, GROUPED_ATTENTION_MAX)
 
 
 @cuda_only
 @pytest.mark.parametrize("dtype", [mx.bfloat16, mx.float16])
 # Qwen3's 0.6B heads (16 + 8 of 128), its 4B and 8B grouping (4 query heads a KV head), and 64-wide heads.
 @pytest.mark.parametrize("heads,kv_heads,head_dim", [(16, 8, 128), (8, 2, 128), (4, 2, 64)])
-@pytest.mark.parametrize("kernel,length", ATTENTION_CASES, ids=lambda case: getattr(case, "__name__", case))
-def test_attention_matches_attention_in_float64(
-    dtype: mx.Dtype, heads: int, kv_heads: int, head_dim: int, kernel: Any, length: int
+@pytest.mark.parametrize("length", ATTENTION_LENGTHS)
+def test_grouped_attention_matches_attention_in_float64(
+    dtype: mx.Dtype, heads: int, kv_heads: int, head_dim: int, length: int
 ) -> None:
     batch, eps, base = 3, 1e-6, 1e6
     mx.random.seed(3)
@@ -237,7 +229,7 @@ def test_attention_matches_attention_in_float64(
     params = rope_params(eps, base)
     table = rope_table(length + 7, head_dim, params)  # rows past the sequence, as the model's table has
     assert attention_takes(dtype, head_dim)
-    got = kernel(
+    got = grouped_attention(
         qkv,
         q_weight,
         k_weight,
@@ -259,10 +251,7 @@ def test_attention_matches_attention_in_float64(
     np.testing.assert_allclose(np.array(got.astype(mx.float32)), want, atol=tol, rtol=tol)
 
 
-@pytest.mark.parametrize(
-    "kernel,longest", [(short_attention, SHORT_ATTENTION_MAX), (staged_attention, STAGED_ATTENTION_MAX)]
-)
-def test_attention_kernels_refuse_longer_sequences_and_float32(kernel: Any, longest: int) -> None:
+def test_grouped_attention_refuses_longer_sequences_and_float32() -> None:
     shape = {"heads": 4, "kv_heads": 2, "head_dim": 64}
     weight, table, params, scale = (
         mx.ones((64,)),
@@ -270,11 +259,11 @@ def test_attention_kernels_refuse_longer_sequences_and_float32(kernel: Any, long
         rope_params(1e-6, 1e6),
         mx.array([0.125]),
     )
-    qkv = mx.zeros((1, longest + 1, 8 * 64), dtype=mx.bfloat16)
-    with pytest.raises(ValueError, match=f"{kernel.__name__} takes up to {longest} tokens"):
-        kernel(qkv, weight, weight, table, params, scale, **shape)
+    qkv = mx.zeros((1, GROUPED_ATTENTION_MAX + 1, 8 * 64), dtype=mx.bfloat16)
+    with pytest.raises(ValueError, match=f"grouped_attention takes up to {GROUPED_ATTENTION_MAX} tokens"):
+        grouped_attention(qkv, weight, weight, table, params, scale, **shape)
     with pytest.raises(ValueError, match="bfloat16 or float16"):
-        kernel(mx.zeros((1, 4, 8 * 64)), weight, weight, table, params, scale, **shape)
+        grouped_attention(mx.zeros((1, 4, 8 * 64)), weight, weight, table, params, scale, **shape)
     assert not attention_takes(mx.float32, 64)
 
 
@@ -341,8 +330,8 @@ def last_tokens(hidden: mx.array, lengths: list[int]) -> np.ndarray:
 
 @cuda_only
 @pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16])
-# Padded to 128 (staged_attention's for bfloat16, cuDNN's for float32), and to 16 and 30 (short_attention's
-# for bfloat16).
+# Padded to 128, 47, 16 and 30 (grouped_attention's for bfloat16, cuDNN's for float32), and to 140 (cuDNN's
+# for both).
 @pytest.mark.parametrize("lengths", [[1, 5, 64, 100, 128], [3, 40, 47], [1, 5, 9, 16], [3, 17, 30], [5, 140]])
 def test_encoder_matches_mlx_lm_layers(
     dtype: mx.Dtype, lengths: list[int], monkeypatch: pytest.MonkeyPatch

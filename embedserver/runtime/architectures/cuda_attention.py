@@ -1,16 +1,12 @@
-"""Causal attention kernels for the Qwen3 layer on CUDA, with the per-head RMSNorm and RoPE of q and k inside.
+"""Causal attention for the Qwen3 layer on CUDA, with the per-head RMSNorm and RoPE of q and k inside.
 
-Both read the fused q|k|v projection as the layer's matrix product wrote it and write the heads' outputs in
-the layout the output projection reads, on the tensor cores (m16n8k16 products, bf16 or fp16 in, float32
-out), so no separate `qk_norm_rope` pass writes q and k to memory and reads them back:
-- `short_attention`, sequences of up to SHORT_ATTENTION_MAX tokens: one warp a (sequence, query head, tile of
-  16 query positions), registers only; every warp normalizes and rotates the keys it reads itself.
-- `staged_attention`, up to STAGED_ATTENTION_MAX tokens: one block a (sequence, query head); the block
-  normalizes and rotates each key once into shared memory and stages the values there transposed, then each
-  warp takes two tiles of 16 query positions, one from each end, so the causal mask leaves every warp about
-  the same work. It replaces `qk_norm_rope` and cuDNN's fused attention for small batches, where a pass is
-  bound by the host; on large ones the device takes longer over it than over those two (SHORT_ATTENTION_USED
-  and the constants after it say where each kernel is used, and why).
+`grouped_attention` reads the fused q|k|v projection as the layer's matrix product wrote it and writes the
+heads' outputs in the layout the output projection reads, on the tensor cores (m16n8k16 products, bf16 or fp16
+in, float32 out), so no separate `qk_norm_rope` pass writes q and k to memory and reads them back, and the host
+encodes one kernel a layer where `qk_norm_rope` and cuDNN's fused attention take two and a cuDNN graph. One
+block a (sequence, KV head) normalizes and rotates the head's keys once into shared memory for all the query
+heads that read them. GROUPED_ATTENTION_USED and the constants after it say where the Qwen3 block uses it
+instead of cuDNN's attention, and why.
 
 Numerics follow `qk_norm_rope` (cuda_kernels.py) step for step for q and k; the attention weights are
 rounded to the dtype before they multiply v, as cuDNN's fused attention rounds them. Results equal a float64
@@ -24,16 +20,21 @@ from typing import Any
 
 import mlx.core as mx
 
-# Device helpers both kernels share. Fragment layouts (PTX ISA, mma.m16n8k16): lane = 4 gr + tg; A's registers
-# hold rows gr and gr + 8 at columns 2 tg, 2 tg + 1 and those + 8; B's hold rows 2 tg, 2 tg + 1 (and + 8) of
-# column gr; the float32 result holds rows gr and gr + 8 at columns 2 tg, 2 tg + 1. The low half of a register
-# is the lower index.
+# Device helpers. Fragment layouts (PTX ISA, mma.m16n8k16): lane = 4 gr + tg; A's registers hold rows gr and
+# gr + 8 at columns 2 tg, 2 tg + 1 and those + 8; B's hold rows 2 tg, 2 tg + 1 (and + 8) of column gr; the
+# float32 result holds rows gr and gr + 8 at columns 2 tg, 2 tg + 1. The low half of a register is the lower
+# index.
 #
-# `embedserver_rotate` loads one row's columns of this lane (16 kk + 2 tg + {0, 1, 8, 9} of every k-step kk;
-# zeros where `live` is false), normalizes them with weights `w` and rotates them to position `pos`, rounded to
-# T and packed as fragments: frag[kk][0] holds columns 2 tg, 2 tg + 1 of k-step kk, frag[kk][1] those + 8. A
-# row's four lanes together hold the whole head (its RMSNorm sum: two shuffles), and a column's RoPE partner,
-# D / 2 away, sits D / 32 k-steps away in the same lane. Every lane of the warp calls it together.
+# `embedserver_load_row` loads one row's columns of this lane (16 kk + 2 tg + {0, 1, 8, 9} of every k-step kk;
+# zeros where `live` is false); `embedserver_norm_rope` normalizes them with weights `w` and rotates them to
+# position `pos`, rounded to T and packed as fragments: frag[kk][0] holds columns 2 tg, 2 tg + 1 of k-step kk,
+# frag[kk][1] those + 8. A row's four lanes together hold the whole head (its RMSNorm sum: two shuffles), and a
+# column's RoPE partner, D / 2 away, sits D / 32 k-steps away in the same lane. Every lane of the warp calls
+# them together.
+#
+# `embedserver_ldmatrix` (PTX ISA, m8n8 .x4, 16-bit): lanes 8 i to 8 i + 7 give the row addresses of matrix i
+# (16 bytes each), and every lane gets, in register i, matrix i's row lane / 4 at columns 2 (lane % 4) and the
+# next: the m16n8k16 fragment layout. One instruction loads what four 32-bit reads of shared memory do.
 _HEADER = """
 template <bool BF16>
 __device__ inline void embedserver_mma(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
@@ -115,58 +116,6 @@ __device__ inline void embedserver_norm_rope(
     }
 }
 
-template <typename T, int D>
-__device__ inline void embedserver_rotate(
-        const T* row, bool live, const T* w, const float* table, int pos, float eps, int tg, unsigned (&frag)[D / 16][2]) {
-    unsigned raw[D / 16][2];
-    embedserver_load_row<T, D>(row, live, tg, raw);
-    embedserver_norm_rope<T, D>(raw, w, table, pos, eps, tg, frag);
-}
-
-// The causal softmax of a tile's scores s [16, 8 NT] (query rows p0 = gr-th and p1 = p0 + 8; keys past the
-// row or past L get weight 0), in place, unnormalized; the rows' 1 / sum in inv0 and inv1. A row sits in four
-// adjacent lanes: two shuffles. Key 0 is every row's (causal, and L >= 1), so each row's maximum is a real score.
-template <int NT>
-__device__ inline void embedserver_softmax(
-        float (&s)[NT][4], int p0, int p1, int L, int tg, float scale, float& inv0, float& inv1) {
-    float top0 = -3.0e38f, top1 = -3.0e38f;
-    #pragma unroll
-    for (int n = 0; n < NT; ++n) {
-        #pragma unroll
-        for (int e = 0; e < 2; ++e) {
-            const int j = n * 8 + 2 * tg + e;
-            s[n][e] = j <= p0 && j < L ? s[n][e] * scale : -3.0e38f;
-            s[n][2 + e] = j <= p1 && j < L ? s[n][2 + e] * scale : -3.0e38f;
-            top0 = fmaxf(top0, s[n][e]);
-            top1 = fmaxf(top1, s[n][2 + e]);
-        }
-    }
-    #pragma unroll
-    for (int o = 1; o < 4; o <<= 1) {
-        top0 = fmaxf(top0, __shfl_xor_sync(0xffffffff, top0, o));
-        top1 = fmaxf(top1, __shfl_xor_sync(0xffffffff, top1, o));
-    }
-    float sum0 = 0.0f, sum1 = 0.0f;
-    #pragma unroll
-    for (int n = 0; n < NT; ++n) {
-        #pragma unroll
-        for (int e = 0; e < 2; ++e) {
-            const int j = n * 8 + 2 * tg + e;
-            s[n][e] = j <= p0 && j < L ? expf(s[n][e] - top0) : 0.0f;
-            s[n][2 + e] = j <= p1 && j < L ? expf(s[n][2 + e] - top1) : 0.0f;
-            sum0 += s[n][e];
-            sum1 += s[n][2 + e];
-        }
-    }
-    #pragma unroll
-    for (int o = 1; o < 4; o <<= 1) {
-        sum0 += __shfl_xor_sync(0xffffffff, sum0, o);
-        sum1 += __shfl_xor_sync(0xffffffff, sum1, o);
-    }
-    inv0 = 1.0f / sum0;
-    inv1 = 1.0f / sum1;
-}
-
 // The attention weights of key step ks (keys 16 ks .. 16 ks + 15) as the next product's A fragments: the
 // layouts coincide, so the scores' registers are rounded to T and packed where they stand.
 template <typename T, int NT>
@@ -188,246 +137,252 @@ __device__ inline void embedserver_store(
         if (live1) *reinterpret_cast<unsigned*>(out + row1 + d) = embedserver_bits<T>(acc[n][2] * inv1) | embedserver_bits<T>(acc[n][3] * inv1) << 16;
     }
 }
+
+__device__ inline void embedserver_ldmatrix(unsigned (&r)[4], const void* row) {
+    const unsigned at = static_cast<unsigned>(__cvta_generic_to_shared(row));
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(at));
+}
 """
 
-# The scores [16, LP] (LP = L rounded up to 16) are Q [16, D] K^T [D, LP]; the softmax runs on the score
-# fragments in registers, and its weights are the next product's A fragments, times V [LP, D] read from qkv:
-# the heads' outputs leave registers only to be stored. Keys past the tile's last position are neither loaded
-# nor multiplied (causal); rows and keys past L are zeros, masked, never stored. Every warp that reads a key
-# normalizes and rotates it again (a few hundred operations a key). On an H200 (0.6B shape): the separate
-# `qk_norm_rope` and the same attention without it took 27 µs a layer at 128 x 16 where this takes 41, but each
-# custom kernel costs the host ~20 µs a layer to encode, and a 128 x 16 pass is host-bound: with this kernel it
-# took 6.1-6.2 ms against 7.4 with the previous attention kernel and `qk_norm_rope`, one text of 16 tokens
-# 3.4-3.5 ms against 5.1-5.5, 64 x 32 6.6 against 7.4 (cuDNN's). At 64 tokens it lost to cuDNN's (11.2-11.5
-# against 10.4-10.5 ms at 64 x 64): each key is loaded and normalized once per tile that reads it, and the
-# values are read two bytes at a time. docs/perf/log.md has the figures.
-_SHORT_ATTENTION = """
+# One block a (sequence b, KV head): the head's keys are normalized and rotated once into shared memory and its
+# values staged there transposed, for all G query heads that read them. A work unit is (query head, the pair of
+# query tiles p and MT - 1 - p, so the causal mask leaves every unit about the same work); NW = min(units, 8)
+# warps take the units in turn. A tile's q, normalized and rotated, waits in the warp's own rows of shared
+# memory; the tile then walks its key tiles up to its own with a running maximum and sum per row (the softmax
+# rescaled as each key tile arrives, as flash attention does), so only one key tile's scores are in registers:
+# 128 a lane at 64-128 tokens (NVRTC 12.9, sm_90a), two blocks of eight warps an SM. Only key tiles the causal
+# mask reaches are multiplied and exponentiated; rows and keys past L are zeros, masked, never stored.
+# Shared memory: keys [LP][D + 8], values transposed [D][LP + 8], q [NW][16][D + 8]; a row stride of 8
+# elements more than a multiple of 64 bytes puts any 8 rows an `ldmatrix` phase reads on different banks.
+_GROUPED_ATTENTION = """
     constexpr int G = H / KV;
     constexpr int S = H + 2 * KV;
     constexpr int LP = (L + 15) / 16 * 16;
     constexpr int MT = LP / 16;
     constexpr int NT = LP / 8;
     constexpr int DK = D / 16;
-    using u32 = unsigned int;
-    const int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
-    if (warp >= qkv_shape[0] * H * MT) return;
-    const int lane = threadIdx.x & 31;
-    const int gr = lane >> 2;
-    const int tg = lane & 3;
-    const int mt = warp % MT;
-    const int h = (warp / MT) % H;
-    const long b = warp / (MT * H);
-    const int kvh = h / G;
-    const int p0 = mt * 16 + gr;
-    const int p1 = p0 + 8;
-    const int last = min(mt * 16 + 15, L - 1);
-    const float eps = params[0];
-    auto bits_at = [](const T* at) { return u32(*reinterpret_cast<const unsigned short*>(at)); };
-    u32 q0[DK][2], q1[DK][2];
-    const T* qrow = qkv + (b * L + p0) * S * D + h * D;
-    embedserver_rotate<T, D>(qrow, p0 < L, q_weight, table, p0 < L ? p0 : 0, eps, tg, q0);
-    embedserver_rotate<T, D>(qrow + 8 * S * D, p1 < L, q_weight, table, p1 < L ? p1 : 0, eps, tg, q1);
-    float s[NT][4];
-    #pragma unroll
-    for (int n = 0; n < NT; ++n) {
-        s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
-        if (n * 8 > last) continue;
-        const int j = n * 8 + gr;
-        u32 kf[DK][2];
-        embedserver_rotate<T, D>(qkv + (b * L + j) * S * D + (H + kvh) * D, j <= last, k_weight, table, j <= last ? j : 0, eps, tg, kf);
-        #pragma unroll
-        for (int kk = 0; kk < DK; ++kk) {
-            const u32 a[4] = {q0[kk][0], q1[kk][0], q0[kk][1], q1[kk][1]};
-            const u32 bb[2] = {kf[kk][0], kf[kk][1]};
-            embedserver_mma<BF16>(s[n], a, bb);
-        }
-    }
-    float inv0, inv1;
-    embedserver_softmax<NT>(s, p0, p1, L, tg, scale_param[0], inv0, inv1);
-    float acc[D / 8][4];
-    #pragma unroll
-    for (int n = 0; n < D / 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
-    #pragma unroll
-    for (int ks = 0; ks < MT; ++ks) {
-        if (ks * 16 > last) continue;
-        u32 a[4];
-        embedserver_weights<T, NT>(s, ks, a);
-        const int j = ks * 16 + 2 * tg;
-        const T* v0 = qkv + ((b * L + j) * S + H + KV + kvh) * D + gr;
-        #pragma unroll
-        for (int n = 0; n < D / 8; ++n) {
-            const T* v = v0 + 8 * n;
-            const u32 bb[2] = {(j <= last ? bits_at(v) : 0u) | (j + 1 <= last ? bits_at(v + S * D) : 0u) << 16,
-                               (j + 8 <= last ? bits_at(v + 8 * S * D) : 0u) | (j + 9 <= last ? bits_at(v + 9 * S * D) : 0u) << 16};
-            embedserver_mma<BF16>(acc[n], a, bb);
-        }
-    }
-    embedserver_store<T, D>(acc, out, ((b * L + p0) * H + h) * D, ((b * L + p1) * H + h) * D, p0 < L, p1 < L, tg, inv0, inv1);
-"""
-
-# One block a (sequence b, query head h), NW = ceil(MT / 2) warps. Staging: the block's warps normalize and
-# rotate keys eight at a time (`embedserver_rotate`, whose fragments are also the staged row's layout) into
-# ks [LP][D + 8], and copy the values transposed into vt [D][LP + 8], zeros past L; the rows' padding puts a
-# warp's reads of either (one 32-bit word a lane: a B fragment) on 32 different banks. Then warp w takes query
-# tiles w and MT - 1 - w (the middle one once when MT is odd): tile mt reads mt + 1 key tiles, so each warp
-# reads MT + 1 of them. The block's G - 1 siblings of the same KV head stage the same keys again (from L2).
-_STAGED_ATTENTION = """
-    constexpr int G = H / KV;
-    constexpr int S = H + 2 * KV;
-    constexpr int LP = (L + 15) / 16 * 16;
-    constexpr int MT = LP / 16;
-    constexpr int NT = LP / 8;
-    constexpr int DK = D / 16;
-    constexpr int NW = (MT + 1) / 2;
+    constexpr int PW = (MT + 1) / 2;
+    constexpr int UNITS = G * PW;
+    constexpr int NW = UNITS < 8 ? UNITS : 8;
     constexpr int KS = D + 8;
     constexpr int VS = LP + 8;
     using u32 = unsigned int;
     struct alignas(16) Pack { T v[8]; };
-    extern __shared__ __align__(16) unsigned char embedserver_staged[];
-    T* ks = reinterpret_cast<T*>(embedserver_staged);
-    T* vt = ks + LP * KS;
+    extern __shared__ __align__(16) unsigned char embedserver_grouped[];
     const int lane = threadIdx.x & 31;
     const int w = threadIdx.x >> 5;
     const int gr = lane >> 2;
     const int tg = lane & 3;
-    const int h = blockIdx.x % H;
-    const long b = blockIdx.x / H;
-    const int kvh = h / G;
+    T* ks = reinterpret_cast<T*>(embedserver_grouped);
+    T* vt = ks + LP * KS;
+    T* qs = vt + D * VS + w * 16 * KS;
+    const int kvh = blockIdx.x % KV;
+    const long b = blockIdx.x / KV;
     const float eps = params[0];
+    const float scale = scale_param[0];
     const T* seq = qkv + b * L * S * D;
-    // Every staged load is issued before any is used: a block's few warps need many bytes in flight each.
+    // Staging: the keys (loads first, then normalized and rotated into ks), then the values (into vt).
     constexpr int KR = (NT + NW - 1) / NW;
     constexpr int VR = (LP * (D / 8) + NW * 32 - 1) / (NW * 32);
-    u32 kraw[KR][DK][2];
-    #pragma unroll
-    for (int r = 0; r < KR; ++r) {
-        const int j = (w + r * NW) * 8 + gr;
-        embedserver_load_row<T, D>(seq + (long(j < L ? j : 0) * S + H + kvh) * D, j < L, tg, kraw[r]);
-    }
-    Pack vraw[VR];
-    #pragma unroll
-    for (int r = 0; r < VR; ++r) {
-        const int i = threadIdx.x + r * NW * 32;
-        const int j = i % LP;
-        if (j < L && i < LP * (D / 8)) {
-            vraw[r] = *reinterpret_cast<const Pack*>(seq + (long(j) * S + H + KV + kvh) * D + 8 * (i / LP));
-        } else {
-            #pragma unroll
-            for (int e = 0; e < 8; ++e) vraw[r].v[e] = static_cast<T>(0.0f);
+    {
+        u32 kraw[KR][DK][2];
+        #pragma unroll
+        for (int r = 0; r < KR; ++r) {
+            const int j = (w + r * NW) * 8 + gr;
+            embedserver_load_row<T, D>(seq + (long(j < L ? j : 0) * S + H + kvh) * D, j < L, tg, kraw[r]);
         }
-    }
-    #pragma unroll
-    for (int r = 0; r < KR; ++r) {
-        const int j = (w + r * NW) * 8 + gr;
-        if (j - gr >= LP) break;
-        u32 kf[DK][2];
-        embedserver_norm_rope<T, D>(kraw[r], k_weight, table, j < L ? j : 0, eps, tg, kf);
         #pragma unroll
-        for (int kk = 0; kk < DK; ++kk) {
-            #pragma unroll
-            for (int half = 0; half < 2; ++half) {
-                *reinterpret_cast<u32*>(ks + j * KS + 16 * kk + 2 * tg + 8 * half) = kf[kk][half];
-            }
-        }
-    }
-    #pragma unroll
-    for (int r = 0; r < VR; ++r) {
-        const int i = threadIdx.x + r * NW * 32;
-        if (i >= LP * (D / 8)) break;
-        #pragma unroll
-        for (int e = 0; e < 8; ++e) vt[(8 * (i / LP) + e) * VS + i % LP] = vraw[r].v[e];
-    }
-    __syncthreads();
-    for (int pass = 0; pass < 2; ++pass) {
-        const int mt = pass == 0 ? w : MT - 1 - w;
-        if (pass == 1 && mt == w) break;
-        const int p0 = mt * 16 + gr;
-        const int p1 = p0 + 8;
-        const int last = min(mt * 16 + 15, L - 1);
-        u32 raw0[DK][2], raw1[DK][2], q0[DK][2], q1[DK][2];
-        embedserver_load_row<T, D>(seq + (long(p0 < L ? p0 : 0) * S + h) * D, p0 < L, tg, raw0);
-        embedserver_load_row<T, D>(seq + (long(p1 < L ? p1 : 0) * S + h) * D, p1 < L, tg, raw1);
-        embedserver_norm_rope<T, D>(raw0, q_weight, table, p0 < L ? p0 : 0, eps, tg, q0);
-        embedserver_norm_rope<T, D>(raw1, q_weight, table, p1 < L ? p1 : 0, eps, tg, q1);
-        float s[NT][4];
-        #pragma unroll
-        for (int n = 0; n < NT; ++n) {
-            s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
-            if (n * 8 > last) continue;
-            const T* krow = ks + (n * 8 + gr) * KS + 2 * tg;
+        for (int r = 0; r < KR; ++r) {
+            const int j = (w + r * NW) * 8 + gr;
+            if (j - gr >= LP) break;
+            u32 kf[DK][2];
+            embedserver_norm_rope<T, D>(kraw[r], k_weight, table, j < L ? j : 0, eps, tg, kf);
             #pragma unroll
             for (int kk = 0; kk < DK; ++kk) {
-                const u32 a[4] = {q0[kk][0], q1[kk][0], q0[kk][1], q1[kk][1]};
-                const u32 bb[2] = {*reinterpret_cast<const u32*>(krow + 16 * kk), *reinterpret_cast<const u32*>(krow + 16 * kk + 8)};
-                embedserver_mma<BF16>(s[n], a, bb);
+                #pragma unroll
+                for (int half = 0; half < 2; ++half) {
+                    *reinterpret_cast<u32*>(ks + j * KS + 16 * kk + 2 * tg + 8 * half) = kf[kk][half];
+                }
             }
         }
-        float inv0, inv1;
-        embedserver_softmax<NT>(s, p0, p1, L, tg, scale_param[0], inv0, inv1);
-        float acc[D / 8][4];
+    }
+    {
+        Pack vraw[VR];
         #pragma unroll
-        for (int n = 0; n < D / 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+        for (int r = 0; r < VR; ++r) {
+            const int i = threadIdx.x + r * NW * 32;
+            const int j = i % LP;
+            if (j < L && i < LP * (D / 8)) {
+                vraw[r] = *reinterpret_cast<const Pack*>(seq + (long(j) * S + H + KV + kvh) * D + 8 * (i / LP));
+            } else {
+                #pragma unroll
+                for (int e = 0; e < 8; ++e) vraw[r].v[e] = static_cast<T>(0.0f);
+            }
+        }
         #pragma unroll
-        for (int kt = 0; kt < MT; ++kt) {
-            if (kt * 16 > last) continue;
-            u32 a[4];
-            embedserver_weights<T, NT>(s, kt, a);
-            const T* vcol = vt + gr * VS + kt * 16 + 2 * tg;
+        for (int r = 0; r < VR; ++r) {
+            const int i = threadIdx.x + r * NW * 32;
+            if (i >= LP * (D / 8)) break;
             #pragma unroll
-            for (int n = 0; n < D / 8; ++n) {
-                const T* v = vcol + 8 * n * VS;
-                const u32 bb[2] = {*reinterpret_cast<const u32*>(v), *reinterpret_cast<const u32*>(v + 8)};
-                embedserver_mma<BF16>(acc[n], a, bb);
-            }
+            for (int e = 0; e < 8; ++e) vt[(8 * (i / LP) + e) * VS + i % LP] = vraw[r].v[e];
         }
-        embedserver_store<T, D>(acc, out, ((b * L + p0) * H + h) * D, ((b * L + p1) * H + h) * D, p0 < L, p1 < L, tg, inv0, inv1);
+    }
+    __syncthreads();
+    // This lane's row address for each ldmatrix: matrix lane / 8 of a 16 x 16 tile, row lane % 8 of it.
+    const int mrow = lane & 7;
+    const int mat = lane >> 3;
+    for (int unit = w; unit < UNITS; unit += NW) {
+        const int h = kvh * G + unit / PW;
+        const int pair = unit % PW;
+        for (int pass = 0; pass < 2; ++pass) {
+            const int mt = pass == 0 ? pair : MT - 1 - pair;
+            if (pass == 1 && mt == pair) break;
+            const int p0 = mt * 16 + gr;
+            const int p1 = p0 + 8;
+            {
+                u32 raw0[DK][2], raw1[DK][2], q0[DK][2], q1[DK][2];
+                embedserver_load_row<T, D>(seq + (long(p0 < L ? p0 : 0) * S + h) * D, p0 < L, tg, raw0);
+                embedserver_load_row<T, D>(seq + (long(p1 < L ? p1 : 0) * S + h) * D, p1 < L, tg, raw1);
+                embedserver_norm_rope<T, D>(raw0, q_weight, table, p0 < L ? p0 : 0, eps, tg, q0);
+                embedserver_norm_rope<T, D>(raw1, q_weight, table, p1 < L ? p1 : 0, eps, tg, q1);
+                __syncwarp();  // the previous tile's reads of qs are done
+                #pragma unroll
+                for (int kk = 0; kk < DK; ++kk) {
+                    #pragma unroll
+                    for (int half = 0; half < 2; ++half) {
+                        *reinterpret_cast<u32*>(qs + gr * KS + 16 * kk + 2 * tg + 8 * half) = q0[kk][half];
+                        *reinterpret_cast<u32*>(qs + (gr + 8) * KS + 16 * kk + 2 * tg + 8 * half) = q1[kk][half];
+                    }
+                }
+                __syncwarp();
+            }
+            float acc[D / 8][4];
+            #pragma unroll
+            for (int n = 0; n < D / 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+            // Running row maxima (of scaled scores) and this lane's share of the rows' sums.
+            float top0 = -3.0e38f, top1 = -3.0e38f, sum0 = 0.0f, sum1 = 0.0f;
+            // q's A fragments: matrices (rows 0-7, cols 0-7), (rows 8-15, cols 0-7), (0-7, 8-15), (8-15, 8-15).
+            const T* qrow = qs + (mrow + 8 * (mat & 1)) * KS + 8 * (mat >> 1);
+            #pragma unroll 1
+            for (int kt = 0; kt <= mt; ++kt) {
+                // The keys' B fragments: matrices (keys 0-7, dims lo), (keys 0-7, dims hi), (8-15, lo), (8-15, hi).
+                const T* krow = ks + (kt * 16 + mrow + 8 * (mat >> 1)) * KS + 8 * (mat & 1);
+                float s[2][4];
+                #pragma unroll
+                for (int n = 0; n < 2; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+                #pragma unroll
+                for (int kk = 0; kk < DK; ++kk) {
+                    u32 a[4], kb[4];
+                    embedserver_ldmatrix(a, qrow + 16 * kk);
+                    embedserver_ldmatrix(kb, krow + 16 * kk);
+                    const u32 b0[2] = {kb[0], kb[1]};
+                    const u32 b1[2] = {kb[2], kb[3]};
+                    embedserver_mma<BF16>(s[0], a, b0);
+                    embedserver_mma<BF16>(s[1], a, b1);
+                }
+                // Key kt * 16 is every row's here (kt <= mt, and it is below L), so each row's tile maximum
+                // is a real score and the running maximum is finite from the first key tile on.
+                float c0 = -3.0e38f, c1 = -3.0e38f;
+                #pragma unroll
+                for (int n = 0; n < 2; ++n) {
+                    #pragma unroll
+                    for (int e = 0; e < 2; ++e) {
+                        const int j = kt * 16 + n * 8 + 2 * tg + e;
+                        s[n][e] = j <= p0 && j < L ? s[n][e] * scale : -3.0e38f;
+                        s[n][2 + e] = j <= p1 && j < L ? s[n][2 + e] * scale : -3.0e38f;
+                        c0 = fmaxf(c0, s[n][e]);
+                        c1 = fmaxf(c1, s[n][2 + e]);
+                    }
+                }
+                #pragma unroll
+                for (int o = 1; o < 4; o <<= 1) {
+                    c0 = fmaxf(c0, __shfl_xor_sync(0xffffffff, c0, o));
+                    c1 = fmaxf(c1, __shfl_xor_sync(0xffffffff, c1, o));
+                }
+                const float next0 = fmaxf(top0, c0), next1 = fmaxf(top1, c1);
+                const float keep0 = expf(top0 - next0), keep1 = expf(top1 - next1);
+                top0 = next0;
+                top1 = next1;
+                sum0 *= keep0;
+                sum1 *= keep1;
+                #pragma unroll
+                for (int n = 0; n < D / 8; ++n) {
+                    acc[n][0] *= keep0;
+                    acc[n][1] *= keep0;
+                    acc[n][2] *= keep1;
+                    acc[n][3] *= keep1;
+                }
+                #pragma unroll
+                for (int n = 0; n < 2; ++n) {
+                    #pragma unroll
+                    for (int e = 0; e < 2; ++e) {
+                        const int j = kt * 16 + n * 8 + 2 * tg + e;
+                        s[n][e] = j <= p0 && j < L ? expf(s[n][e] - top0) : 0.0f;
+                        s[n][2 + e] = j <= p1 && j < L ? expf(s[n][2 + e] - top1) : 0.0f;
+                        sum0 += s[n][e];
+                        sum1 += s[n][2 + e];
+                    }
+                }
+                u32 a[4];
+                embedserver_weights<T, 2>(s, 0, a);
+                // The values' B fragments from vt [dim][key]: matrices (dims 8 n.., keys lo), (8 n.., hi),
+                // (8 n + 8.., lo), (8 n + 8.., hi), two dimension tiles an ldmatrix.
+                const T* vrow = vt + (mrow + 8 * (mat >> 1)) * VS + kt * 16 + 8 * (mat & 1);
+                #pragma unroll
+                for (int n = 0; n < D / 8; n += 2) {
+                    u32 vb[4];
+                    embedserver_ldmatrix(vb, vrow + 8 * n * VS);
+                    const u32 b0[2] = {vb[0], vb[1]};
+                    const u32 b1[2] = {vb[2], vb[3]};
+                    embedserver_mma<BF16>(acc[n], a, b0);
+                    embedserver_mma<BF16>(acc[n + 1], a, b1);
+                }
+            }
+            #pragma unroll
+            for (int o = 1; o < 4; o <<= 1) {
+                sum0 += __shfl_xor_sync(0xffffffff, sum0, o);
+                sum1 += __shfl_xor_sync(0xffffffff, sum1, o);
+            }
+            embedserver_store<T, D>(acc, out, ((b * L + p0) * H + h) * D, ((b * L + p1) * H + h) * D, p0 < L, p1 < L, tg, 1.0f / sum0, 1.0f / sum1);
+        }
     }
 """
 
-# The longest sequence each kernel takes.
-SHORT_ATTENTION_MAX = 64
-STAGED_ATTENTION_MAX = 128
-# The longest padded length the Qwen3 block sends to `short_attention`; `staged_attention` takes the lengths
-# above it up to STAGED_ATTENTION_MAX in batches of up to STAGED_ATTENTION_TOKENS padded tokens, cuDNN's fused
-# attention the rest. Small batches are bound by the host, which encodes one kernel fewer a layer and no
-# cuDNN graph with the staged kernel: on an H200 (0.6B shape) one text of 128 tokens took 3.5-5.3 ms against
-# 5.8-6.1, 8 x 128 5.3-5.5 against 6.0-6.8, even at 16 x 128 and 32 x 64; larger batches are bound by the
-# device, where the staged kernel is the slower (256 x 128 68.8-69.3 ms against 60.2-61.3; 32 x 128 11.2-11.6
-# against 9.8-9.9; docs/perf/log.md).
-SHORT_ATTENTION_USED = 32
-STAGED_ATTENTION_TOKENS = 2048
+# The longest sequence the kernel takes.
+GROUPED_ATTENTION_MAX = 128
+# Where the Qwen3 block uses it: every padded length up to GROUPED_ATTENTION_USED, and the longer ones up to
+# GROUPED_ATTENTION_MAX in batches of up to GROUPED_ATTENTION_TOKENS padded tokens; cuDNN's fused attention
+# (after `qk_norm_rope`) takes the rest. Small batches are bound by the host, which encodes one kernel fewer a
+# layer and no cuDNN graph with this kernel. Large ones are bound by the device, where the kernel matches
+# cuDNN's up to 64 tokens but ranged from 4% faster to 8% slower at 100-128 tokens, by the machine. On an H200
+# (0.6B shape, medians of whole passes, on one or two machines): 8 x 128 4.0-5.0 ms against 4.4-5.7 with the staged
+# kernel it replaced (one block a query head); 256 x 16 8.9-9.7 against 10.0-10.1 with the short-sequence
+# kernel it replaced (one warp a query tile); 256 x 48 24.3-24.8 against 25.1-26.0 with cuDNN's; 256 x 128
+# 62.3-65.0 against 61.3-62.6 (docs/perf/log.md).
+GROUPED_ATTENTION_USED = 64
+GROUPED_ATTENTION_TOKENS = 2048
 
-# The tensor cores' input types the kernels are written for (their products take bf16 or fp16).
+# The tensor cores' input types the kernel is written for (their products take bf16 or fp16).
 _DTYPES = (mx.bfloat16, mx.float16)
 _INPUTS = ["qkv", "q_weight", "k_weight", "table", "params", "scale_param"]
 
 
 @cache
-def _short_kernel() -> Any:
-    return mx.fast.cuda_kernel(
-        name="embedserver_short_attention",
-        input_names=_INPUTS,
-        output_names=["out"],
-        source=_SHORT_ATTENTION,
-        header=_HEADER,
-    )
-
-
-@cache
-def _staged_kernel(shared_bytes: int) -> Any:
+def _grouped_kernel(shared_bytes: int) -> Any:
     """One kernel object per shared-memory size (MLX sets a kernel's dynamic shared memory where it is made)."""
     return mx.fast.cuda_kernel(
-        name="embedserver_staged_attention",
+        name="embedserver_grouped_attention",
         input_names=_INPUTS,
         output_names=["out"],
-        source=_STAGED_ATTENTION,
+        source=_GROUPED_ATTENTION,
         header=_HEADER,
         shared_memory=shared_bytes,
     )
 
 
 def attention_takes(dtype: mx.Dtype, head_dim: int) -> bool:
-    """Whether the attention kernels run here for this dtype and head size: bfloat16 or float16 (the tensor
+    """Whether the attention kernel runs here for this dtype and head size: bfloat16 or float16 (the tensor
     cores' inputs; float32 models keep cuDNN's attention), heads a multiple of 32, and a GPU with those products
     (compute capability 8.0 and later)."""
     return dtype in _DTYPES and head_dim % 32 == 0 and _compute_capability() >= 80
@@ -449,7 +404,7 @@ def _check(name: str, longest: int, qkv: mx.array, heads: int, kv_heads: int, he
 
 
 def template(dtype: mx.Dtype, length: int, heads: int, kv_heads: int, head_dim: int) -> list[tuple[str, Any]]:
-    """Both kernels' template arguments (compile-time constants) for qkv of `dtype` and `length` tokens."""
+    """The kernel's template arguments (compile-time constants) for qkv of `dtype` and `length` tokens."""
     return [
         ("T", dtype),
         ("BF16", dtype == mx.bfloat16),
@@ -460,7 +415,13 @@ def template(dtype: mx.Dtype, length: int, heads: int, kv_heads: int, head_dim: 
     ]
 
 
-def short_attention(
+def grouped_warps(length: int, heads: int, kv_heads: int) -> int:
+    """`grouped_attention`'s warps a block (the kernel's NW): one a work unit, at most 8."""
+    tiles = -(-length // 16)
+    return min(heads // kv_heads * ((tiles + 1) // 2), 8)
+
+
+def grouped_attention(
     qkv: mx.array,
     q_weight: mx.array,
     k_weight: mx.array,
@@ -472,48 +433,21 @@ def short_attention(
     kv_heads: int,
     head_dim: int,
 ) -> mx.array:
-    """Causal attention for sequences of at most SHORT_ATTENTION_MAX tokens, bfloat16 or float16, with q and k
+    """Causal attention for sequences of at most GROUPED_ATTENTION_MAX tokens, bfloat16 or float16, with q and k
     RMS-normalized and rotated as `qk_norm_rope` does: qkv [B, L, (heads + 2 kv_heads) * head_dim] (the
     fused projection), `table` and `params` as for `qk_norm_rope`, `scale` float32 [1]. Returns the
     heads' outputs [B, L, heads * head_dim], what the output projection reads."""
-    _check("short_attention", SHORT_ATTENTION_MAX, qkv, heads, kv_heads, head_dim)
+    _check("grouped_attention", GROUPED_ATTENTION_MAX, qkv, heads, kv_heads, head_dim)
     batch, length, _ = qkv.shape
-    tiles = -(-length // 16)
-    (out,) = _short_kernel()(
+    padded = -(-length // 16) * 16
+    warps = grouped_warps(length, heads, kv_heads)
+    shared = (
+        padded * (head_dim + 8) + head_dim * (padded + 8) + warps * 16 * (head_dim + 8)
+    ) * qkv.dtype.size
+    (out,) = _grouped_kernel(shared)(
         inputs=[qkv, q_weight, k_weight, table, params, scale],
         template=template(qkv.dtype, length, heads, kv_heads, head_dim),
-        grid=(batch * heads * tiles * 32, 1, 1),
-        threadgroup=(128, 1, 1),
-        output_shapes=[(batch, length, heads * head_dim)],
-        output_dtypes=[qkv.dtype],
-    )
-    return out
-
-
-def staged_attention(
-    qkv: mx.array,
-    q_weight: mx.array,
-    k_weight: mx.array,
-    table: mx.array,
-    params: mx.array,
-    scale: mx.array,
-    *,
-    heads: int,
-    kv_heads: int,
-    head_dim: int,
-) -> mx.array:
-    """`short_attention`'s computation for sequences of up to STAGED_ATTENTION_MAX tokens, each key normalized
-    once per block in shared memory; same arguments and result."""
-    _check("staged_attention", STAGED_ATTENTION_MAX, qkv, heads, kv_heads, head_dim)
-    batch, length, _ = qkv.shape
-    tiles = -(-length // 16)
-    warps = -(-tiles // 2)
-    padded = tiles * 16
-    shared = (padded * (head_dim + 8) + head_dim * (padded + 8)) * qkv.dtype.size
-    (out,) = _staged_kernel(shared)(
-        inputs=[qkv, q_weight, k_weight, table, params, scale],
-        template=template(qkv.dtype, length, heads, kv_heads, head_dim),
-        grid=(batch * heads * warps * 32, 1, 1),
+        grid=(batch * kv_heads * warps * 32, 1, 1),
         threadgroup=(warps * 32, 1, 1),
         output_shapes=[(batch, length, heads * head_dim)],
         output_dtypes=[qkv.dtype],

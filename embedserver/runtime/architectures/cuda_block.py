@@ -3,10 +3,10 @@
 Same weights and the same mathematics as mlx-lm's block (see cuda_kernels.py for the numerics), arranged for
 fewer passes over memory: q, k and v come from one matrix product (their weight rows concatenated), gate and
 up from another; attention reads the first and `swiglu` turns the second into the down projection's input.
-One larger product keeps the GPU busier than three small ones. Sequences of up to 32 tokens, and small
-batches of up to 128 (bfloat16 or float16), take one of cuda_attention.py's kernels, which normalize and
-rotate q and k themselves, instead of `qk_norm_rope` and cuDNN's fused attention: such passes are bound by the
-host, which encodes one kernel fewer a layer and no cuDNN graph.
+One larger product keeps the GPU busier than three small ones. Sequences of up to 64 tokens, and small
+batches of up to 128 (bfloat16 or float16), take cuda_attention.py's kernel, which normalizes and rotates q
+and k itself, instead of `qk_norm_rope` and cuDNN's fused attention: the host encodes one kernel fewer a layer
+and no cuDNN graph, and small passes are bound by the host.
 The two residual additions are the output and down projections' own (`addmm`: cuBLAS adds the residual as it
 writes the product, instead of a separate kernel reading both back), so the residual stream is rounded to the
 dtype once per addition, from float32, where mlx-lm rounds the product and then the sum. docs/perf/log.md
@@ -18,18 +18,15 @@ the model holds each weight once.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import mlx.core as mx
 import mlx.nn as nn
 
 from embedserver.runtime.architectures.cuda_attention import (
-    SHORT_ATTENTION_USED,
-    STAGED_ATTENTION_MAX,
-    STAGED_ATTENTION_TOKENS,
+    GROUPED_ATTENTION_MAX,
+    GROUPED_ATTENTION_TOKENS,
+    GROUPED_ATTENTION_USED,
     attention_takes,
-    short_attention,
-    staged_attention,
+    grouped_attention,
 )
 from embedserver.runtime.architectures.cuda_kernels import qk_norm_rope, rope_params, rope_table, swiglu
 
@@ -85,23 +82,20 @@ class CudaQwen3Block:
         """The cos/sin table for sequences of `length` (every layer of a model shares it)."""
         return rope_table(length, self.head_dim, self.params)
 
-    def _attention_kernel(self, batch: int, length: int, dtype: mx.Dtype) -> Callable[..., mx.array] | None:
-        """The kernel that normalizes, rotates and attends in one (cuda_attention.py says where each is the
-        faster), or None for `qk_norm_rope` and cuDNN's fused attention."""
+    def _uses_grouped_attention(self, batch: int, length: int, dtype: mx.Dtype) -> bool:
+        """Whether `grouped_attention` takes this pass (cuda_attention.py says where it is the faster) or
+        `qk_norm_rope` and cuDNN's fused attention do."""
         if not attention_takes(dtype, self.head_dim):
-            return None
-        if length <= SHORT_ATTENTION_USED:
-            return short_attention
-        if length <= STAGED_ATTENTION_MAX and batch * length <= STAGED_ATTENTION_TOKENS:
-            return staged_attention
-        return None
+            return False
+        if length <= GROUPED_ATTENTION_USED:
+            return True
+        return length <= GROUPED_ATTENTION_MAX and batch * length <= GROUPED_ATTENTION_TOKENS
 
     def __call__(self, x: mx.array, table: mx.array) -> mx.array:
         batch, length, hidden = x.shape
         qkv = self.input_norm(x) @ self.w_qkv
-        kernel = self._attention_kernel(batch, length, x.dtype)
-        if kernel is not None:
-            heads_out = kernel(
+        if self._uses_grouped_attention(batch, length, x.dtype):
+            heads_out = grouped_attention(
                 qkv,
                 self.q_norm,
                 self.k_norm,
