@@ -79,6 +79,7 @@ class _Transport:
 
 async def _run(model: str, requests: int, clients: int, tokens: int, texts: int, profile: bool) -> None:
     from embedserver.catalog import ModelSpec
+    from embedserver.runtime.load_steps import run_steps
     from embedserver.runtime.model_files import ModelFiles
     from embedserver.runtime.runner import ModelRunner
     from embedserver.server import ipc
@@ -93,7 +94,7 @@ async def _run(model: str, requests: int, clients: int, tokens: int, texts: int,
     def instant_model(spec: ModelSpec, files: ModelFiles) -> ModelRunner:
         """The real model, loaded as the server loads it, whose forward pass then returns zeros at once (set
         before the batch worker takes it: the worker holds the function, not the runner)."""
-        runner = load_model(settings, spec, files)
+        runner = run_steps(load_model(settings, spec, files))
         dimension = runner.dimension
 
         def instant(batch: Sequence[TokenIds]) -> np.ndarray:

@@ -19,8 +19,9 @@ from embedserver.catalog import Catalog, ModelSpec
 from embedserver.errors import ModelUnavailable
 from embedserver.metrics import Metrics
 from embedserver.runtime.device import mlx_executor
-from embedserver.runtime.device_policy import DevicePlan, ready_for_device
-from embedserver.runtime.loader import load_runner
+from embedserver.runtime.device_policy import DevicePlan, ready_for_device, ready_for_device_steps
+from embedserver.runtime.load_steps import ANY_THREAD, MLX_THREAD, LoadSteps
+from embedserver.runtime.loader import load_runner, load_runner_steps
 from embedserver.runtime.model_files import ModelFiles, ModelLoadError, resolve_source
 from embedserver.runtime.runner import ModelRunner
 from embedserver.server.engine_app import create_app
@@ -75,6 +76,50 @@ async def test_concurrent_first_requests_load_once(tiny_qwen3: Path) -> None:
     assert await asyncio.gather(*(use() for _ in range(10))) == ["b"] * 10
     assert loader.loads == ["b"]
     await registry.close()
+
+
+async def test_a_load_in_steps_lets_a_serving_model_run_between_them(tiny_qwen3: Path) -> None:
+    """A load holds the MLX thread, where every pass runs: loaded in one call, a second model stalled the
+    first one's requests for all of it (9.8 s for the 0.6B model on a 2-core VM). Loaded in steps, the
+    serving model's passes run between two of them, and the steps run where each says."""
+    threads: list[tuple[str, str]] = []
+    stepping = threading.Event()
+    steps_done: list[int] = []
+
+    def slow_steps(spec: ModelSpec, files: ModelFiles) -> LoadSteps[ModelRunner]:
+        threads.append(("first", threading.current_thread().name))
+        yield ANY_THREAD
+        threads.append(("any", threading.current_thread().name))
+        yield MLX_THREAD
+        threads.append(("mlx", threading.current_thread().name))
+        for step in range(60):  # 3 s of MLX-thread work in steps of 50 ms
+            stepping.set()
+            time.sleep(0.05)
+            steps_done.append(step)
+            yield MLX_THREAD
+        runner = yield from load_runner_steps(spec, files)
+        return (yield from ready_for_device_steps(runner, PLAN))
+
+    def loader(spec: ModelSpec, files: ModelFiles) -> ModelRunner | LoadSteps[ModelRunner]:
+        return (
+            slow_steps(spec, files) if spec.name == "b" else ready_for_device(load_runner(spec, files), PLAN)
+        )
+
+    registry = _registry(tiny_qwen3, loader)  # type: ignore[arg-type]
+    try:
+        async with registry.acquire("a") as model:
+            tokenizer, worker = model.runner.tokenizer, model.worker
+        loading = asyncio.create_task(registry.load("b"))
+        while not stepping.is_set():
+            await asyncio.sleep(0.01)
+        vectors = await worker.submit(tokenizer.encode_batch(["served while b loads"]))
+        assert vectors.shape == (1, model.runner.dimension)
+        assert len(steps_done) < 60 and not loading.done()  # answered between two of b's steps
+        assert (await loading).status == "ready"
+        assert threads[0] == ("first", "mlx_0") and threads[2] == ("mlx", "mlx_0")
+        assert not threads[1][1].startswith("mlx")
+    finally:
+        await registry.close()
 
 
 async def test_the_worker_splits_batches_as_the_device_policy_says(tiny_qwen3: Path) -> None:

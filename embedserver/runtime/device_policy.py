@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 
 from embedserver.runtime import device
+from embedserver.runtime.load_steps import LoadSteps, run_steps
 from embedserver.runtime.padding import batch_buckets
 from embedserver.runtime.runner import ModelRunner, WarmupFailed
 from embedserver.tuning.gc_freeze import collect_everything
@@ -49,10 +50,15 @@ class DevicePlan:
 
 def ready_for_device(runner: ModelRunner, plan: DevicePlan) -> ModelRunner:
     """Runs on the MLX thread after the weights are loaded; returns the same runner, ready to serve."""
+    return run_steps(ready_for_device_steps(runner, plan))
+
+
+def ready_for_device_steps(runner: ModelRunner, plan: DevicePlan) -> LoadSteps[ModelRunner]:
+    """`ready_for_device` as steps (load_steps.py): one warm-up shape each."""
     if device.backend() == "cpu":
         # A new shape costs nothing extra on CPU: a token warm-up, and exact batch sizes (no filler rows).
         runner.split_tokens = _SPLIT_TOKENS_CPU
-        runner.warmup()
+        yield from runner.warmup_steps()
         return runner
     # A new shape costs tens of milliseconds of kernel set-up on GPUs: batch sizes are padded to a few
     # buckets, and every bucketed shape within the limits runs once now rather than on a request.
@@ -63,8 +69,10 @@ def ready_for_device(runner: ModelRunner, plan: DevicePlan) -> ModelRunner:
     device.bound_gpu_memory(plan.gpu_workspace_bytes)
     started = time.perf_counter()
     try:
-        shapes = runner.warmup(max_batch=plan.max_batch, max_tokens=plan.max_tokens, max_length=_WARM_LENGTH)
-    except BaseException as exc:
+        shapes = yield from runner.warmup_steps(
+            max_batch=plan.max_batch, max_tokens=plan.max_tokens, max_length=_WARM_LENGTH
+        )
+    except Exception as exc:  # not GeneratorExit: a load dropped part-way touches MLX no more
         free_memory()  # a failed warm-up's leftovers (its traceback holds arrays) are not kept for the retry
         if not isinstance(exc, WarmupFailed):
             raise
@@ -72,6 +80,7 @@ def ready_for_device(runner: ModelRunner, plan: DevicePlan) -> ModelRunner:
             f"{exc}; if the device ran out of memory, lower MAX_BATCH_TOKENS (now {plan.max_tokens}) "
             f"or MAX_BATCH_SIZE (now {plan.max_batch})"
         ) from exc
+    # The time includes other models' passes run between the shapes.
     log.info("%s: warmed %d shapes in %.1fs", runner.name, shapes, time.perf_counter() - started)
     runner.split_tokens = split_tokens_measured(runner, max_batch=plan.max_batch, max_tokens=plan.max_tokens)
     # The warm-up leaves buffers in MLX's cache sized for shapes traffic rarely repeats; kept, they push the

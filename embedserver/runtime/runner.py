@@ -15,6 +15,7 @@ import mlx.core as mx
 import numpy as np
 
 from embedserver.catalog import Task
+from embedserver.runtime.load_steps import MLX_THREAD, LoadSteps, run_steps
 from embedserver.runtime.padding import batch_buckets, length_buckets, pad_right
 from embedserver.runtime.pooling import Pooling, pool
 from embedserver.tokenization.token_ids import TokenIds
@@ -120,6 +121,12 @@ class ModelRunner:
     def warmup(self, *, max_batch: int = 2, max_tokens: int = 128, max_length: int = 64) -> int:
         """Run every bucketed shape up to the limits once, so kernel set-up (tens of ms a shape on CUDA) does
         not land on requests. Returns how many shapes ran."""
+        return run_steps(self.warmup_steps(max_batch=max_batch, max_tokens=max_tokens, max_length=max_length))
+
+    def warmup_steps(
+        self, *, max_batch: int = 2, max_tokens: int = 128, max_length: int = 64
+    ) -> LoadSteps[int]:
+        """`warmup` as steps (load_steps.py), one shape each."""
         shapes = [
             (rows, length)
             for length in length_buckets(max_length)
@@ -131,6 +138,7 @@ class ModelRunner:
                 self.embed([[self.tokenizer.pad_id] * length] * rows)
             except Exception as exc:
                 raise WarmupFailed(rows, length, exc) from exc
+            yield MLX_THREAD
         return len(shapes)
 
 

@@ -22,8 +22,9 @@ from embedserver.catalog import ModelSpec, load_catalog, operator_model
 from embedserver.errors import APIError
 from embedserver.metrics import Metrics
 from embedserver.runtime import device
-from embedserver.runtime.device_policy import DevicePlan, ready_for_device
-from embedserver.runtime.loader import load_runner
+from embedserver.runtime.device_policy import DevicePlan, ready_for_device_steps
+from embedserver.runtime.load_steps import LoadSteps
+from embedserver.runtime.loader import load_runner_steps
 from embedserver.runtime.model_files import ModelFiles, resolve_source
 from embedserver.runtime.runner import ModelRunner
 from embedserver.server.model_process import start_model_process
@@ -114,22 +115,23 @@ def _fetch(settings: Settings, spec: ModelSpec, download: bool) -> ModelFiles:
     return resolve_source(spec.source, download=download, stall_s=settings.download_stall_s)
 
 
-def load_model(settings: Settings, spec: ModelSpec, files: ModelFiles) -> ModelRunner:
-    """A model loaded and readied for this device (runs on the MLX thread)."""
+def load_model(settings: Settings, spec: ModelSpec, files: ModelFiles) -> LoadSteps[ModelRunner]:
+    """A model loaded and readied for this device, as steps (runtime/load_steps.py): the registry runs them
+    on the MLX thread, but for the tokenizer, with other models' passes between them."""
     plan = DevicePlan(
         max_batch=settings.max_batch_size,
         max_tokens=settings.max_batch_tokens,
         compile_forward=settings.compile,
         gpu_workspace_bytes=int(settings.gpu_workspace_gb * (1 << 30)),
     )
-    runner = load_runner(
+    runner = yield from load_runner_steps(
         spec,
         files,
         dtype=settings.dtype,
         cuda_kernels=settings.cuda_kernels,
         fast_tokenizer=settings.fast_tokenizer,
     )
-    return ready_for_device(runner, plan)
+    return (yield from ready_for_device_steps(runner, plan))
 
 
 async def _start(state: ServerState, *, allow_fallback: bool, reranker: str | None) -> None:

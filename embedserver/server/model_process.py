@@ -318,6 +318,7 @@ def _serve(sock: socket.socket, settings: Settings, spec: ModelSpec, files: Mode
     thread waits for each and sends its vectors."""
     configure_logging(settings.log_level, settings.log_format)
     name_this_process(f"model-{spec.name}")  # tells it from the front-ends in `ps` and `top`
+    from embedserver.runtime.load_steps import run_steps
     from embedserver.server.engine_app import load_model  # imports MLX: only this process and the engine's
 
     lock = threading.Lock()
@@ -328,7 +329,7 @@ def _serve(sock: socket.socket, settings: Settings, spec: ModelSpec, files: Mode
             sock.sendall(data)
 
     try:
-        runner = load_model(settings, spec, files)
+        runner = run_steps(load_model(settings, spec, files))
     except Exception as exc:
         log.exception("model %s failed to load", spec.name)
         send(LOAD_FAILED, 0, {"message": str(exc) or type(exc).__name__})

@@ -9,12 +9,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Generator
 from concurrent.futures import Executor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, cast
 
 from embedserver.backoff import doubling
 from embedserver.batching.worker import BatchLimits, BatchWorker
@@ -22,6 +22,7 @@ from embedserver.catalog import Catalog, ModelSpec, Task
 from embedserver.errors import ModelNotDownloaded, ModelUnavailable
 from embedserver.metrics import Metrics
 from embedserver.runtime.device_policy import free_memory
+from embedserver.runtime.load_steps import MLX_THREAD, LoadSteps, advance
 from embedserver.runtime.model_files import ModelFiles
 from embedserver.runtime.model_files import ModelNotDownloaded as FilesNotDownloaded
 from embedserver.runtime.pooling import Pooling
@@ -32,9 +33,10 @@ from embedserver.tuning.gc_freeze import freeze_long_lived
 
 log = logging.getLogger(__name__)
 
-# Builds a model ready to serve on this device from its files (runs on the MLX thread):
+# Builds a model ready to serve on this device from its files: runs on the MLX thread, or returns the load as
+# steps that the registry runs one at a time, other models' passes between them (runtime/load_steps.py):
 # embedserver/runtime/loader.py and device_policy.py.
-Loader = Callable[[ModelSpec, ModelFiles], "Runner"]
+Loader = Callable[[ModelSpec, ModelFiles], "Runner | LoadSteps[Runner]"]
 # Finds a model's files, downloading them when the flag allows (runs in a thread of its own, never the MLX
 # thread, and returns or fails within a bound): embedserver/runtime/model_files.py.
 Fetcher = Callable[[ModelSpec, bool], ModelFiles]
@@ -242,7 +244,7 @@ class ModelRegistry:
                         raise
                     assert files is not None
                     log.info("loading model %s from %s", name, files.directory)
-                    runner = await loop.run_in_executor(self._executor, self._loader, slot.spec, files)
+                    runner = await self._run_loader(slot.spec, files)
                 worker = self._worker(name, runner)
                 worker.on_death = lambda: self._worker_died(slot)
                 attach = getattr(runner, "attach", None)
@@ -270,6 +272,20 @@ class ModelRegistry:
             raise _unavailable(slot) from exc
         finally:
             slot.load_task = None
+
+    async def _run_loader(self, spec: ModelSpec, files: ModelFiles) -> Runner:
+        """The loader's runner; a load in steps one step a call on the MLX thread (or, where a step says so,
+        in the default pool), so passes that other models queue meanwhile run between two steps."""
+        loop = asyncio.get_running_loop()
+        made = await loop.run_in_executor(self._executor, self._loader, spec, files)
+        if not isinstance(made, Generator):
+            return made
+        executor: Executor | None = self._executor
+        while True:  # cancelled (shutdown), the rest of the steps never run
+            done, value = await loop.run_in_executor(executor, advance, made)
+            if done:
+                return cast("Runner", value)
+            executor = self._executor if value is MLX_THREAD else None
 
     def _worker(self, name: str, runner: Runner) -> BatchWorker:
         passes = getattr(runner, "passes", None)  # MODEL_PROCESS: the model's own process runs the passes
