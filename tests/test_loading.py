@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,8 @@ import numpy as np
 import pytest
 
 from embedserver.catalog import ModelSpec
+from embedserver.runtime import loader
+from embedserver.runtime.load_steps import ANY_THREAD, MLX_THREAD
 from embedserver.runtime.loader import load_runner
 from embedserver.runtime.model_files import ModelLoadError, resolve_source
 from embedserver.server.engine_app import create_app
@@ -37,6 +40,34 @@ def test_hub_model_loads_from_the_local_cache_offline(
     local = load_runner(ModelSpec(name="local", source=str(tiny_qwen3)))
     ids = local.tokenizer.encode_batch(["same weights, same vector"])
     assert np.allclose(hub.embed(ids), local.embed(ids), atol=1e-6)
+
+
+def test_a_load_builds_the_tokenizer_off_the_mlx_thread_while_the_weights_load(
+    tiny_qwen3: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Qwen3's tokenizer takes seconds of Python to build (its merge check): on a thread of its own, beside
+    the weights' steps, never on the thread that runs every model's passes. The load waits for it in a step
+    that runs anywhere (load_steps.py)."""
+    built_on: list[str] = []
+
+    class Recorded(loader.TextTokenizer):  # type: ignore[misc,name-defined]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            built_on.append(threading.current_thread().name)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(loader, "TextTokenizer", Recorded)
+    steps = loader.load_runner_steps(ModelSpec(name="tiny", source=str(tiny_qwen3)))
+    wheres = []
+    while True:
+        try:
+            wheres.append(next(steps))
+        except StopIteration as done:
+            runner = done.value
+            break
+    assert built_on and built_on[0].startswith("tokenizer-build")
+    assert ANY_THREAD in wheres and wheres[-1] == MLX_THREAD  # the runner itself is made on the MLX thread
+    assert isinstance(runner.tokenizer, Recorded)
+    assert runner.embed(runner.tokenizer.encode_batch(["a text"])).shape == (1, runner.dimension)
 
 
 def test_hub_model_missing_offline_fails_clearly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ from embedserver.runtime.runner import Encoder, ModelRunner
 from embedserver.tokenization.tokenizer import TextTokenizer
 from embedserver.tuning import blas
 from embedserver.tuning.blas_threads import BlasThreadPolicy
+from embedserver.tuning.threads import named_executor
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +66,8 @@ def load_runner_steps(
     cuda_kernels: bool = True,
     fast_tokenizer: bool = True,
 ) -> LoadSteps[ModelRunner]:
-    """`load_runner` as steps (load_steps.py): the tokenizer off the MLX thread (seconds of Python for
-    Qwen3's vocabulary), the weights on it a chunk at a time. `cuda_kernels`: on CUDA, run the layers
+    """`load_runner` as steps (load_steps.py): the tokenizer built off the MLX thread (seconds of Python for
+    Qwen3's vocabulary) while the weights load on it a chunk at a time. `cuda_kernels`: on CUDA, run the layers
     through the project's fused kernels where the architecture has them (CUDA_KERNELS)."""
     files = files or resolve_source(spec.source)
     directory, revision = files.directory, files.revision
@@ -76,18 +79,28 @@ def load_runner_steps(
     tokenizer_path = directory / "tokenizer.json"
     if not tokenizer_path.is_file():
         raise ModelLoadError(f"{spec.name}: {directory} has no tokenizer.json")
-    yield ANY_THREAD
-    tokenizer = TextTokenizer(tokenizer_path, end_token=_END_TOKENS.get(str(model_type)), fast=fast_tokenizer)
-    yield MLX_THREAD
+    # The tokenizer builds on a thread of its own while the weights load on the MLX thread: seconds of Python
+    # (Qwen3's merge check) beside seconds of reading, which release the interpreter lock.
+    building = _tokenizer_builds().submit(
+        TextTokenizer, tokenizer_path, end_token=_END_TOKENS.get(str(model_type)), fast=fast_tokenizer
+    )
     encoder = architecture(config)
     target = _target_dtype(spec.dtype if spec.dtype != "auto" else dtype)
     weights = _read_weights(directory)
-    head = _score_head(weights, config, tokenizer, spec.name) if spec.task == "rerank" else None
+    head = None
+    if spec.task == "rerank":  # its score head needs the tokenizer's ids, and the weights before they load
+        yield ANY_THREAD
+        building.result()
+        yield MLX_THREAD
+        head = _score_head(weights, config, building.result(), spec.name)
     yield from _load_weights(encoder, weights, directory, config, target)
     del weights
     if cuda_kernels and device.backend() == "cuda":
         fused = encoder.use_cuda_kernels()
         log.info("%s: CUDA kernels %s", spec.name, "on" if fused else "not applicable")
+    yield ANY_THREAD  # the wait for the tokenizer, off the MLX thread
+    tokenizer = building.result()
+    yield MLX_THREAD
     pooling = _pooling(spec, directory, encoder)
     max_length = min(spec.max_tokens, int(config.get("max_position_embeddings", spec.max_tokens)))
     if spec.dimension is not None and spec.dimension != encoder.hidden_size:
@@ -107,6 +120,11 @@ def load_runner_steps(
         task=spec.task,
         score_head=head,
     )
+
+
+@cache
+def _tokenizer_builds() -> ThreadPoolExecutor:
+    return named_executor("tokenizer-build", 2)
 
 
 def _blas_thread_policy() -> BlasThreadPolicy | None:
