@@ -7,7 +7,8 @@ steps: whoever drives it (the registry) submits each step to the MLX thread on i
 meanwhile run between two steps, and the longest wait is one step (one warm-up pass, one chunk of weights).
 
 What a generator yields says where its next step runs: `MLX_THREAD`, or `ANY_THREAD` for work that touches
-no MLX state (building the tokenizer), which then runs off the MLX thread altogether. Its return value is
+no MLX state (waiting for the tokenizer, which builds on a thread of its own), which then runs off the MLX
+thread altogether. Its return value is
 the loaded runner. `run_steps` runs every step on the calling thread, for callers that have no other
 traffic (benchmarks, a model's own process, tests).
 """
