@@ -90,7 +90,7 @@ def load_runner_steps(
     head = None
     if spec.task == "rerank":  # its score head needs the tokenizer's ids, and the weights before they load
         yield ANY_THREAD
-        building.result()
+        building.result()  # the wait, off the MLX thread
         yield MLX_THREAD
         head = _score_head(weights, config, building.result(), spec.name)
     yield from _load_weights(encoder, weights, directory, config, target)

@@ -117,7 +117,7 @@ def _fetch(settings: Settings, spec: ModelSpec, download: bool) -> ModelFiles:
 
 def load_model(settings: Settings, spec: ModelSpec, files: ModelFiles) -> LoadSteps[ModelRunner]:
     """A model loaded and readied for this device, as steps (runtime/load_steps.py): the registry runs them
-    on the MLX thread, but for the tokenizer, with other models' passes between them."""
+    on the MLX thread with other models' passes between them; the tokenizer builds on a thread of its own."""
     plan = DevicePlan(
         max_batch=settings.max_batch_size,
         max_tokens=settings.max_batch_tokens,
