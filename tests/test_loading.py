@@ -12,9 +12,10 @@ import pytest
 
 from embedserver.catalog import ModelSpec
 from embedserver.runtime import loader
-from embedserver.runtime.load_steps import ANY_THREAD, MLX_THREAD
+from embedserver.runtime.load_steps import ANY_THREAD, MLX_THREAD, advance
 from embedserver.runtime.loader import load_runner
 from embedserver.runtime.model_files import ModelLoadError, resolve_source
+from embedserver.runtime.runner import ModelRunner
 from embedserver.server.engine_app import create_app
 from tests.conftest import started
 
@@ -58,12 +59,12 @@ def test_a_load_builds_the_tokenizer_off_the_mlx_thread_while_the_weights_load(
     monkeypatch.setattr(loader, "TextTokenizer", Recorded)
     steps = loader.load_runner_steps(ModelSpec(name="tiny", source=str(tiny_qwen3)))
     wheres = []
-    while True:
-        try:
-            wheres.append(next(steps))
-        except StopIteration as done:
-            runner = done.value
-            break
+    done, value = advance(steps)
+    while not done:
+        wheres.append(value)
+        done, value = advance(steps)
+    assert isinstance(value, ModelRunner)
+    runner = value
     assert built_on and built_on[0].startswith("tokenizer-build")
     assert ANY_THREAD in wheres and wheres[-1] == MLX_THREAD  # the runner itself is made on the MLX thread
     assert isinstance(runner.tokenizer, Recorded)

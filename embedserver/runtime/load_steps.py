@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Generator
 from enum import Enum
-from typing import TypeVar
+from typing import TypeVar, cast
 
 T = TypeVar("T")
 
@@ -34,11 +34,10 @@ LoadSteps = Generator[Where, None, T]
 
 def run_steps(steps: LoadSteps[T]) -> T:
     """Every step on this thread, one after another; the generator's result."""
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
+    done, value = advance(steps)
+    while not done:
+        done, value = advance(steps)
+    return cast(T, value)
 
 
 def advance(steps: LoadSteps[T]) -> tuple[bool, Where | T]:

@@ -395,11 +395,11 @@ def _compute_capability() -> int:
     return int(info.get("compute_capability_major", 0)) * 10 + int(info.get("compute_capability_minor", 0))
 
 
-def _check(name: str, longest: int, qkv: mx.array, heads: int, kv_heads: int, head_dim: int) -> None:
-    if qkv.shape[1] > longest or heads % kv_heads or head_dim % 32 or qkv.dtype not in _DTYPES:
+def _check(qkv: mx.array, heads: int, kv_heads: int, head_dim: int) -> None:
+    if qkv.shape[1] > GROUPED_ATTENTION_MAX or heads % kv_heads or head_dim % 32 or qkv.dtype not in _DTYPES:
         raise ValueError(
-            f"{name} takes up to {longest} tokens of bfloat16 or float16, heads a multiple of 32 wide, got qkv "
-            f"{qkv.shape} {qkv.dtype} with {heads} + {kv_heads} heads of {head_dim}"
+            f"grouped_attention takes up to {GROUPED_ATTENTION_MAX} tokens of bfloat16 or float16, heads a "
+            f"multiple of 32 wide, got qkv {qkv.shape} {qkv.dtype} with {heads} + {kv_heads} heads of {head_dim}"
         )
 
 
@@ -437,7 +437,7 @@ def grouped_attention(
     RMS-normalized and rotated as `qk_norm_rope` does: qkv [B, L, (heads + 2 kv_heads) * head_dim] (the
     fused projection), `table` and `params` as for `qk_norm_rope`, `scale` float32 [1]. Returns the
     heads' outputs [B, L, heads * head_dim], what the output projection reads."""
-    _check("grouped_attention", GROUPED_ATTENTION_MAX, qkv, heads, kv_heads, head_dim)
+    _check(qkv, heads, kv_heads, head_dim)
     batch, length, _ = qkv.shape
     padded = -(-length // 16) * 16
     warps = grouped_warps(length, heads, kv_heads)
