@@ -25,16 +25,16 @@ import mlx.core as mx
 # float32 result holds rows gr and gr + 8 at columns 2 tg, 2 tg + 1. The low half of a register is the lower
 # index.
 #
-# `embedserver_load_row` loads one row's columns of this lane (16 kk + 2 tg + {0, 1, 8, 9} of every k-step kk;
-# zeros where `live` is false); `embedserver_norm_rope` normalizes them with weights `w` and rotates them to
-# position `pos`, rounded to T and packed as fragments: frag[kk][0] holds columns 2 tg, 2 tg + 1 of k-step kk,
-# frag[kk][1] those + 8. A row's four lanes together hold the whole head (its RMSNorm sum: two shuffles), and a
-# column's RoPE partner, D / 2 away, sits D / 32 k-steps away in the same lane. Every lane of the warp calls
-# them together.
+# Rows of q, k and v move as `qk_norm_rope` moves them: a lane holds 8 consecutive elements of a row (one
+# 16-byte vector, `EmbedserverPack`), D / 8 lanes a row, so a warp's loads and stores cover whole rows and the
+# RoPE partner of an element (D / 2 away) sits D / 16 lanes away, one shuffle. `embedserver_angles` reads a
+# lane's cosines and sines at position `pos`; `embedserver_norm_rope` normalizes a row with weights `w` and
+# rotates it, as `qk_norm_rope` does, expression for expression (every lane of the warp calls it together).
 #
 # `embedserver_ldmatrix` (PTX ISA, m8n8 .x4, 16-bit): lanes 8 i to 8 i + 7 give the row addresses of matrix i
 # (16 bytes each), and every lane gets, in register i, matrix i's row lane / 4 at columns 2 (lane % 4) and the
-# next: the m16n8k16 fragment layout. One instruction loads what four 32-bit reads of shared memory do.
+# next: the m16n8k16 A and B fragment layout. With `.trans` it gets the transposed matrix's: rows 2 (lane % 4)
+# and the next at column lane / 4, which is B's layout for a matrix stored row-major by k (v, keys by rows).
 _HEADER = """
 template <bool BF16>
 __device__ inline void embedserver_mma(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
@@ -55,242 +55,234 @@ __device__ inline unsigned embedserver_bits(float x) {
     return unsigned(*reinterpret_cast<const unsigned short*>(&y));
 }
 
-template <typename T, int D>
-__device__ inline void embedserver_load_row(const T* row, bool live, int tg, unsigned (&raw)[D / 16][2]) {
-    #pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-        #pragma unroll
-        for (int half = 0; half < 2; ++half) {
-            raw[kk][half] = live ? *reinterpret_cast<const unsigned*>(row + 16 * kk + 2 * tg + 8 * half) : 0u;
-        }
-    }
+template <typename T>
+struct alignas(16) EmbedserverPack { T v[8]; };
+
+struct EmbedserverAngles { float4 c[2]; float4 s[2]; };
+
+template <int D>
+__device__ inline EmbedserverAngles embedserver_angles(const float* table, int pos, int sub) {
+    const float* at = table + long(pos) * D + (sub % (D / 16)) * 8;
+    EmbedserverAngles a;
+    a.c[0] = *reinterpret_cast<const float4*>(at);
+    a.c[1] = *reinterpret_cast<const float4*>(at + 4);
+    a.s[0] = *reinterpret_cast<const float4*>(at + D / 2);
+    a.s[1] = *reinterpret_cast<const float4*>(at + D / 2 + 4);
+    return a;
 }
 
 template <typename T, int D>
-__device__ inline void embedserver_norm_rope(
-        const unsigned (&raw)[D / 16][2], const T* w, const float* table, int pos, float eps, int tg, unsigned (&frag)[D / 16][2]) {
-    constexpr int DK = D / 16;
-    constexpr int HALF = DK / 2;
-    struct alignas(4) Two { T v[2]; };
-    float x[DK][4];
+__device__ inline EmbedserverPack<T> embedserver_norm_rope(
+        const EmbedserverPack<T>& in, const EmbedserverPack<T>& w, const EmbedserverAngles& a, float eps, int sub) {
+    constexpr int N = D / 8;
+    const float c[8] = {a.c[0].x, a.c[0].y, a.c[0].z, a.c[0].w, a.c[1].x, a.c[1].y, a.c[1].z, a.c[1].w};
+    const float s[8] = {a.s[0].x, a.s[0].y, a.s[0].z, a.s[0].w, a.s[1].x, a.s[1].y, a.s[1].z, a.s[1].w};
+    float x[8];
     float ss = 0.0f;
     #pragma unroll
-    for (int kk = 0; kk < DK; ++kk) {
-        #pragma unroll
-        for (int half = 0; half < 2; ++half) {
-            const Two t = *reinterpret_cast<const Two*>(&raw[kk][half]);
-            x[kk][2 * half] = static_cast<float>(t.v[0]);
-            x[kk][2 * half + 1] = static_cast<float>(t.v[1]);
-        }
-        #pragma unroll
-        for (int e = 0; e < 4; ++e) ss += x[kk][e] * x[kk][e];
+    for (int e = 0; e < 8; ++e) {
+        x[e] = static_cast<float>(in.v[e]);
+        ss += x[e] * x[e];
     }
-    ss += __shfl_xor_sync(0xffffffff, ss, 1);
-    ss += __shfl_xor_sync(0xffffffff, ss, 2);
+    #pragma unroll
+    for (int o = N / 2; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffff, ss, o);
     const float normalizer = rsqrt(ss / D + eps);
+    const bool first_half = sub < N / 2;
+    EmbedserverPack<T> out;
     #pragma unroll
-    for (int kk = 0; kk < DK; ++kk) {
-        #pragma unroll
-        for (int half = 0; half < 2; ++half) {
-            const Two wt = *reinterpret_cast<const Two*>(w + 16 * kk + 2 * tg + 8 * half);
+    for (int e = 0; e < 8; ++e) {
+        const T normed = static_cast<T>(x[e] * normalizer);
+        const float y = static_cast<float>(static_cast<T>(static_cast<float>(w.v[e]) * static_cast<float>(normed)));
+        const float partner = __shfl_xor_sync(0xffffffff, y, N / 2);
+        out.v[e] = static_cast<T>(first_half ? y * c[e] - partner * s[e] : partner * s[e] + y * c[e]);
+    }
+    return out;
+}
+
+// R rows of one head, row0, row0 + step, ... (this lane's group's; zeros past L), normalized and rotated into
+// shared rows dst, dst + dst_step, ... (none at or past `rows`). All R rows' loads are issued before any is
+// used: the kernel is bound by memory, which needs many bytes in flight.
+template <typename T, int D, int R>
+__device__ inline void embedserver_norm_rope_rows(
+        const T* head, long stride, int row0, int step, int L, int rows, const EmbedserverPack<T>& w,
+        const float* table, float eps, int sub, T* dst, int dst_step) {
+    EmbedserverPack<T> in[R];
+    EmbedserverAngles an[R];
+    #pragma unroll
+    for (int r = 0; r < R; ++r) {
+        const int p = row0 + r * step;
+        if (p < L) {
+            in[r] = *reinterpret_cast<const EmbedserverPack<T>*>(head + long(p) * stride + sub * 8);
+        } else {
             #pragma unroll
-            for (int e = 0; e < 2; ++e) {
-                const T normed = static_cast<T>(x[kk][2 * half + e] * normalizer);
-                x[kk][2 * half + e] = static_cast<float>(static_cast<T>(static_cast<float>(wt.v[e]) * static_cast<float>(normed)));
-            }
+            for (int e = 0; e < 8; ++e) in[r].v[e] = static_cast<T>(0.0f);
         }
+        an[r] = embedserver_angles<D>(table, p < L ? p : 0, sub);
     }
-    const float* angles = table + long(pos) * D;
     #pragma unroll
-    for (int kk = 0; kk < HALF; ++kk) {
-        #pragma unroll
-        for (int half = 0; half < 2; ++half) {
-            const int col = 16 * kk + 2 * tg + 8 * half;
-            const float2 c = *reinterpret_cast<const float2*>(angles + col);
-            const float2 s = *reinterpret_cast<const float2*>(angles + D / 2 + col);
-            const float lo0 = x[kk][2 * half], lo1 = x[kk][2 * half + 1];
-            const float hi0 = x[kk + HALF][2 * half], hi1 = x[kk + HALF][2 * half + 1];
-            frag[kk][half] = embedserver_bits<T>(lo0 * c.x - hi0 * s.x) | embedserver_bits<T>(lo1 * c.y - hi1 * s.y) << 16;
-            frag[kk + HALF][half] = embedserver_bits<T>(lo0 * s.x + hi0 * c.x) | embedserver_bits<T>(lo1 * s.y + hi1 * c.y) << 16;
-        }
+    for (int r = 0; r < R; ++r) {
+        const EmbedserverPack<T> out = embedserver_norm_rope<T, D>(in[r], w, an[r], eps, sub);
+        if (row0 + r * step < rows) *reinterpret_cast<EmbedserverPack<T>*>(dst + r * dst_step + sub * 8) = out;
     }
 }
 
-// The attention weights of key step ks (keys 16 ks .. 16 ks + 15) as the next product's A fragments: the
-// layouts coincide, so the scores' registers are rounded to T and packed where they stand.
-template <typename T, int NT>
-__device__ inline void embedserver_weights(const float (&s)[NT][4], int ks, unsigned (&a)[4]) {
-    a[0] = embedserver_bits<T>(s[2 * ks][0]) | embedserver_bits<T>(s[2 * ks][1]) << 16;
-    a[1] = embedserver_bits<T>(s[2 * ks][2]) | embedserver_bits<T>(s[2 * ks][3]) << 16;
-    a[2] = embedserver_bits<T>(s[2 * ks + 1][0]) | embedserver_bits<T>(s[2 * ks + 1][1]) << 16;
-    a[3] = embedserver_bits<T>(s[2 * ks + 1][2]) | embedserver_bits<T>(s[2 * ks + 1][3]) << 16;
-}
-
-// Rows p0 and p1 of a tile's output [16, D], scaled by their 1 / sum, into out [B, L, H, D] (rows past L not stored).
-template <typename T, int D>
-__device__ inline void embedserver_store(
-        const float (&acc)[D / 8][4], T* out, long row0, long row1, bool live0, bool live1, int tg, float inv0, float inv1) {
-    #pragma unroll
-    for (int n = 0; n < D / 8; ++n) {
-        const int d = 8 * n + 2 * tg;
-        if (live0) *reinterpret_cast<unsigned*>(out + row0 + d) = embedserver_bits<T>(acc[n][0] * inv0) | embedserver_bits<T>(acc[n][1] * inv0) << 16;
-        if (live1) *reinterpret_cast<unsigned*>(out + row1 + d) = embedserver_bits<T>(acc[n][2] * inv1) | embedserver_bits<T>(acc[n][3] * inv1) << 16;
-    }
-}
-
-__device__ inline void embedserver_ldmatrix(unsigned (&r)[4], const void* row) {
-    const unsigned at = static_cast<unsigned>(__cvta_generic_to_shared(row));
+__device__ inline void embedserver_ldmatrix(unsigned (&r)[4], unsigned row) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(at));
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(row));
+}
+
+__device__ inline void embedserver_ldmatrix_trans(unsigned (&r)[4], unsigned row) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(row));
+}
+
+// 16 bytes from global to shared memory without passing through registers (PTX cp.async, compute capability
+// 8.0+); `embedserver_copies_done` waits for this thread's.
+__device__ inline void embedserver_copy16(void* to, const void* from) {
+    const unsigned at = static_cast<unsigned>(__cvta_generic_to_shared(to));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" :: "r"(at), "l"(from));
+}
+
+__device__ inline void embedserver_copies_done() {
+    asm volatile("cp.async.wait_all;" ::: "memory");
 }
 """
 
 # One block a (sequence b, KV head): the head's keys are normalized and rotated once into shared memory and its
-# values staged there transposed, for all G query heads that read them. A work unit is (query head, the pair of
-# query tiles p and MT - 1 - p, so the causal mask leaves every unit about the same work); NW = min(units, 8)
-# warps take the units in turn. A tile's q, normalized and rotated, waits in the warp's own rows of shared
-# memory; the tile then walks its key tiles up to its own with a running maximum and sum per row (the softmax
-# rescaled as each key tile arrives, as flash attention does), so only one key tile's scores are in registers:
-# 128 a lane at 64-128 tokens (NVRTC 12.9, sm_90a), two blocks of eight warps an SM. Only key tiles the causal
-# mask reaches are multiplied and exponentiated; rows and keys past L are zeros, masked, never stored.
-# Shared memory: keys [LP][D + 8], values transposed [D][LP + 8], q [NW][16][D + 8]; a row stride of 8
-# elements more than a multiple of 64 bytes puts any 8 rows an `ldmatrix` phase reads on different banks.
+# values copied there (by `cp.async`, while the keys are computed), for all G query heads that read them. A
+# work unit is (query head, the pair of query tiles p and MT - 1 - p, so the causal mask leaves every unit about
+# the same work); NW = min(units, 8) warps take the units in turn. A tile's q, normalized and rotated, waits in
+# the warp's own rows of shared memory; the tile then walks its key tiles up to its own with a running maximum
+# and sum per row (the softmax rescaled as each key tile arrives, as flash attention does), so only one key
+# tile's scores are in registers; the finished tile goes back through the same rows, so each lane stores whole
+# 16-byte vectors of the output. Only key tiles the causal mask reaches are multiplied and exponentiated; rows
+# and keys past L are zeros, masked, never stored.
+# Every global access is a 16-byte vector of a row, as in `qk_norm_rope`: with the fragment layout's 4-byte
+# accesses (eight rows an instruction) and the cosines read the same way, this kernel took 394 µs a layer at
+# 256 x 128 on an H200 where `qk_norm_rope` and cuDNN's attention take 248 between them (docs/perf/log.md).
+# Shared memory: keys, values and q [rows][D + 8]; a row stride of 8 elements more than a multiple of 64 bytes
+# puts any 8 rows an `ldmatrix` phase reads on different banks.
 _GROUPED_ATTENTION = """
     constexpr int G = H / KV;
     constexpr int S = H + 2 * KV;
     constexpr int LP = (L + 15) / 16 * 16;
     constexpr int MT = LP / 16;
-    constexpr int NT = LP / 8;
     constexpr int DK = D / 16;
     constexpr int PW = (MT + 1) / 2;
     constexpr int UNITS = G * PW;
     constexpr int NW = UNITS < 8 ? UNITS : 8;
     constexpr int KS = D + 8;
-    constexpr int VS = LP + 8;
+    // Rows a warp instruction covers (D / 8 lanes a row), and the rounds of them a warp takes of the keys.
+    constexpr int RPI = 256 / D;
+    constexpr int KR = (LP / RPI + NW - 1) / NW;
+    constexpr int QR = 16 / RPI;
+    // Rounds whose loads are in flight together (a lane's share: 16 bytes of the row, 64 of cosines and sines).
+    constexpr int KC = KR < 4 ? KR : 4;
+    constexpr int QC = QR < 4 ? QR : 4;
     using u32 = unsigned int;
-    struct alignas(16) Pack { T v[8]; };
+    using Pack = EmbedserverPack<T>;
     extern __shared__ __align__(16) unsigned char embedserver_grouped[];
     const int lane = threadIdx.x & 31;
     const int w = threadIdx.x >> 5;
     const int gr = lane >> 2;
     const int tg = lane & 3;
+    const int sub = lane % (D / 8);
+    const int rr = lane / (D / 8);
     T* ks = reinterpret_cast<T*>(embedserver_grouped);
-    T* vt = ks + LP * KS;
-    T* qs = vt + D * VS + w * 16 * KS;
+    T* vs = ks + LP * KS;
+    T* qs = vs + LP * KS + w * 16 * KS;
+    // The same as shared-memory addresses (bytes), what ldmatrix takes.
+    const u32 at_ks = static_cast<u32>(__cvta_generic_to_shared(ks));
+    const u32 at_vs = at_ks + LP * KS * 2;
+    const u32 at_qs = at_vs + (LP + w * 16) * KS * 2;
     const int kvh = blockIdx.x % KV;
     const long b = blockIdx.x / KV;
     const float eps = params[0];
     const float scale = scale_param[0];
     const T* seq = qkv + b * L * S * D;
-    // Staging: the keys (loads first, then normalized and rotated into ks), then the values (into vt).
-    constexpr int KR = (NT + NW - 1) / NW;
-    constexpr int VR = (LP * (D / 8) + NW * 32 - 1) / (NW * 32);
-    {
-        u32 kraw[KR][DK][2];
-        #pragma unroll
-        for (int r = 0; r < KR; ++r) {
-            const int j = (w + r * NW) * 8 + gr;
-            embedserver_load_row<T, D>(seq + (long(j < L ? j : 0) * S + H + kvh) * D, j < L, tg, kraw[r]);
-        }
-        #pragma unroll
-        for (int r = 0; r < KR; ++r) {
-            const int j = (w + r * NW) * 8 + gr;
-            if (j - gr >= LP) break;
-            u32 kf[DK][2];
-            embedserver_norm_rope<T, D>(kraw[r], k_weight, table, j < L ? j : 0, eps, tg, kf);
+    // Staging: the values' copies first (rows past L zeroed), then the keys computed while they land.
+    for (int i = threadIdx.x; i < LP * (D / 8); i += NW * 32) {
+        const int j = i / (D / 8);
+        const int c = i % (D / 8);
+        if (j < L) {
+            embedserver_copy16(vs + j * KS + 8 * c, seq + (long(j) * S + H + KV + kvh) * D + 8 * c);
+        } else {
+            Pack zero;
             #pragma unroll
-            for (int kk = 0; kk < DK; ++kk) {
-                #pragma unroll
-                for (int half = 0; half < 2; ++half) {
-                    *reinterpret_cast<u32*>(ks + j * KS + 16 * kk + 2 * tg + 8 * half) = kf[kk][half];
-                }
-            }
+            for (int e = 0; e < 8; ++e) zero.v[e] = static_cast<T>(0.0f);
+            *reinterpret_cast<Pack*>(vs + j * KS + 8 * c) = zero;
         }
     }
     {
-        Pack vraw[VR];
+        const Pack kw = *reinterpret_cast<const Pack*>(k_weight + sub * 8);
+        const T* khead = seq + (H + kvh) * D;
         #pragma unroll
-        for (int r = 0; r < VR; ++r) {
-            const int i = threadIdx.x + r * NW * 32;
-            const int j = i % LP;
-            if (j < L && i < LP * (D / 8)) {
-                vraw[r] = *reinterpret_cast<const Pack*>(seq + (long(j) * S + H + KV + kvh) * D + 8 * (i / LP));
-            } else {
-                #pragma unroll
-                for (int e = 0; e < 8; ++e) vraw[r].v[e] = static_cast<T>(0.0f);
-            }
-        }
-        #pragma unroll
-        for (int r = 0; r < VR; ++r) {
-            const int i = threadIdx.x + r * NW * 32;
-            if (i >= LP * (D / 8)) break;
-            #pragma unroll
-            for (int e = 0; e < 8; ++e) vt[(8 * (i / LP) + e) * VS + i % LP] = vraw[r].v[e];
+        for (int r0 = 0; r0 < KR; r0 += KC) {
+            const int row0 = (w + r0 * NW) * RPI + rr;
+            embedserver_norm_rope_rows<T, D, KC>(
+                khead, long(S) * D, row0, NW * RPI, L, LP, kw, table, eps, sub, ks + row0 * KS, NW * RPI * KS);
         }
     }
+    embedserver_copies_done();
     __syncthreads();
     // This lane's row address for each ldmatrix: matrix lane / 8 of a 16 x 16 tile, row lane % 8 of it.
     const int mrow = lane & 7;
     const int mat = lane >> 3;
+    #pragma unroll 1
     for (int unit = w; unit < UNITS; unit += NW) {
         const int h = kvh * G + unit / PW;
         const int pair = unit % PW;
+        #pragma unroll 1
         for (int pass = 0; pass < 2; ++pass) {
             const int mt = pass == 0 ? pair : MT - 1 - pair;
             if (pass == 1 && mt == pair) break;
             const int p0 = mt * 16 + gr;
             const int p1 = p0 + 8;
-            {
-                u32 raw0[DK][2], raw1[DK][2], q0[DK][2], q1[DK][2];
-                embedserver_load_row<T, D>(seq + (long(p0 < L ? p0 : 0) * S + h) * D, p0 < L, tg, raw0);
-                embedserver_load_row<T, D>(seq + (long(p1 < L ? p1 : 0) * S + h) * D, p1 < L, tg, raw1);
-                embedserver_norm_rope<T, D>(raw0, q_weight, table, p0 < L ? p0 : 0, eps, tg, q0);
-                embedserver_norm_rope<T, D>(raw1, q_weight, table, p1 < L ? p1 : 0, eps, tg, q1);
-                __syncwarp();  // the previous tile's reads of qs are done
-                #pragma unroll
-                for (int kk = 0; kk < DK; ++kk) {
-                    #pragma unroll
-                    for (int half = 0; half < 2; ++half) {
-                        *reinterpret_cast<u32*>(qs + gr * KS + 16 * kk + 2 * tg + 8 * half) = q0[kk][half];
-                        *reinterpret_cast<u32*>(qs + (gr + 8) * KS + 16 * kk + 2 * tg + 8 * half) = q1[kk][half];
-                    }
-                }
-                __syncwarp();
+            __syncwarp();  // the previous tile's reads of qs are done
+            const Pack qw = *reinterpret_cast<const Pack*>(q_weight + sub * 8);
+            #pragma unroll 1
+            for (int r0 = 0; r0 < QR; r0 += QC) {
+                const int row = r0 * RPI + rr;
+                embedserver_norm_rope_rows<T, D, QC>(
+                    seq + h * D, long(S) * D, mt * 16 + row, RPI, L, LP, qw, table, eps, sub, qs + row * KS, RPI * KS);
             }
+            __syncwarp();
             float acc[D / 8][4];
             #pragma unroll
             for (int n = 0; n < D / 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
             // Running row maxima (of scaled scores) and this lane's share of the rows' sums.
             float top0 = -3.0e38f, top1 = -3.0e38f, sum0 = 0.0f, sum1 = 0.0f;
             // q's A fragments: matrices (rows 0-7, cols 0-7), (rows 8-15, cols 0-7), (0-7, 8-15), (8-15, 8-15).
-            const T* qrow = qs + (mrow + 8 * (mat & 1)) * KS + 8 * (mat >> 1);
+            const u32 qrow = at_qs + ((mrow + 8 * (mat & 1)) * KS + 8 * (mat >> 1)) * 2;
             #pragma unroll 1
             for (int kt = 0; kt <= mt; ++kt) {
                 // The keys' B fragments: matrices (keys 0-7, dims lo), (keys 0-7, dims hi), (8-15, lo), (8-15, hi).
-                const T* krow = ks + (kt * 16 + mrow + 8 * (mat >> 1)) * KS + 8 * (mat & 1);
+                const u32 krow = at_ks + ((kt * 16 + mrow + 8 * (mat >> 1)) * KS + 8 * (mat & 1)) * 2;
                 float s[2][4];
                 #pragma unroll
                 for (int n = 0; n < 2; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
                 #pragma unroll
                 for (int kk = 0; kk < DK; ++kk) {
                     u32 a[4], kb[4];
-                    embedserver_ldmatrix(a, qrow + 16 * kk);
-                    embedserver_ldmatrix(kb, krow + 16 * kk);
+                    embedserver_ldmatrix(a, qrow + 32 * kk);
+                    embedserver_ldmatrix(kb, krow + 32 * kk);
                     const u32 b0[2] = {kb[0], kb[1]};
                     const u32 b1[2] = {kb[2], kb[3]};
                     embedserver_mma<BF16>(s[0], a, b0);
                     embedserver_mma<BF16>(s[1], a, b1);
                 }
-                // Key kt * 16 is every row's here (kt <= mt, and it is below L), so each row's tile maximum
-                // is a real score and the running maximum is finite from the first key tile on.
+                // Only the diagonal tile and one holding L need the mask (the same for the whole warp). Key
+                // kt * 16 is every row's here (kt <= mt, and it is below L), so each row's tile maximum is a
+                // real score and the running maximum is finite from the first key tile on.
+                const bool edge = kt == mt || kt * 16 + 16 > L;
                 float c0 = -3.0e38f, c1 = -3.0e38f;
                 #pragma unroll
                 for (int n = 0; n < 2; ++n) {
                     #pragma unroll
                     for (int e = 0; e < 2; ++e) {
                         const int j = kt * 16 + n * 8 + 2 * tg + e;
-                        s[n][e] = j <= p0 && j < L ? s[n][e] * scale : -3.0e38f;
-                        s[n][2 + e] = j <= p1 && j < L ? s[n][2 + e] * scale : -3.0e38f;
+                        s[n][e] = !edge || (j <= p0 && j < L) ? s[n][e] * scale : -3.0e38f;
+                        s[n][2 + e] = !edge || (j <= p1 && j < L) ? s[n][2 + e] * scale : -3.0e38f;
                         c0 = fmaxf(c0, s[n][e]);
                         c1 = fmaxf(c1, s[n][2 + e]);
                     }
@@ -313,26 +305,31 @@ _GROUPED_ATTENTION = """
                     acc[n][2] *= keep1;
                     acc[n][3] *= keep1;
                 }
+                // A masked score (-3e38) less a finite maximum is e^-3e38: 0.
                 #pragma unroll
                 for (int n = 0; n < 2; ++n) {
                     #pragma unroll
                     for (int e = 0; e < 2; ++e) {
-                        const int j = kt * 16 + n * 8 + 2 * tg + e;
-                        s[n][e] = j <= p0 && j < L ? expf(s[n][e] - top0) : 0.0f;
-                        s[n][2 + e] = j <= p1 && j < L ? expf(s[n][2 + e] - top1) : 0.0f;
+                        s[n][e] = expf(s[n][e] - top0);
+                        s[n][2 + e] = expf(s[n][2 + e] - top1);
                         sum0 += s[n][e];
                         sum1 += s[n][2 + e];
                     }
                 }
+                // The attention weights as the next product's A fragments: the layouts coincide, so the
+                // scores' registers are rounded to T and packed where they stand.
                 u32 a[4];
-                embedserver_weights<T, 2>(s, 0, a);
-                // The values' B fragments from vt [dim][key]: matrices (dims 8 n.., keys lo), (8 n.., hi),
-                // (8 n + 8.., lo), (8 n + 8.., hi), two dimension tiles an ldmatrix.
-                const T* vrow = vt + (mrow + 8 * (mat >> 1)) * VS + kt * 16 + 8 * (mat & 1);
+                a[0] = embedserver_bits<T>(s[0][0]) | embedserver_bits<T>(s[0][1]) << 16;
+                a[1] = embedserver_bits<T>(s[0][2]) | embedserver_bits<T>(s[0][3]) << 16;
+                a[2] = embedserver_bits<T>(s[1][0]) | embedserver_bits<T>(s[1][1]) << 16;
+                a[3] = embedserver_bits<T>(s[1][2]) | embedserver_bits<T>(s[1][3]) << 16;
+                // The values' B fragments from vs [key][dim], transposed: matrices (keys lo, dims 8 n..),
+                // (keys hi, 8 n..), (lo, 8 n + 8..), (hi, 8 n + 8..), two dimension tiles an ldmatrix.
+                const u32 vrow = at_vs + ((kt * 16 + mrow + 8 * (mat & 1)) * KS + 8 * (mat >> 1)) * 2;
                 #pragma unroll
                 for (int n = 0; n < D / 8; n += 2) {
                     u32 vb[4];
-                    embedserver_ldmatrix(vb, vrow + 8 * n * VS);
+                    embedserver_ldmatrix_trans(vb, vrow + 16 * n);
                     const u32 b0[2] = {vb[0], vb[1]};
                     const u32 b1[2] = {vb[2], vb[3]};
                     embedserver_mma<BF16>(acc[n], a, b0);
@@ -344,7 +341,24 @@ _GROUPED_ATTENTION = """
                 sum0 += __shfl_xor_sync(0xffffffff, sum0, o);
                 sum1 += __shfl_xor_sync(0xffffffff, sum1, o);
             }
-            embedserver_store<T, D>(acc, out, ((b * L + p0) * H + h) * D, ((b * L + p1) * H + h) * D, p0 < L, p1 < L, tg, 1.0f / sum0, 1.0f / sum1);
+            // The tile, scaled by its rows' 1 / sum, into the warp's rows of shared memory, then out a row at a time.
+            const float inv0 = 1.0f / sum0, inv1 = 1.0f / sum1;
+            __syncwarp();  // every lane's q fragments are read
+            #pragma unroll
+            for (int n = 0; n < D / 8; ++n) {
+                const int d = 8 * n + 2 * tg;
+                *reinterpret_cast<u32*>(qs + gr * KS + d) = embedserver_bits<T>(acc[n][0] * inv0) | embedserver_bits<T>(acc[n][1] * inv0) << 16;
+                *reinterpret_cast<u32*>(qs + (gr + 8) * KS + d) = embedserver_bits<T>(acc[n][2] * inv1) | embedserver_bits<T>(acc[n][3] * inv1) << 16;
+            }
+            __syncwarp();
+            #pragma unroll
+            for (int r = 0; r < QR; ++r) {
+                const int row = r * RPI + rr;
+                const int p = mt * 16 + row;
+                if (p < L) {
+                    *reinterpret_cast<Pack*>(out + ((b * L + p) * H + h) * D + sub * 8) = *reinterpret_cast<const Pack*>(qs + row * KS + sub * 8);
+                }
+            }
         }
     }
 """
@@ -361,7 +375,7 @@ GROUPED_ATTENTION_MAX = 128
 # kernel it replaced (one warp a query tile); 256 x 48 24.3-24.8 against 25.1-26.0 with cuDNN's; 256 x 128
 # 62.3-65.0 against 61.3-62.6 (docs/perf/log.md).
 GROUPED_ATTENTION_USED = 64
-GROUPED_ATTENTION_TOKENS = 2048
+GROUPED_ATTENTION_TOKENS = 16384
 
 # The tensor cores' input types the kernel is written for (their products take bf16 or fp16).
 _DTYPES = (mx.bfloat16, mx.float16)
@@ -441,9 +455,7 @@ def grouped_attention(
     batch, length, _ = qkv.shape
     padded = -(-length // 16) * 16
     warps = grouped_warps(length, heads, kv_heads)
-    shared = (
-        padded * (head_dim + 8) + head_dim * (padded + 8) + warps * 16 * (head_dim + 8)
-    ) * qkv.dtype.size
+    shared = (2 * padded + warps * 16) * (head_dim + 8) * qkv.dtype.size
     (out,) = _grouped_kernel(shared)(
         inputs=[qkv, q_weight, k_weight, table, params, scale],
         template=template(qkv.dtype, length, heads, kv_heads, head_dim),
