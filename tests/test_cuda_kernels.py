@@ -103,15 +103,15 @@ def test_fusing_keeps_every_weight_and_stores_it_once() -> None:
 
 
 def test_grouped_attention_takes_short_sequences_and_small_batches(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`grouped_attention` up to 64 tokens whatever the batch, up to 128 in batches of up to 16,384 padded
+    """`grouped_attention` up to 64 tokens whatever the batch, up to 128 in batches of up to 2,048 padded
     tokens; cuDNN's attention otherwise, and for float32 models."""
     fused, _ = encoder_pair(mx.float32)
     assert fused.use_cuda_kernels()
     uses = fused._cuda_blocks[0]._uses_grouped_attention
     monkeypatch.setattr(cuda_block, "attention_takes", lambda dtype, head_dim: dtype == mx.bfloat16)
     assert uses(1, 1, mx.bfloat16) and uses(256, 16, mx.bfloat16) and uses(512, 64, mx.bfloat16)
-    assert uses(128, 128, mx.bfloat16) and uses(160, 100, mx.bfloat16)
-    assert not uses(129, 128, mx.bfloat16) and not uses(256, 65, mx.bfloat16)
+    assert uses(16, 128, mx.bfloat16) and uses(20, 100, mx.bfloat16)
+    assert not uses(17, 128, mx.bfloat16) and not uses(256, 65, mx.bfloat16)
     assert not uses(1, GROUPED_ATTENTION_MAX + 16, mx.bfloat16)
     assert not uses(1, 16, mx.float32)
 

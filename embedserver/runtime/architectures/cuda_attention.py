@@ -157,9 +157,11 @@ __device__ inline void embedserver_copies_done() {
 # tile's scores are in registers; the finished tile goes back through the same rows, so each lane stores whole
 # 16-byte vectors of the output. Only key tiles the causal mask reaches are multiplied and exponentiated; rows
 # and keys past L are zeros, masked, never stored.
-# Every global access is a 16-byte vector of a row, as in `qk_norm_rope`: with the fragment layout's 4-byte
-# accesses (eight rows an instruction) and the cosines read the same way, this kernel took 394 µs a layer at
-# 256 x 128 on an H200 where `qk_norm_rope` and cuDNN's attention take 248 between them (docs/perf/log.md).
+# Every global access is a 16-byte vector of a row, as in `qk_norm_rope`. Alone on an H200 at 256 x 64 (0.6B
+# shape) this takes 166 µs a call where the fragment layout's 4-byte accesses (eight rows an instruction, for
+# q, k, v, the cosines and the output alike) took 314. What limits it now is latency: at 64-128 tokens a block
+# of eight warps holds 104 KB of shared memory and 128 registers a lane, so two blocks share an SM, and its
+# phases (staging, q, the key tiles, the output) add up rather than overlap (docs/perf/log.md).
 # Shared memory: keys, values and q [rows][D + 8]; a row stride of 8 elements more than a multiple of 64 bytes
 # puts any 8 rows an `ldmatrix` phase reads on different banks.
 _GROUPED_ATTENTION = """
@@ -368,14 +370,14 @@ GROUPED_ATTENTION_MAX = 128
 # Where the Qwen3 block uses it: every padded length up to GROUPED_ATTENTION_USED, and the longer ones up to
 # GROUPED_ATTENTION_MAX in batches of up to GROUPED_ATTENTION_TOKENS padded tokens; cuDNN's fused attention
 # (after `qk_norm_rope`) takes the rest. Small batches are bound by the host, which encodes one kernel fewer a
-# layer and no cuDNN graph with this kernel. Large ones are bound by the device, where the kernel matches
-# cuDNN's up to 64 tokens but ranged from 4% faster to 8% slower at 100-128 tokens, by the machine. On an H200
-# (0.6B shape, medians of whole passes, on one or two machines): 8 x 128 4.0-5.0 ms against 4.4-5.7 with the staged
-# kernel it replaced (one block a query head); 256 x 16 8.9-9.7 against 10.0-10.1 with the short-sequence
-# kernel it replaced (one warp a query tile); 256 x 48 24.3-24.8 against 25.1-26.0 with cuDNN's; 256 x 128
-# 62.3-65.0 against 61.3-62.6 (docs/perf/log.md).
+# layer and no cuDNN graph with this kernel. Large ones are bound by the device. On an H200 (0.6B shape),
+# alone: 256 x 64 166 µs a call against 243 for `qk_norm_rope` and cuDNN's attention, 256 x 32 73 against 180,
+# 256 x 128 281 against 264. In whole passes (`pass_phases`, eval ms): 256 x 64 29.7-29.9 against 30.8-30.9 with
+# the fragment-layout kernel this replaced, 256 x 32 14.3-14.4 against 14.8-15.2; but 64 x 128 15.0-15.2 against
+# 14.6 with cuDNN's and 128 x 128 31.0-31.2 against 29.9-30.1, so batches of 100-128 tokens past 2,048 padded
+# tokens keep cuDNN's (docs/perf/log.md).
 GROUPED_ATTENTION_USED = 64
-GROUPED_ATTENTION_TOKENS = 16384
+GROUPED_ATTENTION_TOKENS = 2048
 
 # The tensor cores' input types the kernel is written for (their products take bf16 or fp16).
 _DTYPES = (mx.bfloat16, mx.float16)
