@@ -147,7 +147,9 @@ def bench_model(model_dir: Path, texts: dict[str, list[str]]) -> dict[str, Any]:
         batch = 256 if length in ("16", "128", "mixed") else 64
         tokens = sum(map(len, encoded[:batch]))
         dt = timed(lambda e=encoded[:batch]: runner.embed(e))
-        streamed = timed(lambda e=encoded[:batch]: back_to_back(runner, e, _STREAMED_PASSES)) / _STREAMED_PASSES
+        streamed = (
+            timed(lambda e=encoded[:batch]: back_to_back(runner, e, _STREAMED_PASSES)) / _STREAMED_PASSES
+        )
         one = timed(lambda e=encoded[:1]: runner.embed(e), repeat=20)
         out["lengths"][length] = {
             "batch": batch,
