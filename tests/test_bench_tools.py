@@ -243,6 +243,23 @@ def test_the_gpu_benchmark_runs_end_to_end_on_any_device(tiny_qwen3: Path, tmp_p
 
 
 @pytest.mark.slow
+def test_the_model_alone_back_to_back_queues_each_pass_before_reading_the_last() -> None:
+    """gpu_bench's sustained rate: every pass launched once, and pass k + 1 launched before pass k is read, as
+    the engine's batch worker runs them; each pass read once, in order."""
+    from benchmarks.gpu_bench import back_to_back
+
+    events: list[str] = []
+
+    class Runner:
+        def launch(self, batch: list[object]) -> object:
+            n = sum(e.startswith("launch") for e in events)
+            events.append(f"launch {n}")
+            return lambda: events.append(f"read {n}")
+
+    back_to_back(Runner(), [], 4)
+    assert events == ["launch 0", "launch 1", "read 0", "launch 2", "read 1", "launch 3", "read 2", "read 3"]
+
+
 def test_the_gpu_benchmark_alternates_servers_level_by_level(tiny_qwen3: Path, tmp_path: Path) -> None:
     """Two servers run side by side and take each level in turn, the order reversed in the second round, so a
     host's drift during the run touches both alike; each round is reported under its own name."""
