@@ -370,12 +370,11 @@ GROUPED_ATTENTION_MAX = 128
 # Where the Qwen3 block uses it: every padded length up to GROUPED_ATTENTION_USED, and the longer ones up to
 # GROUPED_ATTENTION_MAX in batches of up to GROUPED_ATTENTION_TOKENS padded tokens; cuDNN's fused attention
 # (after `qk_norm_rope`) takes the rest. Small batches are bound by the host, which encodes one kernel fewer a
-# layer and no cuDNN graph with this kernel. Large ones are bound by the device. On an H200 (0.6B shape),
-# alone: 256 x 64 166 µs a call against 243 for `qk_norm_rope` and cuDNN's attention, 256 x 32 73 against 180,
-# 256 x 128 281 against 264. In whole passes (`pass_phases`, eval ms): 256 x 64 29.7-29.9 against 30.8-30.9 with
-# the fragment-layout kernel this replaced, 256 x 32 14.3-14.4 against 14.8-15.2; but 64 x 128 15.0-15.2 against
-# 14.6 with cuDNN's and 128 x 128 31.0-31.2 against 29.9-30.1, so batches of 100-128 tokens past 2,048 padded
-# tokens keep cuDNN's (docs/perf/log.md).
+# layer and no cuDNN graph with this kernel. Large ones are bound by the device. On an H200 (0.6B shape), in
+# whole passes (`pass_phases`, device time): 256 x 64 29.7-29.9 ms against 30.8-30.9 with the fragment-layout
+# kernel this replaced (which had matched cuDNN's there), 256 x 32 14.3-14.4 against 14.8-15.2; but with this
+# kernel 64 x 128 took 15.0-15.2 against 14.6 with cuDNN's, and 128 x 128 31.0-31.2 against 29.9-30.1, so
+# batches of 65-128 tokens past 2,048 padded tokens keep cuDNN's (docs/perf/log.md).
 GROUPED_ATTENTION_USED = 64
 GROUPED_ATTENTION_TOKENS = 2048
 
