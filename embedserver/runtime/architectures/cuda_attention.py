@@ -159,9 +159,10 @@ __device__ inline void embedserver_copies_done() {
 # and keys past L are zeros, masked, never stored.
 # Every global access is a 16-byte vector of a row, as in `qk_norm_rope`. Alone on an H200 at 256 x 64 (0.6B
 # shape) this takes 166 µs a call where the fragment layout's 4-byte accesses (eight rows an instruction, for
-# q, k, v, the cosines and the output alike) took 314. What limits it now is latency: at 64-128 tokens a block
-# of eight warps holds 104 KB of shared memory and 128 registers a lane, so two blocks share an SM, and its
-# phases (staging, q, the key tiles, the output) add up rather than overlap (docs/perf/log.md).
+# q, k, v, the cosines and the output alike) took 314. What limits it now is latency: with 128 registers a lane
+# an SM holds 16 warps (0.6B shape: two blocks of eight at 128 tokens, 104 KB of shared memory each; four of
+# four at 64), and a block's phases (staging, q, the key tiles, the output) add up rather than overlap
+# (docs/perf/log.md).
 # Shared memory: keys, values and q [rows][D + 8]; a row stride of 8 elements more than a multiple of 64 bytes
 # puts any 8 rows an `ldmatrix` phase reads on different banks.
 _GROUPED_ATTENTION = """
