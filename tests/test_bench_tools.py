@@ -242,7 +242,6 @@ def test_the_gpu_benchmark_runs_end_to_end_on_any_device(tiny_qwen3: Path, tmp_p
         assert any(name.endswith("[main]") and "embedserver" in name for name in level["cpu_percent"])
 
 
-@pytest.mark.slow
 def test_the_model_alone_back_to_back_queues_each_pass_before_reading_the_last() -> None:
     """gpu_bench's sustained rate: every pass launched once, and pass k + 1 launched before pass k is read, as
     the engine's batch worker runs them; each pass read once, in order."""
@@ -260,6 +259,7 @@ def test_the_model_alone_back_to_back_queues_each_pass_before_reading_the_last()
     assert events == ["launch 0", "launch 1", "read 0", "launch 2", "read 1", "launch 3", "read 2", "read 3"]
 
 
+@pytest.mark.slow
 def test_the_gpu_benchmark_alternates_servers_level_by_level(tiny_qwen3: Path, tmp_path: Path) -> None:
     """Two servers run side by side and take each level in turn, the order reversed in the second round, so a
     host's drift during the run touches both alike; each round is reported under its own name."""
