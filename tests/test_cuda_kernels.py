@@ -82,6 +82,10 @@ def test_plain_layers_are_fusable_and_others_are_not() -> None:
     assert not fusable(quantized.model.layers[0])
     scaled = Qwen3Encoder({**CONFIG, "rope_scaling": {"type": "linear", "factor": 2.0}})
     assert not fusable(scaled.model.layers[0])
+    # The block calls RMSNorm's kernel itself with the norm's weight: another kind of norm is not its to run.
+    other_norm = Qwen3Encoder(CONFIG)
+    other_norm.model.layers[0].post_attention_layernorm = nn.LayerNorm(CONFIG["hidden_size"])
+    assert not fusable(other_norm.model.layers[0])
 
 
 def test_fusing_keeps_every_weight_and_stores_it_once() -> None:
@@ -249,6 +253,23 @@ def test_grouped_attention_matches_attention_in_float64(
     # CPU emulation of those roundings alike).
     tol = 6 * mx.finfo(dtype).eps
     np.testing.assert_allclose(np.array(got.astype(mx.float32)), want, atol=tol, rtol=tol)
+    # The same rows as a matrix [B * L, ...] (the layer's flat stream): the same kernel on the same memory.
+    flat = grouped_attention(
+        qkv.reshape(batch * length, -1),
+        q_weight,
+        k_weight,
+        table,
+        params,
+        mx.array([head_dim**-0.5], dtype=mx.float32),
+        heads=heads,
+        kv_heads=kv_heads,
+        head_dim=head_dim,
+        length=length,
+    )
+    assert flat.shape == (batch * length, heads * head_dim)
+    assert np.array_equal(
+        np.array(flat.astype(mx.float32)), np.array(got.astype(mx.float32)).reshape(flat.shape)
+    )
 
 
 def test_grouped_attention_refuses_longer_sequences_and_float32() -> None:

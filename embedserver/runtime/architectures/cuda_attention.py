@@ -411,8 +411,8 @@ def _compute_capability() -> int:
     return int(info.get("compute_capability_major", 0)) * 10 + int(info.get("compute_capability_minor", 0))
 
 
-def _check(qkv: mx.array, heads: int, kv_heads: int, head_dim: int) -> None:
-    if qkv.shape[1] > GROUPED_ATTENTION_MAX or heads % kv_heads or head_dim % 32 or qkv.dtype not in _DTYPES:
+def _check(qkv: mx.array, length: int, heads: int, kv_heads: int, head_dim: int) -> None:
+    if length > GROUPED_ATTENTION_MAX or heads % kv_heads or head_dim % 32 or qkv.dtype not in _DTYPES:
         raise ValueError(
             f"grouped_attention takes up to {GROUPED_ATTENTION_MAX} tokens of bfloat16 or float16, heads a "
             f"multiple of 32 wide, got qkv {qkv.shape} {qkv.dtype} with {heads} + {kv_heads} heads of {head_dim}"
@@ -448,13 +448,20 @@ def grouped_attention(
     heads: int,
     kv_heads: int,
     head_dim: int,
+    length: int | None = None,
 ) -> mx.array:
     """Causal attention for sequences of at most GROUPED_ATTENTION_MAX tokens, bfloat16 or float16, with q and k
     RMS-normalized and rotated as `qk_norm_rope` does: qkv [B, L, (heads + 2 kv_heads) * head_dim] (the
     fused projection), `table` and `params` as for `qk_norm_rope`, `scale` float32 [1]. Returns the
-    heads' outputs [B, L, heads * head_dim], what the output projection reads."""
-    _check(qkv, heads, kv_heads, head_dim)
-    batch, length, _ = qkv.shape
+    heads' outputs [B, L, heads * head_dim], what the output projection reads. Given `length` (L), qkv is
+    the same rows as a matrix [B * L, ...] and so is the output: the layer's flat stream (cuda_block.py)."""
+    if length is None:
+        batch, length, _ = qkv.shape
+        out_shape: tuple[int, ...] = (batch, length, heads * head_dim)
+    else:
+        batch = qkv.shape[0] // length
+        out_shape = (qkv.shape[0], heads * head_dim)
+    _check(qkv, length, heads, kv_heads, head_dim)
     padded = -(-length // 16) * 16
     warps = grouped_warps(length, heads, kv_heads)
     shared = (2 * padded + warps * 16) * (head_dim + 8) * qkv.dtype.size
@@ -463,7 +470,7 @@ def grouped_attention(
         template=template(qkv.dtype, length, heads, kv_heads, head_dim),
         grid=(batch * kv_heads * warps * 32, 1, 1),
         threadgroup=(warps * 32, 1, 1),
-        output_shapes=[(batch, length, heads * head_dim)],
+        output_shapes=[out_shape],
         output_dtypes=[qkv.dtype],
     )
     return out

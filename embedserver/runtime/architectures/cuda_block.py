@@ -7,6 +7,9 @@ One larger product keeps the GPU busier than three small ones. Sequences of up t
 batches of up to 128 (bfloat16 or float16), take cuda_attention.py's kernel, which normalizes and rotates q
 and k itself, instead of `qk_norm_rope` and cuDNN's fused attention: the host encodes one kernel fewer a layer
 and no cuDNN graph, and small passes are bound by the host.
+The residual stream is flat, [B * L, hidden], from the embedding to the last layer: the matrix products
+and the kernels read rows, and in the [B, L, hidden] shape every layer made three reshapes, each an
+operation MLX's graph evaluates on the host (a quarter of a short pass's operations; docs/perf/log.md).
 The two residual additions are the output and down projections' own (`addmm`: cuBLAS adds the residual as it
 writes the product, instead of a separate kernel reading both back), so the residual stream is rounded to the
 dtype once per addition, from float32, where mlx-lm rounds the product and then the sum. docs/perf/log.md
@@ -33,12 +36,14 @@ from embedserver.runtime.architectures.cuda_kernels import qk_norm_rope, rope_pa
 
 def fusable(layer: nn.Module) -> bool:
     """Whether `layer` (an mlx-lm Qwen3 TransformerBlock) is one this module computes exactly: plain
-    (unquantized, bias-free) projections and the standard RoPE over the whole head."""
+    (unquantized, bias-free) projections, RMSNorm's norms and the standard RoPE over the whole head."""
     attn, mlp = layer.self_attn, layer.mlp
+    norms = [layer.input_layernorm, layer.post_attention_layernorm]
     linears = [attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj]
     rope = attn.rope
     return (
         all(type(lin) is nn.Linear and "bias" not in lin for lin in linears)
+        and all(type(norm) is nn.RMSNorm for norm in norms)
         and type(rope) is nn.RoPE
         and not rope.traditional
         and rope.scale == 1.0
@@ -75,7 +80,12 @@ class CudaQwen3Block:
         self.w_o, self.w_down = attn.o_proj.weight.T, mlp.down_proj.weight.T
         mx.eval(self.w_qkv, self.w_gate_up, self.w_o, self.w_down)
         self.q_norm, self.k_norm = attn.q_norm.weight, attn.k_norm.weight
-        self.input_norm, self.post_norm = layer.input_layernorm, layer.post_attention_layernorm
+        # The norms as mlx-lm's RMSNorm modules compute them, called directly (a pass calls them 56 times).
+        self.input_norm, self.input_eps = layer.input_layernorm.weight, layer.input_layernorm.eps
+        self.post_norm, self.post_eps = (
+            layer.post_attention_layernorm.weight,
+            layer.post_attention_layernorm.eps,
+        )
         self.params = rope_params(attn.q_norm.eps, attn.rope.base)
 
     def rope_table(self, length: int) -> mx.array:
@@ -91,9 +101,12 @@ class CudaQwen3Block:
             return True
         return length <= GROUPED_ATTENTION_MAX and batch * length <= GROUPED_ATTENTION_TOKENS
 
-    def __call__(self, x: mx.array, table: mx.array) -> mx.array:
-        batch, length, hidden = x.shape
-        qkv = self.input_norm(x) @ self.w_qkv
+    def __call__(self, x: mx.array, table: mx.array, length: int) -> mx.array:
+        """The layer on the flat stream: x [B * L, hidden], the rows of B sequences of `length` tokens, in and
+        out (see the module's doc for why flat)."""
+        rows = x.shape[0]
+        batch = rows // length
+        qkv = mx.fast.rms_norm(x, self.input_norm, self.input_eps) @ self.w_qkv
         if self._uses_grouped_attention(batch, length, x.dtype):
             heads_out = grouped_attention(
                 qkv,
@@ -105,10 +118,11 @@ class CudaQwen3Block:
                 heads=self.heads,
                 kv_heads=self.kv_heads,
                 head_dim=self.head_dim,
-            ).reshape(batch * length, -1)
+                length=length,
+            )
         else:
             q, k, v = qk_norm_rope(
-                qkv,
+                qkv.reshape(batch, length, -1),
                 self.q_norm,
                 self.k_norm,
                 table,
@@ -119,7 +133,7 @@ class CudaQwen3Block:
             )
             attended = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask="causal")
             # In memory `attended` is [B, L, heads, D] (attention writes in its query's layout): this is a view.
-            heads_out = attended.transpose(0, 2, 1, 3).reshape(batch * length, -1)
-        h = mx.addmm(x.reshape(batch * length, hidden), heads_out, self.w_o)
-        gate_up = self.post_norm(h) @ self.w_gate_up
-        return mx.addmm(h, swiglu(gate_up), self.w_down).reshape(batch, length, hidden)
+            heads_out = attended.transpose(0, 2, 1, 3).reshape(rows, -1)
+        h = mx.addmm(x, heads_out, self.w_o)
+        gate_up = mx.fast.rms_norm(h, self.post_norm, self.post_eps) @ self.w_gate_up
+        return mx.addmm(h, swiglu(gate_up), self.w_down)

@@ -77,22 +77,24 @@ class Qwen3Encoder(nn.Module):
         return model.norm(h)
 
     def _cuda_states(self, ids: mx.array, queue_early: bool = False) -> mx.array:
-        """The CUDA path: the last layer's states [B, L, hidden], before the final norm. `queue_early`: the
-        first QUEUED_FIRST layers of a pass of at least QUEUE_EARLY_TOKENS padded tokens go to the device
-        before the rest are built."""
+        """The CUDA path: the last layer's states [B, L, hidden], before the final norm. The layers pass the
+        stream flat, [B * L, hidden] (cuda_block.py). `queue_early`: the first QUEUED_FIRST layers of a pass
+        of at least QUEUE_EARLY_TOKENS padded tokens go to the device before the rest are built."""
         blocks = self._cuda_blocks
         assert blocks
         embed = self.model.embed_tokens
+        batch, length = ids.shape
         h = embed_rows(embed.weight, ids) if self._cuda_embed else embed(ids)
+        h = h.reshape(batch * length, -1)
         table = self._rope_table
-        if table is None or table.shape[0] < ids.shape[1]:  # longer than the model's declared context
-            table = blocks[0].rope_table(ids.shape[1])
+        if table is None or table.shape[0] < length:  # longer than the model's declared context
+            table = blocks[0].rope_table(length)
         queued = QUEUED_FIRST if queue_early and ids.size >= QUEUE_EARLY_TOKENS else 0
         for index, block in enumerate(blocks):
-            h = block(h, table)
+            h = block(h, table, length)
             if index + 1 == queued:
                 mx.async_eval(h)  # type: ignore[no-untyped-call]
-        return h
+        return h.reshape(batch, length, -1)
 
     def last_token_states(self, ids: mx.array, lengths: mx.array, *, queue_early: bool = False) -> mx.array:
         """The final states at each sequence's last real token, [B, hidden]: last-token pooling. On CPU the
