@@ -7,6 +7,7 @@ layer on the same weights.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import mlx.core as mx
@@ -233,17 +234,18 @@ def test_grouped_attention_matches_attention_in_float64(
     params = rope_params(eps, base)
     table = rope_table(length + 7, head_dim, params)  # rows past the sequence, as the model's table has
     assert attention_takes(dtype, head_dim)
-    got = grouped_attention(
-        qkv,
-        q_weight,
-        k_weight,
-        table,
-        params,
-        mx.array([head_dim**-0.5], dtype=mx.float32),
+    attend = partial(
+        grouped_attention,
+        q_weight=q_weight,
+        k_weight=k_weight,
+        table=table,
+        params=params,
+        scale=mx.array([head_dim**-0.5], dtype=mx.float32),
         heads=heads,
         kv_heads=kv_heads,
         head_dim=head_dim,
     )
+    got = attend(qkv)
     assert got.shape == (batch, length, heads * head_dim) and got.dtype == dtype
     qkv_host, q_host, k_host = (np.array(x.astype(mx.float32)) for x in (qkv, q_weight, k_weight))
     want = attention_in_float64(qkv_host, q_host, k_host, heads, kv_heads, eps, base)
@@ -254,18 +256,7 @@ def test_grouped_attention_matches_attention_in_float64(
     tol = 6 * mx.finfo(dtype).eps
     np.testing.assert_allclose(np.array(got.astype(mx.float32)), want, atol=tol, rtol=tol)
     # The same rows as a matrix [B * L, ...] (the layer's flat stream): the same kernel on the same memory.
-    flat = grouped_attention(
-        qkv.reshape(batch * length, -1),
-        q_weight,
-        k_weight,
-        table,
-        params,
-        mx.array([head_dim**-0.5], dtype=mx.float32),
-        heads=heads,
-        kv_heads=kv_heads,
-        head_dim=head_dim,
-        length=length,
-    )
+    flat = attend(qkv.reshape(batch * length, -1), length=length)
     assert flat.shape == (batch * length, heads * head_dim)
     assert np.array_equal(
         np.array(flat.astype(mx.float32)), np.array(got.astype(mx.float32)).reshape(flat.shape)
