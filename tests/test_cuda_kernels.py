@@ -276,6 +276,12 @@ def test_grouped_attention_refuses_longer_sequences_and_float32() -> None:
         grouped_attention(qkv, weight, weight, table, params, scale, **shape)
     with pytest.raises(ValueError, match="bfloat16 or float16"):
         grouped_attention(mx.zeros((1, 4, 8 * 64)), weight, weight, table, params, scale, **shape)
+    # Flat rows given `length` must be whole sequences of it.
+    rows = mx.zeros((10, 8 * 64), dtype=mx.bfloat16)
+    with pytest.raises(ValueError, match=r"takes qkv \[B \* 4, \.\.\.\], got \(10, 512\)"):
+        grouped_attention(rows, weight, weight, table, params, scale, **shape, length=4)
+    with pytest.raises(ValueError, match=r"takes qkv \[B \* 4"):
+        grouped_attention(rows.reshape(2, 5, -1), weight, weight, table, params, scale, **shape, length=4)
     assert not attention_takes(mx.float32, 64)
 
 

@@ -459,6 +459,10 @@ def grouped_attention(
         batch, length, _ = qkv.shape
         out_shape: tuple[int, ...] = (batch, length, heads * head_dim)
     else:
+        if qkv.ndim != 2 or qkv.shape[0] % length:
+            raise ValueError(
+                f"grouped_attention with length={length} takes qkv [B * {length}, ...], got {qkv.shape}"
+            )
         batch = qkv.shape[0] // length
         out_shape = (qkv.shape[0], heads * head_dim)
     _check(qkv, length, heads, kv_heads, head_dim)
