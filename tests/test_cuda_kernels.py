@@ -245,8 +245,9 @@ def test_grouped_attention_matches_attention_in_float64(
         kv_heads=kv_heads,
         head_dim=head_dim,
     )
-    got = attend(qkv)
-    assert got.shape == (batch, length, heads * head_dim) and got.dtype == dtype
+    # The fused projection's rows as the layer's flat stream holds them, [B * L, ...].
+    got = attend(qkv.reshape(batch * length, -1), length=length)
+    assert got.shape == (batch * length, heads * head_dim) and got.dtype == dtype
     qkv_host, q_host, k_host = (np.array(x.astype(mx.float32)) for x in (qkv, q_weight, k_weight))
     want = attention_in_float64(qkv_host, q_host, k_host, heads, kv_heads, eps, base)
     # q and k are rounded to the dtype three times (normalized, weighted, rotated), the attention weights once
@@ -254,13 +255,7 @@ def test_grouped_attention_matches_attention_in_float64(
     # relative to 1 + |want| (0.029 for bfloat16, 0.0032 for float16 over these cases, on the H200 and in a
     # CPU emulation of those roundings alike).
     tol = 6 * mx.finfo(dtype).eps
-    np.testing.assert_allclose(np.array(got.astype(mx.float32)), want, atol=tol, rtol=tol)
-    # The same rows as a matrix [B * L, ...] (the layer's flat stream): the same kernel on the same memory.
-    flat = attend(qkv.reshape(batch * length, -1), length=length)
-    assert flat.shape == (batch * length, heads * head_dim)
-    assert np.array_equal(
-        np.array(flat.astype(mx.float32)), np.array(got.astype(mx.float32)).reshape(flat.shape)
-    )
+    np.testing.assert_allclose(np.array(got.astype(mx.float32)).reshape(want.shape), want, atol=tol, rtol=tol)
 
 
 def test_grouped_attention_refuses_longer_sequences_and_float32() -> None:
@@ -271,11 +266,12 @@ def test_grouped_attention_refuses_longer_sequences_and_float32() -> None:
         rope_params(1e-6, 1e6),
         mx.array([0.125]),
     )
-    qkv = mx.zeros((1, GROUPED_ATTENTION_MAX + 1, 8 * 64), dtype=mx.bfloat16)
+    longest = GROUPED_ATTENTION_MAX + 1
+    qkv = mx.zeros((longest, 8 * 64), dtype=mx.bfloat16)
     with pytest.raises(ValueError, match=f"grouped_attention takes up to {GROUPED_ATTENTION_MAX} tokens"):
-        grouped_attention(qkv, weight, weight, table, params, scale, **shape)
+        grouped_attention(qkv, weight, weight, table, params, scale, **shape, length=longest)
     with pytest.raises(ValueError, match="bfloat16 or float16"):
-        grouped_attention(mx.zeros((1, 4, 8 * 64)), weight, weight, table, params, scale, **shape)
+        grouped_attention(mx.zeros((4, 8 * 64)), weight, weight, table, params, scale, **shape, length=4)
     # Flat rows given `length` must be whole sequences of it.
     rows = mx.zeros((10, 8 * 64), dtype=mx.bfloat16)
     with pytest.raises(ValueError, match=r"takes qkv \[B \* 4, \.\.\.\], got \(10, 512\)"):

@@ -445,27 +445,22 @@ def grouped_attention(
     params: mx.array,
     scale: mx.array,
     *,
+    length: int,
     heads: int,
     kv_heads: int,
     head_dim: int,
-    length: int | None = None,
 ) -> mx.array:
     """Causal attention for sequences of at most GROUPED_ATTENTION_MAX tokens, bfloat16 or float16, with q and k
-    RMS-normalized and rotated as `qk_norm_rope` does: qkv [B, L, (heads + 2 kv_heads) * head_dim] (the
-    fused projection), `table` and `params` as for `qk_norm_rope`, `scale` float32 [1]. Returns the
-    heads' outputs [B, L, heads * head_dim], what the output projection reads. Given `length` (L), qkv is
-    the same rows as a matrix [B * L, ...] and so is the output: the layer's flat stream (cuda_block.py)."""
-    if length is None:
-        batch, length, _ = qkv.shape
-        out_shape: tuple[int, ...] = (batch, length, heads * head_dim)
-    else:
-        if qkv.ndim != 2 or qkv.shape[0] % length:
-            raise ValueError(
-                f"grouped_attention with length={length} takes qkv [B * {length}, ...], got {qkv.shape}"
-            )
-        batch = qkv.shape[0] // length
-        out_shape = (qkv.shape[0], heads * head_dim)
+    RMS-normalized and rotated as `qk_norm_rope` does: qkv [B * L, (heads + 2 kv_heads) * head_dim] (the
+    fused projection's rows, B sequences of `length` L tokens: the layer's flat stream, cuda_block.py),
+    `table` and `params` as for `qk_norm_rope`, `scale` float32 [1]. Returns the heads' outputs
+    [B * L, heads * head_dim], what the output projection reads."""
+    if qkv.ndim != 2 or qkv.shape[0] % length:
+        raise ValueError(
+            f"grouped_attention with length={length} takes qkv [B * {length}, ...], got {qkv.shape}"
+        )
     _check(qkv, length, heads, kv_heads, head_dim)
+    batch = qkv.shape[0] // length
     padded = -(-length // 16) * 16
     warps = grouped_warps(length, heads, kv_heads)
     shared = (2 * padded + warps * 16) * (head_dim + 8) * qkv.dtype.size
@@ -474,7 +469,7 @@ def grouped_attention(
         template=template(qkv.dtype, length, heads, kv_heads, head_dim),
         grid=(batch * kv_heads * warps * 32, 1, 1),
         threadgroup=(warps * 32, 1, 1),
-        output_shapes=[out_shape],
+        output_shapes=[(qkv.shape[0], heads * head_dim)],
         output_dtypes=[qkv.dtype],
     )
     return out
