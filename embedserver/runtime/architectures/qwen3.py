@@ -11,12 +11,14 @@ from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx_lm.models.qwen3 import ModelArgs, Qwen3Model
 
 from embedserver.runtime.architectures.cpu_math import on_cpu, qwen3_block, qwen3_block_at
 from embedserver.runtime.architectures.cuda_block import CudaQwen3Block, fusable
 from embedserver.runtime.architectures.cuda_kernels import embed_rows, embed_rows_fits
+from embedserver.runtime.architectures.mlx_lm_models import models_module
 from embedserver.runtime.pooling import pool
+
+_layers = models_module("qwen3")  # mlx-lm's Qwen3 (see mlx_lm_models.py for why not `import mlx_lm`)
 
 # The CUDA path queues a pass's first layers before it builds the rest (`queue_early`). Nothing reaches the
 # device before the pass is evaluated, and its graph is built in Python first (1-2 ms for the 0.6B model's 28
@@ -39,8 +41,8 @@ class Qwen3Encoder(nn.Module):
         super().__init__()
         config = {"tie_word_embeddings": True, "max_position_embeddings": 32768, **config}
         config.setdefault("head_dim", config["hidden_size"] // config["num_attention_heads"])
-        self.args = ModelArgs.from_dict(config)
-        self.model = Qwen3Model(self.args)
+        self.args = _layers.ModelArgs.from_dict(config)
+        self.model = _layers.Qwen3Model(self.args)
         self.hidden_size = self.args.hidden_size
         # Set by use_cuda_kernels(); kept out of the module tree (it holds views of the same weights).
         object.__setattr__(self, "_cuda_blocks", None)
