@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import sys
 import threading
 import time
 from collections import deque
@@ -60,7 +61,7 @@ def main() -> None:
                 _report(f"processes {processes}", rows, length, counts, seconds)
             continue
         runner = bench_runner(str(args.model))
-        runner.compiled = args.compile
+        runner.compiled_below = sys.maxsize if args.compile else 0
         for busy in (float(f) for f in args.busy.split(",")):
             for threads in (int(n) for n in args.threads.split(",")):
                 for rows, length in shapes:

@@ -61,10 +61,10 @@ class ModelRunner:
     # Padded tokens worth one more pass: a batch is split where padding its shorter texts to a longer one would
     # cost more (batching.worker.plan_batches; set by device_policy.py).
     split_tokens: int = 0
-    # Run the forward pass as one mx.compile'd graph per shape (COMPILE): the Python side of a forward pass
-    # shrinks from hundreds of operation calls, each taking the GIL, to one call. Compiles on first use of a
-    # shape, so it is meant with bucketed shapes warmed at load.
-    compiled: bool = False
+    # Passes of fewer padded tokens than this run as one mx.compile'd graph per shape (COMPILE; set by
+    # device_policy.py): the Python side of a pass shrinks from hundreds of operation calls, each taking the
+    # GIL, to one call. Compiles on first use of a shape, so it is meant with bucketed shapes warmed at load.
+    compiled_below: int = 0
     # On CPU with OpenBLAS: its threads per pass (embedserver/tuning/blas_threads.py).
     blas_threads: BlasThreadPolicy | None = None
     # A reranker (task "rerank"): its pooled state times logit(yes) - logit(no)'s row gives one value per
@@ -104,7 +104,7 @@ class ModelRunner:
     def _pooled(self, batch: Sequence[TokenIds]) -> mx.array:
         """The pass's graph, not yet evaluated."""
         ids, padded_lengths = pad_right(batch, self.tokenizer.pad_id, bucket_rows=self.bucket_rows)
-        forward = self._compiled_forward if self.compiled else self._forward
+        forward = self._compiled_forward if ids.size < self.compiled_below else self._forward
         return forward(mx.array(ids), mx.array(padded_lengths))
 
     def launch(self, batch: Sequence[TokenIds]) -> Callable[[], np.ndarray]:
