@@ -81,6 +81,7 @@ def test_settings_read_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"CATALOG_FILE": "/nonexistent.toml"}, "does not exist"),
         ({"GPU_WORKSPACE_GB": "0"}, "gpu_workspace_gb"),
         ({"CUDA_KERNELS": "maybe"}, "cuda_kernels"),
+        ({"COMPILE": "sometimes"}, "compile"),  # true, false or auto
         ({"API_KEY": " "}, "API_KEY is set but holds no key"),  # authentication silently off otherwise
         ({"API_KEY": ", ,"}, "API_KEY is set but holds no key"),
     ],

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -196,3 +198,21 @@ async def test_operator_may_serve_a_local_directory(
         r = await client.post("/v1/embeddings", json={"input": "from a directory"})
         assert r.status_code == 200 and r.json()["model"] == str(directory)
         assert len(r.json()["data"][0]["embedding"]) == 64
+
+
+def test_loading_a_model_imports_neither_mlx_lms_package_nor_transformers(tiny_qwen3: Path) -> None:
+    """The engine takes mlx-lm's model definitions without its package `__init__`, which imports transformers
+    (seconds of every start where transformers finds scikit-learn and SciPy): a loaded, running model needs
+    neither, and the layers are mlx-lm's own code."""
+    code = (
+        "import sys\n"
+        "from embedserver.catalog import ModelSpec\n"
+        "from embedserver.runtime.loader import load_runner\n"
+        f"runner = load_runner(ModelSpec(name='tiny', source={str(tiny_qwen3)!r}))\n"
+        "vectors = runner.embed(runner.tokenizer.encode_batch(['hello world']))\n"
+        "layer = type(runner.encoder.model.layers[0])\n"
+        "print(vectors.shape, 'transformers' in sys.modules, 'mlx_lm' in sys.modules,"
+        " layer.__module__.endswith('._models.qwen3'), layer.__name__)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["(1,", "64)", "False", "False", "True", "TransformerBlock"]
