@@ -53,8 +53,8 @@ class Settings(BaseSettings):
     # the cores).
     http_workers: int | Literal["auto"] = Field("auto", union_mode="left_to_right")
     # Run forward passes as one mx.compile'd graph per bucketed shape, compiled during the load-time warm-up (GPU
-    # backends only; runtime/device_policy.py): auto, passes of under 1,024 padded tokens (where building the
-    # graph in Python delays a lone pass); true, every shape; false, none.
+    # backends only; runtime/device_policy.py): auto, on CUDA passes of under 1,024 padded tokens (where building
+    # the graph in Python delays a lone pass), elsewhere none; true, every shape; false, none.
     compile: bool | Literal["auto"] = Field("auto", union_mode="left_to_right")
     # Each model in a process of its own that runs its passes and nothing else, fed batches by the engine's
     # event loop (embedserver/server/model_process.py). Off until measured on a GPU.

@@ -39,20 +39,21 @@ _SPLIT_TOKENS_CPU = 64
 _SPLIT_LONG_TOKENS = 16384
 _SPLIT_RUNS = 3
 
-# COMPILE=auto on GPUs: passes of fewer padded tokens run as one compiled graph per shape. A lone pass builds
+# COMPILE=auto on CUDA: passes of fewer padded tokens run as one compiled graph per shape. A lone pass builds
 # its graph in Python (~300 operation calls) before the device gets any of it; compiled, that is one call. On
 # an H200 (0.6B, bf16; docs/perf/log.md, 2026-12-04), medians of 160 lone passes, eager against compiled: 1 x
 # 128 4.04 against 3.32 ms, 4 x 128 3.94 against 3.23, 1 x 512 5.15 against 4.03, the vectors the same. From
 # this many tokens an eager pass queues its first layers while it builds the rest (qwen3.QUEUE_EARLY_TOKENS),
 # which a traced graph cannot; and under load the next pass is built while the device runs the current one,
-# compiled or not (`COMPILE=true` measured within the rounds' spread there).
+# compiled or not (`COMPILE=true` measured within the rounds' spread there). Metal keeps eager passes under
+# `auto`: nothing there has been measured or run compiled by this project.
 _COMPILED_BELOW_TOKENS = 1024
 
 
-def compiled_below(compile_forward: bool | Literal["auto"]) -> int:
-    """The padded tokens under which a pass runs compiled, for the COMPILE setting."""
+def compiled_below(compile_forward: bool | Literal["auto"], backend: str) -> int:
+    """The padded tokens under which a pass runs compiled on a GPU `backend`, for the COMPILE setting."""
     if compile_forward == "auto":
-        return _COMPILED_BELOW_TOKENS
+        return _COMPILED_BELOW_TOKENS if backend == "cuda" else 0
     return sys.maxsize if compile_forward else 0
 
 
@@ -85,7 +86,7 @@ def ready_for_device_steps(runner: ModelRunner, plan: DevicePlan) -> LoadSteps[M
     runner.bucket_rows = True
     # Measured on CUDA, where a short pass is mostly the host queueing its kernels (docs/PERFORMANCE.md).
     runner.overlap_passes = device.backend() == "cuda"
-    runner.compiled_below = compiled_below(plan.compile_forward)
+    runner.compiled_below = compiled_below(plan.compile_forward, device.backend())
     device.bound_gpu_memory(plan.gpu_workspace_bytes)
     started = time.perf_counter()
     try:
