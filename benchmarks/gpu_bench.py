@@ -138,6 +138,7 @@ def bench_model(model_dir: Path, texts: dict[str, list[str]]) -> dict[str, Any]:
     plan = DevicePlan(
         max_batch=defaults.max_batch_size,
         max_tokens=defaults.max_batch_tokens,
+        compile_forward=defaults.compile,  # a lone text compiled, as the server runs it (COMPILE=auto)
         gpu_workspace_bytes=int(defaults.gpu_workspace_gb * (1 << 30)),
     )
     ready_for_device(runner, plan)
