@@ -240,6 +240,11 @@ def test_the_gpu_benchmark_runs_end_to_end_on_any_device(tiny_qwen3: Path, tmp_p
         assert 0 < level["host_cpu_percent"] <= 100 and level["busiest_client_cpu_percent"] > 0
         # The census saw the busy server: its engine process's event loop among the threads.
         assert any(name.endswith("[main]") and "embedserver" in name for name in level["cpu_percent"])
+    # The console names the busiest few threads a level; the file keeps them all.
+    lines = [line for line in printed.splitlines() if "server server, 16 tokens:" in line]
+    assert len(lines) == 2 and all(
+        "busiest_cpu_percent" in line and "'cpu_percent'" not in line for line in lines
+    )
 
 
 def test_the_model_alone_back_to_back_queues_each_pass_before_reading_the_last() -> None:
