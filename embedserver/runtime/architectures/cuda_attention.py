@@ -412,6 +412,10 @@ def _compute_capability() -> int:
 
 
 def _check(qkv: mx.array, length: int, heads: int, kv_heads: int, head_dim: int) -> None:
+    if qkv.ndim != 2 or qkv.shape[0] % length:
+        raise ValueError(
+            f"grouped_attention with length={length} takes qkv [B * {length}, ...], got {qkv.shape}"
+        )
     if length > GROUPED_ATTENTION_MAX or heads % kv_heads or head_dim % 32 or qkv.dtype not in _DTYPES:
         raise ValueError(
             f"grouped_attention takes up to {GROUPED_ATTENTION_MAX} tokens of bfloat16 or float16, heads a "
@@ -455,10 +459,6 @@ def grouped_attention(
     fused projection's rows, B sequences of `length` L tokens: the layer's flat stream, cuda_block.py),
     `table` and `params` as for `qk_norm_rope`, `scale` float32 [1]. Returns the heads' outputs
     [B * L, heads * head_dim], what the output projection reads."""
-    if qkv.ndim != 2 or qkv.shape[0] % length:
-        raise ValueError(
-            f"grouped_attention with length={length} takes qkv [B * {length}, ...], got {qkv.shape}"
-        )
     _check(qkv, length, heads, kv_heads, head_dim)
     batch = qkv.shape[0] // length
     padded = -(-length // 16) * 16
