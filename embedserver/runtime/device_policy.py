@@ -16,6 +16,7 @@ from typing import Literal
 import mlx.core as mx
 
 from embedserver.runtime import device
+from embedserver.runtime.architectures.qwen3 import QUEUE_EARLY_TOKENS
 from embedserver.runtime.load_steps import LoadSteps, run_steps
 from embedserver.runtime.padding import batch_buckets
 from embedserver.runtime.runner import ModelRunner, WarmupFailed
@@ -43,11 +44,11 @@ _SPLIT_RUNS = 3
 # its graph in Python (~300 operation calls) before the device gets any of it; compiled, that is one call. On
 # an H200 (0.6B, bf16; docs/perf/log.md, 2026-12-04), medians of 160 lone passes, eager against compiled: 1 x
 # 128 4.04 against 3.32 ms, 4 x 128 3.94 against 3.23, 1 x 512 5.15 against 4.03, the vectors the same. From
-# this many tokens an eager pass queues its first layers while it builds the rest (qwen3.QUEUE_EARLY_TOKENS),
+# this many tokens (1,024) an eager pass queues its first layers while it builds the rest (qwen3.py),
 # which a traced graph cannot; and under load the next pass is built while the device runs the current one,
 # compiled or not (`COMPILE=true` measured within the rounds' spread there). Metal keeps eager passes under
 # `auto`: nothing there has been measured or run compiled by this project.
-_COMPILED_BELOW_TOKENS = 1024
+_COMPILED_BELOW_TOKENS = QUEUE_EARLY_TOKENS
 
 
 def compiled_below(compile_forward: bool | Literal["auto"], backend: str) -> int:
