@@ -3,7 +3,7 @@ model alone, each thread with its own MLX stream (MLX gives each thread its own 
 encoder), each process with its own copy of the model and its own CUDA context.
 
   python -m benchmarks.launch_parallel MODEL_DIR [--threads 1,2,3] [--processes 1,2] [--busy 0,0.5]
-      [--compile] [--seconds 3] [ROWSxLENGTH ...]
+      [--spin 0,10] [--compile] [--seconds 3] [ROWSxLENGTH ...]
 
 Each thread warms the shapes on its own stream first (kernel and attention-graph set-up is per thread), then
 launches passes of fresh token ids back to back for --seconds, waiting for each pass only after launching the
@@ -13,7 +13,10 @@ threads at once adds up. With --processes P > 1, P processes run each shape at o
 together), and the line gives their sum: whether separate processes add up where threads do not (CUDA
 time-slices between processes' contexts). --busy F runs, beside the launching threads, a Python thread
 holding the interpreter lock a fraction F of the time in 2 ms turns (as a busy event loop does in the
-server's engine process): what sharing the lock costs the launches. --compile launches the mx.compile'd
+server's engine process): what sharing the lock costs the launches. --spin N runs N other processes spinning
+in Python meanwhile, as a loaded server's front-ends and clients keep the machine's other cores busy: what
+that costs a launch, which is the host's work (on an H200, 64x16 272-293 passes a second alone, 200-250
+beside ten). --compile launches the mx.compile'd
 forward pass (COMPILE=true), whose graph is built without Python. --collector waits for each pass on a
 thread of its own, at most two passes in flight, as the server's overlapped worker does, instead of on the
 launching thread after it launched the next. Defaults: 128x16 256x16 128x32 256x128.
@@ -47,6 +50,7 @@ def main() -> None:
     parser.add_argument("--threads", default="1,2,3")
     parser.add_argument("--processes", default="1")
     parser.add_argument("--busy", default="0", help="fractions of time a Python thread holds the lock")
+    parser.add_argument("--spin", default="0", help="counts of other processes spinning in Python meanwhile")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--collector", action="store_true")
     parser.add_argument("--seconds", type=float, default=3.0)
@@ -62,14 +66,18 @@ def main() -> None:
             continue
         runner = bench_runner(str(args.model))
         runner.compiled_below = sys.maxsize if args.compile else 0
-        for busy in (float(f) for f in args.busy.split(",")):
+        settings = [
+            (float(busy), int(spin)) for busy in args.busy.split(",") for spin in args.spin.split(",")
+        ]
+        for busy, spin in settings:
             for threads in (int(n) for n in args.threads.split(",")):
                 for rows, length in shapes:
-                    with _busy_thread(busy):
+                    with _busy_thread(busy), _spinning(spin):
                         counts, seconds = _run(
                             runner, threads, rows, length, args.seconds, collector=args.collector
                         )
                     label = f"threads {threads}" + (f" busy {busy:.2f}" if busy else "")
+                    label += f" spin {spin}" if spin else ""
                     label += " collector" if args.collector else ""
                     _report(label, rows, length, counts, seconds)
         del runner
@@ -113,6 +121,34 @@ def _busy_thread(fraction: float, turn: float = 0.002) -> Iterator[None]:
     finally:
         stop.set()
         thread.join()
+
+
+@contextmanager
+def _spinning(processes: int) -> Iterator[None]:
+    """`processes` other processes running Python without pause while the block runs; none at 0."""
+    if processes <= 0:
+        yield
+        return
+    context = mp.get_context("spawn")
+    started = context.Barrier(processes + 1)
+    pool = [context.Process(target=_spin, args=(started,), daemon=True) for _ in range(processes)]
+    for process in pool:
+        process.start()
+    started.wait()  # each is spinning before the measurement starts
+    try:
+        yield
+    finally:
+        for process in pool:
+            process.terminate()
+        for process in pool:
+            process.join()
+
+
+def _spin(started: Any) -> None:
+    started.wait()
+    work = 0
+    while True:
+        work += 1
 
 
 def _report(label: str, rows: int, length: int, counts: list[int], seconds: float) -> None:

@@ -344,3 +344,21 @@ def test_kernel_registers_reads_ptxas_report() -> None:
         "stack": 208,
         "shared": 0,
     }
+
+
+def test_launch_parallel_launches_beside_spinning_processes(tiny_qwen3: Path) -> None:
+    """--spin N: the same launches measured again with N other processes running Python meanwhile (what busy
+    cores cost the host's share of a pass); one line per setting, each with passes counted."""
+    args = ["--threads", "1", "--spin", "0,1", "--seconds", "0.3"]
+    run = subprocess.run(
+        [sys.executable, "-m", "benchmarks.launch_parallel", str(tiny_qwen3), "1x16", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert run.returncode == 0, run.stderr
+    lines = [line for line in run.stdout.splitlines() if "passes/s" in line]
+    assert [line.split("  ")[0] for line in lines] == ["threads 1", "threads 1 spin 1"]
+    rates = [re.search(r"([\d.]+) passes/s", line) for line in lines]
+    assert all(rate is not None and float(rate.group(1)) > 0 for rate in rates)
