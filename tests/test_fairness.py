@@ -102,7 +102,15 @@ def test_an_accepted_request_never_waits_past_max_queue_wait(catalog_file: Path,
         late = sum(code == "queue_timeout" for _, code, _ in answers)
         assert late > 0 and sum(status == 200 for status, _, _ in answers) > 0
         slowest = max(seconds for _, _, seconds in answers)
-        assert slowest < 10, f"an answer took {slowest:.1f} s"  # computing all of it takes ~14 s here
         metrics = httpx.get(f"{url}/metrics").text
         assert metric_sample(metrics, 'embedserver_expired_total{model="tiny"}') == late
-        assert metric_sample(metrics, 'embedserver_texts_total{model="tiny"}') <= len(texts) - late
+        computed = metric_sample(metrics, 'embedserver_texts_total{model="tiny"}')
+        assert computed <= len(texts) - late
+        # No answer waited for the whole burst to be computed (~14 s on a 2-core VM): the bound is this
+        # machine's own pace, so a slow or busy machine does not fail it.
+        every_text = (
+            metric_sample(metrics, 'embedserver_inference_seconds_sum{model="tiny"}') / computed * len(texts)
+        )
+        assert slowest < every_text, (
+            f"an answer took {slowest:.1f} s; computing every text, {every_text:.1f} s"
+        )
