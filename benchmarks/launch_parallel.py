@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import sys
 import threading
 import time
 from collections import deque
@@ -64,8 +63,12 @@ def main() -> None:
             ):
                 _report(f"processes {processes}", rows, length, counts, seconds)
             continue
+        # Imported here, not at the top: the spawned processes (--processes, --spin) import this module too.
+        from embedserver.runtime import device
+        from embedserver.runtime.device_policy import compiled_below
+
         runner = bench_runner(str(args.model))
-        runner.compiled_below = sys.maxsize if args.compile else 0
+        runner.compiled_below = compiled_below(args.compile, device.backend())
         settings = [
             (float(busy), int(spin)) for busy in args.busy.split(",") for spin in args.spin.split(",")
         ]
