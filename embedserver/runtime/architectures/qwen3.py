@@ -78,10 +78,13 @@ class Qwen3Encoder(nn.Module):
             h = qwen3_block(layer, h) if cpu else layer(h, "causal", None)  # type: ignore[arg-type]
         return model.norm(h)
 
-    def _cuda_states(self, ids: mx.array, queue_early: bool = False) -> mx.array:
+    def _cuda_states(
+        self, ids: mx.array, queue_early: bool = False, picked: mx.array | None = None
+    ) -> mx.array:
         """The CUDA path: the last layer's states [B, L, hidden], before the final norm. The layers pass the
         stream flat, [B * L, hidden] (cuda_block.py). `queue_early`: the first QUEUED_FIRST layers of a pass
-        of at least QUEUE_EARLY_TOKENS padded tokens go to the device before the rest are built."""
+        of at least QUEUE_EARLY_TOKENS padded tokens go to the device before the rest are built. With `picked`
+        (indices into the flat stream), the last layer's states at those rows only, [len(picked), hidden]."""
         blocks = self._cuda_blocks
         assert blocks
         embed = self.model.embed_tokens
@@ -92,19 +95,23 @@ class Qwen3Encoder(nn.Module):
         if table is None or table.shape[0] < length:  # longer than the model's declared context
             table = blocks[0].rope_table(length)
         queued = QUEUED_FIRST if queue_early and ids.size >= QUEUE_EARLY_TOKENS else 0
+        last = len(blocks) - 1
         for index, block in enumerate(blocks):
-            h = block(h, table, length)
+            h = block(h, table, length, picked if index == last else None)
             if index + 1 == queued:
                 mx.async_eval(h)  # type: ignore[no-untyped-call]
-        return h.reshape(batch, length, -1)
+        return h if picked is not None else h.reshape(batch, length, -1)
 
     def last_token_states(self, ids: mx.array, lengths: mx.array, *, queue_early: bool = False) -> mx.array:
         """The final states at each sequence's last real token, [B, hidden]: last-token pooling. On CPU the
-        last layer runs at that token only (cpu_math.qwen3_block_at; the same values); on CUDA the final norm
-        runs on the picked rows only (it is row by row), and `queue_early` is `_cuda_states`'; on other GPUs
-        the whole pass runs and the rows are picked."""
+        last layer runs at that token only (cpu_math.qwen3_block_at; the same values); on CUDA the last
+        layer's output projection and MLP, and the final norm, run on those rows only (CudaQwen3Block's
+        `picked`), and `queue_early` is `_cuda_states`'; on other GPUs the whole pass runs and the rows are
+        picked."""
         if self._cuda_blocks:
-            return self.model.norm(pool(self._cuda_states(ids, queue_early), lengths, "last"))
+            batch, length = ids.shape
+            picked = mx.arange(batch, dtype=lengths.dtype) * length + lengths - 1
+            return self.model.norm(self._cuda_states(ids, queue_early, picked))
         if not on_cpu():
             return pool(self(ids, lengths), lengths, "last")
         model = self.model
