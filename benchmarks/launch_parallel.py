@@ -7,19 +7,25 @@ encoder), each process with its own copy of the model and its own CUDA context.
 
 Each thread warms the shapes on its own stream first (kernel and attention-graph set-up is per thread), then
 launches passes of fresh token ids back to back for --seconds, waiting for each pass only after launching the
-next (as the server's overlapped worker does). Prints passes/s, texts/s and tokens/s per thread count and shape;
-on a GPU a short pass is mostly the host queueing its kernels, so this says whether queueing from several
-threads at once adds up. With --processes P > 1, P processes run each shape at once (one thread each, started
-together), and the line gives their sum: whether separate processes add up where threads do not (CUDA
-time-slices between processes' contexts). --busy F runs, beside the launching threads, a Python thread
-holding the interpreter lock a fraction F of the time in 2 ms turns (as a busy event loop does in the
-server's engine process): what sharing the lock costs the launches. --spin N runs N other processes spinning
-in Python meanwhile, as a loaded server's front-ends and clients keep the machine's other cores busy: what
-that costs a launch, which is the host's work (on an H200, 64x16 272-293 passes a second alone, 200-250
-beside ten). --compile launches the mx.compile'd
-forward pass (COMPILE=true), whose graph is built without Python. --collector waits for each pass on a
-thread of its own, at most two passes in flight, as the server's overlapped worker does, instead of on the
-launching thread after it launched the next. Defaults: 128x16 256x16 128x32 256x128.
+next (as the server's overlapped worker does). Prints passes/s, texts/s and tokens/s per setting and shape. On
+a GPU a short pass is mostly the host queueing its kernels, so this says what changes that host work:
+
+- --threads T: T threads launching at once, each on its own stream: whether queueing from several threads
+  adds up.
+- --processes P: P processes running each shape at once (one thread each, started together); the line gives
+  their sum: whether separate processes add up where threads do not (CUDA time-slices between processes'
+  contexts).
+- --busy F: beside the launching threads, a Python thread holding the interpreter lock a fraction F of the
+  time in 2 ms turns, as a busy event loop does in the server's engine process: what sharing the lock costs
+  the launches.
+- --spin N: N other processes spinning in Python meanwhile, as a loaded server's front-ends and clients keep
+  the machine's other cores busy: what that costs a launch (on an H200, 64x16 272-293 passes a second alone,
+  200-250 beside ten).
+- --compile: the mx.compile'd forward pass (COMPILE=true), whose graph is built without Python.
+- --collector: each pass waited for on a thread of its own, at most two in flight, as the server's overlapped
+  worker does, instead of on the launching thread after it launched the next.
+
+Defaults: 128x16 256x16 128x32 256x128.
 """
 
 from __future__ import annotations
