@@ -20,7 +20,10 @@ host's drift over the run touches every server alike (round R > 1 of NAME is rep
 a server setting for every server run. For each level: requests/s, tokens/s, p50/p99 at the client, the
 server's own stage means from /metrics over that level, and the GPU's peak memory (nvidia-smi) while the
 server ran. --trace adds each level's passes as the server's MLX thread saw them (their rate, its busy share,
-the gaps between launches: benchmarks/pass_trace.py). Results: OUT/gpu_results.json, and a table on stdout.
+the gaps between launches: benchmarks/pass_trace.py). Before its levels each server embeds a few of the texts
+the model alone embedded, one a request and all in one, and its least cosine against the model alone's vectors
+is reported (benchmarks/server_answers.py): a faster figure from a path that computes something else shows
+there. Results: OUT/gpu_results.json, and a table on stdout.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ import numpy as np
 from benchmarks import pass_trace
 from benchmarks.cpu_census import busiest, machine_busy_percent, machine_ticks, threads_now
 from benchmarks.loadgen import run_load
+from benchmarks.server_answers import cosine_min
 from embedserver_testing.random_model import write_random_qwen3
 from embedserver_testing.server_process import server_process
 from embedserver_testing.stage_times import level_means
@@ -105,6 +109,10 @@ def timed(fn: Any, repeat: int = 5, warmup: int = 2) -> float:
         times.append(time.perf_counter() - t)
     return float(np.median(times))
 
+
+# The first workload's texts whose vectors are compared: the model alone's with sentence-transformers' and with
+# each server's answers.
+_CHECKED_TEXTS = 8
 
 # Passes a `back_to_back` run queues; its time a pass is the model's sustained rate.
 _STREAMED_PASSES = 8
@@ -170,7 +178,7 @@ def bench_model(model_dir: Path, texts: dict[str, list[str]]) -> dict[str, Any]:
             f"one text {one * 1000:.2f} ms"
         )
     out["peak_memory_gb"] = round(mx.get_peak_memory() / 1e9, 2)
-    vectors = runner.embed(runner.tokenizer.encode_batch(texts[next(iter(texts))][:8]))
+    vectors = runner.embed(runner.tokenizer.encode_batch(texts[next(iter(texts))][:_CHECKED_TEXTS]))
     out["_vectors"] = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).tolist()
     gc.collect()
     mx.clear_cache()
@@ -196,7 +204,7 @@ def bench_sentence_transformers(model_dir: Path, texts: dict[str, list[str]]) ->
         log(f"sentence-transformers, {length} tokens: {len(sample) / dt:,.0f} texts/s (batch 256)")
     out["peak_reserved_gb"] = round(torch.cuda.max_memory_reserved() / 1e9, 2)
     first = next(iter(texts))
-    out["_vectors"] = model.encode(texts[first][:8], normalize_embeddings=True).tolist()
+    out["_vectors"] = model.encode(texts[first][:_CHECKED_TEXTS], normalize_embeddings=True).tolist()
     del model
     gc.collect()
     torch.cuda.empty_cache()
@@ -402,17 +410,25 @@ def bench_servers(
     rounds: int,
     out_dir: Path,
     trace_passes: bool = False,
+    reference: tuple[list[str], np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Every server started at once, then each level run on each server in turn, the order reversed every
     round, so a host that drifts during the run (neighbouring runs here differ by up to 20%) moves every
     server's figures alike. Results by server name; round R > 1 of server NAME is "NAME.R". With
-    `trace_passes`, each level has its passes' summary (benchmarks/pass_trace.py) under "passes"."""
+    `trace_passes`, each level has its passes' summary (benchmarks/pass_trace.py) under "passes". With
+    `reference` (texts and the model alone's vectors for them), each server's answers for those texts are
+    compared with it first (benchmarks/server_answers.py: "answers_vs_model_cosine_min")."""
     results: dict[str, Any] = {}
     with ExitStack() as stack:
         running = [
             stack.enter_context(started_server(name, source, model_dir, env, out_dir, trace_passes))
             for name, source, env in servers
         ]
+        if reference is not None:
+            for server in running:
+                agreement = round(cosine_min(server.url, *reference), 5)
+                server.results["answers_vs_model_cosine_min"] = agreement
+                log(f"server {server.name}: its answers against the model alone's, least cosine", agreement)
         for round_ in range(1, rounds + 1):
             order = running if round_ % 2 else running[::-1]
             for length in lengths:
@@ -486,9 +502,11 @@ def table(results: dict[str, Any]) -> str:
                     f" {level.get('host_cpu_percent', '-'):>6} {level.get('busiest_client_cpu_percent', '-'):>6}"
                     f" {against_baselines(results, length, level)}"
                 )
+        agreement = server.get("answers_vs_model_cosine_min")
         lines.append(
             f"{name:>8} GPU memory peak {server['gpu_memory_peak_gb']} GB (card), "
             f"{server['server_gpu_memory_peak_gb']} GB (the server's processes)"
+            + (f"; answers against the model alone: cosine >= {agreement}" if agreement is not None else "")
         )
     return "\n".join(lines)
 
@@ -541,8 +559,11 @@ def main() -> None:
     except OSError:
         results["gpu"] = "none"
     results["cpu_cores"] = os.cpu_count()
+    reference = None
     if "model" not in skip:
         results["model"] = bench_model(model_dir, texts)
+        first = next(iter(texts))
+        reference = (texts[first][:_CHECKED_TEXTS], np.array(results["model"]["_vectors"]))
     if "st" not in skip:
         results["sentence_transformers"] = bench_sentence_transformers(model_dir, texts)
     if "model" not in skip and "st" not in skip:
@@ -559,7 +580,7 @@ def main() -> None:
                 (name, Path(path).resolve() if path else None, env | dict(p.split("=", 1) for p in pairs))
             )
         results["server"] = bench_servers(
-            runs, model_dir, lengths, concurrency, args.duration, args.rounds, args.out, args.trace
+            runs, model_dir, lengths, concurrency, args.duration, args.rounds, args.out, args.trace, reference
         )
     for section in results.values():
         if isinstance(section, dict):

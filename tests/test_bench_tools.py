@@ -92,6 +92,26 @@ def test_a_benchmark_server_whose_model_fails_stops_the_wait_at_once(tmp_path: P
     assert time.monotonic() - started < 60
 
 
+def test_a_servers_answers_are_compared_with_the_model_alone(tiny_qwen3: Path, tmp_path: Path) -> None:
+    """gpu_bench's check of each server's answers: the least cosine between its vectors (the texts one a request
+    and all in one) and the model alone's for the same texts; one wrong vector pulls it down."""
+    import numpy as np
+
+    from benchmarks.server_answers import cosine_min
+    from embedserver.catalog import ModelSpec
+    from embedserver.runtime.loader import load_runner
+
+    texts = ["a short query", "a longer passage about what an embedding server does with many texts", "x"]
+    runner = load_runner(ModelSpec(name="tiny", source=str(tiny_qwen3)))
+    reference = runner.embed(runner.tokenizer.encode_batch(texts))
+    wrong = reference.copy()
+    wrong[1] = np.random.default_rng(0).standard_normal(reference.shape[1])
+    env = {"MODEL_NAME": str(tiny_qwen3), "HF_HUB_OFFLINE": "1", "LOG_LEVEL": "WARNING", "HTTP_WORKERS": "0"}
+    with server_process(env, tmp_path / "server.log", timeout=120) as (url, _):
+        assert cosine_min(url, texts, reference) > 0.9999
+        assert cosine_min(url, texts, wrong) < 0.5
+
+
 def test_kernel_timeline_splits_device_time_per_pass(tmp_path: Path) -> None:
     """Two marked passes (µs): the first waits 100 for its first kernel and idles 300 between kernels; a
     kernel outside every pass is not counted, nor the profiler's copy of a mark on the GPU's timeline."""
@@ -230,6 +250,10 @@ def test_the_gpu_benchmark_runs_end_to_end_on_any_device(tiny_qwen3: Path, tmp_p
     against = re.search(r"^ +server +16 +4 .* (\S+) +(\S+)$", printed, re.M)
     assert against is not None and against.group(1) == "-" and float(against.group(2)) > 0, printed
     assert set(results["model"]["lengths"]) == {"16", "mixed"}
+    # The server's answers for the model alone's first texts, alone and in one request, are its vectors
+    # (float32 on CPU: equal to rounding).
+    assert results["server"]["server"]["answers_vs_model_cosine_min"] > 0.9999
+    assert "answers against the model alone: cosine >= " in printed
     levels = results["server"]["server"]["lengths"]["16"]
     assert [level["concurrency"] for level in levels] == [1, 4]
     for level in levels:

@@ -1,0 +1,41 @@
+"""Whether a benchmarked server answers what the model alone computes: its vectors for a few texts against the
+model alone's for the same texts, as the least cosine. A fast path that computes the wrong thing (a compiled
+graph, a kernel, a batch's rows mixed up) would otherwise only show as a faster figure.
+
+The texts go once a request each (on CUDA a lone text's pass is a compiled graph) and once all in one request
+(one padded batch), so both of the paths a pass can take are compared.
+"""
+
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+
+
+def _vectors(data: list[dict[str, object]]) -> np.ndarray:
+    rows = [np.frombuffer(base64.b64decode(str(item["embedding"])), dtype="<f4") for item in data]
+    return np.stack(rows)
+
+
+def cosine_min(url: str, texts: list[str], reference: np.ndarray) -> float:
+    """The least cosine between the server's vector for each of `texts` (POST /v1/embeddings, the server's
+    default model) and `reference`, the model alone's vectors for them, one row a text."""
+    import httpx
+
+    with httpx.Client(timeout=120) as client:
+
+        def embed(texts_in_request: list[str]) -> np.ndarray:
+            answer = client.post(
+                f"{url}/v1/embeddings", json={"input": texts_in_request, "encoding_format": "base64"}
+            )
+            answer.raise_for_status()
+            return _vectors(answer.json()["data"])
+
+        alone = np.concatenate([embed([text]) for text in texts])
+        together = embed(texts)
+    want = reference / np.linalg.norm(reference, axis=1, keepdims=True)
+    cosines = [
+        (got / np.linalg.norm(got, axis=1, keepdims=True) * want).sum(axis=1) for got in (alone, together)
+    ]
+    return float(min(c.min() for c in cosines))
