@@ -107,7 +107,7 @@ class CudaQwen3Block:
         rows only, [len(picked), hidden]: every row still gives its keys and values, but the output
         projection, the MLP and the residual additions run on the picked rows alone. The last layer under
         last-token pooling needs one row a sequence, and those products are most of a layer's arithmetic
-        (~70% of it on the 0.6B model at 128 tokens, so ~2.5% of a long pass's device time)."""
+        (~70% of its multiply-adds on the 0.6B model: a 256 x 128 pass ~2% shorter on an H200)."""
         rows = x.shape[0]
         batch = rows // length
         qkv = mx.fast.rms_norm(x, self.input_norm, self.input_eps) @ self.w_qkv
