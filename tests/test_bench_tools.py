@@ -210,6 +210,20 @@ def test_paired_latency_gives_each_tree_its_latency_and_the_paired_difference(ti
     assert re.search(r"B - A, paired: median [+-][\d.]+ ms over 27 rounds$", text, re.M), text
 
 
+def test_pass_ab_alternates_two_trees_and_gives_each_shape_their_ratio(tiny_qwen3: Path) -> None:
+    """The same tree as A and B, two rounds: every shape gets a pass time a round from each, in the order run,
+    and B's median over A's."""
+    text = _run_benchmark(
+        "benchmarks.pass_ab", str(tiny_qwen3), ".", str(ROOT), "1x16", "3x40", "--rounds", "2", timeout=240
+    )
+    rows = re.findall(r"^ +(\d+x\d+) +([\d.]+) ([\d.]+) +([\d.]+) ([\d.]+) +([\d.]+)$", text, re.M)
+    assert [row[0] for row in rows] == ["1x16", "3x40"], text
+    for _, *times, ratio in rows:
+        a1, a2, b1, b2 = map(float, times)
+        assert min(a1, a2, b1, b2) > 0
+        assert float(ratio) == pytest.approx(((b1 + b2) / 2) / ((a1 + a2) / 2), abs=0.002)
+
+
 def test_pass_phases_time_each_phase_of_a_pass_plain_and_compiled(tiny_qwen3: Path) -> None:
     text = _run_benchmark("benchmarks.pass_phases", str(tiny_qwen3), "1x16", "3x40")
     rows = re.findall(r"^(plain|compiled) +(\d+)x(\d+) +(.*) ms ", text, flags=re.M)
