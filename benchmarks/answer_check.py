@@ -3,10 +3,11 @@ import it (importing locust patches the whole process for gevent)."""
 
 from __future__ import annotations
 
-import base64
 from typing import Any
 
 import numpy as np
+
+from benchmarks.server_answers import answer_vectors
 
 
 class AnswerCheck:
@@ -23,12 +24,7 @@ class AnswerCheck:
         elif path == "/embed_batch":
             vectors = answer["embeddings"]
         else:
-            vectors = [
-                np.frombuffer(base64.b64decode(item["embedding"]), dtype="<f4")
-                if isinstance(item["embedding"], str)
-                else item["embedding"]
-                for item in answer["data"]
-            ]
+            vectors = answer_vectors(answer["data"])
         sent = body.get("input", body.get("texts", [body.get("text")]))
         count = 1 if isinstance(sent, str) else len(sent)
         if len(vectors) != count:

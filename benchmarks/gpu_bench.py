@@ -114,6 +114,11 @@ def timed(fn: Any, repeat: int = 5, warmup: int = 2) -> float:
 # each server's answers.
 _CHECKED_TEXTS = 8
 
+
+def checked_texts(texts: dict[str, list[str]]) -> list[str]:
+    return texts[next(iter(texts))][:_CHECKED_TEXTS]
+
+
 # Passes a `back_to_back` run queues; its time a pass is the model's sustained rate.
 _STREAMED_PASSES = 8
 
@@ -178,7 +183,7 @@ def bench_model(model_dir: Path, texts: dict[str, list[str]]) -> dict[str, Any]:
             f"one text {one * 1000:.2f} ms"
         )
     out["peak_memory_gb"] = round(mx.get_peak_memory() / 1e9, 2)
-    vectors = runner.embed(runner.tokenizer.encode_batch(texts[next(iter(texts))][:_CHECKED_TEXTS]))
+    vectors = runner.embed(runner.tokenizer.encode_batch(checked_texts(texts)))
     out["_vectors"] = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).tolist()
     gc.collect()
     mx.clear_cache()
@@ -203,8 +208,7 @@ def bench_sentence_transformers(model_dir: Path, texts: dict[str, list[str]]) ->
         out["lengths"][length] = {"texts_per_s": round(len(sample) / dt, 1)}
         log(f"sentence-transformers, {length} tokens: {len(sample) / dt:,.0f} texts/s (batch 256)")
     out["peak_reserved_gb"] = round(torch.cuda.max_memory_reserved() / 1e9, 2)
-    first = next(iter(texts))
-    out["_vectors"] = model.encode(texts[first][:_CHECKED_TEXTS], normalize_embeddings=True).tolist()
+    out["_vectors"] = model.encode(checked_texts(texts), normalize_embeddings=True).tolist()
     del model
     gc.collect()
     torch.cuda.empty_cache()
@@ -562,8 +566,7 @@ def main() -> None:
     reference = None
     if "model" not in skip:
         results["model"] = bench_model(model_dir, texts)
-        first = next(iter(texts))
-        reference = (texts[first][:_CHECKED_TEXTS], np.array(results["model"]["_vectors"]))
+        reference = (checked_texts(texts), np.array(results["model"]["_vectors"]))
     if "st" not in skip:
         results["sentence_transformers"] = bench_sentence_transformers(model_dir, texts)
     if "model" not in skip and "st" not in skip:

@@ -9,13 +9,20 @@ The texts go once a request each (on CUDA a lone text's pass is a compiled graph
 from __future__ import annotations
 
 import base64
+from typing import Any
 
 import numpy as np
 
 
-def _vectors(data: list[dict[str, object]]) -> np.ndarray:
-    rows = [np.frombuffer(base64.b64decode(str(item["embedding"])), dtype="<f4") for item in data]
-    return np.stack(rows)
+def answer_vectors(data: list[dict[str, Any]]) -> list[np.ndarray]:
+    """The vectors of an OpenAI-style answer's `data`, in order, whether sent as base64 (little-endian
+    float32) or as lists of floats."""
+    return [
+        np.frombuffer(base64.b64decode(item["embedding"]), dtype="<f4")
+        if isinstance(item["embedding"], str)
+        else np.asarray(item["embedding"])
+        for item in data
+    ]
 
 
 def cosine_min(url: str, texts: list[str], reference: np.ndarray) -> float:
@@ -30,7 +37,7 @@ def cosine_min(url: str, texts: list[str], reference: np.ndarray) -> float:
                 f"{url}/v1/embeddings", json={"input": texts_in_request, "encoding_format": "base64"}
             )
             answer.raise_for_status()
-            return _vectors(answer.json()["data"])
+            return np.stack(answer_vectors(answer.json()["data"]))
 
         alone = np.concatenate([embed([text]) for text in texts])
         together = embed(texts)
