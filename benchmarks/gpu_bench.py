@@ -49,6 +49,7 @@ from benchmarks import pass_trace
 from benchmarks.cpu_census import busiest, machine_busy_percent, machine_ticks, threads_now
 from benchmarks.loadgen import run_load
 from benchmarks.server_answers import cosine_min
+from embedserver_testing.python_path import first_on_path
 from embedserver_testing.random_model import write_random_qwen3
 from embedserver_testing.server_process import server_process
 from embedserver_testing.stage_times import level_means
@@ -330,14 +331,14 @@ def started_server(
     import httpx
 
     server_env = {"MODEL_NAME": str(model_dir), "LOG_LEVEL": "WARNING", **env}
-    path = [str(source) if source is not None else "", os.environ.get("PYTHONPATH", "")]
+    path = [str(source) if source is not None else ""]
     trace = out_dir.resolve() / f"trace-{name}.jsonl" if trace_passes else None
     if trace is not None:  # benchmarks/pass_trace.py: the hook goes first, so every process imports it
         trace.unlink(missing_ok=True)
         server_env["PASS_TRACE"] = str(trace)
         path.insert(0, str(pass_trace.HOOK_DIR))
-    if any(path):
-        server_env["PYTHONPATH"] = os.pathsep.join(filter(None, path))
+    if python_path := first_on_path(*path):
+        server_env["PYTHONPATH"] = python_path
     # Started from the tree itself: `python -m` puts the working directory first on the path.
     server_log = out_dir.resolve() / f"server-{name}.log"
     with (

@@ -24,6 +24,7 @@ import httpx
 import numpy as np
 
 from benchmarks.gpu_bench import make_texts
+from embedserver_testing.python_path import first_on_path
 from embedserver_testing.server_process import server_process
 
 
@@ -57,13 +58,12 @@ def main() -> None:
     args = parser.parse_intermixed_args()
     env = {"MODEL_NAME": str(args.model), "LOG_LEVEL": "WARNING"}
     env |= dict(setting.split("=", 1) for setting in args.settings)
-    extra = os.environ.get("PYTHONPATH", "")
     with ExitStack() as stack:
         urls = [
             # Each from its own tree, put first on the path (the rest of PYTHONPATH kept for its packages).
             stack.enter_context(
                 server_process(
-                    {**env, "PYTHONPATH": os.pathsep.join(filter(None, (str(tree.resolve()), extra)))},
+                    {**env, "PYTHONPATH": first_on_path(str(tree.resolve()))},
                     cwd=tree.resolve(),
                 )
             )[0]

@@ -21,14 +21,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+from embedserver_testing.python_path import first_on_path
+
 _TOTAL = re.compile(r"^(plain|compiled) +(\d+x\d+) .* total +([\d.]+) ms ", re.M)
 
 
 def pass_times(model: str, tree: Path, shapes: list[str], compiled: bool) -> dict[str, float]:
     """Each shape's median pass in ms, from one `pass_phases` process run from `tree`."""
-    env = dict(
-        os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(tree), os.environ.get("PYTHONPATH")]))
-    )
+    env = dict(os.environ, PYTHONPATH=first_on_path(str(tree)))
     args = [
         sys.executable,
         "-m",
