@@ -110,7 +110,9 @@ class Qwen3Encoder(nn.Module):
         picked."""
         if self._cuda_blocks:
             batch, length = ids.shape
-            picked = mx.arange(batch, dtype=lengths.dtype) * length + lengths - 1
+            # Row b's last real token in the flat stream, b * L + lengths[b] - 1: one range and one addition,
+            # operations a short pass's host queues like any kernel.
+            picked = mx.arange(-1, batch * length - 1, length, dtype=lengths.dtype) + lengths
             return self.model.norm(self._cuda_states(ids, queue_early, picked))
         if not on_cpu():
             return pool(self(ids, lengths), lengths, "last")
