@@ -113,6 +113,7 @@ def cases(shape: str) -> list[KernelCase]:
             attention_inputs[:5],
             [("q", _BF16), ("k", _BF16)],
             [("T", _BF16), ("H", heads), ("KV", kv), ("D", d), ("R", rounds)],
+            cuda_kernels.NORM_ROPE_LANE,
         ),
         KernelCase(
             "swiglu",

@@ -20,6 +20,8 @@ from typing import Any
 
 import mlx.core as mx
 
+from embedserver.runtime.architectures.cuda_kernels import NORM_ROPE_LANE
+
 # Device helpers. Fragment layouts (PTX ISA, mma.m16n8k16): lane = 4 gr + tg; A's registers hold rows gr and
 # gr + 8 at columns 2 tg, 2 tg + 1 and those + 8; B's hold rows 2 tg, 2 tg + 1 (and + 8) of column gr; the
 # float32 result holds rows gr and gr + 8 at columns 2 tg, 2 tg + 1. The low half of a register is the lower
@@ -29,13 +31,16 @@ import mlx.core as mx
 # 16-byte vector, `EmbedserverPack`), D / 8 lanes a row, so a warp's loads and stores cover whole rows and the
 # RoPE partner of an element (D / 2 away) sits D / 16 lanes away, one shuffle. `embedserver_angles` reads a
 # lane's cosines and sines at position `pos`; `embedserver_norm_rope` normalizes a row with weights `w` and
-# rotates it, as `qk_norm_rope` does, expression for expression (every lane of the warp calls it together).
+# rotates it with `qk_norm_rope`'s own arithmetic (cuda_kernels.NORM_ROPE_LANE; every lane of the warp calls it
+# together).
 #
 # `embedserver_ldmatrix` (PTX ISA, m8n8 .x4, 16-bit): lanes 8 i to 8 i + 7 give the row addresses of matrix i
 # (16 bytes each), and every lane gets, in register i, matrix i's row lane / 4 at columns 2 (lane % 4) and the
 # next: the m16n8k16 A and B fragment layout. With `.trans` it gets the transposed matrix's: rows 2 (lane % 4)
 # and the next at column lane / 4, which is B's layout for a matrix stored row-major by k (v, keys by rows).
-_HEADER = """
+_HEADER = (
+    NORM_ROPE_LANE
+    + """
 template <bool BF16>
 __device__ inline void embedserver_mma(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
     if constexpr (BF16) {
@@ -74,28 +79,10 @@ __device__ inline EmbedserverAngles embedserver_angles(const float* table, int p
 template <typename T, int D>
 __device__ inline EmbedserverPack<T> embedserver_norm_rope(
         const EmbedserverPack<T>& in, const EmbedserverPack<T>& w, const EmbedserverAngles& a, float eps, int sub) {
-    constexpr int N = D / 8;
     const float c[8] = {a.c[0].x, a.c[0].y, a.c[0].z, a.c[0].w, a.c[1].x, a.c[1].y, a.c[1].z, a.c[1].w};
     const float s[8] = {a.s[0].x, a.s[0].y, a.s[0].z, a.s[0].w, a.s[1].x, a.s[1].y, a.s[1].z, a.s[1].w};
-    float x[8];
-    float ss = 0.0f;
-    #pragma unroll
-    for (int e = 0; e < 8; ++e) {
-        x[e] = static_cast<float>(in.v[e]);
-        ss += x[e] * x[e];
-    }
-    #pragma unroll
-    for (int o = N / 2; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffff, ss, o);
-    const float normalizer = rsqrt(ss / D + eps);
-    const bool first_half = sub < N / 2;
     EmbedserverPack<T> out;
-    #pragma unroll
-    for (int e = 0; e < 8; ++e) {
-        const T normed = static_cast<T>(x[e] * normalizer);
-        const float y = static_cast<float>(static_cast<T>(static_cast<float>(w.v[e]) * static_cast<float>(normed)));
-        const float partner = __shfl_xor_sync(0xffffffff, y, N / 2);
-        out.v[e] = static_cast<T>(first_half ? y * c[e] - partner * s[e] : partner * s[e] + y * c[e]);
-    }
+    embedserver_norm_rope_lane<T, D, 8>(in.v, w.v, c, s, eps, sub < D / 16, out.v);
     return out;
 }
 
@@ -147,6 +134,7 @@ __device__ inline void embedserver_copies_done() {
     asm volatile("cp.async.wait_all;" ::: "memory");
 }
 """
+)
 
 # One block a (sequence b, KV head): the head's keys are normalized and rotated once into shared memory and its
 # values copied there (by `cp.async`, while the keys are computed), for all G query heads that read them. A

@@ -43,6 +43,38 @@ _ROPE_TABLE = """
     table[l * D + HALF + j] = sin(theta);
 """
 
+# One lane's E consecutive elements of a head's row: RMS-normalized over the row's D elements (the D / E lanes
+# of the row's group reduce the sum of squares together), multiplied by the norm's weights and rotated by RoPE
+# with each element's cosine and sine; an element's RoPE partner (D / 2 away) sits D / E / 2 lanes away, one
+# shuffle. Every lane of the warp calls it together. `qk_norm_rope` and the attention kernels of
+# cuda_attention.py both normalize and rotate q and k through it, so they round alike, as MLX's RMSNorm and
+# RoPE do (the module's doc).
+NORM_ROPE_LANE = """
+template <typename T, int D, int E>
+__device__ inline void embedserver_norm_rope_lane(
+        const T (&in)[E], const T (&w)[E], const float (&c)[E], const float (&s)[E], float eps, bool first_half,
+        T (&out)[E]) {
+    constexpr int N = D / E;
+    float x[E];
+    float ss = 0.0f;
+    #pragma unroll
+    for (int e = 0; e < E; ++e) {
+        x[e] = static_cast<float>(in[e]);
+        ss += x[e] * x[e];
+    }
+    #pragma unroll
+    for (int o = N / 2; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffff, ss, o);
+    const float normalizer = rsqrt(ss / D + eps);
+    #pragma unroll
+    for (int e = 0; e < E; ++e) {
+        const T normed = static_cast<T>(x[e] * normalizer);
+        const float y = static_cast<float>(static_cast<T>(static_cast<float>(w[e]) * static_cast<float>(normed)));
+        const float partner = __shfl_xor_sync(0xffffffff, y, N / 2);
+        out[e] = static_cast<T>(first_half ? y * c[e] - partner * s[e] : partner * s[e] + y * c[e]);
+    }
+}
+"""
+
 # A warp takes R rounds of 32 / N of a token's q and k heads at once, N = D / E lanes a head and E = 16 /
 # sizeof(T) elements a lane (one 16-byte vector: 8 bf16, 16 lanes for D = 128): lane i of a head's group holds
 # elements [i*E, (i+1)*E), so the RoPE partner of an element (D/2 away) sits N/2 lanes away and one shuffle
@@ -92,26 +124,9 @@ _QK_NORM_ROPE = """
     #pragma unroll
     for (int r = 0; r < R; ++r) {
         const int slot = first + r * PER_ROUND;
-        float x[E];
-        float ss = 0.0f;
-        #pragma unroll
-        for (int e = 0; e < E; ++e) {
-            x[e] = static_cast<float>(in[r].v[e]);
-            ss += x[e] * x[e];
-        }
-        #pragma unroll
-        for (int o = N / 2; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffff, ss, o);
-        const float normalizer = rsqrt(ss / D + params[0]);
         const bool is_q = slot < H;
-        const Pack& w = is_q ? qw : kw;
         Pack out;
-        #pragma unroll
-        for (int e = 0; e < E; ++e) {
-            const T normed = static_cast<T>(x[e] * normalizer);
-            const float y = static_cast<float>(static_cast<T>(static_cast<float>(w.v[e]) * static_cast<float>(normed)));
-            const float partner = __shfl_xor_sync(0xffffffff, y, N / 2);
-            out.v[e] = static_cast<T>(first_half ? y * c.v[e] - partner * s.v[e] : partner * s.v[e] + y * c.v[e]);
-        }
+        embedserver_norm_rope_lane<T, D, E>(in[r].v, (is_q ? qw : kw).v, c.v, s.v, params[0], first_half, out.v);
         if (slot < H + KV) {
             T* dst = is_q ? q + (long(token) * H + slot) * D : k + (long(token) * KV + (slot - H)) * D;
             *reinterpret_cast<Pack*>(dst + sub * E) = out;
@@ -170,6 +185,7 @@ def _kernels() -> dict[str, Any]:
             input_names=["qkv", "q_weight", "k_weight", "table", "params"],
             output_names=["q", "k"],
             source=_QK_NORM_ROPE,
+            header=NORM_ROPE_LANE,
         ),
         "swiglu": mx.fast.cuda_kernel(
             name="embedserver_swiglu", input_names=["gate_up"], output_names=["out"], source=_SWIGLU
