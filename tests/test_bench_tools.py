@@ -400,3 +400,17 @@ def test_launch_parallel_launches_beside_spinning_processes(tiny_qwen3: Path) ->
     assert [line.split("  ")[0] for line in lines] == ["threads 1", "threads 1 spin 1"]
     rates = [re.search(r"([\d.]+) passes/s", line) for line in lines]
     assert all(rate is not None and float(rate.group(1)) > 0 for rate in rates)
+
+
+def test_start_cost_times_each_warmed_shape_once_and_sums_them_by_length(
+    tiny_qwen3: Path, tmp_path: Path
+) -> None:
+    """On CPU the warm-up runs one shape (1 x 16): one first pass, timed against one more of the same shape."""
+    out = tmp_path / "start.json"
+    text = _run_benchmark("benchmarks.start_cost", str(tiny_qwen3), "--json", str(out))
+    result = json.loads(out.read_text())
+    assert result["shapes"] == 1 and [(s["rows"], s["length"]) for s in result["slowest"]] == [(1, 16)]
+    assert result["by_length"]["16"]["shapes"] == 1
+    assert result["by_length"]["16"]["first_s"] == pytest.approx(result["first_passes_s"], abs=0.002)
+    assert result["load_s"] > 0 and result["ready_s"] >= result["first_passes_s"]
+    assert re.search(r"^ +16 +1 +[\d.]+ +[\d.]+$", text, re.M), text
