@@ -71,6 +71,15 @@ def test_overlays_render_to_valid_manifests(overlay: str) -> None:
     bound = float(env["DRAIN_DELAY_S"]) + float(env["SHUTDOWN_GRACE_S"]) + 5
     assert pod["terminationGracePeriodSeconds"] > bound
     assert container["volumeMounts"][0]["mountPath"] == env["HF_HOME"]
+    # With a read-only root filesystem the server still needs a writable temporary directory (its front-ends'
+    # socket to the engine is made there; Python looks in TMPDIR, then /tmp): an emptyDir, mounted writable.
+    if container["securityContext"].get("readOnlyRootFilesystem"):
+        temporary = env.get("TMPDIR", "/tmp")
+        mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+        assert temporary in mounts, f"nothing writable at {temporary} on a read-only root filesystem"
+        assert not mounts[temporary].get("readOnly", False)
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert "emptyDir" in volumes[mounts[temporary]["name"]]
     gpus = container["resources"]["limits"].get("nvidia.com/gpu")
     assert gpus == ("1" if overlay == "nvidia" else None)
     selector = documents["Service"]["spec"]["selector"]
