@@ -54,7 +54,7 @@ def main() -> None:
     parser.add_argument("shapes", nargs="*")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--compiled", action="store_true")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()  # shapes before or after the options
     trees = {"A": args.tree_a.resolve(), "B": args.tree_b.resolve()}
     runs: dict[str, list[dict[str, float]]] = {"A": [], "B": []}
     for round_ in range(args.rounds):

@@ -214,7 +214,7 @@ def test_pass_ab_alternates_two_trees_and_gives_each_shape_their_ratio(tiny_qwen
     """The same tree as A and B, two rounds: every shape gets a pass time a round from each, in the order run,
     and B's median over A's."""
     text = _run_benchmark(
-        "benchmarks.pass_ab", str(tiny_qwen3), ".", str(ROOT), "1x16", "3x40", "--rounds", "2", timeout=240
+        "benchmarks.pass_ab", str(tiny_qwen3), ".", str(ROOT), "--rounds", "2", "1x16", "3x40", timeout=240
     )
     rows = re.findall(r"^ +(\d+x\d+) +([\d.]+) ([\d.]+) +([\d.]+) ([\d.]+) +([\d.]+)$", text, re.M)
     assert [row[0] for row in rows] == ["1x16", "3x40"], text
