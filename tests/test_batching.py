@@ -12,7 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from embedserver.batching.worker import BatchLimits, BatchWorker, QueuedRequest, WorkItem, plan_batches
+from embedserver.batching.limits import BatchLimits
+from embedserver.batching.planning import plan_batches
+from embedserver.batching.queued import QueuedRequest, WorkItem
+from embedserver.batching.worker import BatchWorker
 from embedserver.errors import InferenceError, Overloaded
 from embedserver.metrics import Metrics
 from embedserver.tokenization.token_ids import TokenIds

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from embedserver.batching.launched import non_finite_rows
-from embedserver.batching.worker import BatchLimits, BatchWorker
+from embedserver.batching.limits import BatchLimits
+from embedserver.batching.worker import BatchWorker
 from embedserver.catalog import ModelSpec
 from embedserver.errors import InferenceError, ModelUnavailable
 from embedserver.metrics import Metrics

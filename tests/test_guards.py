@@ -122,8 +122,8 @@ async def test_dead_worker_fails_its_requests_with_503_and_is_restarted_on_its_o
     client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import embedserver.batching.worker as batching
+    from embedserver.batching.planning import plan_batches as real
 
-    real = batching.plan_batches
     calls = {"n": 0}
 
     def broken_once(*args: Any, **kwargs: Any) -> Any:

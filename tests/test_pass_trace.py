@@ -21,7 +21,8 @@ _SCRIPT = textwrap.dedent(
     import asyncio, gc, time
     from concurrent.futures import ThreadPoolExecutor
     import numpy as np
-    from embedserver.batching.worker import BatchLimits, BatchWorker
+    from embedserver.batching.limits import BatchLimits
+    from embedserver.batching.worker import BatchWorker
     from embedserver.metrics import Metrics
 
     def launch(batch):
@@ -150,7 +151,8 @@ _MODEL_PROCESS_SCRIPT = textwrap.dedent(
     """
     import asyncio, sys, time
     from concurrent.futures import ThreadPoolExecutor
-    from embedserver.batching.worker import BatchLimits, BatchWorker
+    from embedserver.batching.limits import BatchLimits
+    from embedserver.batching.worker import BatchWorker
     from embedserver.catalog import ModelSpec
     from embedserver.metrics import Metrics
     from embedserver.runtime.model_files import resolve_source

@@ -14,7 +14,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from embedserver.batching.worker import BatchLimits
+from embedserver.batching.limits import BatchLimits
 from embedserver.catalog import Catalog, ModelSpec
 from embedserver.errors import ModelUnavailable
 from embedserver.metrics import Metrics

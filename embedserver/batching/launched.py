@@ -6,14 +6,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import numpy as np
 
+from embedserver.batching.queued import QueuedRequest, WorkItem
 from embedserver.tokenization.token_ids import TokenIds
-
-if TYPE_CHECKING:
-    from embedserver.batching.worker import QueuedRequest, WorkItem
 
 # A batch's token ids in, a function that waits for its pass and returns the vectors out (ModelRunner.launch).
 LaunchFn = Callable[[list[TokenIds]], Callable[[], np.ndarray]]

@@ -32,15 +32,17 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor
 from contextlib import contextmanager
-from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
 
 from embedserver.batching.launched import LaunchedPass, LaunchFn, RemotePasses, non_finite_rows
+from embedserver.batching.limits import BatchLimits
+from embedserver.batching.planning import plan_batches
+from embedserver.batching.queued import QueuedRequest, WorkItem, deliver, first_waiting_since, waiting_since
 from embedserver.errors import InferenceError, ModelUnavailable, Overloaded, TooManyTokens
 from embedserver.metrics import Metrics, observe_many
-from embedserver.runtime.padding import bucket_length, padded_shape, rows_to_run
+from embedserver.runtime.padding import padded_shape, rows_to_run
 from embedserver.tokenization.token_ids import TokenIds
 from embedserver.tuning.threads import named_executor
 
@@ -56,98 +58,6 @@ _OVERLAPPED = 2
 _CUT_AHEAD = 0.2
 
 EmbedFn = Callable[[list[TokenIds]], np.ndarray]
-
-
-class WorkItem:
-    """One text of a queued request: its token ids and its row in the request's answer."""
-
-    __slots__ = ("ids", "request", "row")
-
-    def __init__(self, ids: TokenIds, request: QueuedRequest, row: int) -> None:
-        self.ids = ids
-        self.request = request
-        self.row = row
-
-
-class QueuedRequest:
-    """One request in a worker: its texts still waiting, in order, and the future of its answer (the vectors
-    of every text, stacked in order). A done future (answered, failed, or cancelled by a caller that left)
-    means its texts still waiting are dropped, not computed."""
-
-    __slots__ = ("enqueued", "future", "out", "progressed", "queued", "remaining", "size", "waiting")
-
-    def __init__(self, sequences: Sequence[TokenIds], future: asyncio.Future[np.ndarray]) -> None:
-        self.waiting = deque([WorkItem(ids, self, row) for row, ids in enumerate(sequences)])
-        self.future = future
-        self.size = self.remaining = len(self.waiting)
-        self.out: np.ndarray | None = None  # the answer being filled, rows in request order
-        self.enqueued = time.perf_counter()
-        self.progressed = 0.0  # when the last of its texts was computed (0: none yet)
-        self.queued = False  # in the worker's round-robin queue now
-
-    def deliver(self, row: int, vector: np.ndarray) -> None:
-        """One text's vector; the answer once every text has one."""
-        if self.size == 1:
-            self.future.set_result(vector[None, :].copy())
-            return
-        out = self.out
-        if out is None:
-            out = self.out = np.empty((self.size, vector.shape[0]), dtype=vector.dtype)
-        out[row] = vector
-        self.remaining -= 1
-        if not self.remaining:
-            self.future.set_result(out)
-
-    def fail(self, exc: BaseException) -> None:
-        if not self.future.done():
-            self.future.set_exception(exc)
-
-
-@dataclass(frozen=True)
-class BatchLimits:
-    max_size: int
-    max_tokens: int
-    wait_s: float
-    max_queue: int
-    # Refuse new work when the backlog would take longer than this to clear at the recent rate (0: off).
-    max_wait_s: float = 0.0
-    # How many batches' worth of queued items one planning round takes; bounded so a flood of short texts
-    # cannot keep a long one waiting for more than a round.
-    window_batches: int = 8
-    # Tokens: one request may bring at most max_request_tokens to compute (413 past it), and a model takes
-    # new requests while fewer than max_queue_tokens wait or run (429 past it; a request alone always).
-    max_request_tokens: int = 300_000
-    max_queue_tokens: int = 2_000_000
-
-
-def plan_batches(
-    items: Sequence[WorkItem], *, max_size: int, max_tokens: int, split_tokens: int = 0
-) -> list[list[WorkItem]]:
-    """Sort by length and cut into batches of at most `max_size` items whose padded size
-    (bucketed longest length × count) stays within `max_tokens`. A single item always forms a batch.
-
-    With `split_tokens`, a batch is also cut where the next (longer) item would pad the items already in it by
-    more than `split_tokens` tokens and by more than their own padded size: a pass costs a fixed time (on GPUs
-    mostly the host queueing its kernels) plus time per padded token, so past that point a second pass costs
-    less than the padding. Queries of 16 tokens waiting with passages of 256 then run as a batch of queries and
-    a batch of passages, not all padded to 256; texts of similar lengths still share a pass."""
-    batches: list[list[WorkItem]] = []
-    current: list[WorkItem] = []
-    current_length = 0  # the bucketed length `current` is padded to
-    for item in sorted(items, key=lambda it: len(it.ids)):
-        # Sorted ascending, so the newcomer is the longest and sets the padded length.
-        length = bucket_length(len(item.ids))
-        padded = length * (len(current) + 1)
-        added = (length - current_length) * len(current)  # padding the newcomer adds to the items in
-        split = split_tokens and added > split_tokens and added > current_length * len(current)
-        if current and (len(current) >= max_size or padded > max_tokens or split):
-            batches.append(current)
-            current = []
-        current.append(item)
-        current_length = length
-    if current:
-        batches.append(current)
-    return batches
 
 
 class BatchWorker:
@@ -354,7 +264,7 @@ class BatchWorker:
         # A request waits from when it was queued or last had a text computed: a large request whose texts
         # form a batch of their own (longer texts than a small request's, or past the budget) takes turns
         # with the small ones that arrived behind it instead of going first until it is done.
-        first = batches[0] if len(batches) == 1 else min(batches, key=_first_waiting_since)
+        first = batches[0] if len(batches) == 1 else min(batches, key=first_waiting_since)
         back = [item for batch in batches if batch is not first for item in batch]
         # While the device is busy, a batch is cut to a bucketed row count (after planning, so the cut is of
         # the batch that runs); the texts held back are those the window took last.
@@ -450,7 +360,7 @@ class BatchWorker:
             record = partial(self._record_pass, done.requests, done.shape, real, done.started, done.seconds)
             if not done.bad:
                 assert done.vectors is not None
-                _deliver(batch, done.vectors, time.perf_counter())
+                deliver(batch, done.vectors, time.perf_counter())
                 asyncio.get_running_loop().call_soon(record)  # after the callers resume
                 self._settle(batch)
                 return
@@ -518,7 +428,7 @@ class BatchWorker:
         if not max_wait:
             return items, []
         oldest = time.perf_counter() - max_wait
-        late = [item for item in items if _waiting_since(item.request) < oldest]
+        late = [item for item in items if waiting_since(item.request) < oldest]
         if not late:
             return items, []
         error = Overloaded(
@@ -573,7 +483,7 @@ class BatchWorker:
             except Exception as exc:
                 await self._retry_alone(batch, exc, settle=False)
                 return
-            _deliver(batch, vectors, time.perf_counter())
+            deliver(batch, vectors, time.perf_counter())
             # Metrics after the callers resume (they were scheduled first): a lone request does not wait for them.
             loop.call_soon(record)
         finally:
@@ -595,7 +505,7 @@ class BatchWorker:
                     continue  # failed by an earlier text of the same request
                 try:
                     vectors, record = await self._forward([item])
-                    _deliver([item], vectors, time.perf_counter())
+                    deliver([item], vectors, time.perf_counter())
                     loop.call_soon(record)
                 except Exception as item_exc:
                     item.request.fail(item_exc)
@@ -735,21 +645,3 @@ class _FailedPass(Exception):
     def __init__(self, started: float, cause: Exception) -> None:
         super().__init__(started, cause)
         self.started, self.cause = started, cause
-
-
-def _waiting_since(request: QueuedRequest) -> float:
-    """When a request last started waiting for the model: queued, or its last text computed."""
-    return max(request.enqueued, request.progressed)
-
-
-def _first_waiting_since(batch: list[WorkItem]) -> float:
-    return min(_waiting_since(item.request) for item in batch)
-
-
-def _deliver(batch: list[WorkItem], vectors: np.ndarray, now: float) -> None:
-    """A pass's vectors to their requests, skipping those whose caller left or that failed meanwhile."""
-    for item, vector in zip(batch, vectors, strict=True):
-        request = item.request
-        request.progressed = now
-        if not request.future.done():
-            request.deliver(item.row, vector)

@@ -59,7 +59,7 @@ class ModelRunner:
     # the device computes while the host queues the next pass's kernels (`launch`).
     overlap_passes: bool = False
     # Padded tokens worth one more pass: a batch is split where padding its shorter texts to a longer one would
-    # cost more (batching.worker.plan_batches; set by device_policy.py).
+    # cost more (batching.planning.plan_batches; set by device_policy.py).
     split_tokens: int = 0
     # Passes of fewer padded tokens than this run as one mx.compile'd graph per shape (COMPILE; set by
     # device_policy.py): the Python side of a pass shrinks from hundreds of operation calls, each taking the

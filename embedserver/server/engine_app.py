@@ -17,7 +17,7 @@ from fastapi import FastAPI
 from embedserver.api.app import build_app
 from embedserver.api.routes_ops import router as ops_router
 from embedserver.api.state import ServerState
-from embedserver.batching.worker import BatchLimits
+from embedserver.batching.limits import BatchLimits
 from embedserver.catalog import ModelSpec, load_catalog, operator_model
 from embedserver.errors import APIError
 from embedserver.metrics import Metrics

@@ -17,7 +17,8 @@ from functools import partial
 from typing import Any, Literal, Protocol, cast
 
 from embedserver.backoff import doubling
-from embedserver.batching.worker import BatchLimits, BatchWorker
+from embedserver.batching.limits import BatchLimits
+from embedserver.batching.worker import BatchWorker
 from embedserver.catalog import Catalog, ModelSpec, Task
 from embedserver.errors import ModelNotDownloaded, ModelUnavailable
 from embedserver.metrics import Metrics
