@@ -69,7 +69,7 @@ def first_waiting_since(batch: list[WorkItem]) -> float:
     return min(waiting_since(item.request) for item in batch)
 
 
-def deliver(batch: list[WorkItem], vectors: np.ndarray, now: float) -> None:
+def deliver_pass(batch: list[WorkItem], vectors: np.ndarray, now: float) -> None:
     """A pass's vectors to their requests, skipping those whose caller left or that failed meanwhile."""
     for item, vector in zip(batch, vectors, strict=True):
         request = item.request

@@ -39,7 +39,13 @@ import numpy as np
 from embedserver.batching.launched import LaunchedPass, LaunchFn, RemotePasses, non_finite_rows
 from embedserver.batching.limits import BatchLimits
 from embedserver.batching.planning import plan_batches
-from embedserver.batching.queued import QueuedRequest, WorkItem, deliver, first_waiting_since, waiting_since
+from embedserver.batching.queued import (
+    QueuedRequest,
+    WorkItem,
+    deliver_pass,
+    first_waiting_since,
+    waiting_since,
+)
 from embedserver.errors import InferenceError, ModelUnavailable, Overloaded, TooManyTokens
 from embedserver.metrics import Metrics, observe_many
 from embedserver.runtime.padding import padded_shape, rows_to_run
@@ -360,7 +366,7 @@ class BatchWorker:
             record = partial(self._record_pass, done.requests, done.shape, real, done.started, done.seconds)
             if not done.bad:
                 assert done.vectors is not None
-                deliver(batch, done.vectors, time.perf_counter())
+                deliver_pass(batch, done.vectors, time.perf_counter())
                 asyncio.get_running_loop().call_soon(record)  # after the callers resume
                 self._settle(batch)
                 return
@@ -483,7 +489,7 @@ class BatchWorker:
             except Exception as exc:
                 await self._retry_alone(batch, exc, settle=False)
                 return
-            deliver(batch, vectors, time.perf_counter())
+            deliver_pass(batch, vectors, time.perf_counter())
             # Metrics after the callers resume (they were scheduled first): a lone request does not wait for them.
             loop.call_soon(record)
         finally:
@@ -505,7 +511,7 @@ class BatchWorker:
                     continue  # failed by an earlier text of the same request
                 try:
                     vectors, record = await self._forward([item])
-                    deliver([item], vectors, time.perf_counter())
+                    deliver_pass([item], vectors, time.perf_counter())
                     loop.call_soon(record)
                 except Exception as item_exc:
                     item.request.fail(item_exc)
