@@ -287,3 +287,28 @@ def test_front_ends_tokenize_and_the_engines_cache_answers_as_one_process(
     assert split["embeddings"][0] == split["embeddings"][2]
     for got in split_again:
         assert got["cached"] == [True, True] and np.allclose(got["embeddings"], single_again[0]["embeddings"])
+
+
+def test_front_ends_reach_the_engine_without_writing_to_the_filesystem(
+    catalog_file: Path, tmp_path: Path
+) -> None:
+    """The engine hands each front-end its end of a socket pair, so a server with front-ends needs no writable
+    temporary directory (a read-only root filesystem): with TMPDIR an empty directory, requests are answered
+    and nothing is made there, also after a front-end is replaced."""
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    env = {**_env(catalog_file, 2), "TMPDIR": str(temporary)}
+    with server_process(env, tmp_path / "server.log", timeout=120) as (url, proc):
+        r = httpx.post(f"{url}/v1/embeddings", json={"input": TEXTS}, timeout=60)
+        assert r.status_code == 200 and len(r.json()["data"]) == len(TEXTS)
+        first = _wait_for_frontends(proc.pid, 2)
+        os.kill(min(first), signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(_frontend_pids(proc.pid) - first) < 1:
+            time.sleep(0.2)
+        replaced = _frontend_pids(proc.pid) - first
+        assert replaced, "the dead front-end was not replaced"
+        for _ in range(8):  # across both front-ends' connections
+            r = httpx.post(f"{url}/v1/embeddings", json={"input": TEXTS[0]}, timeout=60)
+            assert r.status_code == 200
+        assert list(temporary.iterdir()) == []

@@ -71,8 +71,8 @@ def test_overlays_render_to_valid_manifests(overlay: str) -> None:
     bound = float(env["DRAIN_DELAY_S"]) + float(env["SHUTDOWN_GRACE_S"]) + 5
     assert pod["terminationGracePeriodSeconds"] > bound
     assert container["volumeMounts"][0]["mountPath"] == env["HF_HOME"]
-    # With a read-only root filesystem the server still needs a writable temporary directory (its front-ends'
-    # socket to the engine is made there; Python looks in TMPDIR, then /tmp): an emptyDir, mounted writable.
+    # With a read-only root filesystem a writable temporary directory where Python and MLX look for one (TMPDIR,
+    # else /tmp): MLX keeps its compiled kernels there. An emptyDir, mounted writable.
     if container["securityContext"].get("readOnlyRootFilesystem"):
         temporary = env.get("TMPDIR", "/tmp")
         mounts = {m["mountPath"]: m for m in container["volumeMounts"]}

@@ -44,7 +44,7 @@ def test_restart_delays(monkeypatch: pytest.MonkeyPatch) -> None:
             return started[-1]
 
     with socket.socket() as listener:
-        pool = supervisor.Frontends(1, listener, "/nowhere")
+        pool = supervisor.Frontends(1, listener, lambda engine_end: engine_end.close())
         pool._context = Context()  # type: ignore[assignment]
         pool.start()
 

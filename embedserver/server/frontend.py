@@ -46,7 +46,7 @@ HEAD_PATHS = ("/health", "/ready", "/metrics")
 FORWARDED_POSTS = ("/v1/rerank", "/v2/rerank", "/rerank", "/tokenize", "/detokenize")
 
 
-def create_frontend_app(settings: Settings, engine_path: str, index: int = 0) -> FastAPI:
+def create_frontend_app(settings: Settings, engine: socket.socket, index: int = 0) -> FastAPI:
     client = EngineClient()
     metrics = ForwardedMetrics(client)
     service = RemoteService(client, settings, metrics)
@@ -54,7 +54,7 @@ def create_frontend_app(settings: Settings, engine_path: str, index: int = 0) ->
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loop = asyncio.get_running_loop()
-        await loop.create_unix_connection(lambda: client, engine_path)
+        await loop.create_unix_connection(lambda: client, sock=engine)
         watcher = asyncio.create_task(_exit_when_lost(client))
         # The default model's tokenizer, ready before the first request needs it (waits for the engine's load).
         warm = asyncio.create_task(_describe_default(service))
@@ -125,11 +125,12 @@ async def _report_process(metrics: ForwardedMetrics, index: int) -> None:
         await asyncio.sleep(_PROCESS_REPORT_S)
 
 
-def run(sock: socket.socket, engine_path: str, index: int = 0) -> None:
-    """Entry point of a spawned front-end process (`index`: its slot, stable across restarts)."""
+def run(sock: socket.socket, engine: socket.socket, index: int = 0) -> None:
+    """Entry point of a spawned front-end process: `sock` the HTTP listener, `engine` its end of a socket pair
+    to the engine process, `index` its slot (stable across restarts)."""
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format)
-    app = create_frontend_app(settings, engine_path, index)
+    app = create_frontend_app(settings, engine, index)
     metrics: ForwardedMetrics = app.state.metrics
     # The engine waits out DRAIN_DELAY_S before it stops the front-ends: they close at once.
     serve_http(app, settings, metrics=metrics, sockets=[sock], drain_delay_s=0)

@@ -1,7 +1,9 @@
 """HTTP_WORKERS >= 1: this process owns MLX, the models and the batch queues (the engine process) and keeps
 HTTP_WORKERS front-end processes (embedserver/server/frontend.py) accepting on one listening socket.
 
-The engine speaks to its front-ends over a Unix socket in a private temporary directory. A front-end that
+The engine speaks to each front-end over a socket pair made as it is started (one end kept, the other
+passed to the new process), so nothing is written to the filesystem: the server starts on a read-only root
+filesystem with no writable temporary directory (a hardened container). A front-end that
 dies is started again (after 1 s, doubling while it keeps dying young); front-ends stop by themselves when the
 engine goes away. On SIGTERM /ready turns 503 while everything still serves for DRAIN_DELAY_S; then the engine
 closes its copy of the listener and refuses new calls (503 shutting_down), the front-ends close theirs (new
@@ -18,8 +20,8 @@ import multiprocessing
 import os
 import signal
 import socket
-import tempfile
 import time
+from collections.abc import Callable
 from multiprocessing.process import BaseProcess
 from typing import Literal
 
@@ -70,28 +72,31 @@ async def _serve(settings: Settings, workers: int, listener: socket.socket) -> N
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
-    with tempfile.TemporaryDirectory(prefix="embedserver-") as private:
-        path = os.path.join(private, "engine.sock")
-        async with app.router.lifespan_context(app):
-            links = await loop.create_unix_server(lambda: EngineLink(app), path)
-            pool = Frontends(workers, listener, path)
-            app.state.server.cold_frontends = workers  # each reports when it is warm (engine_link.py)
-            pool.start()
-            log.info(
-                "embedserver on http://%s:%d: %d front-end processes, engine pid %d",
-                settings.host,
-                settings.port,
-                workers,
-                os.getpid(),
-            )
-            while not stop.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 0.5)
-                if not stop.is_set():
-                    pool.replace_dead()
-            await _leave(app.state.server, settings, signals, listener)
-            await pool.stop(settings.shutdown_grace_s + 1)
-            links.close()
+    links: set[asyncio.Task[object]] = set()  # front-ends' links being set up (the loop holds tasks weakly)
+
+    def link(engine_end: socket.socket) -> None:
+        task = loop.create_task(loop.connect_accepted_socket(lambda: EngineLink(app), engine_end))
+        links.add(task)
+        task.add_done_callback(links.discard)
+
+    async with app.router.lifespan_context(app):
+        pool = Frontends(workers, listener, link)
+        app.state.server.cold_frontends = workers  # each reports when it is warm (engine_link.py)
+        pool.start()
+        log.info(
+            "embedserver on http://%s:%d: %d front-end processes, engine pid %d",
+            settings.host,
+            settings.port,
+            workers,
+            os.getpid(),
+        )
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.5)
+            if not stop.is_set():
+                pool.replace_dead()
+        await _leave(app.state.server, settings, signals, listener)
+        await pool.stop(settings.shutdown_grace_s + 1)
 
 
 async def _leave(state: ServerState, settings: Settings, signals: list[int], listener: socket.socket) -> None:
@@ -121,10 +126,13 @@ def _listen(host: str, port: int) -> socket.socket:
 
 
 class Frontends:
-    def __init__(self, count: int, listener: socket.socket, engine_path: str) -> None:
+    """The front-end processes: each gets the HTTP listener and its own end of a socket pair to the engine;
+    `link` receives the engine's end as each one starts (again after a restart)."""
+
+    def __init__(self, count: int, listener: socket.socket, link: Callable[[socket.socket], None]) -> None:
         self.count = count
         self.listener = listener
-        self.engine_path = engine_path
+        self.link = link
         self._context = multiprocessing.get_context("spawn")  # a fresh interpreter: no MLX, no threads
         self._procs: list[BaseProcess | None] = [None] * count
         self._started = [0.0] * count
@@ -136,12 +144,20 @@ class Frontends:
             self._spawn(index)
 
     def _spawn(self, index: int) -> None:
-        proc = self._context.Process(
-            target=frontend.run,
-            args=(self.listener, self.engine_path, index),
-            name=f"embedserver-frontend-{index}",
-        )
-        proc.start()
+        engine_end, frontend_end = socket.socketpair()
+        try:
+            proc = self._context.Process(
+                target=frontend.run,
+                args=(self.listener, frontend_end, index),
+                name=f"embedserver-frontend-{index}",
+            )
+            proc.start()
+        except BaseException:
+            engine_end.close()
+            raise
+        finally:
+            frontend_end.close()  # the new process holds its own copy
+        self.link(engine_end)
         self._procs[index] = proc
         self._started[index] = time.monotonic()
 
