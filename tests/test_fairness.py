@@ -4,6 +4,7 @@ long an accepted text waits. Against the real server process."""
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -80,37 +81,46 @@ def test_an_accepted_request_never_waits_past_max_queue_wait(catalog_file: Path,
     """A burst on a model with no measured rate yet: admission takes it all (it cannot judge the wait), far
     more than the model clears within MAX_QUEUE_WAIT_S. The bound still holds: requests still waiting after it
     get 429 queue_timeout instead of an answer arbitrarily late, and their texts are never computed."""
-    env = _env(catalog_file, MAX_QUEUE_WAIT_S="1", CACHE_MAX_ENTRIES="0", HTTP_WORKERS="0")
+    # Batches of 32: passes short against the 1 s bound, so the bound on each text's wait below is tight.
+    env = _env(
+        catalog_file, MAX_QUEUE_WAIT_S="1", CACHE_MAX_ENTRIES="0", HTTP_WORKERS="0", MAX_BATCH_SIZE="32"
+    )
     texts = [f"burst {i} " + "waits its turn " * 120 for i in range(600)]  # ~14 s of work here
 
-    async def burst(url: str) -> list[tuple[int, str, float]]:
+    async def burst(url: str) -> list[tuple[int, str]]:
         limits = httpx.Limits(max_connections=len(texts))
         async with httpx.AsyncClient(limits=limits, timeout=120) as client:
 
-            async def one(text: str) -> tuple[int, str, float]:
-                begun = time.monotonic()
+            async def one(text: str) -> tuple[int, str]:
                 response = await client.post(f"{url}/v1/embeddings", json={"input": text})
                 code = response.json()["error"]["code"] if response.status_code != 200 else ""
-                return response.status_code, code, time.monotonic() - begun
+                return response.status_code, code
 
             return await asyncio.gather(*(one(text) for text in texts))
 
     with running_server(env, tmp_path / "server.log", timeout=120) as url:
         answers = asyncio.run(burst(url))
-        statuses = {(status, code) for status, code, _ in answers}
+        statuses = set(answers)
         assert statuses <= {(200, ""), (429, "queue_timeout"), (429, "overloaded")}, statuses
-        late = sum(code == "queue_timeout" for _, code, _ in answers)
-        assert late > 0 and sum(status == 200 for status, _, _ in answers) > 0
-        slowest = max(seconds for _, _, seconds in answers)
+        late = sum(code == "queue_timeout" for _, code in answers)
+        assert late > 0 and sum(status == 200 for status, _ in answers) > 0
         metrics = httpx.get(f"{url}/metrics").text
         assert metric_sample(metrics, 'embedserver_expired_total{model="tiny"}') == late
         computed = metric_sample(metrics, 'embedserver_texts_total{model="tiny"}')
         assert computed <= len(texts) - late
-        # No answer waited for the whole burst to be computed (~14 s on a 2-core VM): the bound is this
-        # machine's own pace, so a slow or busy machine does not fail it.
-        every_text = (
-            metric_sample(metrics, 'embedserver_inference_seconds_sum{model="tiny"}') / computed * len(texts)
-        )
-        assert slowest < every_text, (
-            f"an answer took {slowest:.1f} s; computing every text, {every_text:.1f} s"
-        )
+        # No text was computed after waiting past MAX_QUEUE_WAIT_S (1 s) by more than its hand-over to the
+        # model's thread, at most the two passes ahead of it. Read in the server: with 600 clients on the same
+        # small machine, an answer reaches its client seconds after it leaves, time that is not the queue's.
+        passes = _histogram(metrics, "embedserver_inference_seconds")
+        longest_pass = next(le for le, count in passes if count == passes[-1][1])
+        waits = _histogram(metrics, "embedserver_queue_wait_seconds")
+        bound = next(le for le, _ in waits if le >= 1.0 + 2 * longest_pass)
+        waited_longer = waits[-1][1] - dict(waits)[bound]
+        assert waited_longer == 0, f"{waited_longer:g} computed texts waited more than {bound:g} s; {waits}"
+
+
+def _histogram(metrics: str, name: str) -> list[tuple[float, float]]:
+    """The tiny model's cumulative buckets of histogram `name` from /metrics: (upper bound, count), ascending,
+    +Inf last."""
+    found = re.findall(rf'^{name}_bucket{{le="([^"]+)",model="tiny"}} (\S+)$', metrics, re.M)
+    return sorted((float(le), float(count)) for le, count in found)
