@@ -143,19 +143,16 @@ def bench_model(model_dir: Path, texts: dict[str, list[str]]) -> dict[str, Any]:
 
     import embedserver.runtime  # noqa: F401  (readies the process for MLX: BLAS preload, MLX settings)
     from embedserver.catalog import ModelSpec
-    from embedserver.runtime.device_policy import DevicePlan, ready_for_device
+    from embedserver.runtime.device_policy import ready_for_device
     from embedserver.runtime.loader import load_runner
+    from embedserver.server.engine_app import device_plan
     from embedserver.settings import Settings
 
     defaults = Settings(_env_file=None)  # type: ignore[call-arg]
     runner = load_runner(ModelSpec(name="bench", source=str(model_dir)))
-    plan = DevicePlan(
-        max_batch=defaults.max_batch_size,
-        max_tokens=defaults.max_batch_tokens,
-        compile_forward=defaults.compile,  # a lone text compiled, as the server runs it (COMPILE=auto)
-        gpu_workspace_bytes=int(defaults.gpu_workspace_gb * (1 << 30)),
-    )
-    ready_for_device(runner, plan)
+    ready_for_device(
+        runner, device_plan(defaults)
+    )  # a lone text compiled, as the server runs it (COMPILE=auto)
     out: dict[str, Any] = {"device": str(mx.default_device()), "lengths": {}}
     for length, pool in texts.items():
         # As the engine gets them from its front-ends: int32 arrays, not lists of Python ints.

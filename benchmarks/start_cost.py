@@ -31,8 +31,9 @@ def measure(model: str) -> dict[str, Any]:
     started = time.perf_counter()
     import embedserver.runtime  # noqa: F401  (readies the process for MLX, as the engine's import does)
     from embedserver.catalog import ModelSpec
-    from embedserver.runtime.device_policy import DevicePlan, ready_for_device
+    from embedserver.runtime.device_policy import ready_for_device
     from embedserver.runtime.loader import load_runner
+    from embedserver.server.engine_app import device_plan
     from embedserver.settings import Settings
     from embedserver.tokenization.token_ids import TokenIds
 
@@ -58,14 +59,8 @@ def measure(model: str) -> dict[str, Any]:
         return vectors
 
     runner.embed = timed  # type: ignore[method-assign]
-    plan = DevicePlan(
-        max_batch=settings.max_batch_size,
-        max_tokens=settings.max_batch_tokens,
-        compile_forward=settings.compile,
-        gpu_workspace_bytes=int(settings.gpu_workspace_gb * (1 << 30)),
-    )
     try:
-        ready_for_device(runner, plan)
+        ready_for_device(runner, device_plan(settings))
     finally:
         runner.embed = embed  # type: ignore[method-assign]
     ready = time.perf_counter()

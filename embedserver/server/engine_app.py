@@ -115,15 +115,20 @@ def _fetch(settings: Settings, spec: ModelSpec, download: bool) -> ModelFiles:
     return resolve_source(spec.source, download=download, stall_s=settings.download_stall_s)
 
 
-def load_model(settings: Settings, spec: ModelSpec, files: ModelFiles) -> LoadSteps[ModelRunner]:
-    """A model loaded and readied for this device, as steps (runtime/load_steps.py): the registry runs them
-    on the MLX thread with other models' passes between them; the tokenizer builds on a thread of its own."""
-    plan = DevicePlan(
+def device_plan(settings: Settings) -> DevicePlan:
+    """What a model is readied for, from the server's settings (also how the benchmarks ready the model alone)."""
+    return DevicePlan(
         max_batch=settings.max_batch_size,
         max_tokens=settings.max_batch_tokens,
         compile_forward=settings.compile,
         gpu_workspace_bytes=int(settings.gpu_workspace_gb * (1 << 30)),
     )
+
+
+def load_model(settings: Settings, spec: ModelSpec, files: ModelFiles) -> LoadSteps[ModelRunner]:
+    """A model loaded and readied for this device, as steps (runtime/load_steps.py): the registry runs them
+    on the MLX thread with other models' passes between them; the tokenizer builds on a thread of its own."""
+    plan = device_plan(settings)
     runner = yield from load_runner_steps(
         spec,
         files,
