@@ -46,16 +46,14 @@ def measure(model: str) -> dict[str, Any]:
         fast_tokenizer=settings.fast_tokenizer,
     )
     loaded = time.perf_counter()
-    # (rows, length, seconds) of each shape's first pass; readying also times a few warmed shapes again.
-    first: list[tuple[int, int, float]] = []
+    # Each (rows, length) shape's first pass, in seconds; readying also times a few warmed shapes again.
+    first: dict[tuple[int, int], float] = {}
     embed = runner.embed
 
     def timed(batch: Sequence[TokenIds]) -> np.ndarray:
         began = time.perf_counter()
         vectors = embed(batch)
-        shape = (len(batch), max(len(ids) for ids in batch))
-        if all(shape != (rows, length) for rows, length, _ in first):
-            first.append((*shape, time.perf_counter() - began))
+        first.setdefault((len(batch), max(len(ids) for ids in batch)), time.perf_counter() - began)
         return vectors
 
     runner.embed = timed  # type: ignore[method-assign]
@@ -65,17 +63,17 @@ def measure(model: str) -> dict[str, Any]:
         runner.embed = embed  # type: ignore[method-assign]
     ready = time.perf_counter()
     again: dict[tuple[int, int], float] = {}
-    for rows, length, _ in first:
+    for rows, length in first:
         began = time.perf_counter()
         embed([[runner.tokenizer.pad_id] * length] * rows)
         again[(rows, length)] = time.perf_counter() - began
     by_length: dict[int, list[float]] = defaultdict(lambda: [0, 0.0, 0.0])
-    for rows, length, seconds in first:
+    for (rows, length), seconds in first.items():
         entry = by_length[length]
         entry[0] += 1
         entry[1] += seconds
         entry[2] += again[(rows, length)]
-    slowest = sorted(first, key=lambda shape: -shape[2])[:10]
+    slowest = sorted(first.items(), key=lambda shape: -shape[1])[:10]
     return {
         "model": model,
         "compile": settings.compile,
@@ -84,13 +82,13 @@ def measure(model: str) -> dict[str, Any]:
         "load_s": round(loaded - imported, 3),
         "ready_s": round(ready - loaded, 3),
         "shapes": len(first),
-        "first_passes_s": round(sum(seconds for *_, seconds in first), 3),
+        "first_passes_s": round(sum(first.values()), 3),
         "second_passes_s": round(sum(again.values()), 3),
         "by_length": {
             str(length): {"shapes": int(n), "first_s": round(one, 3), "second_s": round(two, 3)}
             for length, (n, one, two) in sorted(by_length.items())
         },
-        "slowest": [{"rows": r, "length": n, "first_ms": round(s * 1000, 1)} for r, n, s in slowest],
+        "slowest": [{"rows": r, "length": n, "first_ms": round(s * 1000, 1)} for (r, n), s in slowest],
     }
 
 
