@@ -150,9 +150,8 @@ def bench_model(model_dir: Path, texts: dict[str, list[str]]) -> dict[str, Any]:
 
     defaults = Settings(_env_file=None)  # type: ignore[call-arg]
     runner = load_runner(ModelSpec(name="bench", source=str(model_dir)))
-    ready_for_device(
-        runner, device_plan(defaults)
-    )  # a lone text compiled, as the server runs it (COMPILE=auto)
+    # Readied as the server readies it: a lone text runs compiled (COMPILE=auto).
+    ready_for_device(runner, device_plan(defaults))
     out: dict[str, Any] = {"device": str(mx.default_device()), "lengths": {}}
     for length, pool in texts.items():
         # As the engine gets them from its front-ends: int32 arrays, not lists of Python ints.
