@@ -24,6 +24,7 @@ from typing import Any
 import mlx.core as mx
 
 from embedserver.runtime.architectures import cuda_attention, cuda_kernels
+from embedserver.runtime.architectures.cuda_sources import include
 
 # MLX's names for the dtypes the kernels take (dtype_to_cuda_type).
 _BF16, _F32, _I32 = "__nv_bfloat16", "float", "int"
@@ -102,7 +103,7 @@ def cases(shape: str) -> list[KernelCase]:
                 (key, _CUDA_TYPES[value] if isinstance(value, mx.Dtype) else value)
                 for key, value in cuda_attention.template(mx.bfloat16, length, heads, kv, d)
             ],
-            cuda_attention._HEADER,
+            include("grouped_attention.cuh"),
         )
         for length in (16, 32, 48, 64, 128)
     ]
@@ -113,7 +114,7 @@ def cases(shape: str) -> list[KernelCase]:
             attention_inputs[:5],
             [("q", _BF16), ("k", _BF16)],
             [("T", _BF16), ("H", heads), ("KV", kv), ("D", d), ("R", rounds)],
-            cuda_kernels.NORM_ROPE_LANE,
+            include("qk_norm_rope.cuh"),
         ),
         KernelCase(
             "swiglu",
@@ -125,6 +126,7 @@ def cases(shape: str) -> list[KernelCase]:
                 ("I", dims["intermediate"]),
                 ("P", cuda_kernels.swiglu_per_thread(dims["intermediate"], mx.bfloat16.size)),
             ],
+            include("swiglu.cuh"),
         ),
         KernelCase(
             "embed_rows",
@@ -132,6 +134,15 @@ def cases(shape: str) -> list[KernelCase]:
             [("weight", _BF16), ("ids", _I32)],
             out,
             [("T", _BF16), ("W", dims["hidden"]), ("P", 16 // mx.bfloat16.size)],
+            include("embed_rows.cuh"),
+        ),
+        KernelCase(
+            "rope_table",
+            cuda_kernels._ROPE_TABLE,
+            [("positions", _F32), ("params", _F32)],
+            [("table", _F32)],
+            [("D", d)],
+            include("rope_table.cuh"),
         ),
     ]
     return found
@@ -165,14 +176,14 @@ def _cuda_dirs() -> tuple[Path, list[Path]]:
     except ImportError:
         roots = []
     candidates += [(root / "cuda_nvrtc" / "lib", root / "cuda_runtime" / "include") for root in roots]
-    for lib_dir, include in candidates:
+    for lib_dir, include_dir in candidates:
         libraries = [
             lib
             for lib in sorted(lib_dir.glob("libnvrtc.so*"))
             if "builtins" not in lib.name and ".alt." not in lib.name
         ]
         if libraries:
-            return libraries[0], [include]
+            return libraries[0], [include_dir]
     raise SystemExit(
         "no NVRTC: pip install nvidia-cuda-nvrtc-cu12 nvidia-cuda-runtime-cu12, or set CUDA_HOME"
     )

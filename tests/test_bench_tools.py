@@ -364,7 +364,9 @@ def test_kernel_registers_builds_each_kernel_as_mlx_declares_it() -> None:
     grouped = kernel_registers.kernel_source(found["grouped_attention L=128"])
     assert "Shape" not in grouped.split("__global__")[1].split(") {")[0]
     assert "constexpr bool BF16 = true;" in grouped and "constexpr int L = 128;" in grouped
-    assert "embedserver_norm_rope" in grouped.split("__global__")[0]  # the shared header comes first
+    # The header, the kernel's file included, comes first; the body calls its device function.
+    assert '/cuda/grouped_attention.cuh"' in grouped.split("__global__")[0]
+    assert "embedserver_grouped_attention<T, BF16, H, KV, D, L>(" in grouped.split("__global__")[1]
 
 
 def test_kernel_registers_reads_ptxas_report() -> None:

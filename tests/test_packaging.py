@@ -1,5 +1,6 @@
 """The wheel is the product: built from this tree and installed into a fresh virtual environment, it serves
-from an unrelated directory, with its catalog found as package data, and holds no test fixtures."""
+from an unrelated directory, with its catalog found as package data, ships the CUDA kernels' device code,
+and holds no test fixtures."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from embedserver.runtime.architectures.cuda_sources import CUDA_DIR
 from embedserver_testing.server_process import server_process
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,9 +35,13 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return built
 
 
-def test_the_wheel_ships_the_catalog_and_no_test_fixtures(wheel: Path) -> None:
+def test_the_wheel_ships_the_catalog_the_cuda_sources_and_no_test_fixtures(wheel: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     assert "embedserver/catalog.toml" in names
+    cuda = sorted(
+        n.rsplit("/", 1)[1] for n in names if n.startswith("embedserver/runtime/architectures/cuda/")
+    )
+    assert cuda == sorted(path.name for path in CUDA_DIR.glob("*.cuh")), cuda
     assert "embedserver/runtime/architectures/qwen3.py" in names
     assert not [n for n in names if n.startswith(("embedserver_testing/", "tests/", "benchmarks/"))]
 

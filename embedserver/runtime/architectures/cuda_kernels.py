@@ -19,6 +19,9 @@ Numerics follow MLX's own kernels step for step (mlx/backend/cuda/rms_norm.cu an
 arithmetic, the normalized value rounded to the weights' dtype before the weight multiply, RoPE's angle as
 position * 2^(-i / (D/2) * log2(base)) with `cos`/`sin` in float32. Results equal mlx-lm's layer to the dtype's
 rounding (tests/test_cuda_kernels.py, run on a CUDA machine).
+
+Each kernel's device code is a file of cuda/ (rope_table.cuh, qk_norm_rope.cuh with norm_rope.cuh, swiglu.cuh,
+embed_rows.cuh); this module launches them (cuda_sources.py says how MLX gets the code).
 """
 
 from __future__ import annotations
@@ -29,144 +32,19 @@ from typing import Any
 
 import mlx.core as mx
 
-# cos and sin of every (position, frequency) pair, [length, D]: row l holds cos(l * f_i) for i < D/2, then
-# sin(l * f_i); f_i = 2^(-i / (D/2) * log2(base)), as MLX's RoPE computes it.
-_ROPE_TABLE = """
-    constexpr int HALF = D / 2;
-    const int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= positions_shape[0] * HALF) return;
-    const int l = i / HALF;
-    const int j = i - l * HALF;
-    const float d = static_cast<float>(j) / static_cast<float>(HALF);
-    const float theta = positions[l] * exp2(-d * params[1]);
-    table[l * D + j] = cos(theta);
-    table[l * D + HALF + j] = sin(theta);
-"""
+from embedserver.runtime.architectures.cuda_sources import include
 
-# One lane's E consecutive elements of a head's row: RMS-normalized over the row's D elements (the D / E lanes
-# of the row's group reduce the sum of squares together), multiplied by the norm's weights and rotated by RoPE
-# with each element's cosine and sine; an element's RoPE partner (D / 2 away) sits D / E / 2 lanes away, one
-# shuffle. Every lane of the warp calls it together. `qk_norm_rope` and the attention kernels of
-# cuda_attention.py both normalize and rotate q and k through it, so they round alike, as MLX's RMSNorm and
-# RoPE do (the module's doc).
-NORM_ROPE_LANE = """
-template <typename T, int D, int E>
-__device__ inline void embedserver_norm_rope_lane(
-        const T (&in)[E], const T (&w)[E], const float (&c)[E], const float (&s)[E], float eps, bool first_half,
-        T (&out)[E]) {
-    constexpr int N = D / E;
-    float x[E];
-    float ss = 0.0f;
-    #pragma unroll
-    for (int e = 0; e < E; ++e) {
-        x[e] = static_cast<float>(in[e]);
-        ss += x[e] * x[e];
-    }
-    #pragma unroll
-    for (int o = N / 2; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffff, ss, o);
-    const float normalizer = rsqrt(ss / D + eps);
-    #pragma unroll
-    for (int e = 0; e < E; ++e) {
-        const T normed = static_cast<T>(x[e] * normalizer);
-        const float y = static_cast<float>(static_cast<T>(static_cast<float>(w[e]) * static_cast<float>(normed)));
-        const float partner = __shfl_xor_sync(0xffffffff, y, N / 2);
-        out[e] = static_cast<T>(first_half ? y * c[e] - partner * s[e] : partner * s[e] + y * c[e]);
-    }
-}
-"""
-
-# A warp takes R rounds of 32 / N of a token's q and k heads at once, N = D / E lanes a head and E = 16 /
-# sizeof(T) elements a lane (one 16-byte vector: 8 bf16, 16 lanes for D = 128): lane i of a head's group holds
-# elements [i*E, (i+1)*E), so the RoPE partner of an element (D/2 away) sits N/2 lanes away and one shuffle
-# fetches it; the RMSNorm sum is a shuffle reduction within the group. A token's heads share its position: a
-# lane reads its cosines and sines and its slices of the norm weights once for all its heads. Every round's
-# loads are issued before any is used: a memory-bound kernel needs many bytes in flight, and loading one head,
-# reducing it (the shuffles), storing it and only then loading the next (a store may alias the input, so the
-# compiler cannot move the next load above it) kept one head in flight per warp: 192 µs a layer at 256 x 128
-# on an H200 (~2.1 TB/s), 135 µs with the loads first (~3 TB/s). A group whose head is past the token's last
-# (head counts that do not divide evenly) computes on zeros and stores nothing.
-_QK_NORM_ROPE = """
-    constexpr int S = H + 2 * KV;
-    constexpr int E = 16 / sizeof(T);
-    constexpr int N = D / E;
-    constexpr int PER_ROUND = 32 / N;
-    constexpr int PER_WARP = PER_ROUND * R;
-    constexpr int WARPS = (H + KV + PER_WARP - 1) / PER_WARP;
-    struct alignas(16) Pack { T v[E]; };
-    struct alignas(16) Angles { float v[E]; };
-    const int lane = threadIdx.x & 31;
-    const int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
-    const int L = qkv_shape[1];
-    if (warp >= qkv_shape[0] * L * WARPS) return;
-    const int token = warp / WARPS;
-    const int group = lane / N;
-    const int sub = lane - group * N;
-    const int first = (warp - token * WARPS) * PER_WARP + group;
-    const int l = token % L;
-    const int j = (sub % (N / 2)) * E;
-    const T* src = qkv + long(token) * S * D + sub * E;
-    Pack in[R];
-    #pragma unroll
-    for (int r = 0; r < R; ++r) {
-        const int slot = first + r * PER_ROUND;
-        if (slot < H + KV) {
-            in[r] = *reinterpret_cast<const Pack*>(src + slot * D);
-        } else {
-            #pragma unroll
-            for (int e = 0; e < E; ++e) in[r].v[e] = static_cast<T>(0.0f);
-        }
-    }
-    const Angles c = *reinterpret_cast<const Angles*>(table + long(l) * D + j);
-    const Angles s = *reinterpret_cast<const Angles*>(table + long(l) * D + D / 2 + j);
-    const Pack qw = *reinterpret_cast<const Pack*>(q_weight + sub * E);
-    const Pack kw = *reinterpret_cast<const Pack*>(k_weight + sub * E);
-    const bool first_half = sub < N / 2;
-    #pragma unroll
-    for (int r = 0; r < R; ++r) {
-        const int slot = first + r * PER_ROUND;
-        const bool is_q = slot < H;
-        Pack out;
-        embedserver_norm_rope_lane<T, D, E>(in[r].v, (is_q ? qw : kw).v, c.v, s.v, params[0], first_half, out.v);
-        if (slot < H + KV) {
-            T* dst = is_q ? q + (long(token) * H + slot) * D : k + (long(token) * KV + (slot - H)) * D;
-            *reinterpret_cast<Pack*>(dst + sub * E) = out;
-        }
-    }
-"""
-
-# P consecutive outputs per thread (one 16-byte vector of bf16 where the width allows).
-_SWIGLU = """
-    struct alignas(sizeof(T) * P) Pack { T v[P]; };
-    const long i = (long(blockIdx.x) * blockDim.x + threadIdx.x) * P;
-    if (i >= long(gate_up_shape[0]) * I) return;
-    const long n = i / I;
-    const long j = i - n * I;
-    const Pack g = *reinterpret_cast<const Pack*>(gate_up + n * 2 * I + j);
-    const Pack u = *reinterpret_cast<const Pack*>(gate_up + n * 2 * I + I + j);
-    Pack o;
-    #pragma unroll
-    for (int e = 0; e < P; ++e) {
-        const float x = static_cast<float>(g.v[e]);
-        o.v[e] = static_cast<T>(static_cast<float>(static_cast<T>(x / (1.0f + exp(-x)))) * static_cast<float>(u.v[e]));
-    }
-    *reinterpret_cast<Pack*>(out + i) = o;
-"""
-
-# P consecutive elements (one 16-byte vector) of one token's row of the embedding table per thread. MLX's
-# general gather took 595 µs for 256 x 128 tokens of the 0.6B model's 1,024-wide rows on an H200 (~0.2 TB/s);
-# a copy of 16-byte vectors runs at the card's bandwidth. Ids outside the table read row 0 rather than
-# memory past it (the server never sends such ids: requests are checked against the vocabulary).
-_EMBED_ROWS = """
-    struct alignas(sizeof(T) * P) Pack { T v[P]; };
-    constexpr int PACKS = W / P;
-    const long i = long(blockIdx.x) * blockDim.x + threadIdx.x;
-    if (i >= long(ids_shape[0]) * ids_shape[1] * PACKS) return;
-    const long token = i / PACKS;
-    const int pack = int(i - token * PACKS);
-    int row = ids[token];
-    if (row < 0 || row >= weight_shape[0]) row = 0;
-    reinterpret_cast<Pack*>(out)[i] = reinterpret_cast<const Pack*>(weight)[long(row) * PACKS + pack];
-"""
+# Each kernel's body calls its device function (cuda/*.cuh) with MLX's parameters: the inputs and outputs by
+# name, and their `_shape` where a kernel needs a size it is not compiled for.
+_ROPE_TABLE = "embedserver_rope_table<D>(positions, params, table, positions_shape[0]);"
+_QK_NORM_ROPE = (
+    "embedserver_qk_norm_rope<T, H, KV, D, R>("
+    "qkv, q_weight, k_weight, table, params, q, k, qkv_shape[0], qkv_shape[1]);"
+)
+_SWIGLU = "embedserver_swiglu<T, I, P>(gate_up, out, gate_up_shape[0]);"
+_EMBED_ROWS = (
+    "embedserver_embed_rows<T, W, P>(weight, ids, out, weight_shape[0], ids_shape[0], ids_shape[1]);"
+)
 
 _THREADS = 256
 
@@ -179,22 +57,28 @@ def _kernels() -> dict[str, Any]:
             input_names=["positions", "params"],
             output_names=["table"],
             source=_ROPE_TABLE,
+            header=include("rope_table.cuh"),
         ),
         "qk_norm_rope": mx.fast.cuda_kernel(
             name="embedserver_qk_norm_rope",
             input_names=["qkv", "q_weight", "k_weight", "table", "params"],
             output_names=["q", "k"],
             source=_QK_NORM_ROPE,
-            header=NORM_ROPE_LANE,
+            header=include("qk_norm_rope.cuh"),
         ),
         "swiglu": mx.fast.cuda_kernel(
-            name="embedserver_swiglu", input_names=["gate_up"], output_names=["out"], source=_SWIGLU
+            name="embedserver_swiglu",
+            input_names=["gate_up"],
+            output_names=["out"],
+            source=_SWIGLU,
+            header=include("swiglu.cuh"),
         ),
         "embed_rows": mx.fast.cuda_kernel(
             name="embedserver_embed_rows",
             input_names=["weight", "ids"],
             output_names=["out"],
             source=_EMBED_ROWS,
+            header=include("embed_rows.cuh"),
         ),
     }
 
