@@ -7,8 +7,9 @@ reads and writes its local memory: what to check before spending device time on 
 
   python -m benchmarks.kernel_registers [--arch sm_90a] [--shape 0.6b|4b|8b]
 
-Needs NVRTC and the CUDA headers, which PyPI ships without a GPU or a driver: `pip install
-nvidia-cuda-nvrtc-cu12 nvidia-cuda-runtime-cu12` (or CUDA_HOME pointing at a CUDA toolkit).
+Needs NVRTC and the CUDA headers, which PyPI ships without a GPU or a driver: MLX's CUDA install has them,
+or `pip install nvidia-cuda-nvrtc nvidia-cuda-runtime` (CUDA 13; the `-cu12` packages for CUDA 12), or
+CUDA_HOME pointing at a CUDA toolkit.
 """
 
 from __future__ import annotations
@@ -175,7 +176,10 @@ def _cuda_dirs() -> tuple[Path, list[Path]]:
         roots = [Path(path) for path in nvidia.__path__]
     except ImportError:
         roots = []
-    candidates += [(root / "cuda_nvrtc" / "lib", root / "cuda_runtime" / "include") for root in roots]
+    for root in roots:
+        # CUDA 13's wheels (what `mlx[cuda13]` installs) share one directory; CUDA 12's have one a component.
+        candidates += [(root / "cu13" / "lib", root / "cu13" / "include")]
+        candidates += [(root / "cuda_nvrtc" / "lib", root / "cuda_runtime" / "include")]
     for lib_dir, include_dir in candidates:
         libraries = [
             lib
@@ -184,9 +188,7 @@ def _cuda_dirs() -> tuple[Path, list[Path]]:
         ]
         if libraries:
             return libraries[0], [include_dir]
-    raise SystemExit(
-        "no NVRTC: pip install nvidia-cuda-nvrtc-cu12 nvidia-cuda-runtime-cu12, or set CUDA_HOME"
-    )
+    raise SystemExit("no NVRTC: pip install nvidia-cuda-nvrtc nvidia-cuda-runtime, or set CUDA_HOME")
 
 
 def compile_report(source: str, arch: str, library: Path, includes: list[Path]) -> tuple[bool, str]:
