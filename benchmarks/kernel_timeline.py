@@ -103,12 +103,25 @@ def pass_stats(trace: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+# What MLX puts before a custom kernel's name: `mlx::core::cu::custom_kernel_<name>_<template arguments>(...)`.
+_CUSTOM = "mlx::core::cu::custom_kernel_"
+
+
+def kernel_label(name: str) -> str:
+    """A kernel's name as the summary groups it: a custom kernel's name and template arguments (one row per
+    instantiation, e.g. `embedserver_norm_matmul_bfloat16_t_t_1024_4096_f_64`), without MLX's prefix and the
+    parameter list; any other kernel's first 60 characters."""
+    if name.startswith(_CUSTOM):
+        return name[len(_CUSTOM) :].split("(", 1)[0]
+    return name[:60]
+
+
 def kernel_means(trace: dict[str, Any], top: int = 14) -> list[tuple[str, int, float, float]]:
-    """The kernels with the most total time: (name, count, mean µs, share of all kernel time)."""
+    """The kernels with the most total time: (label, count, mean µs, share of all kernel time)."""
     totals: dict[str, list[float]] = defaultdict(list)
     for e in trace["traceEvents"]:
         if e.get("ph") == "X" and e.get("cat") == "kernel":
-            totals[str(e["name"])[:60]].append(float(e["dur"]))
+            totals[kernel_label(str(e["name"]))].append(float(e["dur"]))
     ranked = sorted(totals.items(), key=lambda kv: -sum(kv[1]))[:top]
     everything = sum(sum(d) for d in totals.values()) or 1.0
     return [(name, len(d), float(np.mean(d)), sum(d) / everything) for name, d in ranked]

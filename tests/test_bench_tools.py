@@ -156,6 +156,18 @@ def test_kernel_timeline_splits_device_time_per_pass(tmp_path: Path) -> None:
     ]
 
 
+def test_kernel_timeline_tells_a_custom_kernels_instantiations_apart() -> None:
+    from benchmarks.kernel_timeline import kernel_label
+
+    mlx = "mlx::core::cu::custom_kernel_embedserver_norm_matmul_bfloat16_t_t_1024_{}_f_64(__nv_bfloat16 const*, int)"
+    assert kernel_label(mlx.format(4096)) == "embedserver_norm_matmul_bfloat16_t_t_1024_4096_f_64"
+    assert kernel_label(mlx.format(3072)) != kernel_label(mlx.format(4096))
+    assert (
+        kernel_label("nvjet_sm90_tst_128x64_64x8_1x2_h_bx_TNT") == "nvjet_sm90_tst_128x64_64x8_1x2_h_bx_TNT"
+    )
+    assert len(kernel_label("void mlx::core::cu::gather<" + "x" * 200)) == 60
+
+
 def test_the_gpu_results_plot_is_a_png(tmp_path: Path) -> None:
     levels = [{"concurrency": c, "tokens_per_s": 1000.0 * c, "p99_ms": 5.0 + c} for c in (1, 8, 32, 128, 256)]
     results = {
