@@ -165,7 +165,7 @@ def parse_ptxas(log: str) -> dict[str, int]:
     return found
 
 
-def _cuda_dirs() -> tuple[Path, list[Path]]:
+def cuda_dirs() -> tuple[Path, list[Path]]:
     """NVRTC's library and the include directories: from CUDA_HOME, or from the PyPI wheels."""
     candidates: list[tuple[Path, Path]] = []
     if home := os.environ.get("CUDA_HOME"):
@@ -224,7 +224,7 @@ def main() -> None:
     )
     parser.add_argument("--shape", default="0.6b", choices=sorted(SHAPES))
     args = parser.parse_args()
-    library, includes = _cuda_dirs()
+    library, includes = cuda_dirs()
     print(f"{'kernel':24} {'registers':>9} {'spill st':>9} {'spill ld':>9} {'stack':>6} {'smem':>6}")
     for case in cases(args.shape):
         ok, log = compile_report(kernel_source(case), args.arch, library, includes)

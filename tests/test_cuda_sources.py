@@ -57,7 +57,7 @@ def test_a_directory_whose_path_a_quoted_include_cannot_hold_is_refused(
 
 def _nvrtc() -> tuple[Path, list[Path]]:
     try:
-        return kernel_registers._cuda_dirs()
+        return kernel_registers.cuda_dirs()
     except SystemExit:
         pytest.skip("no NVRTC here (pip install nvidia-cuda-nvrtc nvidia-cuda-runtime)")
 
