@@ -55,6 +55,23 @@ def test_a_directory_whose_path_a_quoted_include_cannot_hold_is_refused(
         include("k.cuh")
 
 
+def test_the_header_changes_with_the_included_code_so_mlx_compiles_it_anew(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # MLX names a compiled module (and its file in MLX_PTX_CACHE_DIR) by a hash of the source it builds, which
+    # holds the include, not the code included: an upgrade in place would otherwise run the old kernels.
+    (tmp_path / "k.cuh").write_text('#pragma once\n#include "helper.cuh"\n')
+    (tmp_path / "helper.cuh").write_text("#pragma once\n// one\n")
+    monkeypatch.setattr(cuda_sources, "CUDA_DIR", tmp_path)
+    headers = [include("k.cuh")]
+    for edit in ("#pragma once\n// two\n", "#pragma once\n// one\n"):
+        (tmp_path / "helper.cuh").write_text(edit)
+        cuda_sources._digest.cache_clear()  # a new process reads the files again
+        headers.append(include("k.cuh"))
+    assert headers[0] != headers[1]
+    assert headers[0] == headers[2]
+
+
 def _nvrtc() -> tuple[Path, list[Path]]:
     try:
         return kernel_registers.cuda_dirs()

@@ -15,10 +15,17 @@ messages then also name the file and line.
 MLX compiles each kernel at its first evaluation with a new set of template arguments (the warm-up covers a
 model's shapes), reading the files then: a package replaced in place under a running server would mix
 versions, as any lazy import would.
+
+MLX also keeps each compiled module on disk (MLX_PTX_CACHE_DIR, by default under the temporary directory),
+named by a hash of the source string it built, which holds the include but not the included code. So the
+header carries a digest of the files' contents: a package upgraded in place, or a kernel edited, gets
+modules of its own instead of the PTX compiled from the old code.
 """
 
 from __future__ import annotations
 
+import hashlib
+from functools import cache
 from pathlib import Path
 
 CUDA_DIR = Path(__file__).resolve().with_name("cuda")
@@ -33,4 +40,13 @@ def include(file: str) -> str:
         raise ValueError(
             f"the CUDA sources cannot be included from {path}: move the package to a plainer path"
         )
-    return f'#include "{path}"\n'
+    return f'// embedserver CUDA sources {_digest(CUDA_DIR)}\n#include "{path}"\n'
+
+
+@cache
+def _digest(directory: Path) -> str:
+    """A digest of the device code in `directory` (every file, since they include each other)."""
+    digest = hashlib.sha256()
+    for path in sorted(directory.glob("*.cuh")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
