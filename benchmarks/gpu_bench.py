@@ -418,7 +418,8 @@ def bench_servers(
     server's figures alike. Results by server name; round R > 1 of server NAME is "NAME.R". With
     `trace_passes`, each level has its passes' summary (benchmarks/pass_trace.py) under "passes". With
     `reference` (texts and the model alone's vectors for them), each server's answers for those texts are
-    compared with it first (benchmarks/server_answers.py: "answers_vs_model_cosine_min")."""
+    compared with it first (benchmarks/server_answers.py: "answers_vs_model_cosine_min", the least of
+    "answers_vs_model_cosine", which has the texts sent one a request and all in one apart)."""
     results: dict[str, Any] = {}
     with ExitStack() as stack:
         running = [
@@ -427,9 +428,10 @@ def bench_servers(
         ]
         if reference is not None:
             for server in running:
-                agreement = round(cosine_min(server.url, *reference), 5)
-                server.results["answers_vs_model_cosine_min"] = agreement
-                log(f"server {server.name}: its answers against the model alone's, least cosine", agreement)
+                paths = {path: round(c, 5) for path, c in cosine_min(server.url, *reference).items()}
+                server.results["answers_vs_model_cosine"] = paths
+                server.results["answers_vs_model_cosine_min"] = min(paths.values())
+                log(f"server {server.name}: its answers against the model alone's, least cosine", paths)
         for round_ in range(1, rounds + 1):
             order = running if round_ % 2 else running[::-1]
             for length in lengths:

@@ -25,9 +25,11 @@ def answer_vectors(data: list[dict[str, Any]]) -> list[np.ndarray]:
     ]
 
 
-def cosine_min(url: str, texts: list[str], reference: np.ndarray) -> float:
+def cosine_min(url: str, texts: list[str], reference: np.ndarray) -> dict[str, float]:
     """The least cosine between the server's vector for each of `texts` (POST /v1/embeddings, the server's
-    default model) and `reference`, the model alone's vectors for them, one row a text."""
+    default model) and `reference`, the model alone's vectors for them, one row a text: for the texts sent one
+    a request ("alone") and all in one ("together"). The model alone computes them in one batch, as
+    "together" does; a lone text's pass has other shapes, so its products round differently."""
     import httpx
 
     with httpx.Client(timeout=120) as client:
@@ -42,7 +44,7 @@ def cosine_min(url: str, texts: list[str], reference: np.ndarray) -> float:
         alone = np.concatenate([embed([text]) for text in texts])
         together = embed(texts)
     want = reference / np.linalg.norm(reference, axis=1, keepdims=True)
-    cosines = [
-        (got / np.linalg.norm(got, axis=1, keepdims=True) * want).sum(axis=1) for got in (alone, together)
-    ]
-    return float(min(c.min() for c in cosines))
+    return {
+        path: float((got / np.linalg.norm(got, axis=1, keepdims=True) * want).sum(axis=1).min())
+        for path, got in (("alone", alone), ("together", together))
+    }

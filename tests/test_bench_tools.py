@@ -108,8 +108,10 @@ def test_a_servers_answers_are_compared_with_the_model_alone(tiny_qwen3: Path, t
     wrong[1] = np.random.default_rng(0).standard_normal(reference.shape[1])
     env = {"MODEL_NAME": str(tiny_qwen3), "HF_HUB_OFFLINE": "1", "LOG_LEVEL": "WARNING", "HTTP_WORKERS": "0"}
     with server_process(env, tmp_path / "server.log", timeout=120) as (url, _):
-        assert cosine_min(url, texts, reference) > 0.9999
-        assert cosine_min(url, texts, wrong) < 0.5
+        assert min(cosine_min(url, texts, reference).values()) > 0.9999
+        wrong_paths = cosine_min(url, texts, wrong)
+        assert set(wrong_paths) == {"alone", "together"}
+        assert max(wrong_paths.values()) < 0.5
 
 
 def test_kernel_timeline_splits_device_time_per_pass(tmp_path: Path) -> None:
@@ -279,6 +281,7 @@ def test_the_gpu_benchmark_runs_end_to_end_on_any_device(tiny_qwen3: Path, tmp_p
     # The server's answers for the model alone's first texts, alone and in one request, are its vectors
     # (float32 on CPU: equal to rounding).
     assert results["server"]["server"]["answers_vs_model_cosine_min"] > 0.9999
+    assert set(results["server"]["server"]["answers_vs_model_cosine"]) == {"alone", "together"}
     assert "answers against the model alone: cosine >= " in printed
     levels = results["server"]["server"]["lengths"]["16"]
     assert [level["concurrency"] for level in levels] == [1, 4]
