@@ -3,7 +3,7 @@ model alone, each thread with its own MLX stream (MLX gives each thread its own 
 encoder), each process with its own copy of the model and its own CUDA context.
 
   python -m benchmarks.launch_parallel MODEL_DIR [--threads 1,2,3] [--processes 1,2] [--busy 0,0.5]
-      [--spin 0,10] [--compile] [--seconds 3] [ROWSxLENGTH ...]
+      [--spin 0,10] [--pin none,apart,beside] [--compile] [--seconds 3] [ROWSxLENGTH ...]
 
 Each thread warms the shapes on its own stream first (kernel and attention-graph set-up is per thread), then
 launches passes of fresh token ids back to back for --seconds, waiting for each pass only after launching the
@@ -21,6 +21,11 @@ a GPU a short pass is mostly the host queueing its kernels, so this says what ch
 - --spin N: N other processes spinning in Python meanwhile, as a loaded server's front-ends and clients keep
   the machine's other cores busy: what that costs a launch (on an H200, 64x16 272-293 passes a second alone,
   200-250 beside ten).
+- --pin P: where the launching process and the spinning ones run. `none` lets the kernel place them; `apart`
+  gives the launcher a physical core of its own (every hardware thread of it) and the spinners the other
+  cores; `beside` gives the launcher one hardware thread and the spinners every other one, its core's SMT
+  sibling included. Whether a busy sibling or a shared core, rather than busy cores elsewhere, is what slows
+  a loaded host's launches (the two differ only on a machine with SMT).
 - --compile: the mx.compile'd forward pass (COMPILE=true), whose graph is built without Python.
 - --collector: each pass waited for on a thread of its own, at most two in flight, as the server's overlapped
   worker does, instead of on the launching thread after it launched the next.
@@ -32,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import os
 import threading
 import time
 from collections import deque
@@ -44,6 +50,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.pass_phases import bench_runner
+from embedserver.tuning.cores import core_of
 
 
 def main() -> None:
@@ -56,6 +63,7 @@ def main() -> None:
     parser.add_argument("--processes", default="1")
     parser.add_argument("--busy", default="0", help="fractions of time a Python thread holds the lock")
     parser.add_argument("--spin", default="0", help="counts of other processes spinning in Python meanwhile")
+    parser.add_argument("--pin", default="none", help="none, apart, beside: where launcher and spinners run")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--collector", action="store_true")
     parser.add_argument("--seconds", type=float, default=3.0)
@@ -76,20 +84,41 @@ def main() -> None:
         runner = bench_runner(str(args.model))
         runner.compiled_below = compiled_below(args.compile, device.backend())
         settings = [
-            (float(busy), int(spin)) for busy in args.busy.split(",") for spin in args.spin.split(",")
+            (float(busy), int(spin), pin)
+            for busy in args.busy.split(",")
+            for spin in args.spin.split(",")
+            for pin in args.pin.split(",")
         ]
-        for busy, spin in settings:
+        everywhere = os.sched_getaffinity(0)
+        for busy, spin, pin in settings:
+            launcher, spinners = _placement(pin, everywhere)
+            os.sched_setaffinity(0, launcher)
             for threads in (int(n) for n in args.threads.split(",")):
                 for rows, length in shapes:
-                    with _busy_thread(busy), _spinning(spin):
+                    with _busy_thread(busy), _spinning(spin, spinners):
                         counts, seconds = _run(
                             runner, threads, rows, length, args.seconds, collector=args.collector
                         )
                     label = f"threads {threads}" + (f" busy {busy:.2f}" if busy else "")
                     label += f" spin {spin}" if spin else ""
+                    label += f" pin {pin}" if pin != "none" else ""
                     label += " collector" if args.collector else ""
                     _report(label, rows, length, counts, seconds)
+            os.sched_setaffinity(0, everywhere)
         del runner
+
+
+def _placement(pin: str, cpus: set[int]) -> tuple[set[int], set[int]]:
+    """The CPUs of the launching process and of the spinning ones for --pin `pin`, out of `cpus`."""
+    if pin == "none":
+        return cpus, cpus
+    first = min(cpus)
+    if pin == "apart":
+        own = core_of(first) & cpus
+        return own, (cpus - own) or cpus
+    if pin == "beside":
+        return {first}, (cpus - {first}) or cpus
+    raise SystemExit(f"--pin takes none, apart or beside, not {pin!r}")
 
 
 def _launch_collected(runner: Any, batch: Any, stop: threading.Event, counts: list[int], k: int) -> None:
@@ -133,14 +162,15 @@ def _busy_thread(fraction: float, turn: float = 0.002) -> Iterator[None]:
 
 
 @contextmanager
-def _spinning(processes: int) -> Iterator[None]:
-    """`processes` other processes running Python without pause while the block runs; none at 0."""
+def _spinning(processes: int, cpus: set[int] | None = None) -> Iterator[None]:
+    """`processes` other processes running Python without pause while the block runs, on `cpus` (by default
+    anywhere); none at 0."""
     if processes <= 0:
         yield
         return
     context = mp.get_context("spawn")
     started = context.Barrier(processes + 1)
-    pool = [context.Process(target=_spin, args=(started,), daemon=True) for _ in range(processes)]
+    pool = [context.Process(target=_spin, args=(started, cpus), daemon=True) for _ in range(processes)]
     for process in pool:
         process.start()
     started.wait()  # each is spinning before the measurement starts
@@ -153,7 +183,9 @@ def _spinning(processes: int) -> Iterator[None]:
             process.join()
 
 
-def _spin(started: Any) -> None:
+def _spin(started: Any, cpus: set[int] | None) -> None:
+    if cpus:
+        os.sched_setaffinity(0, cpus)
     started.wait()
     work = 0
     while True:

@@ -404,7 +404,7 @@ def test_kernel_registers_reads_ptxas_report() -> None:
 def test_launch_parallel_launches_beside_spinning_processes(tiny_qwen3: Path) -> None:
     """--spin N: the same launches measured again with N other processes running Python meanwhile (what busy
     cores cost the host's share of a pass); one line per setting, each with passes counted."""
-    args = ["--threads", "1", "--spin", "0,1", "--seconds", "0.3"]
+    args = ["--threads", "1", "--spin", "0,1", "--pin", "none,apart", "--seconds", "0.3"]
     run = subprocess.run(
         [sys.executable, "-m", "benchmarks.launch_parallel", str(tiny_qwen3), "1x16", *args],
         cwd=ROOT,
@@ -414,9 +414,26 @@ def test_launch_parallel_launches_beside_spinning_processes(tiny_qwen3: Path) ->
     )
     assert run.returncode == 0, run.stderr
     lines = [line for line in run.stdout.splitlines() if "passes/s" in line]
-    assert [line.split("  ")[0] for line in lines] == ["threads 1", "threads 1 spin 1"]
+    assert [line.split("  ")[0] for line in lines] == [
+        "threads 1",
+        "threads 1 pin apart",
+        "threads 1 spin 1",
+        "threads 1 spin 1 pin apart",
+    ]
     rates = [re.search(r"([\d.]+) passes/s", line) for line in lines]
     assert all(rate is not None and float(rate.group(1)) > 0 for rate in rates)
+
+
+def test_launch_parallel_places_the_launcher_on_a_core_of_its_own_or_beside_the_spinners() -> None:
+    from benchmarks.launch_parallel import _placement
+    from embedserver.tuning.cores import core_of
+
+    cpus = {0, 1, 2, 3}
+    assert _placement("none", cpus) == (cpus, cpus)
+    own = core_of(0) & cpus
+    assert _placement("apart", cpus) == (own, cpus - own)
+    assert _placement("beside", cpus) == ({0}, {1, 2, 3})
+    assert _placement("apart", {5}) == ({5}, {5})  # one CPU: the spinners share it
 
 
 def test_start_cost_times_each_warmed_shape_once_and_sums_them_by_length(
