@@ -59,10 +59,6 @@ class Settings(BaseSettings):
     # Each model in a process of its own that runs its passes and nothing else, fed batches by the engine's
     # event loop (embedserver/server/model_process.py). Off until measured on a GPU.
     model_process: bool = False
-    # With front-end processes, a physical core of the machine's for the MLX thread alone, which launches the
-    # passes; everything else the server runs keeps to the other CPUs (embedserver/tuning/launch_core.py).
-    # Off until measured on a GPU.
-    launch_core: bool = False
     # On CUDA, run Qwen3 layers with fused projections and the project's kernels (embedserver/runtime/architectures/cuda_block.py);
     # false runs mlx-lm's layers, for comparison or as a fallback.
     cuda_kernels: bool = True

@@ -18,7 +18,6 @@ from typing import Any, Literal
 import mlx.core as mx
 
 from embedserver.tuning import blas
-from embedserver.tuning.launch_core import enter_launch_core
 from embedserver.tuning.threads import named_executor
 
 log = logging.getLogger(__name__)
@@ -28,8 +27,8 @@ Backend = Literal["metal", "cuda", "cpu"]
 
 @cache
 def mlx_executor() -> ThreadPoolExecutor:
-    """The one thread that owns MLX, made on first use; on a core of its own where LAUNCH_CORE reserved one."""
-    return named_executor("mlx", 1, then=enter_launch_core)
+    """The one thread that owns MLX, made on first use."""
+    return named_executor("mlx", 1)
 
 
 @cache

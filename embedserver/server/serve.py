@@ -28,8 +28,6 @@ def serve(settings: Settings) -> None:
 
     workers = frontend_count(settings.http_workers, backend(), usable_cores())
     if workers:
-        if settings.launch_core:
-            _reserve_launch_core()
         serve_with_frontends(settings, workers)
         hard_exit(0)
 
@@ -40,20 +38,6 @@ def serve(settings: Settings) -> None:
     state = app.state.server
     serve_http(app, settings, metrics=state.metrics, leaving=lambda: setattr(state, "leaving", True))
     hard_exit(0)
-
-
-def _reserve_launch_core() -> None:
-    """Before any thread or front-end starts, so that they inherit the CPUs left to them."""
-    import logging
-
-    from embedserver.tuning.launch_core import reserve_launch_core
-
-    log = logging.getLogger(__name__)
-    core = reserve_launch_core()
-    if core:
-        log.info("LAUNCH_CORE: CPUs %s run the MLX thread alone", ",".join(map(str, sorted(core))))
-    else:
-        log.warning("LAUNCH_CORE: too few CPUs to keep a core for the MLX thread; not reserved")
 
 
 def _check_operator_model(settings: Settings) -> None:

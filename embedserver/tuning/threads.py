@@ -30,12 +30,6 @@ def name_this_process(name: str) -> None:
     _set_os_name(name)
 
 
-def named_executor(prefix: str, workers: int, then: Callable[[], None] | None = None) -> ThreadPoolExecutor:
-    """Threads named `prefix` and their number; `then` runs on each as it starts, after the naming."""
-
-    def initializer() -> None:
-        _name_this_thread(prefix)
-        if then is not None:
-            then()
-
+def named_executor(prefix: str, workers: int) -> ThreadPoolExecutor:
+    initializer: Callable[[], None] = lambda: _name_this_thread(prefix)  # noqa: E731
     return ThreadPoolExecutor(max_workers=workers, thread_name_prefix=prefix, initializer=initializer)
