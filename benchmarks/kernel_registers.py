@@ -192,7 +192,10 @@ def cuda_dirs() -> tuple[Path, list[Path]]:
 
 
 def compile_report(source: str, arch: str, library: Path, includes: list[Path]) -> tuple[bool, str]:
-    """Compile `source` with NVRTC as MLX does (device code by default, for `arch`); its log, with ptxas's."""
+    """Compile `source` with NVRTC as MLX does (device code by default, for `arch`); its log, with ptxas's.
+    Not ok either where the source compiled to no kernel (ptxas reports no entry function): a `__global__`
+    lost to a macro, say, leaves a device function nothing calls, which compiles to nothing and which MLX
+    would then fail to find."""
     nvrtc = ctypes.CDLL(str(library))
     program = ctypes.c_void_p()
     if nvrtc.nvrtcCreateProgram(ctypes.byref(program), source.encode(), b"kernel.cu", 0, None, None):
@@ -212,7 +215,8 @@ def compile_report(source: str, arch: str, library: Path, includes: list[Path]) 
         nvrtc.nvrtcGetProgramLog(program, log)
     finally:
         nvrtc.nvrtcDestroyProgram(ctypes.byref(program))
-    return status == 0, log.value.decode(errors="replace")
+    text = log.value.decode(errors="replace")
+    return status == 0 and "Compiling entry function" in text, text
 
 
 def main() -> None:
@@ -229,7 +233,7 @@ def main() -> None:
     for case in cases(args.shape):
         ok, log = compile_report(kernel_source(case), args.arch, library, includes)
         if not ok:
-            print(f"{case.label:24} compile failed:\n{log}")
+            print(f"{case.label:24} compile failed or made no kernel:\n{log}")
             continue
         r = parse_ptxas(log)
         print(

@@ -89,3 +89,13 @@ def test_the_kernels_compile_from_the_included_files_without_spilling(shape: str
         assert ok, f"{case.label}:\n{log}"
         report = kernel_registers.parse_ptxas(log)
         assert report["spill_stores"] == report["spill_loads"] == 0, (case.label, report)
+
+
+def test_a_source_that_compiles_to_no_kernel_is_not_ok() -> None:
+    # What a `__global__` lost to a macro leaves: a device function nothing calls, which NVRTC compiles to
+    # nothing (no registers to report) and MLX would not find.
+    library, includes = _nvrtc()
+    ok, _ = kernel_registers.compile_report("__device__ void kernel() {}", "sm_90a", library, includes)
+    assert not ok
+    ok, _ = kernel_registers.compile_report("__global__ void kernel() {}", "sm_90a", library, includes)
+    assert ok
