@@ -166,6 +166,23 @@ async def test_a_pass_alone_runs_whole_on_the_mlx_thread() -> None:
     await w.stop()
 
 
+async def test_a_pass_of_one_requests_texts_runs_whole_and_one_of_several_requests_overlaps() -> None:
+    """A client alone sends one request at a time, however many texts: its pass runs whole. A pass of several
+    requests is load, with more to come, even when nothing waits behind it as it launches: it is launched and
+    collected on the collector thread, so the next cut need not wait for it (a worker whose every pass ran
+    whole never overlapped again under load)."""
+    device = Device()
+    w = _worker(device)
+    w.start()
+    assert (await w.submit([[1, 5], [2], [3, 5, 5]])).tolist() == [[2, 1], [1, 2], [3, 3]]
+    assert len(device.collectors) == 1 and not device.collectors[0].startswith("collect")
+    together = [w.submit([[4]]), w.submit([[5, 5]])]  # one loop turn: cut into one batch
+    assert [(await f).tolist() for f in together] == [[[1, 4]], [[2, 5]]]
+    assert device.launched[-1] == [4, 5]
+    assert len(device.collectors) == 2 and device.collectors[1].startswith("collect")
+    await w.stop()
+
+
 async def test_stop_fails_the_passes_in_flight() -> None:
     device = Device(held=True)
     w = _worker(device)
