@@ -50,7 +50,8 @@ from typing import Any
 import numpy as np
 
 from benchmarks.pass_phases import bench_runner
-from embedserver.tuning.cores import core_of
+
+CPUS = Path("/sys/devices/system/cpu")
 
 
 def main() -> None:
@@ -106,6 +107,20 @@ def main() -> None:
                     _report(label, rows, length, counts, seconds)
             os.sched_setaffinity(0, everywhere)
         del runner
+
+
+def core_of(cpu: int, cpus: Path = CPUS) -> set[int]:
+    """The CPUs that share `cpu`'s physical core (its SMT siblings, itself included); {cpu} where the kernel
+    does not say."""
+    try:
+        listed = (cpus / f"cpu{cpu}" / "topology" / "thread_siblings_list").read_text().strip()
+    except OSError:
+        return {cpu}
+    siblings: set[int] = set()
+    for part in listed.split(","):
+        first, _, last = part.partition("-")
+        siblings.update(range(int(first), int(last or first) + 1))
+    return siblings | {cpu}
 
 
 def _placement(pin: str, cpus: set[int]) -> tuple[set[int], set[int]]:

@@ -425,8 +425,7 @@ def test_launch_parallel_launches_beside_spinning_processes(tiny_qwen3: Path) ->
 
 
 def test_launch_parallel_places_the_launcher_on_a_core_of_its_own_or_beside_the_spinners() -> None:
-    from benchmarks.launch_parallel import _placement
-    from embedserver.tuning.cores import core_of
+    from benchmarks.launch_parallel import _placement, core_of
 
     cpus = {0, 1, 2, 3}
     assert _placement("none", cpus) == (cpus, cpus)
@@ -434,6 +433,16 @@ def test_launch_parallel_places_the_launcher_on_a_core_of_its_own_or_beside_the_
     assert _placement("apart", cpus) == (own, cpus - own)
     assert _placement("beside", cpus) == ({0}, {1, 2, 3})
     assert _placement("apart", {5}) == ({5}, {5})  # one CPU: the spinners share it
+
+
+@pytest.mark.parametrize(("listed", "expected"), [("0,8\n", {0, 8}), ("0-1\n", {0, 1}), ("0\n", {0})])
+def test_a_cpus_core_is_its_smt_siblings(tmp_path: Path, listed: str, expected: set[int]) -> None:
+    from benchmarks.launch_parallel import core_of
+
+    (tmp_path / "cpu0" / "topology").mkdir(parents=True)
+    (tmp_path / "cpu0" / "topology" / "thread_siblings_list").write_text(listed)
+    assert core_of(0, tmp_path) == expected
+    assert core_of(3, tmp_path) == {3}  # a CPU the kernel says nothing about: a core alone
 
 
 def test_start_cost_times_each_warmed_shape_once_and_sums_them_by_length(

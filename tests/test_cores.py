@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from embedserver.tuning.cores import core_of, cpu_quota, usable_cores
+from embedserver.tuning.cores import cpu_quota, usable_cores
 
 
 def _v2(root: Path, text: str) -> Path:
@@ -47,14 +47,3 @@ def test_usable_cores_are_the_affinity_capped_by_the_quota_rounded_up(
     assert usable_cores(_v2(tmp_path / "tiny", "10000 100000")) == 1
     monkeypatch.setattr(os, "sched_getaffinity", lambda _: {0, 1}, raising=False)  # pinned to two
     assert usable_cores(_v2(tmp_path / "big", "800000 100000")) == 2
-
-
-@pytest.mark.parametrize(("listed", "expected"), [("0,8\n", {0, 8}), ("0-1\n", {0, 1}), ("0\n", {0})])
-def test_a_cpus_core_is_its_smt_siblings(tmp_path: Path, listed: str, expected: set[int]) -> None:
-    (tmp_path / "cpu0" / "topology").mkdir(parents=True)
-    (tmp_path / "cpu0" / "topology" / "thread_siblings_list").write_text(listed)
-    assert core_of(0, tmp_path) == expected
-
-
-def test_a_cpu_the_kernel_says_nothing_about_is_a_core_alone(tmp_path: Path) -> None:
-    assert core_of(3, tmp_path) == {3}

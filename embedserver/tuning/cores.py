@@ -13,7 +13,6 @@ import os
 from pathlib import Path
 
 CGROUP = Path("/sys/fs/cgroup")
-CPUS = Path("/sys/devices/system/cpu")
 
 
 def usable_cores(cgroup: Path = CGROUP) -> int:
@@ -53,17 +52,3 @@ def _read_int(path: Path) -> int | None:
         return int(path.read_text().strip())
     except (OSError, ValueError):
         return None
-
-
-def core_of(cpu: int, cpus: Path = CPUS) -> set[int]:
-    """The CPUs that share `cpu`'s physical core (its SMT siblings, itself included); {cpu} where the kernel does
-    not say."""
-    try:
-        listed = (cpus / f"cpu{cpu}" / "topology" / "thread_siblings_list").read_text().strip()
-    except OSError:
-        return {cpu}
-    siblings: set[int] = set()
-    for part in listed.split(","):
-        first, _, last = part.partition("-")
-        siblings.update(range(int(first), int(last or first) + 1))
-    return siblings | {cpu}
