@@ -90,10 +90,13 @@ def main() -> None:
             for spin in args.spin.split(",")
             for pin in args.pin.split(",")
         ]
-        everywhere = os.sched_getaffinity(0)
+        # Affinity is Linux's: read and set only where a setting pins, so --pin none runs anywhere (Metal).
+        pinning = any(pin != "none" for _, _, pin in settings)
+        everywhere = os.sched_getaffinity(0) if pinning else set()
         for busy, spin, pin in settings:
             launcher, spinners = _placement(pin, everywhere)
-            os.sched_setaffinity(0, launcher)
+            if pinning:
+                os.sched_setaffinity(0, launcher)
             for threads in (int(n) for n in args.threads.split(",")):
                 for rows, length in shapes:
                     with _busy_thread(busy), _spinning(spin, spinners):
@@ -105,7 +108,8 @@ def main() -> None:
                     label += f" pin {pin}" if pin != "none" else ""
                     label += " collector" if args.collector else ""
                     _report(label, rows, length, counts, seconds)
-            os.sched_setaffinity(0, everywhere)
+            if pinning:
+                os.sched_setaffinity(0, everywhere)
         del runner
 
 
