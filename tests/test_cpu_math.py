@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from embedserver.catalog import ModelSpec
+from embedserver.runtime.architectures import cpu_math
 from embedserver.runtime.architectures.cpu_math import (
     attention,
     causal_attention,
@@ -44,6 +45,45 @@ def test_causal_attention_matches_mlx_sdpa(heads: int, kv_heads: int, length: in
     theirs = mx.fast.scaled_dot_product_attention(q, k, v, scale=0.25, mask="causal")
     assert ours.shape == (3, heads, length, 16)
     assert np.allclose(np.array(ours), np.array(theirs), atol=2e-6)
+
+
+@pytest.mark.parametrize("length", [1, 63, 64, 65, 130, 200])
+def test_causal_attention_in_blocks_of_queries_matches_mlx_sdpa(
+    length: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every pass in blocks of 64 query rows, each against the keys up to its last row: a partial last block,
+    exactly one block, and one row past it included."""
+    monkeypatch.setattr(cpu_math, "SCORES_AT_ONCE", 0)
+    key = mx.random.key(3)
+    q, k, v = (
+        mx.random.normal((2, h, length, 16), key=mx.random.split(key, 3)[i]) for i, h in enumerate((8, 2, 2))
+    )
+    ours = causal_attention(q, k, v, scale=0.25)
+    theirs = mx.fast.scaled_dot_product_attention(q, k, v, scale=0.25, mask="causal")
+    assert ours.shape == (2, 8, length, 16)
+    assert np.allclose(np.array(ours), np.array(theirs), atol=2e-6)
+
+
+def test_long_texts_attend_in_memory_that_grows_with_their_length_not_its_square() -> None:
+    """One 4,096-token text, 4 heads: all its scores at once are 268 MB (and the softmax's temporaries as
+    much again, 623 MB at the peak); in blocks of queries the pass peaks under half of that one matrix."""
+    length, heads = 4096, 4
+    key = mx.random.key(4)
+    q, k, v = (
+        mx.random.normal((1, h, length, 16), key=mx.random.split(key, 3)[i])
+        for i, h in enumerate((heads, 2, 2))
+    )
+    mx.eval(q, k, v)
+    mx.reset_peak_memory()
+    before = mx.get_active_memory()
+    out = causal_attention(q, k, v, scale=0.25)
+    mx.eval(out)
+    scores_bytes = heads * length * length * 4
+    assert mx.get_peak_memory() - before < scores_bytes / 2
+    # The blocks' rows come back in order: spot-check rows of the first, a middle and the last block.
+    rows = mx.array([0, 63, 64, 2047, 4095])
+    reference = mx.fast.scaled_dot_product_attention(q, k, v, scale=0.25, mask="causal")
+    assert np.allclose(np.array(out[:, :, rows]), np.array(reference[:, :, rows]), atol=2e-6)
 
 
 def test_masked_attention_matches_mlx_sdpa() -> None:
