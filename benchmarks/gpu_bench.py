@@ -139,8 +139,7 @@ def back_to_back(runner: Any, batch: list[np.ndarray], passes: int) -> None:
 
 def bench_model(model_dir: Path, texts: dict[str, list[str]]) -> dict[str, Any]:
     """The model alone, as the server's defaults run it: batches of real texts and a lone text."""
-    import mlx.core as mx
-
+    # Before MLX: on Linux CPU, MLX multiplies with the BLAS loaded before it (embedserver/tuning/blas.py).
     import embedserver.runtime  # noqa: F401  (readies the process for MLX: BLAS preload, MLX settings)
     from embedserver.catalog import ModelSpec
     from embedserver.runtime.device_policy import ready_for_device
@@ -150,6 +149,8 @@ def bench_model(model_dir: Path, texts: dict[str, list[str]]) -> dict[str, Any]:
 
     defaults = Settings(_env_file=None)  # type: ignore[call-arg]
     runner = load_runner(ModelSpec(name="bench", source=str(model_dir)))
+    import mlx.core as mx
+
     # Readied as the server readies it: a lone text runs compiled (COMPILE=auto).
     ready_for_device(runner, device_plan(defaults))
     out: dict[str, Any] = {"device": str(mx.default_device()), "lengths": {}}

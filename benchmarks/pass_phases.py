@@ -26,8 +26,7 @@ PHASES = ("prep", "build", "eval", "read", "total")
 def bench_runner(model: str) -> Any:
     """The model's runner as the server pads batches (bucketed row counts on GPUs) and bounds MLX's memory,
     without the server's warm-up: the benchmark times its own shapes."""
-    import mlx.core as mx
-
+    # Before MLX: on Linux CPU, MLX multiplies with the BLAS loaded before it (embedserver/tuning/blas.py).
     import embedserver.runtime  # noqa: F401  (readies the process for MLX: BLAS preload, MLX settings)
     from embedserver.catalog import ModelSpec
     from embedserver.runtime.device import bound_gpu_memory
@@ -35,22 +34,24 @@ def bench_runner(model: str) -> Any:
     from embedserver.settings import DEFAULT_GPU_WORKSPACE_BYTES
 
     runner = load_runner(ModelSpec(name="bench", source=model))
+    import mlx.core as mx
+
     runner.bucket_rows = mx.default_device() == mx.gpu
     bound_gpu_memory(DEFAULT_GPU_WORKSPACE_BYTES)
     return runner
 
 
 def main() -> None:
-    import mlx.core as mx
-
-    from embedserver.runtime.padding import pad_right
-
     args = sys.argv[1:]
     modes = (False,) if "--plain" in args else (False, True)
     model, *shapes = [arg for arg in args if arg != "--plain"] or [""]
     if not model:
         sys.exit(__doc__)
-    runner = bench_runner(model)
+    runner = bench_runner(model)  # first: it readies the process for MLX
+    import mlx.core as mx
+
+    from embedserver.runtime.padding import pad_right
+
     rng = np.random.default_rng(0)
     for compiled in modes:
         forward = runner._compiled_forward if compiled else runner._forward

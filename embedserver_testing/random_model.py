@@ -19,6 +19,10 @@ from typing import Any, Literal
 
 import numpy as np
 
+# Before the functions below import MLX: on Linux CPU, MLX multiplies with the BLAS loaded before it, and a
+# benchmark that writes its model first then runs it in this process (embedserver/tuning/blas.py).
+import embedserver.runtime  # noqa: F401
+
 TINY = {
     "hidden_size": 64,
     "num_hidden_layers": 2,

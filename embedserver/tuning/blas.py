@@ -3,7 +3,9 @@
 The `mlx-cpu` wheel links the reference (netlib) BLAS, which multiplies float32 matrices ~40x slower than
 OpenBLAS. libmlx resolves `cblas_sgemm` through the process's global symbol scope first, so loading an
 optimized library with RTLD_GLOBAL *before* MLX is imported makes MLX use it. `embedserver/runtime/__init__.py` calls
-`preload()` so that happens before any module imports MLX.
+`preload()` so that happens before any module imports MLX. A process that imports MLX first (a script's `import
+mlx.core` above its `import embedserver...`) keeps the reference BLAS: `inspect()` says so, and the server's
+start warns.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ _CANDIDATES = (
 )
 _preloaded: str | None = None
 _handle: ctypes.CDLL | None = None
+# MLX was already loaded when preload() ran: it bound the BLAS it shipped with, whatever is loaded since.
+_too_late = False
 
 
 @dataclass(frozen=True)
@@ -37,9 +41,13 @@ class BlasInfo:
 
 def preload() -> str | None:
     """Load an optimized BLAS globally; returns its path, or None (not Linux, or none found)."""
-    global _preloaded, _handle
+    global _preloaded, _handle, _too_late
     if _preloaded is not None or not sys.platform.startswith("linux"):
         return _preloaded
+    if "mlx.core" in sys.modules:
+        # Its library bound cblas_sgemm as it loaded; one loaded now changes nothing for it, but would be
+        # what the global lookup in inspect() finds.
+        _too_late = True
     override = os.environ.get("EMBEDSERVER_BLAS")
     found = ctypes.util.find_library("openblas")
     for name in (override, found, *_CANDIDATES):
@@ -102,10 +110,25 @@ def _provider_of(symbol: str) -> str:
         return ""
 
 
+def _bundled_reference() -> str:
+    """The reference BLAS of the mlx-cpu wheel when this process has it loaded, else ""."""
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                if "mlx_cpu.libs/libblas" in line:
+                    return line.split()[-1]
+    except OSError:
+        pass
+    return ""
+
+
 def inspect() -> BlasInfo:
     """Which BLAS MLX multiplies with. Call after MLX is imported."""
     if sys.platform == "darwin":
         return BlasInfo(library="Accelerate", optimized=True, preloaded=None)
+    bundled = _bundled_reference() if _too_late else ""
+    if bundled:
+        return BlasInfo(library=bundled, optimized=False, preloaded=_preloaded)
     library = _provider_of("cblas_sgemm")
     # The reference BLAS that mlx-cpu bundles lives in mlx_cpu.libs/libblas-<hash>.so.
     optimized = bool(library) and "mlx_cpu.libs/libblas" not in library
