@@ -57,6 +57,22 @@ def test_the_engine_sets_the_count_before_each_pass() -> None:
     assert threads.history == [2, 1, 2]
 
 
+@pytest.mark.skipif(blas._handle is None, reason="no OpenBLAS under MLX here")
+def test_openblas_takes_no_more_threads_than_the_cores_the_process_may_use() -> None:
+    """A CPU quota (a container's limit) that OpenBLAS does not see caps its threads, and nothing else does."""
+    assert blas._handle is not None
+    get = blas._handle.openblas_get_num_threads
+    before = int(get())
+    try:
+        capped = blas.OpenBlasThreads(blas._handle, usable=1)
+        assert (capped.started, capped.current, int(get())) == (1, 1, 1)
+        blas._handle.openblas_set_num_threads(before)
+        roomy = blas.OpenBlasThreads(blas._handle, usable=before + 8)
+        assert (roomy.started, int(get())) == (before, before)
+    finally:
+        blas._handle.openblas_set_num_threads(before)
+
+
 @pytest.mark.skipif(blas.openblas_threads() is None, reason="no OpenBLAS under MLX here")
 def test_vectors_are_the_same_with_any_thread_count(tiny_qwen3: Path) -> None:
     threads = blas.openblas_threads()

@@ -18,6 +18,8 @@ import sys
 from dataclasses import dataclass
 from functools import cache
 
+from embedserver.tuning.cores import usable_cores
+
 log = logging.getLogger(__name__)
 
 _CANDIDATES = (
@@ -64,13 +66,20 @@ def preload() -> str | None:
 
 class OpenBlasThreads:
     """The number of threads the preloaded OpenBLAS splits a matrix product over (process-wide). `started`
-    is what it started with: OPENBLAS_NUM_THREADS, or every core."""
+    is the most it uses: what it started with (OPENBLAS_NUM_THREADS, or the CPUs this process may run on),
+    at most `usable` cores. OpenBLAS sizes itself from the CPUs and does not see a CPU quota: in a container
+    limited to 4 CPUs' worth of time on a 64-core node it would split every product 64 ways, and the
+    quota would stall the process for most of each period."""
 
-    def __init__(self, library: ctypes.CDLL) -> None:
+    def __init__(self, library: ctypes.CDLL, usable: int) -> None:
         self._set = library.openblas_set_num_threads
         self._get = library.openblas_get_num_threads
-        self.started = int(self._get())
-        self.current = self.started
+        started = int(self._get())
+        if usable < started:
+            self._set(usable)
+            started = usable
+        self.started = started
+        self.current = started
 
     def set(self, threads: int) -> None:
         """Only between products: OpenBLAS reads the count as each product starts."""
@@ -85,7 +94,7 @@ def openblas_threads() -> OpenBlasThreads | None:
     (macOS, another BLAS)."""
     if _handle is None or not hasattr(_handle, "openblas_set_num_threads"):
         return None
-    return OpenBlasThreads(_handle)
+    return OpenBlasThreads(_handle, usable_cores())
 
 
 class _DlInfo(ctypes.Structure):
