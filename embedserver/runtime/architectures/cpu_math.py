@@ -48,8 +48,8 @@ def causal_attention(q: mx.array, k: mx.array, v: mx.array, scale: float) -> mx.
 
     Past SCORES_AT_ONCE scores the queries go in blocks of BLOCK_ROWS rows, each block against only the keys
     up to its last row (the causal mask hides the later ones from all of its rows). All at once, the 0.6B
-    model's scores for one text of 8,192 tokens are 4.3 GB a layer, over 10 GB with the softmax's
-    temporaries, and a batch of such texts several times that. In blocks a pass holds B x H x 64 x L scores
+    model's scores for one text of 8,192 tokens are 4.3 GB a layer, and 9 GB at the softmax's peak,
+    and a batch of such texts several times that. In blocks a pass holds B x H x 64 x L scores
     at a time and computes about half as many for long texts, and the blocks' smaller arrays are also
     faster to stream: on a 2-core x86 VM with OpenBLAS, 16 heads of 2,048 tokens took 0.50 s against 0.87,
     8 texts of 512 tokens 0.29-0.33 s against 0.48, 32 of 128 the same (docs/perf/log.md)."""
