@@ -629,6 +629,45 @@ async def test_texts_that_wait_past_the_bound_fail_with_queue_timeout_and_are_ne
         await worker.stop()
 
 
+async def test_a_request_past_the_bound_fails_at_the_bound_not_when_a_long_pass_ends() -> None:
+    """A cut waits for the MLX thread: behind a 3 s pass (a real model on CPU over a long text), a request
+    queued past MAX_QUEUE_WAIT_S gets its 429 about the bound after it was queued, not when the pass ends;
+    the passes already handed over still run."""
+    embed = Slow(3.0)
+    metrics = Metrics()
+    limits = BatchLimits(max_size=1, max_tokens=4096, wait_s=0.001, max_queue=1000, max_wait_s=0.3)
+    worker = _started(embed, limits, metrics)
+    try:
+        running = worker.submit([[1, 5]])
+        handed = worker.submit([[2, 5]])  # the second hand-off: runs once the first pass ends
+        await asyncio.sleep(0.05)
+        queued = time.perf_counter()
+        with pytest.raises(Overloaded) as failed:
+            await worker.submit([[3, 5]])
+        assert failed.value.code == "queue_timeout" and failed.value.status == 429
+        assert time.perf_counter() - queued < 1.5  # the bound and a quarter of it, not the 3 s pass
+        assert metrics.expired.labels("m")._value.get() == 1
+        assert worker.waiting() == 0
+        await asyncio.gather(running, handed)
+        assert sorted(embed.computed) == [1, 2]
+        assert worker._tokens == 0
+    finally:
+        await worker.stop()
+
+
+async def test_a_request_with_texts_in_a_long_pass_is_not_failed_while_it_runs() -> None:
+    """A request whose first text is in a pass longer than the bound progresses: its other texts wait
+    behind that pass without failing, and all are computed."""
+    embed = Slow(1.0)
+    limits = BatchLimits(max_size=1, max_tokens=4096, wait_s=0.001, max_queue=1000, max_wait_s=0.3)
+    worker = _started(embed, limits)
+    try:
+        vectors = await worker.submit([[1, 5], [2, 5], [3, 5]])
+        assert len(vectors) == 3 and sorted(embed.computed) == [1, 2, 3]
+    finally:
+        await worker.stop()
+
+
 async def test_a_request_that_expires_fails_whole_and_none_of_its_queued_texts_run() -> None:
     """When a request's wait passes the bound, it fails once with queue_timeout, and every text it still had
     queued counts as expired and is never computed (not only those that reached a batch)."""

@@ -11,7 +11,7 @@ is expected to end (from recent passes of its padded shape; at least BATCH_WAIT_
 It takes what is queued, drops items whose caller is gone, fails with 429 queue_timeout those of requests that
 have waited longer than MAX_QUEUE_WAIT_S without any of their texts computed (admission estimates the wait;
 this makes it a bound even when the machine slows down under it, while a large request that progresses batch
-after batch is never cut), sorts by length and cuts batches by count, by
+after batch is never cut; `_sweep_expired` does the same between cuts, which a long pass spaces out), sorts by length and cuts batches by count, by
 padded-token budget, and where padding short texts to a much longer one would cost more than another pass
 (`plan_batches`, a pure function). Forward passes run on the MLX thread; up to two
 batches are handed to it at once, so the next one is ready the moment the current one ends. On CUDA passes
@@ -63,6 +63,11 @@ _OVERLAPPED = 2
 # the event loop to plan it and hand it over while the MLX thread is still busy.
 _CUT_AHEAD = 0.2
 
+# While texts are queued, requests past MAX_QUEUE_WAIT_S are looked for this often (_sweep_expired): a
+# quarter of the bound, at most every _SWEEP_EVERY_S, at least every _SWEEP_FLOOR_S.
+_SWEEP_EVERY_S = 0.25
+_SWEEP_FLOOR_S = 0.01
+
 EmbedFn = Callable[[list[TokenIds]], np.ndarray]
 
 
@@ -101,6 +106,7 @@ class BatchWorker:
         self._queued = 0  # items in _queue
         self._tokens = 0  # tokens of the items queued, planned or running
         self._wakeup = asyncio.Event()
+        self._sweep: asyncio.TimerHandle | None = None  # the next _sweep_expired, while texts are queued
         self._handoffs = asyncio.Semaphore(2)
         self._running: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
@@ -175,12 +181,15 @@ class BatchWorker:
                 f"{limits.max_queue_tokens}); retry later",
                 headers={"Retry-After": "1"},
             )
-        request = QueuedRequest(sequences, asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        request = QueuedRequest(sequences, loop.create_future())
         request.queued = True
         self._queue.append(request)
         self._queued += request.size
         self._tokens += tokens
         self._wakeup.set()
+        if self._sweep is None and limits.max_wait_s:
+            self._sweep = loop.call_later(self._sweep_every(), self._sweep_expired)
         return request.future
 
     async def compute(self, sequences: Sequence[TokenIds]) -> np.ndarray:
@@ -209,6 +218,9 @@ class BatchWorker:
         self._series.queue_depth.set_function(self.waiting)
 
     async def stop(self) -> None:
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -448,23 +460,61 @@ class BatchWorker:
         late = [item for item in items if waiting_since(item.request) < oldest]
         if not late:
             return items, []
-        error = Overloaded(
+        error = self._queue_timeout()
+        expired = len(late)
+        for request in {item.request for item in late}:
+            request.fail(error)
+            # Its texts still queued are never computed either (left for _take_window to skip).
+            expired += self._drop_waiting(request)
+        self._series.expired.inc(expired)
+        return [item for item in items if not item.request.future.done()], late
+
+    def _sweep_every(self) -> float:
+        return min(_SWEEP_EVERY_S, max(_SWEEP_FLOOR_S, self._limits.max_wait_s / 4))
+
+    def _sweep_expired(self) -> None:
+        """Queued requests past MAX_QUEUE_WAIT_S with none of their texts in a pass fail now, as the next cut
+        would fail them: a cut waits for the MLX thread, and a long pass (a real model on CPU takes minutes
+        over a long text) would hold their 429 that long past the bound. A request with texts in a pass is
+        left alone: it progresses. Runs while texts are queued."""
+        self._sweep = None
+        oldest = time.perf_counter() - self._limits.max_wait_s
+        late = [
+            request
+            for request in self._queue
+            if request.remaining == len(request.waiting)  # none of its texts in a pass
+            and waiting_since(request) < oldest
+            and not request.future.done()
+        ]
+        if late:
+            error = self._queue_timeout()
+            expired = 0
+            for request in late:
+                request.fail(error)
+                expired += self._drop_waiting(request)
+                request.queued = False
+            self._queue = deque(request for request in self._queue if request.queued)
+            self._series.expired.inc(expired)
+        if self._queued:
+            self._sweep = asyncio.get_running_loop().call_later(self._sweep_every(), self._sweep_expired)
+
+    def _queue_timeout(self) -> Overloaded:
+        max_wait = self._limits.max_wait_s
+        return Overloaded(
             f"model {self.model}: the text waited more than {max_wait:g} s (MAX_QUEUE_WAIT_S) for the model; "
             "retry later",
             code="queue_timeout",
             headers={"Retry-After": str(max(1, math.ceil(max_wait)))},
         )
-        expired = len(late)
-        for request in {item.request for item in late}:
-            request.fail(error)
-            # Its texts still queued are never computed either (left for _take_window to skip).
-            rest = request.waiting
-            self._queued -= len(rest)
-            expired += len(rest)
-            self._settle(rest)
-            rest.clear()
-        self._series.expired.inc(expired)
-        return [item for item in items if not item.request.future.done()], late
+
+    def _drop_waiting(self, request: QueuedRequest) -> int:
+        """A failed request's texts still queued leave uncomputed, their tokens freed; how many there were."""
+        rest = request.waiting
+        count = len(rest)
+        self._queued -= count
+        self._settle(rest)
+        rest.clear()
+        return count
 
     def _settle(self, items: Sequence[WorkItem]) -> None:
         """Items leave the worker (computed, failed, dropped or expired): their tokens free the budget."""
