@@ -629,14 +629,18 @@ async def test_texts_that_wait_past_the_bound_fail_with_queue_timeout_and_are_ne
         await worker.stop()
 
 
+def _one_text_passes(seconds: float) -> tuple[Slow, Metrics, BatchWorker]:
+    """A started worker whose passes take one text each, `seconds` a pass, with the wait bound at 0.3 s."""
+    embed, metrics = Slow(seconds), Metrics()
+    limits = BatchLimits(max_size=1, max_tokens=4096, wait_s=0.001, max_queue=1000, max_wait_s=0.3)
+    return embed, metrics, _started(embed, limits, metrics)
+
+
 async def test_a_request_past_the_bound_fails_at_the_bound_not_when_a_long_pass_ends() -> None:
     """A cut waits for the MLX thread: behind a 3 s pass (a real model on CPU over a long text), a request
     queued past MAX_QUEUE_WAIT_S gets its 429 about the bound after it was queued, not when the pass ends;
     the passes already handed over still run."""
-    embed = Slow(3.0)
-    metrics = Metrics()
-    limits = BatchLimits(max_size=1, max_tokens=4096, wait_s=0.001, max_queue=1000, max_wait_s=0.3)
-    worker = _started(embed, limits, metrics)
+    embed, metrics, worker = _one_text_passes(3.0)
     try:
         running = worker.submit([[1, 5]])
         handed = worker.submit([[2, 5]])  # the second hand-off: runs once the first pass ends
@@ -671,10 +675,7 @@ async def test_a_request_with_texts_in_a_long_pass_is_not_failed_while_it_runs()
 async def test_a_request_that_expires_fails_whole_and_none_of_its_queued_texts_run() -> None:
     """When a request's wait passes the bound, it fails once with queue_timeout, and every text it still had
     queued counts as expired and is never computed (not only those that reached a batch)."""
-    embed = Slow(0.5)
-    metrics = Metrics()
-    limits = BatchLimits(max_size=1, max_tokens=4096, wait_s=0.001, max_queue=1000, max_wait_s=0.3)
-    worker = _started(embed, limits, metrics)
+    embed, metrics, worker = _one_text_passes(0.5)
     try:
         first = worker.submit([[1, 5]])
         second = worker.submit([[2, 5]])  # both hand-offs taken: the third request waits past the bound
