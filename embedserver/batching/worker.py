@@ -11,9 +11,9 @@ is expected to end (from recent passes of its padded shape; at least BATCH_WAIT_
 It takes what is queued, drops items whose caller is gone, fails with 429 queue_timeout those of requests that
 have waited longer than MAX_QUEUE_WAIT_S without any of their texts computed (admission estimates the wait;
 this makes it a bound even when the machine slows down under it, while a large request that progresses batch
-after batch is never cut; `_sweep_expired` does the same between cuts, which a long pass spaces out), sorts by length and cuts batches by count, by
-padded-token budget, and where padding short texts to a much longer one would cost more than another pass
-(`plan_batches`, a pure function). Forward passes run on the MLX thread; up to two
+after batch is never cut; `_sweep_expired` does the same between cuts, which a long pass spaces out), sorts by
+length and cuts batches by count, by padded-token budget, and where padding short texts to a much longer one
+would cost more than another pass (`plan_batches`, a pure function). Forward passes run on the MLX thread; up to two
 batches are handed to it at once, so the next one is ready the moment the current one ends. On CUDA passes
 overlap instead (`_run_overlapped`): the MLX thread only launches them and a collector thread waits for each.
 
@@ -491,9 +491,8 @@ class BatchWorker:
             expired = 0
             for request in late:
                 request.fail(error)
+                # Its entry stays in the queue, empty, for _take_window to skip, as _expire leaves it.
                 expired += self._drop_waiting(request)
-                request.queued = False
-            self._queue = deque(request for request in self._queue if request.queued)
             self._series.expired.inc(expired)
         if self._queued:
             self._sweep = asyncio.get_running_loop().call_later(self._sweep_every(), self._sweep_expired)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import ctypes
 import sys
 import threading
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 _PR_SET_NAME = 15
 
@@ -31,5 +31,7 @@ def name_this_process(name: str) -> None:
 
 
 def named_executor(prefix: str, workers: int) -> ThreadPoolExecutor:
-    initializer: Callable[[], None] = lambda: _name_this_thread(prefix)  # noqa: E731
-    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix=prefix, initializer=initializer)
+    """Threads named `prefix` and their number."""
+    return ThreadPoolExecutor(
+        max_workers=workers, thread_name_prefix=prefix, initializer=partial(_name_this_thread, prefix)
+    )
