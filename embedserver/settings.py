@@ -76,9 +76,11 @@ class Settings(BaseSettings):
     max_batch_tokens: int = Field(32768, ge=16)
     batch_wait_ms: float = Field(5.0, ge=0, le=1000)
     max_queue_texts: int = Field(8192, ge=1)
-    # Past this many seconds of estimated backlog (texts in progress / recent texts per second), new requests
-    # get 429 at once instead of waiting; a request that still waits longer than this with none of its texts
-    # computed fails with 429 queue_timeout instead of being answered late. Bounds accepted latency. 0: off.
+    # Past this many seconds of estimated wait (what the texts in progress add to a new request's, at the recent
+    # texts per second, as batches take texts from the requests in turn), new requests get 429 at once instead
+    # of waiting; a request that still waits longer than this with none of its texts computed fails with 429
+    # queue_timeout instead of being answered late; and a forward pass holds at most what the model computes in
+    # half of it at its recent speed (binds where passes are slow: CPUs). Bounds accepted latency. 0: off.
     max_queue_wait_s: float = Field(5.0, ge=0)
     # Tokens to compute: per request (413 past it; OpenAI's own limit for an embeddings request), and in
     # progress per model before new requests get 429 (a request alone is always taken).

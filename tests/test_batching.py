@@ -7,17 +7,20 @@ import threading
 import time
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from embedserver.batching.limits import BatchLimits
+from embedserver.batching.pass_budget import FIRST_PASS_TOKENS, PassBudget
 from embedserver.batching.planning import plan_batches
 from embedserver.batching.queued import QueuedRequest, WorkItem
 from embedserver.batching.worker import BatchWorker
-from embedserver.errors import InferenceError, Overloaded
+from embedserver.errors import InferenceError, ModelUnavailable, Overloaded
 from embedserver.metrics import Metrics
+from embedserver.runtime.padding import bucket_length
 from embedserver.tokenization.token_ids import TokenIds
 
 
@@ -577,6 +580,175 @@ async def test_a_large_request_that_progresses_is_not_cut_by_the_wait_bound() ->
         assert len(vectors) == 8 and sorted(embed.computed) == list(range(1, 9))
     finally:
         await worker.stop()
+
+
+async def test_admission_counts_what_the_work_in_progress_adds_to_a_new_request() -> None:
+    """At 10 texts a second and a 1 s bound: each request in progress holds back a new request of k texts by
+    up to k of its own texts, and the new request's own texts are not counted."""
+    limits = BatchLimits(max_size=8, max_tokens=4096, wait_s=0.001, max_queue=1000, max_wait_s=1.0)
+    worker = _started(Slow(0.0), limits)
+    worker._rate = 10.0
+    try:
+        with worker.admit(1), worker.admit(40):  # a bulk request behind a query: held back by one text
+            with worker.admit(1):  # a query behind both: by one text of each
+                pass
+            with pytest.raises(Overloaded), worker.admit(40):  # another bulk request: by 41 texts
+                pass
+        with ExitStack() as held:  # single-text requests: the whole backlog
+            for _ in range(10):
+                held.enter_context(worker.admit(1))
+            held.enter_context(worker.admit(1))  # held back by 10 texts: 1.0 s, not past the bound
+            with pytest.raises(Overloaded) as refused, worker.admit(1):  # by 11: 1.1 s
+                pass
+        assert refused.value.headers["Retry-After"] == "2"
+    finally:
+        await worker.stop()
+
+
+async def test_a_query_behind_a_bulk_request_is_admitted_and_answered_in_turn() -> None:
+    """Admission estimates what the work in progress adds to a new request's wait, as batches take texts one
+    from each request in turn: behind a request of 40 texts (2 s of passes, past the 1 s bound) a one-text
+    query is admitted and answered in the next passes, while another 40-text request, held back by all 40,
+    is refused at once."""
+    embed = Slow(0.1)
+    limits = BatchLimits(max_size=2, max_tokens=4096, wait_s=0.001, max_queue=1000, max_wait_s=1.0)
+    worker = _started(embed, limits)
+    try:
+        with worker.admit(40):
+            bulk = worker.submit([[1, k] for k in range(40)])
+            while worker._rate == 0:  # passes back to back: the rate is measured
+                await asyncio.sleep(0.05)
+            asked = time.perf_counter()
+            with worker.admit(1):
+                await worker.submit([[2, 5]])
+            assert time.perf_counter() - asked < 0.6  # a pass or two, not the bulk request's 2 s
+            assert not bulk.done()
+            with pytest.raises(Overloaded) as refused, worker.admit(40):
+                pass
+            assert refused.value.status == 429 and "MAX_QUEUE_WAIT_S" in refused.value.message
+            await bulk
+        assert embed.computed.count(1) == 40 and embed.computed.count(2) == 1
+    finally:
+        await worker.stop()
+
+
+class PerToken(Slow):
+    """Slow, but a pass takes `seconds` per padded token (rows x the bucketed longest length), as on a CPU."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(seconds)
+        self.passes: list[float] = []  # each pass's seconds
+
+    def __call__(self, batch: list[TokenIds]) -> np.ndarray:
+        self.passes.append(self.seconds * len(batch) * bucket_length(max(map(len, batch))))
+        time.sleep(self.passes[-1])
+        self.computed.extend(seq[0] for seq in batch)
+        return np.ones((len(batch), 2), dtype=np.float32)
+
+
+async def test_passes_are_cut_to_half_the_wait_bound_so_a_query_behind_a_bulk_request_is_answered() -> None:
+    """Where passes are slow (a CPU), a pass holds what the model computes in half of MAX_QUEUE_WAIT_S at its
+    recent speed: a query arriving behind 40 texts (2.5 s of work, one pass by the token limit) is answered
+    within the 1 s bound, not failed with queue_timeout behind one long pass; every text is computed."""
+    embed = PerToken(0.001)  # 64 ms a 64-token text
+    limits = BatchLimits(max_size=256, max_tokens=4096, wait_s=0.001, max_queue=1000, max_wait_s=1.0)
+    worker = _started(embed, limits)
+    try:
+        bulk = worker.submit([[1] + [0] * 63 for _ in range(40)])
+        await asyncio.sleep(0.3)
+        asked = time.perf_counter()
+        query = await worker.submit([[2, 5]])
+        assert len(query) == 1 and time.perf_counter() - asked < 1.0
+        assert len(await bulk) == 40 and embed.computed.count(1) == 40
+        assert max(embed.passes) <= 0.55  # half the bound, and the timing's slack
+    finally:
+        await worker.stop()
+
+
+class _LateStart(ThreadPoolExecutor):
+    """One thread that begins each job `seconds` after taking it."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(1)
+        self.seconds = seconds
+
+    def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def]
+        def late():  # type: ignore[no-untyped-def]
+            time.sleep(self.seconds)
+            return fn(*args, **kwargs)
+
+        return super().submit(late)
+
+
+async def test_a_query_goes_before_the_next_pass_of_a_request_already_in_one() -> None:
+    """Of the batches planned at once, one holding a request with no text in a pass runs before one of a
+    request with a text in the running pass: a query arriving during a bulk request's pass runs next, though
+    the bulk request's last text was computed before the query came (by that alone it waited longer). And
+    the next batch is cut late in the running pass, also when the event loop hears of the last pass's end
+    before the MLX thread begins the one handed over (judged by the last pass, it was cut at once)."""
+    embed = PerToken(0.002)  # a bulk pass of 4 x 64 tokens: 0.51 s; the query's: 0.03 s
+    limits = BatchLimits(max_size=256, max_tokens=256, wait_s=0.001, max_queue=1000)
+    thread = _LateStart(0.05)  # the loop hears of a pass's end 50 ms before the thread begins the next
+    worker = BatchWorker("m", embed, limits=limits, metrics=Metrics(), executor=thread, split_tokens=16)
+    worker.start()
+    try:
+        bulk = worker.submit([[1] + [0] * 63 for _ in range(40)])
+        await asyncio.sleep(0.7)  # the second bulk pass runs
+        asked = time.perf_counter()
+        await worker.submit([[2, 5]])
+        assert time.perf_counter() - asked < 0.75  # the rest of that pass and its own, not a third pass too
+        await bulk
+    finally:
+        await worker.stop()
+
+
+@pytest.mark.parametrize("turns", range(4))
+async def test_stop_ends_the_worker_when_a_wakeup_meets_the_cancellation(turns: int) -> None:
+    """stop() cancels the worker while it waits for the next batch to fill; a wakeup (a text arriving, a pass
+    ending) in the same turns of the loop must not swallow the cancellation, or stop() waits forever."""
+    release = threading.Event()
+    worker = BatchWorker(
+        "m",
+        HeldOn(1, release),
+        limits=BatchLimits(max_size=8, max_tokens=4096, wait_s=5.0, max_queue=20),
+        metrics=Metrics(),
+        executor=ThreadPoolExecutor(1),
+    )
+    worker.start()
+    held = worker.submit([[1, 1]])
+    await asyncio.sleep(0.05)  # the first pass holds the thread
+    filling = worker.submit([[2, 2]])
+    await asyncio.sleep(0.05)  # the worker lets the next batch fill (BATCH_WAIT_MS 5 s here)
+    joining = worker.submit([[3, 3]])  # wakes it
+    for _ in range(turns):
+        await asyncio.sleep(0)
+    assert worker._task is not None
+    worker._task.cancel()
+    release.set()
+    async with asyncio.timeout(5):
+        await worker.stop()
+    assert (await held).tolist() == [[2, 1]]
+    for queued in (filling, joining):
+        with pytest.raises(ModelUnavailable):
+            await queued
+
+
+def test_pass_budget_follows_the_measured_speed_within_its_limits() -> None:
+    budget = PassBudget(0.5, ceiling=4096)
+    assert budget.tokens() == FIRST_PASS_TOKENS  # before any pass was timed
+    budget.observe(256, 0.256)  # 1,000 tokens a second
+    assert budget.tokens() == 500
+    for _ in range(20):
+        budget.observe(10_000, 1.0)
+    assert budget.tokens() == 4096  # never past MAX_BATCH_TOKENS
+    cpu = PassBudget(0.5, ceiling=4096)
+    cpu.observe(512, 2.56)  # 200 tokens a second in a full pass
+    cpu.observe(16, 0.26)  # a lone query's pass, mostly the fixed cost
+    assert 80 <= cpu.tokens() <= 100  # the speed of the passes' tokens, not of the passes (~130 tokens/s)
+    assert PassBudget(0.0, ceiling=4096).tokens() == 4096  # no wait bound: no time budget
+    slow = PassBudget(0.5, ceiling=4096)
+    slow.observe(16, 8.0)
+    assert slow.tokens() == 1  # plan_batches still gives a text a pass of its own
 
 
 async def test_tokens_are_bounded_per_request_and_per_model() -> None:

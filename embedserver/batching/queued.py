@@ -31,7 +31,17 @@ class QueuedRequest:
     of every text, stacked in order). A done future (answered, failed, or cancelled by a caller that left)
     means its texts still waiting are dropped, not computed."""
 
-    __slots__ = ("enqueued", "future", "out", "progressed", "queued", "remaining", "size", "waiting")
+    __slots__ = (
+        "enqueued",
+        "future",
+        "out",
+        "passes",
+        "progressed",
+        "queued",
+        "remaining",
+        "size",
+        "waiting",
+    )
 
     def __init__(self, sequences: Sequence[TokenIds], future: asyncio.Future[np.ndarray]) -> None:
         self.waiting = deque([WorkItem(ids, self, row) for row, ids in enumerate(sequences)])
@@ -40,6 +50,7 @@ class QueuedRequest:
         self.out: np.ndarray | None = None  # the answer being filled, rows in request order
         self.enqueued = time.perf_counter()
         self.progressed = 0.0  # when the last of its texts was computed (0: none yet)
+        self.passes = 0  # its texts in passes cut and not yet ended (the worker counts them)
         self.queued = False  # in the worker's round-robin queue now
 
     def deliver(self, row: int, vector: np.ndarray) -> None:
@@ -65,8 +76,15 @@ def waiting_since(request: QueuedRequest) -> float:
     return max(request.enqueued, request.progressed)
 
 
-def first_waiting_since(batch: list[WorkItem]) -> float:
-    return min(waiting_since(item.request) for item in batch)
+def turn_order(batch: list[WorkItem]) -> tuple[bool, float]:
+    """Which of several batches planned at once runs first (the least): one holding a request with no text in
+    a pass, then the one holding the request that has waited longest. A request with a text in a pass
+    progresses; one whose texts all wait does not. So a query that arrives while a bulk request's pass runs
+    goes next, not after that request's next pass as well (its last text computed before the query came, it
+    had waited longer). The test for a request with no text in a pass stops at the first (most batches'
+    first text); one such key per batch a cut is all this adds to a request's cost."""
+    waiting = any(not item.request.passes for item in batch)
+    return not waiting, min(waiting_since(item.request) for item in batch)
 
 
 def deliver_pass(batch: list[WorkItem], vectors: np.ndarray, now: float) -> None:

@@ -12,7 +12,8 @@ It takes what is queued, drops items whose caller is gone, fails with 429 queue_
 have waited longer than MAX_QUEUE_WAIT_S without any of their texts computed (admission estimates the wait;
 this makes it a bound even when the machine slows down under it, while a large request that progresses batch
 after batch is never cut; `_sweep_expired` does the same between cuts, which a long pass spaces out), sorts by
-length and cuts batches by count, by padded-token budget, and where padding short texts to a much longer one
+length and cuts batches by count, by padded-token budget (MAX_BATCH_TOKENS, and where passes are slow what the
+model computes in half of MAX_QUEUE_WAIT_S: `PassBudget`), and where padding short texts to a much longer one
 would cost more than another pass (`plan_batches`, a pure function). Forward passes run on the MLX thread; up to two
 batches are handed to it at once, so the next one is ready the moment the current one ends. On CUDA passes
 overlap instead (`_run_overlapped`): the MLX thread only launches them and a collector thread waits for each.
@@ -38,12 +39,13 @@ import numpy as np
 
 from embedserver.batching.launched import LaunchedPass, LaunchFn, RemotePasses, non_finite_rows
 from embedserver.batching.limits import BatchLimits
+from embedserver.batching.pass_budget import PassBudget
 from embedserver.batching.planning import plan_batches
 from embedserver.batching.queued import (
     QueuedRequest,
     WorkItem,
     deliver_pass,
-    first_waiting_since,
+    turn_order,
     waiting_since,
 )
 from embedserver.errors import InferenceError, ModelUnavailable, Overloaded, TooManyTokens
@@ -67,6 +69,12 @@ _CUT_AHEAD = 0.2
 # quarter of the bound, at most every _SWEEP_EVERY_S, at least every _SWEEP_FLOOR_S.
 _SWEEP_EVERY_S = 0.25
 _SWEEP_FLOOR_S = 0.01
+
+# A pass is cut to what the model computes in this share of MAX_QUEUE_WAIT_S (pass_budget.py). A request then
+# waits for the rest of the running pass before its own (`turn_order` puts it ahead of requests with a text in
+# a pass), and for the next pass too when it came after that one was cut (the running pass's last _CUT_AHEAD):
+# at most 0.6 of the bound. Binds only where passes are slow (CPUs, large models on small GPUs).
+_PASS_SHARE_OF_WAIT = 0.5
 
 EmbedFn = Callable[[list[TokenIds]], np.ndarray]
 
@@ -111,6 +119,7 @@ class BatchWorker:
         self._running: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
         self._admitted = 0  # texts inside admit() blocks
+        self._admitted_requests = 0  # and the requests they belong to
         self._rate = 0.0  # texts/s cleared under backlog (see _observe_rate); 0 until measured
         self._last_done = 0.0
         self._backlogged = False
@@ -121,9 +130,12 @@ class BatchWorker:
         self._in_executor = 0  # batches handed to the MLX thread and not yet back
         self._forward_started = 0.0  # when the MLX thread began its current (or last) forward pass
         self._forward_shape = (0, 0)  # that pass's padded (rows, length)
+        self._forward_ended = 0.0  # when the MLX thread ended its last forward pass
+        self._handed_shape = (0, 0)  # the padded shape of the batch last handed to the MLX thread
         self._forward_s = 0.0  # recent forward-pass duration (moving average)
         # Recent duration per padded shape: on a GPU a 128-row pass takes several times a 16-row one.
         self._shape_s: dict[tuple[int, int], float] = {}
+        self._budget = PassBudget(limits.max_wait_s * _PASS_SHARE_OF_WAIT, limits.max_tokens)
         self.failure: str | None = None
         self.on_death: Callable[[], None] | None = None  # the registry's restart hook
 
@@ -141,23 +153,37 @@ class BatchWorker:
     def reserve(self, texts: int) -> None:
         """Take `texts` places in the backlog until `release`. A full backlog answers 429 at once, before the
         request costs any tokenization or queueing; a request alone is always admitted, however large, so no
-        request is refused forever."""
-        if self._admitted:
-            backlog = self._admitted + texts
-            wait = backlog / self._rate if self._rate else 0.0
+        request is refused forever.
+
+        The wait estimated is what the work already in progress adds to this request's own, as batches take
+        texts one from each request in turn (`_take_window`): each request in progress holds back a request of
+        k texts by up to k of its own. With single-text requests that is the whole backlog; a query behind a
+        bulk request of 2,048 texts waits for one of them, and a bulk request behind a query for one text, so
+        each shares the next passes instead of being refused. The request's own work is not counted, as
+        `_expire` cuts a request that waits without progress and never one that progresses: a request that
+        alone takes longer than the bound (a CPU's passes) would otherwise be refused whenever anything ran."""
+        admitted = self._admitted
+        if admitted:
+            ahead = self._admitted_requests * texts  # per request in progress, at most k of its texts
+            if ahead > admitted:
+                ahead = admitted
+            rate = self._rate
+            wait = ahead / rate if rate else 0.0
             limits = self._limits
-            if backlog > limits.max_queue or (limits.max_wait_s and wait > limits.max_wait_s):
+            if admitted + texts > limits.max_queue or (limits.max_wait_s and wait > limits.max_wait_s):
                 self._series.rejected.inc(texts)
                 raise Overloaded(
                     f"model {self.model} has {self._admitted} texts in progress, about {wait:.1f} s of work "
-                    f"(limits: MAX_QUEUE_TEXTS {limits.max_queue}, MAX_QUEUE_WAIT_S {limits.max_wait_s:g}); "
-                    "retry later",
+                    f"ahead of this request (limits: MAX_QUEUE_TEXTS {limits.max_queue}, MAX_QUEUE_WAIT_S "
+                    f"{limits.max_wait_s:g}); retry later",
                     headers={"Retry-After": str(max(1, math.ceil(min(wait, 60))))},
                 )
-        self._admitted += texts
+        self._admitted = admitted + texts
+        self._admitted_requests += 1
 
     def release(self, texts: int) -> None:
         self._admitted -= texts
+        self._admitted_requests -= 1
 
     def submit(self, sequences: Sequence[TokenIds]) -> asyncio.Future[np.ndarray]:
         """Queue one request's sequences (admitted through `admit`, at least one); the future resolves to their
@@ -271,18 +297,22 @@ class BatchWorker:
         self._planned = [window]
         limits = self._limits
         batches = plan_batches(
-            window, max_size=limits.max_size, max_tokens=limits.max_tokens, split_tokens=self._split_tokens
+            window,
+            max_size=limits.max_size,
+            max_tokens=self._budget.tokens(),
+            split_tokens=self._split_tokens,
         )
         self._planned = []
         if not batches:
             return []
         # One batch at a time: the one holding the longest-waiting text (so no text waits forever behind
-        # shorter ones); the rest go back to their requests and are planned again with whatever arrives
-        # meanwhile, so a request arriving now joins the next batch, not the one after a large request's last.
-        # A request waits from when it was queued or last had a text computed: a large request whose texts
-        # form a batch of their own (longer texts than a small request's, or past the budget) takes turns
-        # with the small ones that arrived behind it instead of going first until it is done.
-        first = batches[0] if len(batches) == 1 else min(batches, key=first_waiting_since)
+        # shorter ones), after any holding a request with no text in a pass (`turn_order`); the rest go back
+        # to their requests and are planned again with whatever arrives meanwhile, so a request arriving now
+        # joins the next batch, not the one after a large request's last. A request waits from when it was
+        # queued or last had a text computed: a large request whose texts form a batch of their own (longer
+        # texts than a small request's, or past the budget) takes turns with the small ones that arrived
+        # behind it instead of going first until it is done.
+        first = batches[0] if len(batches) == 1 else min(batches, key=turn_order)
         back = [item for batch in batches if batch is not first for item in batch]
         # While the device is busy, a batch is cut to a bucketed row count (after planning, so the cut is of
         # the batch that runs); the texts held back are those the window took last.
@@ -295,6 +325,8 @@ class BatchWorker:
                 back += held
             # Back in the window's order, so each request's texts and the requests' turns stay as they were.
             self._return(sorted(back, key=lambda item: position[id(item)]))
+        for item in first:
+            item.request.passes += 1
         return first
 
     async def _run_overlapped(self) -> None:
@@ -378,6 +410,7 @@ class BatchWorker:
         self._launched.remove(done)
         self._wakeup.set()  # a place for the next pass
         batch = done.batch
+        self._ended(batch)
         if done.abandoned:
             self._series.dropped.inc(len(batch))
             self._settle(batch)
@@ -385,6 +418,7 @@ class BatchWorker:
         error = done.error
         if error is None:
             self._observe_rate(len(batch))
+            self._budget.observe(done.shape[0] * done.shape[1], done.seconds)
             real = sum(len(item.ids) for item in batch)
             record = partial(self._record_pass, done.requests, done.shape, real, done.started, done.seconds)
             if not done.bad:
@@ -407,16 +441,25 @@ class BatchWorker:
         started = time.perf_counter()
         # The running pass's own shape: one moving average over all shapes, dragged down by small batches, cut
         # the batch after a large one early; it then ran small, and small and large batches alternated.
-        expected = self._shape_s.get(self._forward_shape, self._forward_s)
-        expected_end = self._forward_started + expected * (1 - _CUT_AHEAD)
+        begun, shape = self._forward_started, self._forward_shape
+        if begun < self._forward_ended:
+            # The thread is between passes, the one handed over not yet begun (the loop often hears of a
+            # pass's end before the thread starts the next): judged by the last pass, the batch would be cut
+            # at once, and what arrives during the next pass would wait for the one after it.
+            begun, shape = started, self._handed_shape
+        expected = self._shape_s.get(shape, self._forward_s)
+        expected_end = begun + expected * (1 - _CUT_AHEAD)
         deadline = max(started + self._limits.wait_s, expected_end)
         while self._queued < self._limits.max_size and self._in_executor:
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
                 break
             self._wakeup.clear()
+            # Not asyncio.wait_for: on Python 3.11 it swallows a cancellation that lands as the event is set
+            # (it returns the result instead), and stop() then waited forever for this task.
             try:
-                await asyncio.wait_for(self._wakeup.wait(), remaining)
+                async with asyncio.timeout(remaining):
+                    await self._wakeup.wait()
             except TimeoutError:
                 break
 
@@ -515,6 +558,13 @@ class BatchWorker:
         rest.clear()
         return count
 
+    @staticmethod
+    def _ended(batch: Sequence[WorkItem]) -> None:
+        """A pass cut by `_cut` is over (computed, failed, abandoned; a failed pass's texts retried alone are
+        not counted again): its requests have a text fewer in a pass (`turn_order`)."""
+        for item in batch:
+            item.request.passes -= 1
+
     def _settle(self, items: Sequence[WorkItem]) -> None:
         """Items leave the worker (computed, failed, dropped or expired): their tokens free the budget."""
         self._tokens -= sum(len(item.ids) for item in items)
@@ -553,6 +603,7 @@ class BatchWorker:
             # Metrics after the callers resume (they were scheduled first): a lone request does not wait for them.
             loop.call_soon(record)
         finally:
+            self._ended(taken)
             self._settle(taken)  # computed, failed, left or expired: every item of the batch is done with
             self._handoffs.release()
 
@@ -584,7 +635,7 @@ class BatchWorker:
         loop = asyncio.get_running_loop()
         sequences = [item.ids for item in batch]
         requests = [item.request for item in batch]
-        shape = padded_shape(sequences, bucket_rows=self._bucketed_rows)
+        shape = self._handed_shape = padded_shape(sequences, bucket_rows=self._bucketed_rows)
         self._in_executor += 1
         try:
             if self._passes is not None:
@@ -602,6 +653,7 @@ class BatchWorker:
         self._forward_s = seconds if not self._forward_s else 0.8 * self._forward_s + 0.2 * seconds
         known = self._shape_s.get(shape)
         self._shape_s[shape] = seconds if known is None else 0.8 * known + 0.2 * seconds
+        self._budget.observe(shape[0] * shape[1], seconds)
         self._observe_rate(len(sequences))
         record = partial(self._record_pass, requests, shape, sum(map(len, sequences)), started, seconds)
         if bad:
@@ -667,7 +719,7 @@ class BatchWorker:
         thread), and how many of its vectors hold a non-finite value (counted here, off the event loop). A
         batch whose callers all left while it waited for the thread is not run (reading done() from this
         thread is a benign race: at worst one batch runs for nobody). Records the padded `shape` now running,
-        by which the next batch's fill judges when this pass should end."""
+        and when it began and ended, by which the next batch's fill judges when this pass should end."""
         if all(request.future.done() for request in requests):
             raise _Abandoned
         self._forward_shape = shape
@@ -677,7 +729,9 @@ class BatchWorker:
             vectors = self._embed(sequences)
         except Exception as exc:
             raise _FailedPass(started, exc) from exc
-        seconds = time.perf_counter() - started
+        finally:
+            self._forward_ended = time.perf_counter()
+        seconds = self._forward_ended - started
         return vectors, started, seconds, non_finite_rows(vectors)
 
     def _fail_queued(self, exc: Exception) -> None:
