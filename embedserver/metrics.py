@@ -133,6 +133,14 @@ class Metrics:
             buckets=_TOKENS,
             registry=r,
         )
+        # Below MAX_BATCH_TOKENS where passes are slow (CPUs): why a CPU's passes hold few texts under load.
+        self.pass_tokens_limit = Gauge(
+            "embedserver_pass_tokens_limit",
+            "Padded tokens the next forward pass may hold: MAX_BATCH_TOKENS, or what the model computes in "
+            "half of MAX_QUEUE_WAIT_S at its recent speed where that is less",
+            ["model"],
+            registry=r,
+        )
         self.padding_ratio = Histogram(
             "embedserver_padding_ratio",
             "Share of a batch's tokens that are padding (shorter texts and filler rows)",
@@ -261,6 +269,7 @@ class ModelSeries:
         self.inference_seconds = m.inference_seconds.labels(model)
         self.batch_size = m.batch_size.labels(model)
         self.batch_tokens = m.batch_tokens.labels(model)
+        self.pass_tokens_limit = m.pass_tokens_limit.labels(model)
         self.padding_ratio = m.padding_ratio.labels(model)
         self.batches = m.batches.labels(model)
         self.batch_failures = m.batch_failures.labels(model)

@@ -307,6 +307,7 @@ async def test_metrics_expose_every_stage(client: httpx.AsyncClient) -> None:
         "embedserver_inference_seconds",
         "embedserver_batch_size",
         "embedserver_batch_tokens",
+        "embedserver_pass_tokens_limit",
         "embedserver_padding_ratio",
         "embedserver_cache_hits_total",
         "embedserver_cache_misses_total",

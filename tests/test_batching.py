@@ -650,10 +650,15 @@ async def test_passes_are_cut_to_half_the_wait_bound_so_a_query_behind_a_bulk_re
     """Where passes are slow (a CPU), a pass holds what the model computes in half of MAX_QUEUE_WAIT_S at its
     recent speed: a query arriving behind 40 texts (2.5 s of work, one pass by the token limit) is answered
     within the 1 s bound, not failed with queue_timeout behind one long pass; every text is computed."""
-    embed = PerToken(0.001)  # 64 ms a 64-token text
+    embed, metrics = PerToken(0.001), Metrics()  # 64 ms a 64-token text
     limits = BatchLimits(max_size=256, max_tokens=4096, wait_s=0.001, max_queue=1000, max_wait_s=1.0)
-    worker = _started(embed, limits)
+    worker = _started(embed, limits, metrics)
+
+    def limit() -> float | None:  # read at scrape time
+        return metrics.registry.get_sample_value("embedserver_pass_tokens_limit", {"model": "m"})
+
     try:
+        assert limit() == FIRST_PASS_TOKENS  # before any pass was timed
         bulk = worker.submit([[1] + [0] * 63 for _ in range(40)])
         await asyncio.sleep(0.3)
         asked = time.perf_counter()
@@ -661,6 +666,7 @@ async def test_passes_are_cut_to_half_the_wait_bound_so_a_query_behind_a_bulk_re
         assert len(query) == 1 and time.perf_counter() - asked < 1.0
         assert len(await bulk) == 40 and embed.computed.count(1) == 40
         assert max(embed.passes) <= 0.55  # half the bound, and the timing's slack
+        assert 400 <= (limit() or 0) <= 600  # ~1,000 tokens a second for half a second
     finally:
         await worker.stop()
 

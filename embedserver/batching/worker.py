@@ -242,6 +242,7 @@ class BatchWorker:
         self._task = asyncio.create_task(run, name=f"batcher-{self.model}")
         # Read when /metrics is scraped: texts queued, and texts cut into batches not yet handed to the MLX thread.
         self._series.queue_depth.set_function(self.waiting)
+        self._series.pass_tokens_limit.set_function(self._budget.tokens)
 
     async def stop(self) -> None:
         if self._sweep is not None:
@@ -753,6 +754,7 @@ class BatchWorker:
             request.waiting.clear()
         self._queued = 0
         self._series.queue_depth.set_function(lambda: 0)
+        self._series.pass_tokens_limit.set_function(lambda: 0)
 
 
 class _Abandoned(Exception):
