@@ -50,7 +50,7 @@ class QueuedRequest:
         self.out: np.ndarray | None = None  # the answer being filled, rows in request order
         self.enqueued = time.perf_counter()
         self.progressed = 0.0  # when the last of its texts was computed (0: none yet)
-        self.passes = 0  # its texts in passes cut and not yet ended (the worker counts them)
+        self.passes = 0  # its texts in batches cut and not yet done with (the worker counts them)
         self.queued = False  # in the worker's round-robin queue now
 
     def deliver(self, row: int, vector: np.ndarray) -> None:

@@ -411,10 +411,9 @@ class BatchWorker:
         self._launched.remove(done)
         self._wakeup.set()  # a place for the next pass
         batch = done.batch
-        self._ended(batch)
         if done.abandoned:
             self._series.dropped.inc(len(batch))
-            self._settle(batch)
+            self._pass_over(batch)
             return
         error = done.error
         if error is None:
@@ -426,7 +425,7 @@ class BatchWorker:
                 assert done.vectors is not None
                 deliver_pass(batch, done.vectors, time.perf_counter())
                 asyncio.get_running_loop().call_soon(record)  # after the callers resume
-                self._settle(batch)
+                self._pass_over(batch)
                 return
             record()
             error = self._non_finite(done.bad)
@@ -526,7 +525,7 @@ class BatchWorker:
         late = [
             request
             for request in self._queue
-            if request.remaining == len(request.waiting)  # none of its texts in a pass
+            if not request.passes  # none of its texts in a pass
             and waiting_since(request) < oldest
             and not request.future.done()
         ]
@@ -559,12 +558,13 @@ class BatchWorker:
         rest.clear()
         return count
 
-    @staticmethod
-    def _ended(batch: Sequence[WorkItem]) -> None:
-        """A pass cut by `_cut` is over (computed, failed, abandoned; a failed pass's texts retried alone are
-        not counted again): its requests have a text fewer in a pass (`turn_order`)."""
+    def _pass_over(self, batch: Sequence[WorkItem]) -> None:
+        """A batch cut by `_cut` is done with (computed, abandoned, failed and its texts retried alone, or
+        failed by stop()): its requests have that many texts fewer in a pass (`turn_order`, `_sweep_expired`),
+        and its tokens free the budget."""
         for item in batch:
             item.request.passes -= 1
+        self._settle(batch)
 
     def _settle(self, items: Sequence[WorkItem]) -> None:
         """Items leave the worker (computed, failed, dropped or expired): their tokens free the budget."""
@@ -604,13 +604,12 @@ class BatchWorker:
             # Metrics after the callers resume (they were scheduled first): a lone request does not wait for them.
             loop.call_soon(record)
         finally:
-            self._ended(taken)
-            self._settle(taken)  # computed, failed, left or expired: every item of the batch is done with
+            self._pass_over(taken)  # computed, failed, left or expired: every item of the batch is done with
             self._handoffs.release()
 
     async def _retry_alone(self, batch: list[WorkItem], exc: Exception, *, settle: bool = True) -> None:
         """A failed batch's texts, each in a pass of its own, so one bad input fails only its own request
-        (`settle`: their tokens leave the budget afterwards, as an overlapped pass's do)."""
+        (`settle`: the batch is done with afterwards, `_pass_over`, as an overlapped pass's is)."""
         self._series.batch_failures.inc()
         log.warning("batch of %d for %s failed (%r)", len(batch), self.model, exc)
         loop = asyncio.get_running_loop()
@@ -629,7 +628,7 @@ class BatchWorker:
                     item.request.fail(item_exc)
         finally:
             if settle:
-                self._settle(batch)
+                self._pass_over(batch)
 
     async def _forward(self, batch: list[WorkItem]) -> tuple[np.ndarray, Callable[[], None]]:
         """The pooled vectors, and a function that records the pass in the metrics (run it later)."""
@@ -739,7 +738,7 @@ class BatchWorker:
         for launched in self._launched:  # overlapped passes whose outcome nobody will read now
             for item in launched.batch:
                 item.request.fail(exc)
-            self._settle(launched.batch)
+            self._pass_over(launched.batch)
         self._launched = []
         for batch in self._planned:
             for item in batch:

@@ -30,6 +30,8 @@ _CANDIDATES = (
 )
 _preloaded: str | None = None
 _handle: ctypes.CDLL | None = None
+# The reference BLAS that mlx-cpu bundles: mlx_cpu.libs/libblas-<hash>.so.
+_REFERENCE = "mlx_cpu.libs/libblas"
 # MLX was already loaded when preload() ran: it bound the BLAS it shipped with, whatever is loaded since.
 _too_late = False
 
@@ -124,7 +126,7 @@ def _bundled_reference() -> str:
     try:
         with open("/proc/self/maps") as maps:
             for line in maps:
-                if "mlx_cpu.libs/libblas" in line:
+                if _REFERENCE in line:
                     return line.split()[-1]
     except OSError:
         pass
@@ -139,6 +141,5 @@ def inspect() -> BlasInfo:
     if bundled:
         return BlasInfo(library=bundled, optimized=False, preloaded=_preloaded)
     library = _provider_of("cblas_sgemm")
-    # The reference BLAS that mlx-cpu bundles lives in mlx_cpu.libs/libblas-<hash>.so.
-    optimized = bool(library) and "mlx_cpu.libs/libblas" not in library
+    optimized = bool(library) and _REFERENCE not in library
     return BlasInfo(library=library, optimized=optimized, preloaded=_preloaded)
