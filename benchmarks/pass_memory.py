@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from benchmarks.pass_phases import bench_runner
+from benchmarks.pass_phases import bench_runner, random_batch
 
 
 def main() -> None:
@@ -36,10 +36,8 @@ def main() -> None:
         f"weights {mx.get_active_memory() / 1e9:.2f} GB"
     )
     for shape in shapes or ["1x512", "1x2048", "1x8192", "4x2048"]:
-        rows, length = (int(n) for n in shape.split("x"))
-        batch = [
-            rng.integers(1, runner.tokenizer.vocab_size, size=length, dtype=np.int32) for _ in range(rows)
-        ]
+        batch = random_batch(runner, shape, rng)
+        rows, length = len(batch), len(batch[0])
         mx.reset_peak_memory()
         started = time.perf_counter()
         runner.embed(batch)

@@ -41,6 +41,12 @@ def bench_runner(model: str) -> Any:
     return runner
 
 
+def random_batch(runner: Any, shape: str, rng: np.random.Generator) -> list[np.ndarray]:
+    """`shape` ("ROWSxLENGTH") as that many random texts of that many token ids."""
+    rows, length = (int(n) for n in shape.split("x"))
+    return [rng.integers(1, runner.tokenizer.vocab_size, size=length, dtype=np.int32) for _ in range(rows)]
+
+
 def main() -> None:
     args = sys.argv[1:]
     modes = (False,) if "--plain" in args else (False, True)
@@ -56,10 +62,8 @@ def main() -> None:
     for compiled in modes:
         forward = runner._compiled_forward if compiled else runner._forward
         for shape in shapes or ["1x16", "64x16", "256x16", "64x128", "256x128"]:
-            rows, length = (int(n) for n in shape.split("x"))
-            batch = [
-                rng.integers(1, runner.tokenizer.vocab_size, size=length, dtype=np.int32) for _ in range(rows)
-            ]
+            batch = random_batch(runner, shape, rng)
+            rows, length = len(batch), len(batch[0])
             times: dict[str, list[float]] = defaultdict(list)
             for n in range(25):
                 t0 = time.perf_counter()
