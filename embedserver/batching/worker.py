@@ -417,8 +417,7 @@ class BatchWorker:
             return
         error = done.error
         if error is None:
-            self._observe_rate(len(batch))
-            self._budget.observe(done.shape[0] * done.shape[1], done.seconds)
+            self._observe_pass(done.shape, done.seconds, len(batch))
             real = sum(len(item.ids) for item in batch)
             record = partial(self._record_pass, done.requests, done.shape, real, done.started, done.seconds)
             if not done.bad:
@@ -653,8 +652,7 @@ class BatchWorker:
         self._forward_s = seconds if not self._forward_s else 0.8 * self._forward_s + 0.2 * seconds
         known = self._shape_s.get(shape)
         self._shape_s[shape] = seconds if known is None else 0.8 * known + 0.2 * seconds
-        self._budget.observe(shape[0] * shape[1], seconds)
-        self._observe_rate(len(sequences))
+        self._observe_pass(shape, seconds, len(sequences))
         record = partial(self._record_pass, requests, shape, sum(map(len, sequences)), started, seconds)
         if bad:
             record()
@@ -680,6 +678,11 @@ class BatchWorker:
 
     def _non_finite(self, bad: int) -> InferenceError:
         return InferenceError(f"model {self.model} produced non-finite values for {bad} text(s)")
+
+    def _observe_pass(self, shape: tuple[int, int], seconds: float, texts: int) -> None:
+        """A computed pass: its time for the next passes' budget, its texts for admission's rate."""
+        self._budget.observe(shape[0] * shape[1], seconds)
+        self._observe_rate(texts)
 
     def _observe_rate(self, texts: int) -> None:
         """Texts per second of wall time while a backlog waits: what admission needs to know how long new
