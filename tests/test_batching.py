@@ -587,7 +587,7 @@ async def test_admission_counts_what_the_work_in_progress_adds_to_a_new_request(
     up to k of its own texts, and the new request's own texts are not counted."""
     limits = BatchLimits(max_size=8, max_tokens=4096, wait_s=0.001, max_queue=1000, max_wait_s=1.0)
     worker = _started(Slow(0.0), limits)
-    worker._rate = 10.0
+    worker.admission.rate = 10.0
     try:
         with worker.admit(1), worker.admit(40):  # a bulk request behind a query: held back by one text
             with worker.admit(1):  # a query behind both: by one text of each
@@ -616,7 +616,7 @@ async def test_a_query_behind_a_bulk_request_is_admitted_and_answered_in_turn() 
     try:
         with worker.admit(40):
             bulk = worker.submit([[1, k] for k in range(40)])
-            while worker._rate == 0:  # passes back to back: the rate is measured
+            while worker.admission.rate == 0:  # passes back to back: the rate is measured
                 await asyncio.sleep(0.05)
             asked = time.perf_counter()
             with worker.admit(1):

@@ -51,7 +51,7 @@ async def test_a_prepared_request_gets_the_models_vectors_through_one_callback(t
         ]
         expected = np.concatenate(alone)
         assert np.allclose(raw, expected, atol=1e-4)
-        assert slot.leases == 0 and slot.loaded.worker._admitted == 0  # type: ignore[union-attr]
+        assert slot.leases == 0 and slot.loaded.worker.admission.texts == 0  # type: ignore[union-attr]
     finally:
         await service.registry.close()
 
@@ -65,10 +65,10 @@ async def test_cancelling_a_prepared_request_frees_its_places_and_runs_nothing(
         worker = slot.loaded.worker  # type: ignore[union-attr]
         answers: list[object] = []
         started = service.start_prepared(PreparedRequest("a", [[1, 2, 3], [4, 5]], None), answers.append)
-        assert started is not None and worker._admitted == 2 and slot.leases == 1
+        assert started is not None and worker.admission.texts == 2 and slot.leases == 1
         started.cancel()  # the front-end's caller left (a CANCEL frame)
         await asyncio.sleep(0)  # the future's callbacks run a loop turn later
-        assert worker._admitted == 0 and slot.leases == 0
+        assert worker.admission.texts == 0 and slot.leases == 0
         for _ in range(100):
             if not worker.busy:
                 break
@@ -105,6 +105,6 @@ async def test_a_prepared_request_takes_what_the_cache_holds_and_computes_the_re
         sample = registry._metrics.registry.get_sample_value
         assert sample("embedserver_cache_hits_total", {"model": "a"}) == 1 + 3
         assert sample("embedserver_cache_misses_total", {"model": "a"}) == 1 + 2
-        assert slot.leases == 0 and slot.loaded.worker._admitted == 0  # type: ignore[union-attr]
+        assert slot.leases == 0 and slot.loaded.worker.admission.texts == 0  # type: ignore[union-attr]
     finally:
         await registry.close()

@@ -30,13 +30,14 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from functools import partial
 
 import numpy as np
 
+from embedserver.batching.admission import Admission
 from embedserver.batching.launched import LaunchedPass, LaunchFn, RemotePasses, non_finite_rows
 from embedserver.batching.limits import BatchLimits
 from embedserver.batching.pass_budget import PassBudget
@@ -118,11 +119,7 @@ class BatchWorker:
         self._handoffs = asyncio.Semaphore(2)
         self._running: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
-        self._admitted = 0  # texts inside admit() blocks
-        self._admitted_requests = 0  # and the requests they belong to
-        self._rate = 0.0  # texts/s cleared under backlog (see _observe_rate); 0 until measured
-        self._last_done = 0.0
-        self._backlogged = False
+        self.admission = Admission(model, limits, self._series.rejected)
         self._planned: list[list[WorkItem]] = []  # cut but not yet handed to the MLX thread
         # Overlapped passes handed to the MLX thread and not yet answered, and when the last collected ended.
         self._launched: list[LaunchedPass] = []
@@ -140,50 +137,15 @@ class BatchWorker:
         self.on_death: Callable[[], None] | None = None  # the registry's restart hook
 
     # --- handler side -------------------------------------------------------------------------------------
-    @contextmanager
-    def admit(self, texts: int) -> Iterator[None]:
-        """Hold `texts` places in this model's backlog (texts being tokenized, queued or running) while the
-        block runs (see `reserve`)."""
-        self.reserve(texts)
-        try:
-            yield
-        finally:
-            self.release(texts)
+    def admit(self, texts: int) -> AbstractContextManager[None]:
+        """Hold `texts` places in this model's backlog while the block runs, or 429 (`Admission.reserve`)."""
+        return self.admission.admit(texts)
 
     def reserve(self, texts: int) -> None:
-        """Take `texts` places in the backlog until `release`. A full backlog answers 429 at once, before the
-        request costs any tokenization or queueing; a request alone is always admitted, however large, so no
-        request is refused forever.
-
-        The wait estimated is what the work already in progress adds to this request's own, as batches take
-        texts one from each request in turn (`_take_window`): each request in progress holds back a request of
-        k texts by up to k of its own. With single-text requests that is the whole backlog; a query behind a
-        bulk request of 2,048 texts waits for one of them, and a bulk request behind a query for one text, so
-        each shares the next passes instead of being refused. The request's own work is not counted, as
-        `_expire` cuts a request that waits without progress and never one that progresses: a request that
-        alone takes longer than the bound (a CPU's passes) would otherwise be refused whenever anything ran."""
-        admitted = self._admitted
-        if admitted:
-            ahead = self._admitted_requests * texts  # per request in progress, at most k of its texts
-            if ahead > admitted:
-                ahead = admitted
-            rate = self._rate
-            wait = ahead / rate if rate else 0.0
-            limits = self._limits
-            if admitted + texts > limits.max_queue or (limits.max_wait_s and wait > limits.max_wait_s):
-                self._series.rejected.inc(texts)
-                raise Overloaded(
-                    f"model {self.model} has {self._admitted} texts in progress, about {wait:.1f} s of work "
-                    f"ahead of this request (limits: MAX_QUEUE_TEXTS {limits.max_queue}, MAX_QUEUE_WAIT_S "
-                    f"{limits.max_wait_s:g}); retry later",
-                    headers={"Retry-After": str(max(1, math.ceil(min(wait, 60))))},
-                )
-        self._admitted = admitted + texts
-        self._admitted_requests += 1
+        self.admission.reserve(texts)
 
     def release(self, texts: int) -> None:
-        self._admitted -= texts
-        self._admitted_requests -= 1
+        self.admission.release(texts)
 
     def submit(self, sequences: Sequence[TokenIds]) -> asyncio.Future[np.ndarray]:
         """Queue one request's sequences (admitted through `admit`, at least one); the future resolves to their
@@ -682,18 +644,8 @@ class BatchWorker:
     def _observe_pass(self, shape: tuple[int, int], seconds: float, texts: int) -> None:
         """A computed pass: its time for the next passes' budget, its texts for admission's rate."""
         self._budget.observe(shape[0] * shape[1], seconds)
-        self._observe_rate(texts)
-
-    def _observe_rate(self, texts: int) -> None:
-        """Texts per second of wall time while a backlog waits: what admission needs to know how long new
-        work would wait (the forward pass alone overstates it: tokenization, the event loop and other
-        processes share the machine). Idle gaps are not measured, so light load leaves the estimate alone."""
-        now = time.perf_counter()
-        if self._backlogged:
-            sample = texts / max(now - self._last_done, 1e-6)
-            self._rate = sample if not self._rate else 0.9 * self._rate + 0.1 * sample
-        self._last_done = now
-        self._backlogged = bool(self._queued) or len(self._running) > 1
+        # Work waits behind this pass: queued texts, or another batch handed to the MLX thread.
+        self.admission.observe(texts, backlogged=bool(self._queued) or len(self._running) > 1)
 
     def _record_waits(self, started: float, requests: list[QueuedRequest]) -> None:
         """Each text's wait until its pass began on the MLX thread: queued, cut, and handed over."""
