@@ -9,14 +9,15 @@ import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+
+from prometheus_client import Counter
 
 from embedserver.batching.limits import BatchLimits
 from embedserver.errors import Overloaded
 
 
 class Admission:
-    def __init__(self, model: str, limits: BatchLimits, rejected: Any) -> None:
+    def __init__(self, model: str, limits: BatchLimits, rejected: Counter) -> None:
         self._model = model
         self._limits = limits
         self._rejected = rejected  # the model's counter of texts refused
