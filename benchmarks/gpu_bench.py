@@ -550,7 +550,8 @@ def main() -> None:
     lengths = args.lengths.split(",")
     concurrency = [int(c) for c in args.concurrency.split(",")]
     model_dir = args.model or args.work / f"qwen3-{args.shape}"
-    if args.model is None and not (model_dir / "model.safetensors").exists():
+    # The tokenizer is written after the weights: a directory without it is an interrupted write.
+    if args.model is None and not (model_dir / "tokenizer.json").exists():
         log("writing random weights", model_dir)
         write_random_qwen3(model_dir, shape=args.shape, dtype="bfloat16", layout="hf")
     servers = [item.split("=", 1) for item in args.server] or [["server", ""]]

@@ -92,6 +92,7 @@ def write_random_qwen3(
 ) -> Path:
     import mlx.core as mx
 
+    qwen_tokenizer_json()  # first: without it nothing is written, not a model missing its tokenizer
     dims = Qwen3Shape(**SHAPES[shape])
     directory.mkdir(parents=True, exist_ok=True)
     weights = _random_weights(dims, seed, std)
@@ -197,6 +198,7 @@ def write_random_qwen3_reranker(
     files; `quantize_bits` quantizes every matrix, lm_head too, as MLX conversions do."""
     import mlx.core as mx
 
+    qwen_tokenizer_json()  # first, as in write_random_qwen3
     dims = Qwen3Shape(**TINY)
     directory.mkdir(parents=True, exist_ok=True)
     weights = {f"model.{k}": v for k, v in _random_weights(dims, seed, std).items()}
