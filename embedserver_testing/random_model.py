@@ -92,7 +92,8 @@ def write_random_qwen3(
 ) -> Path:
     import mlx.core as mx
 
-    qwen_tokenizer_json()  # first: without it nothing is written, not a model missing its tokenizer
+    # First: without it nothing is written, rather than a model missing its tokenizer.
+    tokenizer = qwen_tokenizer_json()
     dims = Qwen3Shape(**SHAPES[shape])
     directory.mkdir(parents=True, exist_ok=True)
     weights = _random_weights(dims, seed, std)
@@ -107,7 +108,7 @@ def write_random_qwen3(
         str(directory / "model.safetensors"), arrays, metadata={"format": "pt" if layout == "hf" else "mlx"}
     )
     (directory / "config.json").write_text(json.dumps(config, indent=2))
-    _write_tokenizer(directory, append_end_of_text=layout == "hf")
+    _write_tokenizer(directory, tokenizer, append_end_of_text=layout == "hf")
     if layout == "hf":
         pooling = directory / "1_Pooling"
         pooling.mkdir(exist_ok=True)
@@ -198,7 +199,7 @@ def write_random_qwen3_reranker(
     files; `quantize_bits` quantizes every matrix, lm_head too, as MLX conversions do."""
     import mlx.core as mx
 
-    qwen_tokenizer_json()  # first, as in write_random_qwen3
+    tokenizer = qwen_tokenizer_json()  # first, as in write_random_qwen3
     dims = Qwen3Shape(**TINY)
     directory.mkdir(parents=True, exist_ok=True)
     weights = {f"model.{k}": v for k, v in _random_weights(dims, seed, std).items()}
@@ -211,7 +212,7 @@ def write_random_qwen3_reranker(
     _quantize(arrays, config, quantize_bits)
     mx.save_safetensors(str(directory / "model.safetensors"), arrays, metadata={"format": "pt"})
     (directory / "config.json").write_text(json.dumps(config, indent=2))
-    _write_tokenizer(directory, append_end_of_text=False)
+    _write_tokenizer(directory, tokenizer, append_end_of_text=False)
     return directory
 
 
@@ -247,8 +248,7 @@ def _quantize(arrays: dict[str, Any], config: dict[str, Any], bits: int | None) 
     config["quantization"] = {"group_size": group, "bits": bits}
 
 
-def _write_tokenizer(directory: Path, *, append_end_of_text: bool) -> None:
-    source = qwen_tokenizer_json()
+def _write_tokenizer(directory: Path, source: Path, *, append_end_of_text: bool) -> None:
     tokenizer = json.loads(source.read_text())
     tokenizer["padding"] = None
     tokenizer["truncation"] = None
