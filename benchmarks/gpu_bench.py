@@ -356,10 +356,17 @@ _BUSIEST_SHOWN = 4
 
 
 def run_level(
-    server: ServerUnderTest, model_dir: Path, length: str, clients: int, duration: float, seed: str
+    server: ServerUnderTest,
+    model_dir: Path,
+    length: str,
+    clients: int,
+    duration: float,
+    seed: str,
+    parser: str = "orjson",
 ) -> dict[str, Any]:
     """`clients` clients sending one text each of `length` at a time for `duration` seconds (half that for one
-    client): the client's figures, the server's own stage means over the level, and the busiest threads."""
+    client), reading the answers with `parser` (loadgen.PARSERS): the client's figures, the server's own stage
+    means over the level, and the busiest threads."""
     import httpx
 
     url = server.url
@@ -375,7 +382,12 @@ def run_level(
     threads, machine, started = threads_now(), machine_ticks(), time.perf_counter()
     with gpu_busy() as device:
         r = run_load(
-            f"{url}/v1/embeddings", bodies, clients, seconds, processes=min(8, max(1, clients // 32))
+            f"{url}/v1/embeddings",
+            bodies,
+            clients,
+            seconds,
+            processes=min(8, max(1, clients // 32)),
+            parser=parser,
         )
     ended = time.perf_counter()
     cpu = busiest(threads, ended - started)
@@ -389,6 +401,7 @@ def run_level(
         summary["gpu_busy_percent"] = round(sum(under_load) / len(under_load), 1)
     summary["cpu_percent"] = cpu
     summary["host_cpu_percent"] = host_cpu
+    summary["client_parser"] = parser
     if server.trace is not None:  # summarized once the server has stopped and written all of it
         summary["_window"] = (started, ended)
     # The console line names the busiest few; the results file keeps every process and thread at 1% or more.
@@ -398,9 +411,11 @@ def run_level(
     return summary
 
 
-def _round_name(name: str, round_: int) -> str:
-    """How a server's results of round `round_` are reported: NAME, then NAME.2, NAME.3, ..."""
-    return name if round_ == 1 else f"{name}.{round_}"
+def _result_name(name: str, round_: int, parser: str, parsers: list[str]) -> str:
+    """How a server's results are reported: NAME for the first parser's round 1, NAME+PARSER for another
+    parser's, and ".R" added for round R > 1 (NAME.2, NAME+json.2, ...)."""
+    base = name if parser == parsers[0] else f"{name}+{parser}"
+    return base if round_ == 1 else f"{base}.{round_}"
 
 
 def bench_servers(
@@ -413,6 +428,7 @@ def bench_servers(
     out_dir: Path,
     trace_passes: bool = False,
     reference: tuple[list[str], np.ndarray] | None = None,
+    parsers: tuple[str, ...] = ("orjson",),
 ) -> dict[str, Any]:
     """Every server started at once, then each level run on each server in turn, the order reversed every
     round, so a host that drifts during the run (neighbouring runs here differ by up to 20%) moves every
@@ -420,7 +436,10 @@ def bench_servers(
     `trace_passes`, each level has its passes' summary (benchmarks/pass_trace.py) under "passes". With
     `reference` (texts and the model alone's vectors for them), each server's answers for those texts are
     compared with it first (benchmarks/server_answers.py: "answers_vs_model_cosine_min", the least of
-    "answers_vs_model_cosine", which has the texts sent one a request and all in one apart)."""
+    "answers_vs_model_cosine", which has the texts sent one a request and all in one apart). With more than
+    one of `parsers` (how the load generator reads answers), each server takes each level once a parser, in
+    the same alternating order (`_result_name`)."""
+    names = list(parsers)
     results: dict[str, Any] = {}
     with ExitStack() as stack:
         running = [
@@ -433,22 +452,23 @@ def bench_servers(
                 server.results["answers_vs_model_cosine"] = paths
                 server.results["answers_vs_model_cosine_min"] = min(paths.values())
                 log(f"server {server.name}: its answers against the model alone's, least cosine", paths)
+        variants = [(server, parser) for server in running for parser in names]
         for round_ in range(1, rounds + 1):
-            order = running if round_ % 2 else running[::-1]
+            order = variants if round_ % 2 else variants[::-1]
             for length in lengths:
                 for clients in concurrency:
-                    for server in order:
-                        key = _round_name(server.name, round_)
-                        # A seed per server, round, length and level: no text is sent twice.
+                    for server, parser in order:
+                        key = _result_name(server.name, round_, parser, names)
+                        # A seed per server, parser, round, length and level: no text is sent twice.
                         seed = f"{key}/{length}/{clients}"
-                        level = run_level(server, model_dir, length, clients, duration, seed)
+                        level = run_level(server, model_dir, length, clients, duration, seed, parser)
                         entry = results.setdefault(key, {**server.results, "lengths": {}})
                         entry["lengths"].setdefault(length, []).append(level)
     for server in running:  # memory peaks and traces are complete once the servers have stopped
         events = pass_trace.read(server.trace) if server.trace is not None and server.trace.exists() else []
         timeline = pass_trace.Timeline(events)
-        for round_ in range(1, rounds + 1):
-            entry = results[_round_name(server.name, round_)]
+        for key in (_result_name(server.name, r, p, names) for r in range(1, rounds + 1) for p in names):
+            entry = results[key]
             entry |= {k: v for k, v in server.results.items() if k.endswith("_peak_gb")}
             for level in (level for levels in entry["lengths"].values() for level in levels):
                 window = level.pop("_window", None)
@@ -540,6 +560,11 @@ def main() -> None:
         "--env", action="append", default=[], help="NAME=VALUE: a server setting for every run"
     )
     parser.add_argument(
+        "--parsers",
+        default="orjson",
+        help="how the load generator reads answers (orjson, json): a comma list runs each level once a parser",
+    )
+    parser.add_argument(
         "--trace",
         action="store_true",
         help="record each server's passes (benchmarks/pass_trace.py): the MLX thread's busy share a level",
@@ -584,7 +609,16 @@ def main() -> None:
                 (name, Path(path).resolve() if path else None, env | dict(p.split("=", 1) for p in pairs))
             )
         results["server"] = bench_servers(
-            runs, model_dir, lengths, concurrency, args.duration, args.rounds, args.out, args.trace, reference
+            runs,
+            model_dir,
+            lengths,
+            concurrency,
+            args.duration,
+            args.rounds,
+            args.out,
+            args.trace,
+            reference,
+            tuple(args.parsers.split(",")),
         )
     for section in results.values():
         if isinstance(section, dict):

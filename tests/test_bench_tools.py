@@ -320,23 +320,26 @@ def test_the_model_alone_back_to_back_queues_each_pass_before_reading_the_last()
 @pytest.mark.slow
 def test_the_gpu_benchmark_alternates_servers_level_by_level(tiny_qwen3: Path, tmp_path: Path) -> None:
     """Two servers run side by side and take each level in turn, the order reversed in the second round, so a
-    host's drift during the run touches both alike; each round is reported under its own name."""
+    host's drift during the run touches both alike; each round is reported under its own name. With two
+    answer parsers for the load generator, each server takes each level once with each."""
     printed = _run_benchmark(
         "benchmarks.gpu_bench",
         *("--out", str(tmp_path), "--model", str(tiny_qwen3), "--skip", "model,st", "--rounds", "2"),
-        *("--server", "a=", "--server", "b=,MAX_BATCH_SIZE=8", "--trace"),
+        *("--server", "a=", "--server", "b=,MAX_BATCH_SIZE=8", "--trace", "--parsers", "orjson,json"),
         *("--lengths", "16", "--concurrency", "1,2", "--duration", "0.6"),
         timeout=300,
     )
-    order = re.findall(r"server (\S+), 16 tokens:", printed)
-    assert order == ["a", "b", "a", "b", "b", "a", "b", "a"], printed
+    order = re.findall(r"server (\S+), 16 tokens:.*'client_parser': '(\w+)'", printed)
+    first = [("a", "orjson"), ("a", "json"), ("b", "orjson"), ("b", "json")]
+    assert order == first * 2 + first[::-1] * 2, printed
     results = json.loads((tmp_path / "gpu_results.json").read_text())["server"]
-    assert set(results) == {"a", "b", "a.2", "b.2"}
+    assert set(results) == {f"{s}{p}{r}" for s in "ab" for p in ("", "+json") for r in ("", ".2")}
     assert results["b.2"]["env"] == {"MAX_BATCH_SIZE": "8"} and results["a"]["env"] == {}
-    for server in results.values():
+    for name, server in results.items():
         levels = server["lengths"]["16"]
         assert [level["concurrency"] for level in levels] == [1, 2]
         assert all(level["requests"] > 0 and level["errors"] == 0 for level in levels)
+        assert {level["client_parser"] for level in levels} == {"json" if "+json" in name else "orjson"}
         # --trace: each server recorded its batches (passes overlap on CUDA only, so here only the cuts).
         assert all("passes" in level for level in levels)
     for name in ("a", "b"):
