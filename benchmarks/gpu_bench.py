@@ -5,6 +5,7 @@ mixed workload. Every request is one text never sent before (the cache never ans
     python -m benchmarks.gpu_bench --out results/ [--shape 0.6b] [--model DIR] [--duration 10]
         [--lengths 16,128,512,mixed] [--concurrency 1,32,256,512] [--skip model,st,server]
         [--server NAME=PATH[,SETTING=VALUE...] ...] [--env SETTING=VALUE ...] [--rounds R] [--trace]
+        [--parsers orjson,json]
 
 The model alone runs a full batch a pass at a time (what a lone batch waits; the server's `% model` column
 is against it) and back to back with the next pass queued before the running one is read, as the engine runs
@@ -23,7 +24,9 @@ server ran. --trace adds each level's passes as the server's MLX thread saw them
 the gaps between launches: benchmarks/pass_trace.py). Before its levels each server embeds a few of the texts
 the model alone embedded, one a request and all in one, and its least cosine against the model alone's vectors
 is reported (benchmarks/server_answers.py): a faster figure from a path that computes something else shows
-there. Results: OUT/gpu_results.json, and a table on stdout.
+there. The load generator reads answers with orjson; --parsers orjson,json runs each level a second time with
+the standard library's parser (reported as NAME+json), which costs the shared host ~8x the CPU an answer.
+Results: OUT/gpu_results.json, and a table on stdout.
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
 """HTTP load generator: C concurrent clients, each sending one request at a time, spread over worker
-processes so the client side is not the bottleneck. Used by the benchmarks; loopback only.
+processes so the client side is not the bottleneck. Used by the benchmarks; loopback only. The clients share
+the machine with the server they measure, so they read each answer with orjson (PARSERS): their CPU is the
+server's loss.
 
 Each process gets its own share of the bodies and each client its own stride through that share, so no body
 is sent twice until a share runs out (`repeats` counts what was sent again): with bodies of unique texts, the
