@@ -414,7 +414,7 @@ def run_level(
     return summary
 
 
-def _result_name(name: str, round_: int, parser: str, parsers: list[str]) -> str:
+def _result_name(name: str, round_: int, parser: str, parsers: tuple[str, ...]) -> str:
     """How a server's results are reported: NAME for the first parser's round 1, NAME+PARSER for another
     parser's, and ".R" added for round R > 1 (NAME.2, NAME+json.2, ...)."""
     base = name if parser == parsers[0] else f"{name}+{parser}"
@@ -442,7 +442,6 @@ def bench_servers(
     "answers_vs_model_cosine", which has the texts sent one a request and all in one apart). With more than
     one of `parsers` (how the load generator reads answers), each server takes each level once a parser, in
     the same alternating order (`_result_name`)."""
-    names = list(parsers)
     results: dict[str, Any] = {}
     with ExitStack() as stack:
         running = [
@@ -455,13 +454,13 @@ def bench_servers(
                 server.results["answers_vs_model_cosine"] = paths
                 server.results["answers_vs_model_cosine_min"] = min(paths.values())
                 log(f"server {server.name}: its answers against the model alone's, least cosine", paths)
-        variants = [(server, parser) for server in running for parser in names]
+        variants = [(server, parser) for server in running for parser in parsers]
         for round_ in range(1, rounds + 1):
             order = variants if round_ % 2 else variants[::-1]
             for length in lengths:
                 for clients in concurrency:
                     for server, parser in order:
-                        key = _result_name(server.name, round_, parser, names)
+                        key = _result_name(server.name, round_, parser, parsers)
                         # A seed per server, parser, round, length and level: no text is sent twice.
                         seed = f"{key}/{length}/{clients}"
                         level = run_level(server, model_dir, length, clients, duration, seed, parser)
@@ -470,7 +469,7 @@ def bench_servers(
     for server in running:  # memory peaks and traces are complete once the servers have stopped
         events = pass_trace.read(server.trace) if server.trace is not None and server.trace.exists() else []
         timeline = pass_trace.Timeline(events)
-        for key in (_result_name(server.name, r, p, names) for r in range(1, rounds + 1) for p in names):
+        for key in (_result_name(server.name, r, p, parsers) for r in range(1, rounds + 1) for p in parsers):
             entry = results[key]
             entry |= {k: v for k, v in server.results.items() if k.endswith("_peak_gb")}
             for level in (level for levels in entry["lengths"].values() for level in levels):
