@@ -832,7 +832,7 @@ async def test_a_request_past_the_bound_fails_at_the_bound_not_when_a_long_pass_
         assert worker.waiting() == 0
         await asyncio.gather(running, handed)
         assert sorted(embed.computed) == [1, 2]
-        assert worker._tokens == 0
+        assert worker._waiting.tokens == 0
     finally:
         await worker.stop()
 
@@ -864,6 +864,6 @@ async def test_a_request_that_expires_fails_whole_and_none_of_its_queued_texts_r
         assert metrics.expired.labels("m")._value.get() == 3
         assert worker.waiting() == 0
         await worker.submit([[6] * 10])  # nothing of the expired request holds the token budget
-        assert worker._tokens == 0
+        assert worker._waiting.tokens == 0
     finally:
         await worker.stop()

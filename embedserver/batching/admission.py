@@ -43,7 +43,7 @@ class Admission:
         request is refused forever.
 
         The wait estimated is what the work already in progress adds to this request's own, as batches take
-        texts one from each request in turn (the worker's `_take_window`): each request in progress holds back
+        texts one from each request in turn (`WaitingRequests.take`): each request in progress holds back
         a request of k texts by up to k of its own. With single-text requests that is the whole backlog; a
         query behind a bulk request of 2,048 texts waits for one of them, and a bulk request behind a query for
         one text, so each shares the next passes instead of being refused. The request's own work is not

@@ -3,15 +3,12 @@
 Handlers submit a request's token ids; the worker queues one `WorkItem` per text, grouped by request, and
 answers with one future per request that resolves to all of its vectors, stacked in order, when its last text
 is computed (one future and one callback per request, not per text: what the engine process spends per request
-is what caps short-text throughput). Batches take texts from the waiting requests in
-turn (one from each, round and round), so a request of 2,048 texts shares every batch with the small ones
-that arrive behind it instead of holding the model until it is done. The worker wakes on the first item. When the MLX thread is idle it cuts a batch at once (waiting
+is what caps short-text throughput). Batches take texts from the waiting requests in turn (`WaitingRequests`,
+waiting.py). The worker wakes on the first item. When the MLX thread is idle it cuts a batch at once (waiting
 would only add latency); while a batch runs, the next one keeps filling until shortly before the running one
 is expected to end (from recent passes of its padded shape; at least BATCH_WAIT_MS), or until it is full.
-It takes what is queued, drops items whose caller is gone, fails with 429 queue_timeout those of requests that
-have waited longer than MAX_QUEUE_WAIT_S without any of their texts computed (admission estimates the wait;
-this makes it a bound even when the machine slows down under it, while a large request that progresses batch
-after batch is never cut; `_sweep_expired` does the same between cuts, which a long pass spaces out), sorts by
+It takes what waits (dropping the texts whose caller is gone, failing with 429 queue_timeout the requests
+past MAX_QUEUE_WAIT_S: waiting.py), sorts by
 length and cuts batches by count, by padded-token budget (MAX_BATCH_TOKENS, and where passes are slow what the
 model computes in half of MAX_QUEUE_WAIT_S: `PassBudget`), and where padding short texts to a much longer one
 would cost more than another pass (`plan_batches`, a pure function). Forward passes run on the MLX thread; up to two
@@ -27,9 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from contextlib import AbstractContextManager
@@ -42,13 +37,8 @@ from embedserver.batching.launched import LaunchedPass, LaunchFn, RemotePasses, 
 from embedserver.batching.limits import BatchLimits
 from embedserver.batching.pass_budget import PassBudget
 from embedserver.batching.planning import plan_batches
-from embedserver.batching.queued import (
-    QueuedRequest,
-    WorkItem,
-    deliver_pass,
-    turn_order,
-    waiting_since,
-)
+from embedserver.batching.queued import QueuedRequest, WorkItem, deliver_pass, turn_order
+from embedserver.batching.waiting import WaitingRequests
 from embedserver.errors import InferenceError, ModelUnavailable, Overloaded, TooManyTokens
 from embedserver.metrics import Metrics, observe_many
 from embedserver.runtime.padding import padded_shape, rows_to_run
@@ -65,11 +55,6 @@ _OVERLAPPED = 2
 # The next batch is cut this share of a typical forward pass before the running one should end: enough for
 # the event loop to plan it and hand it over while the MLX thread is still busy.
 _CUT_AHEAD = 0.2
-
-# While texts are queued, requests past MAX_QUEUE_WAIT_S are looked for this often (_sweep_expired): a
-# quarter of the bound, at most every _SWEEP_EVERY_S, at least every _SWEEP_FLOOR_S.
-_SWEEP_EVERY_S = 0.25
-_SWEEP_FLOOR_S = 0.01
 
 # A pass is cut to what the model computes in this share of MAX_QUEUE_WAIT_S (pass_budget.py). A request then
 # waits for the rest of the running pass before its own (`turn_order` puts it ahead of requests with a text in
@@ -110,12 +95,8 @@ class BatchWorker:
         self._metrics = metrics
         self._series = metrics.for_model(model)
         self._executor = executor
-        # One group per request, in arrival order; batches take from the groups in turn (_take_window).
-        self._queue: deque[QueuedRequest] = deque()
-        self._queued = 0  # items in _queue
-        self._tokens = 0  # tokens of the items queued, planned or running
+        self._waiting = WaitingRequests(model, limits, self._series)
         self._wakeup = asyncio.Event()
-        self._sweep: asyncio.TimerHandle | None = None  # the next _sweep_expired, while texts are queued
         self._handoffs = asyncio.Semaphore(2)
         self._running: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
@@ -162,22 +143,17 @@ class BatchWorker:
                 f"the request has {tokens} tokens to compute; the limit is {limits.max_request_tokens} "
                 "(MAX_REQUEST_TOKENS): split it"
             )
-        if self._tokens and self._tokens + tokens > limits.max_queue_tokens:
+        held = self._waiting.tokens
+        if held and held + tokens > limits.max_queue_tokens:
             self._series.rejected.inc(len(sequences))
             raise Overloaded(
-                f"model {self.model} has {self._tokens} tokens in progress (MAX_QUEUE_TOKENS "
+                f"model {self.model} has {held} tokens in progress (MAX_QUEUE_TOKENS "
                 f"{limits.max_queue_tokens}); retry later",
                 headers={"Retry-After": "1"},
             )
-        loop = asyncio.get_running_loop()
-        request = QueuedRequest(sequences, loop.create_future())
-        request.queued = True
-        self._queue.append(request)
-        self._queued += request.size
-        self._tokens += tokens
+        request = QueuedRequest(sequences, asyncio.get_running_loop().create_future())
+        self._waiting.add(request, tokens)
         self._wakeup.set()
-        if self._sweep is None and limits.max_wait_s:
-            self._sweep = loop.call_later(self._sweep_every(), self._sweep_expired)
         return request.future
 
     async def compute(self, sequences: Sequence[TokenIds]) -> np.ndarray:
@@ -187,11 +163,11 @@ class BatchWorker:
 
     def waiting(self) -> int:
         """Texts waiting for the model: queued, or in batches cut and not yet handed to the MLX thread."""
-        return self._queued + sum(map(len, self._planned))
+        return self._waiting.texts + sum(map(len, self._planned))
 
     @property
     def busy(self) -> bool:
-        return bool(self._queued) or bool(self._running) or any(self._planned) or bool(self._launched)
+        return bool(self._waiting.texts) or bool(self._running) or any(self._planned) or bool(self._launched)
 
     @property
     def alive(self) -> bool:
@@ -207,9 +183,6 @@ class BatchWorker:
         self._series.pass_tokens_limit.set_function(self._budget.tokens)
 
     async def stop(self) -> None:
-        if self._sweep is not None:
-            self._sweep.cancel()
-            self._sweep = None
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -222,7 +195,7 @@ class BatchWorker:
     async def _run(self) -> None:
         try:
             while True:
-                while not self._queued:
+                while not self._waiting.texts:
                     self._wakeup.clear()
                     await self._wakeup.wait()
                 # Hold a hand-off before cutting the batch: texts arriving while both are taken still join.
@@ -256,7 +229,7 @@ class BatchWorker:
         next."""
         # Items taken off the queue stay reachable until dispatched, so a crash or stop() fails them instead
         # of leaving their callers waiting forever.
-        window = self._take_window()
+        window = self._waiting.take()
         self._planned = [window]
         limits = self._limits
         batches = plan_batches(
@@ -287,7 +260,7 @@ class BatchWorker:
                 first, held = first[:run], first[run:]
                 back += held
             # Back in the window's order, so each request's texts and the requests' turns stay as they were.
-            self._return(sorted(back, key=lambda item: position[id(item)]))
+            self._waiting.put_back(sorted(back, key=lambda item: position[id(item)]))
         for item in first:
             item.request.passes += 1
         return first
@@ -305,7 +278,7 @@ class BatchWorker:
         loop = asyncio.get_running_loop()
         try:
             while True:
-                while not self._queued or len(self._launched) >= _OVERLAPPED:
+                while not self._waiting.texts or len(self._launched) >= _OVERLAPPED:
                     self._wakeup.clear()
                     await self._wakeup.wait()
                 batch = self._cut(busy=bool(self._launched))
@@ -347,7 +320,7 @@ class BatchWorker:
         clients: 3,030 req/s, passes padded to their bucket, against 4,139 overlapped on the same host). A
         client alone sends one request at a time, however many texts it holds; a pass of many requests is
         load, with more behind it."""
-        if self._queued or len(self._launched) != 1:
+        if self._waiting.texts or len(self._launched) != 1:
             return False
         requests = self._launched[0].requests
         return all(request is requests[0] for request in requests)
@@ -411,7 +384,7 @@ class BatchWorker:
         expected = self._shape_s.get(shape, self._forward_s)
         expected_end = begun + expected * (1 - _CUT_AHEAD)
         deadline = max(started + self._limits.wait_s, expected_end)
-        while self._queued < self._limits.max_size and self._in_executor:
+        while self._waiting.texts < self._limits.max_size and self._in_executor:
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
                 break
@@ -424,123 +397,13 @@ class BatchWorker:
             except TimeoutError:
                 break
 
-    def _take_window(self) -> list[WorkItem]:
-        """Up to window_batches batches' worth of items, one from each waiting request in turn. Items whose
-        caller left are dropped; those that waited past MAX_QUEUE_WAIT_S fail with 429 queue_timeout."""
-        limit = self._limits.max_size * self._limits.window_batches
-        window: list[WorkItem] = []
-        gone: list[WorkItem] = []
-        queue = self._queue
-        while queue and len(window) < limit:
-            request = queue.popleft()
-            waiting = request.waiting
-            if request.future.done() or not waiting:  # its caller left, or it failed: drop what it has queued
-                gone.extend(waiting)
-                waiting.clear()
-                request.queued = False
-                continue
-            window.append(waiting.popleft())
-            if waiting:
-                queue.append(request)  # its next text waits for the other requests' turn
-            else:
-                request.queued = False
-        self._queued -= len(window) + len(gone)
-        if gone:  # callers cancelled (clients went away): nobody wants these results
-            self._series.dropped.inc(len(gone))
-            self._settle(gone)
-        kept, late = self._expire(window)
-        self._settle(late)
-        return kept
-
-    def _expire(self, items: list[WorkItem]) -> tuple[list[WorkItem], list[WorkItem]]:
-        """`items` split into those to run and those whose request has waited past MAX_QUEUE_WAIT_S since it
-        was queued or last had a text computed, which fail with 429 queue_timeout: admission keeps this rare, this keeps it a
-        bound when the machine slows down under the estimate. The wait is the request's, not the text's: a
-        request of 2,048 texts takes longer than the bound by itself, and is fine while it progresses."""
-        max_wait = self._limits.max_wait_s
-        if not max_wait:
-            return items, []
-        oldest = time.perf_counter() - max_wait
-        late = [item for item in items if waiting_since(item.request) < oldest]
-        if not late:
-            return items, []
-        error = self._queue_timeout()
-        expired = len(late)
-        for request in {item.request for item in late}:
-            request.fail(error)
-            # Its texts still queued are never computed either (left for _take_window to skip).
-            expired += self._drop_waiting(request)
-        self._series.expired.inc(expired)
-        return [item for item in items if not item.request.future.done()], late
-
-    def _sweep_every(self) -> float:
-        return min(_SWEEP_EVERY_S, max(_SWEEP_FLOOR_S, self._limits.max_wait_s / 4))
-
-    def _sweep_expired(self) -> None:
-        """Queued requests past MAX_QUEUE_WAIT_S with none of their texts in a pass fail now, as the next cut
-        would fail them: a cut waits for the MLX thread, and a long pass (a real model on CPU takes minutes
-        over a long text) would hold their 429 that long past the bound. A request with texts in a pass is
-        left alone: it progresses. Runs while texts are queued."""
-        self._sweep = None
-        oldest = time.perf_counter() - self._limits.max_wait_s
-        late = [
-            request
-            for request in self._queue
-            if not request.passes  # none of its texts in a pass
-            and waiting_since(request) < oldest
-            and not request.future.done()
-        ]
-        if late:
-            error = self._queue_timeout()
-            expired = 0
-            for request in late:
-                request.fail(error)
-                # Its entry stays in the queue, empty, for _take_window to skip, as _expire leaves it.
-                expired += self._drop_waiting(request)
-            self._series.expired.inc(expired)
-        if self._queued:
-            self._sweep = asyncio.get_running_loop().call_later(self._sweep_every(), self._sweep_expired)
-
-    def _queue_timeout(self) -> Overloaded:
-        max_wait = self._limits.max_wait_s
-        return Overloaded(
-            f"model {self.model}: the text waited more than {max_wait:g} s (MAX_QUEUE_WAIT_S) for the model; "
-            "retry later",
-            code="queue_timeout",
-            headers={"Retry-After": str(max(1, math.ceil(max_wait)))},
-        )
-
-    def _drop_waiting(self, request: QueuedRequest) -> int:
-        """A failed request's texts still queued leave uncomputed, their tokens freed; how many there were."""
-        rest = request.waiting
-        count = len(rest)
-        self._queued -= count
-        self._settle(rest)
-        rest.clear()
-        return count
-
     def _pass_over(self, batch: Sequence[WorkItem]) -> None:
         """A batch cut by `_cut` is done with (computed, abandoned, failed and its texts retried alone, or
-        failed by stop()): its requests have that many texts fewer in a pass (`turn_order`, `_sweep_expired`),
-        and its tokens free the budget."""
+        failed by stop()): its requests have that many texts fewer in a pass (`turn_order`, the waiting
+        requests' sweep), and its tokens free the budget."""
         for item in batch:
             item.request.passes -= 1
-        self._settle(batch)
-
-    def _settle(self, items: Sequence[WorkItem]) -> None:
-        """Items leave the worker (computed, failed, dropped or expired): their tokens free the budget."""
-        self._tokens -= sum(len(item.ids) for item in items)
-
-    def _return(self, items: list[WorkItem]) -> None:
-        """Put items taken from the queue back at the heads of their requests, in order, each request ahead
-        of those that arrived after it."""
-        for item in reversed(items):
-            request = item.request
-            request.waiting.appendleft(item)
-            if not request.queued:
-                request.queued = True
-                self._queue.appendleft(request)
-        self._queued += len(items)
+        self._waiting.settle(batch)
 
     async def _run_batch(self, batch: list[WorkItem]) -> None:
         taken = batch
@@ -549,7 +412,7 @@ class BatchWorker:
             live = [item for item in batch if not item.request.future.done()]
             if len(live) < len(batch):
                 self._series.dropped.inc(len(batch) - len(live))
-            batch, _ = self._expire(live)  # the expired are settled with the rest of `taken` below
+            batch, _ = self._waiting.expire(live)  # the expired are settled with the rest of `taken` below
             if not batch:
                 return
             loop = asyncio.get_running_loop()
@@ -645,7 +508,7 @@ class BatchWorker:
         """A computed pass: its time for the next passes' budget, its texts for admission's rate."""
         self._budget.observe(shape[0] * shape[1], seconds)
         # Work waits behind this pass: queued texts, or another batch handed to the MLX thread.
-        self.admission.observe(texts, backlogged=bool(self._queued) or len(self._running) > 1)
+        self.admission.observe(texts, backlogged=bool(self._waiting.texts) or len(self._running) > 1)
 
     def _record_waits(self, started: float, requests: list[QueuedRequest]) -> None:
         """Each text's wait until its pass began on the MLX thread: queued, cut, and handed over."""
@@ -698,15 +561,9 @@ class BatchWorker:
         for batch in self._planned:
             for item in batch:
                 item.request.fail(exc)
-            self._settle(batch)
+            self._waiting.settle(batch)
         self._planned = []
-        while self._queue:
-            request = self._queue.popleft()
-            request.queued = False
-            request.fail(exc)
-            self._settle(request.waiting)
-            request.waiting.clear()
-        self._queued = 0
+        self._waiting.fail_all(exc)
         self._series.queue_depth.set_function(lambda: 0)
         self._series.pass_tokens_limit.set_function(lambda: 0)
 
