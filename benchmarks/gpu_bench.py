@@ -5,7 +5,7 @@ mixed workload. Every request is one text never sent before (the cache never ans
     python -m benchmarks.gpu_bench --out results/ [--shape 0.6b] [--model DIR] [--duration 10]
         [--lengths 16,128,512,mixed] [--concurrency 1,32,256,512] [--skip model,st,server]
         [--server NAME=PATH[,SETTING=VALUE...] ...] [--env SETTING=VALUE ...] [--rounds R] [--trace]
-        [--parsers orjson,json]
+        [--parsers orjson,json] [--clients-per-process auto,16]
 
 The model alone runs a full batch a pass at a time (what a lone batch waits; the server's `% model` column
 is against it) and back to back with the next pass queued before the running one is read, as the engine runs
@@ -24,8 +24,11 @@ server ran. --trace adds each level's passes as the server's MLX thread saw them
 the gaps between launches: benchmarks/pass_trace.py). Before its levels each server embeds a few of the texts
 the model alone embedded, one a request and all in one, and its least cosine against the model alone's vectors
 is reported (benchmarks/server_answers.py): a faster figure from a path that computes something else shows
-there. The load generator reads answers with orjson; --parsers orjson,json runs each level a second time with
-the standard library's parser (reported as NAME+json), which costs the shared host ~8x the CPU an answer.
+there. The load generator reads answers with orjson, and runs 32 clients a process, at most 8 processes
+(`auto`); --parsers orjson,json runs each level a second time with the standard library's parser (reported as
+NAME+json), which costs the shared host ~8x the CPU an answer, and --clients-per-process auto,16 a second time
+with 16 clients a process, as many processes as that takes up to the host's cores (NAME+c16): a load
+generator that answers its clients late lengthens every request's cycle, and a closed loop's requests/s with it.
 Results: OUT/gpu_results.json, and a table on stdout.
 """
 
@@ -34,6 +37,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import os
 import re
 import subprocess
@@ -358,6 +362,32 @@ def started_server(
 _BUSIEST_SHOWN = 4
 
 
+@dataclass(frozen=True)
+class LoadClient:
+    """How the load generator runs a level: the parser it reads answers with (loadgen.PARSERS), and how many
+    clients each of its processes runs (0, `auto`: 32, at most 8 processes, as every earlier figure was taken)."""
+
+    parser: str = "orjson"
+    per_process: int = 0
+
+    def processes(self, clients: int) -> int:
+        if not self.per_process:
+            return min(8, max(1, clients // 32))
+        return min(os.cpu_count() or 1, max(1, math.ceil(clients / self.per_process)))
+
+    def suffix(self, first: LoadClient) -> str:
+        """What sets this client apart from `first` in a result's name: "", "+json", "+c16", "+json+c16"."""
+        parser = f"+{self.parser}" if self.parser != first.parser else ""
+        spread = f"+c{self.per_process or 'auto'}" if self.per_process != first.per_process else ""
+        return parser + spread
+
+
+def load_clients(parsers: str, per_process: str) -> tuple[LoadClient, ...]:
+    """Every parser with every clients-a-process setting (comma lists; `auto` or a number), parser first."""
+    spreads = [0 if value == "auto" else int(value) for value in per_process.split(",")]
+    return tuple(LoadClient(parser, spread) for parser in parsers.split(",") for spread in spreads)
+
+
 def run_level(
     server: ServerUnderTest,
     model_dir: Path,
@@ -365,11 +395,11 @@ def run_level(
     clients: int,
     duration: float,
     seed: str,
-    parser: str = "orjson",
+    client: LoadClient = LoadClient(),
 ) -> dict[str, Any]:
     """`clients` clients sending one text each of `length` at a time for `duration` seconds (half that for one
-    client), reading the answers with `parser` (loadgen.PARSERS): the client's figures, the server's own stage
-    means over the level, and the busiest threads."""
+    client), run by the load generator as `client` says: the client's figures, the server's own stage means
+    over the level, and the busiest threads."""
     import httpx
 
     url = server.url
@@ -389,8 +419,8 @@ def run_level(
             bodies,
             clients,
             seconds,
-            processes=min(8, max(1, clients // 32)),
-            parser=parser,
+            processes=client.processes(clients),
+            parser=client.parser,
         )
     ended = time.perf_counter()
     cpu = busiest(threads, ended - started)
@@ -404,7 +434,8 @@ def run_level(
         summary["gpu_busy_percent"] = round(sum(under_load) / len(under_load), 1)
     summary["cpu_percent"] = cpu
     summary["host_cpu_percent"] = host_cpu
-    summary["client_parser"] = parser
+    summary["client_parser"] = client.parser
+    summary["client_processes"] = client.processes(clients)
     if server.trace is not None:  # summarized once the server has stopped and written all of it
         summary["_window"] = (started, ended)
     # The console line names the busiest few; the results file keeps every process and thread at 1% or more.
@@ -414,10 +445,10 @@ def run_level(
     return summary
 
 
-def _result_name(name: str, round_: int, parser: str, parsers: tuple[str, ...]) -> str:
-    """How a server's results are reported: NAME for the first parser's round 1, NAME+PARSER for another
-    parser's, and ".R" added for round R > 1 (NAME.2, NAME+json.2, ...)."""
-    base = name if parser == parsers[0] else f"{name}+{parser}"
+def _result_name(name: str, round_: int, client: LoadClient, clients: tuple[LoadClient, ...]) -> str:
+    """How a server's results are reported: NAME for the first load client's round 1, NAME+json, NAME+c16
+    for another's (`LoadClient.suffix`), and ".R" added for round R > 1 (NAME.2, NAME+json.2, ...)."""
+    base = name + client.suffix(clients[0])
     return base if round_ == 1 else f"{base}.{round_}"
 
 
@@ -431,7 +462,7 @@ def bench_servers(
     out_dir: Path,
     trace_passes: bool = False,
     reference: tuple[list[str], np.ndarray] | None = None,
-    parsers: tuple[str, ...] = ("orjson",),
+    clients: tuple[LoadClient, ...] = (LoadClient(),),
 ) -> dict[str, Any]:
     """Every server started at once, then each level run on each server in turn, the order reversed every
     round, so a host that drifts during the run (neighbouring runs here differ by up to 20%) moves every
@@ -440,8 +471,8 @@ def bench_servers(
     `reference` (texts and the model alone's vectors for them), each server's answers for those texts are
     compared with it first (benchmarks/server_answers.py: "answers_vs_model_cosine_min", the least of
     "answers_vs_model_cosine", which has the texts sent one a request and all in one apart). With more than
-    one of `parsers` (how the load generator reads answers), each server takes each level once a parser, in
-    the same alternating order (`_result_name`)."""
+    one of `clients` (how the load generator runs), each server takes each level once with each, in the
+    same alternating order (`_result_name`)."""
     results: dict[str, Any] = {}
     with ExitStack() as stack:
         running = [
@@ -454,22 +485,23 @@ def bench_servers(
                 server.results["answers_vs_model_cosine"] = paths
                 server.results["answers_vs_model_cosine_min"] = min(paths.values())
                 log(f"server {server.name}: its answers against the model alone's, least cosine", paths)
-        variants = [(server, parser) for server in running for parser in parsers]
+        variants = [(server, client) for server in running for client in clients]
         for round_ in range(1, rounds + 1):
             order = variants if round_ % 2 else variants[::-1]
             for length in lengths:
-                for clients in concurrency:
-                    for server, parser in order:
-                        key = _result_name(server.name, round_, parser, parsers)
-                        # A seed per server, parser, round, length and level: no text is sent twice.
-                        seed = f"{key}/{length}/{clients}"
-                        level = run_level(server, model_dir, length, clients, duration, seed, parser)
+                for level_clients in concurrency:
+                    for server, client in order:
+                        key = _result_name(server.name, round_, client, clients)
+                        # A seed per server, load client, round, length and level: no text is sent twice.
+                        seed = f"{key}/{length}/{level_clients}"
+                        level = run_level(server, model_dir, length, level_clients, duration, seed, client)
                         entry = results.setdefault(key, {**server.results, "lengths": {}})
                         entry["lengths"].setdefault(length, []).append(level)
     for server in running:  # memory peaks and traces are complete once the servers have stopped
         events = pass_trace.read(server.trace) if server.trace is not None and server.trace.exists() else []
         timeline = pass_trace.Timeline(events)
-        for key in (_result_name(server.name, r, p, parsers) for r in range(1, rounds + 1) for p in parsers):
+        names = (_result_name(server.name, r, c, clients) for r in range(1, rounds + 1) for c in clients)
+        for key in names:
             entry = results[key]
             entry |= {k: v for k, v in server.results.items() if k.endswith("_peak_gb")}
             for level in (level for levels in entry["lengths"].values() for level in levels):
@@ -567,6 +599,12 @@ def main() -> None:
         help="how the load generator reads answers (orjson, json): a comma list runs each level once a parser",
     )
     parser.add_argument(
+        "--clients-per-process",
+        default="auto",
+        help="the load generator's clients a process (auto: 32, at most 8 processes; or a number): a comma "
+        "list runs each level once a setting",
+    )
+    parser.add_argument(
         "--trace",
         action="store_true",
         help="record each server's passes (benchmarks/pass_trace.py): the MLX thread's busy share a level",
@@ -620,7 +658,7 @@ def main() -> None:
             args.out,
             args.trace,
             reference,
-            tuple(args.parsers.split(",")),
+            load_clients(args.parsers, args.clients_per_process),
         )
     for section in results.values():
         if isinstance(section, dict):

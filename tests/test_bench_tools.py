@@ -346,6 +346,27 @@ def test_the_gpu_benchmark_alternates_servers_level_by_level(tiny_qwen3: Path, t
         assert any(event[0] == "cut" for event in pass_trace.read(tmp_path / f"trace-{name}.jsonl"))
 
 
+def test_the_load_generator_variants_spread_clients_and_name_results() -> None:
+    """gpu_bench's load clients: `auto` runs 32 clients a process, at most 8 processes (as every earlier figure
+    was taken); a number runs that many a process, up to the host's cores; every parser meets every setting,
+    and a result's name says where its client differs from the first."""
+    from benchmarks.gpu_bench import LoadClient, _result_name, load_clients
+
+    cores = os.cpu_count() or 1
+    auto, sixteen = LoadClient(), LoadClient(per_process=16)
+    assert [auto.processes(c) for c in (1, 32, 256, 512)] == [1, 1, 8, 8]
+    expected = [1, min(2, cores), min(2, cores), min(16, cores)]
+    assert [sixteen.processes(c) for c in (1, 20, 32, 256)] == expected
+    clients = load_clients("orjson,json", "auto,16")
+    assert clients == (auto, sixteen, LoadClient("json"), LoadClient("json", 16))
+    names = [_result_name("main", round_, client, clients) for round_ in (1, 2) for client in clients]
+    assert names == [
+        *("main", "main+c16", "main+json", "main+json+c16"),
+        *("main.2", "main+c16.2", "main+json.2", "main+json+c16.2"),
+    ]
+    assert [_result_name("x", 1, c, clients[1:]) for c in clients[1:]] == ["x", "x+json+cauto", "x+json"]
+
+
 def test_gpu_busy_samples_nvidia_smi_while_the_block_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
