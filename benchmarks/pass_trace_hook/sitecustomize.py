@@ -167,7 +167,10 @@ def _wrap(worker: ModuleType, record: _Recorder) -> None:
     cut, answer, launch, collect = worker_cls._cut, worker_cls._answer, pass_cls.launch, pass_cls.collect
 
     def traced_cut(self: Any, *, busy: bool) -> Any:
-        start, queued, in_flight = now(), self._waiting.texts, len(self._launched)
+        # Texts waiting: `_waiting.texts`, or `_queued` in trees from before waiting.py (gpu_bench --server).
+        waiting = getattr(self, "_waiting", None)
+        queued = waiting.texts if waiting is not None else self._queued
+        start, in_flight = now(), len(self._launched)
         batch = cut(self, busy=busy)
         record.add("cut", start, now(), queued, len(batch), in_flight)
         return batch
