@@ -329,12 +329,15 @@ def started_server(
     out_dir: Path,
     trace_passes: bool = False,
 ) -> Iterator[ServerUnderTest]:
-    """The server from `source` (None: this tree) with its defaults and `env`, serving `model_dir`; on the way
-    out, its last /metrics goes to OUT/server-NAME-metrics.txt and its GPU memory peak into its results. With
+    """The server from `source` (None: this tree) with its defaults and `env`, serving `model_dir`, its log in
+    OUT/server-NAME.log; on the way out, its last /metrics goes to OUT/server-NAME-metrics.txt and its GPU
+    memory peak into its results. With
     `trace_passes`, it records its passes to OUT/trace-NAME.jsonl (benchmarks/pass_trace.py)."""
     import httpx
 
-    server_env = {"MODEL_NAME": str(model_dir), "LOG_LEVEL": "WARNING", **env}
+    # Its defaults include the access log, a line a request (into OUT/server-NAME.log): what a user's server
+    # writes. Figures before 2026-12-05 ran it with LOG_LEVEL=WARNING, which left the access log out.
+    server_env = {"MODEL_NAME": str(model_dir), **env}
     path = [str(source) if source is not None else ""]
     trace = out_dir.resolve() / f"trace-{name}.jsonl" if trace_passes else None
     if trace is not None:  # benchmarks/pass_trace.py: the hook goes first, so every process imports it

@@ -344,6 +344,8 @@ def test_the_gpu_benchmark_alternates_servers_level_by_level(tiny_qwen3: Path, t
         assert all("passes" in level for level in levels)
     for name in ("a", "b"):
         assert any(event[0] == "cut" for event in pass_trace.read(tmp_path / f"trace-{name}.jsonl"))
+        # The servers' defaults, the access log's line a request included.
+        assert "embedserver.access: POST /v1/embeddings 200" in (tmp_path / f"server-{name}.log").read_text()
 
 
 def test_the_load_generator_variants_spread_clients_and_name_results() -> None:

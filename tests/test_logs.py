@@ -3,14 +3,18 @@ request id echoed, a line when a model starts loading, and rate-limited warnings
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
 
+from embedserver import logs
 from embedserver.logs import EveryFewSeconds
 from embedserver_testing.server_process import server_process
 
@@ -84,3 +88,102 @@ def test_warnings_are_rate_limited_and_count_what_they_held(caplog: pytest.LogCa
         "gone",
         "refused (49 more since the last such line)",
     ]
+
+
+@pytest.fixture
+def configured() -> Iterator[logging.StreamHandler[io.StringIO]]:
+    """configure_logging's own set-up writing to a buffer, the process's logging restored afterwards (pytest
+    puts handlers of its own on the root logger, which force=True takes off)."""
+    root = logging.root
+    saved = (root.handlers[:], root.level, logs._installed[:])
+    try:
+        yield _configured("text")
+    finally:
+        root.handlers[:], logs._installed[:] = saved[0], saved[2]
+        root.setLevel(saved[1])
+
+
+def _configured(fmt: str) -> logging.StreamHandler[io.StringIO]:
+    logs.configure_logging("INFO", fmt)
+    handler = logs._installed[0][0]
+    handler.setStream(io.StringIO())  # type: ignore[arg-type]
+    return handler  # type: ignore[return-value]
+
+
+FIELDS = {"method": "POST", "status": 200, "texts": 1, "tokens": None, "request_id": "r1"}
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_an_access_line_written_directly_is_the_line_logging_would_write(
+    fmt: str, configured: logging.StreamHandler[io.StringIO], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The access log's own path writes, byte for byte, what the configured handler makes of the same record:
+    local time to the millisecond, level, logger and message as text; the same object, fields included, as
+    JSON."""
+    handler = _configured(fmt)
+    ns = 1_764_950_400_123_456_789  # a fixed clock: .123 s past a second
+    monkeypatch.setattr(logs, "time", SimpleNamespace(**{**vars(time), "time_ns": lambda: ns}))
+    access = logging.getLogger("embedserver.access")
+    assert logs._direct(access) is not None  # configured in the test's call, after pytest's own handlers
+    logs.log_access(access, "POST /v1/embeddings 200 2.9ms id=r1", FIELDS)
+    record = access.makeRecord(
+        access.name,
+        logging.INFO,
+        "(unknown file)",
+        0,
+        "%s",
+        ("POST /v1/embeddings 200 2.9ms id=r1",),
+        None,
+        extra=FIELDS,
+    )
+    record.created, record.msecs = ns / 1e9, 123.0
+    monkeypatch.setattr(logs, "time", time)
+    assert handler.stream.getvalue() == handler.format(record) + "\n"
+    written = handler.stream.getvalue()
+    assert (
+        json.loads(written)["time"].endswith(".123Z")
+        if fmt == "json"
+        else ",123 INFO embedserver.access: POST" in written
+    )
+
+
+def test_an_access_line_goes_through_logging_when_anything_else_would_see_it(
+    configured: logging.StreamHandler[io.StringIO],
+) -> None:
+    """A handler, a filter or a level added after configure_logging sees (or drops) access lines as before:
+    the direct path is only taken where the configured handler alone would get the record."""
+    handler = _configured("text")  # now, in the test's call: pytest adds handlers of its own to the root
+    access = logging.getLogger("embedserver.access")
+    assert logs._direct(access) is not None
+    logs.log_access(access, "direct", FIELDS)
+    assert handler.stream.getvalue().endswith(" INFO embedserver.access: direct\n")
+
+    class Kept(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__()
+            self.records: list[logging.LogRecord] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.records.append(record)
+
+    kept = Kept()
+    logging.root.addHandler(kept)
+    try:
+        assert logs._direct(access) is None
+        logs.log_access(access, "seen", FIELDS)
+    finally:
+        logging.root.removeHandler(kept)
+    assert [(r.getMessage(), r.request_id) for r in kept.records] == [("seen", "r1")]  # type: ignore[attr-defined]
+    assert handler.stream.getvalue().endswith(" INFO embedserver.access: seen\n")
+    access.setLevel(logging.WARNING)
+    try:
+        logs.log_access(access, "dropped", FIELDS)
+    finally:
+        access.setLevel(logging.NOTSET)
+    dropped = logging.Filter("nothing")
+    handler.addFilter(dropped)
+    try:
+        logs.log_access(access, "filtered", FIELDS)
+    finally:
+        handler.removeFilter(dropped)
+    assert "dropped" not in handler.stream.getvalue() and "filtered" not in handler.stream.getvalue()

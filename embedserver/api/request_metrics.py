@@ -16,7 +16,7 @@ from contextvars import ContextVar
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from embedserver.api.headers import stamped
-from embedserver.logs import EveryFewSeconds
+from embedserver.logs import EveryFewSeconds, log_access
 from embedserver.metrics import HttpMetrics
 
 access = logging.getLogger("embedserver.access")
@@ -108,15 +108,10 @@ def _log(scope: Scope, status: int, seconds: float, usage: list[int], request_id
     method, path = scope["method"], scope["path"][:200]
     texts, tokens = usage if usage else (None, None)
     counted = f" texts={texts} tokens={tokens}" if usage else ""
-    access.info(
-        "%s %s %d %.1fms%s id=%s",
-        method,
-        path,
-        status,
-        seconds * 1000,
-        counted,
-        request_id,
-        extra={
+    log_access(
+        access,
+        f"{method} {path} {status} {seconds * 1000:.1f}ms{counted} id={request_id}",
+        {
             "method": method,
             "path": path,
             "status": status,
