@@ -30,10 +30,14 @@ def percentiles(ms: list[float]) -> dict[str, float]:
 
 
 def server(model: str | None) -> AbstractContextManager[str]:
-    """A server of our own (MODEL_NAME from --model or the environment)."""
+    """A server of our own (MODEL_NAME from --model or the environment) at its defaults, its access log
+    included, its log in results/http_bench-server.log. (Figures from before 2026-12-05 ran it at
+    LOG_LEVEL=WARNING, without the access log.)"""
     from embedserver_testing.server_process import running_server
 
-    return running_server({"LOG_LEVEL": "WARNING", **({"MODEL_NAME": model} if model else {})})
+    log = Path("results") / "http_bench-server.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    return running_server({"MODEL_NAME": model} if model else {}, log)
 
 
 def single_latency(client: httpx.Client, model: str, iterations: int) -> dict[str, Any]:
