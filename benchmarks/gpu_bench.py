@@ -5,7 +5,7 @@ mixed workload. Every request is one text never sent before (the cache never ans
     python -m benchmarks.gpu_bench --out results/ [--shape 0.6b] [--model DIR] [--duration 10]
         [--lengths 16,128,512,mixed] [--concurrency 1,32,256,512] [--skip model,st,server]
         [--server NAME=PATH[,SETTING=VALUE...] ...] [--env SETTING=VALUE ...] [--rounds R] [--trace]
-        [--parsers orjson,json] [--clients-per-process auto,16]
+        [--parsers orjson,json] [--clients-per-process auto,16] [--warmup 3]
 
 The model alone runs a full batch a pass at a time (what a lone batch waits; the server's `% model` column
 is against it) and back to back with the next pass queued before the running one is read, as the engine runs
@@ -24,7 +24,8 @@ server ran. --trace adds each level's passes as the server's MLX thread saw them
 the gaps between launches: benchmarks/pass_trace.py). Before its levels each server embeds a few of the texts
 the model alone embedded, one a request and all in one, and its least cosine against the model alone's vectors
 is reported (benchmarks/server_answers.py): a faster figure from a path that computes something else shows
-there. The load generator reads answers with orjson, and runs 32 clients a process, at most 8 processes
+there. Before its first level each server takes --warmup seconds (3 by default) of load at the first length
+and the most clients, not recorded. The load generator reads answers with orjson, and runs 32 clients a process, at most 8 processes
 (`auto`); --parsers orjson,json runs each level a second time with the standard library's parser (reported as
 NAME+json), which costs the shared host ~8x the CPU an answer, and --clients-per-process auto,16 a second time
 with 16 clients a process, as many processes as that takes up to the host's cores (NAME+c16): a load
@@ -455,6 +456,24 @@ def _result_name(name: str, round_: int, client: LoadClient, clients: tuple[Load
     return base if round_ == 1 else f"{base}.{round_}"
 
 
+def warm_up(server: ServerUnderTest, model_dir: Path, length: str, clients: int, seconds: float) -> None:
+    """Load a server for `seconds` before its first level, not recorded, so that its first level measures
+    what the later ones do and not one-time costs: the device's buffer cache growing to the working set of
+    overlapped passes, each process's first requests. In one H100 run whose first level was 256 clients of
+    16-token texts (docs/perf/2026-12-05-h100-access-log.json, entry 4), that level read 7,552 req/s where the
+    same tree's later ones read 8,813 and 10,241 and an identical server's 8,484-10,547."""
+    seed = zlib.crc32(f"warm-up/{server.name}".encode())
+    pool = workload_texts(model_dir / "tokenizer.json", length, level_texts(length, clients, seconds), seed)
+    bodies = [json.dumps({"input": t}).encode() for t in pool]
+    r = run_load(
+        f"{server.url}/v1/embeddings", bodies, clients, seconds, processes=LoadClient().processes(clients)
+    )
+    log(
+        f"server {server.name}: warmed up with {clients} clients of {length} tokens, not recorded",
+        r.summary(),
+    )
+
+
 def bench_servers(
     servers: list[tuple[str, Path | None, dict[str, str]]],
     model_dir: Path,
@@ -466,6 +485,7 @@ def bench_servers(
     trace_passes: bool = False,
     reference: tuple[list[str], np.ndarray] | None = None,
     clients: tuple[LoadClient, ...] = (LoadClient(),),
+    warmup: float = 0.0,
 ) -> dict[str, Any]:
     """Every server started at once, then each level run on each server in turn, the order reversed every
     round, so a host that drifts during the run (neighbouring runs here differ by up to 20%) moves every
@@ -488,6 +508,9 @@ def bench_servers(
                 server.results["answers_vs_model_cosine"] = paths
                 server.results["answers_vs_model_cosine_min"] = min(paths.values())
                 log(f"server {server.name}: its answers against the model alone's, least cosine", paths)
+        if warmup > 0:
+            for server in running:
+                warm_up(server, model_dir, lengths[0], max(concurrency), warmup)
         variants = [(server, client) for server in running for client in clients]
         for round_ in range(1, rounds + 1):
             order = variants if round_ % 2 else variants[::-1]
@@ -585,6 +608,12 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,32,256,512")
     parser.add_argument("--skip", default="", help="comma list of: model,st,server")
     parser.add_argument(
+        "--warmup",
+        type=float,
+        default=3.0,
+        help="seconds of load each server takes before its first level, not recorded (0: none)",
+    )
+    parser.add_argument(
         "--rounds",
         type=int,
         default=1,
@@ -662,6 +691,7 @@ def main() -> None:
             args.trace,
             reference,
             load_clients(args.parsers, args.clients_per_process),
+            args.warmup,
         )
     for section in results.values():
         if isinstance(section, dict):

@@ -326,9 +326,12 @@ def test_the_gpu_benchmark_alternates_servers_level_by_level(tiny_qwen3: Path, t
         "benchmarks.gpu_bench",
         *("--out", str(tmp_path), "--model", str(tiny_qwen3), "--skip", "model,st", "--rounds", "2"),
         *("--server", "a=", "--server", "b=,MAX_BATCH_SIZE=8", "--trace", "--parsers", "orjson,json"),
-        *("--lengths", "16", "--concurrency", "1,2", "--duration", "0.6"),
+        *("--lengths", "16", "--concurrency", "1,2", "--duration", "0.6", "--warmup", "0.4"),
         timeout=300,
     )
+    # Each server is loaded once before the first level, at the first length and the most clients.
+    warmed = re.findall(r"server (\S+): warmed up with 2 clients of 16 tokens, not recorded", printed)
+    assert warmed == ["a", "b"] and printed.index("warmed up") < printed.index("16 tokens: {"), printed
     order = re.findall(r"server (\S+), 16 tokens:.*'client_parser': '(\w+)'", printed)
     first = [("a", "orjson"), ("a", "json"), ("b", "orjson"), ("b", "json")]
     assert order == first * 2 + first[::-1] * 2, printed
