@@ -151,3 +151,45 @@ def test_the_requests_of_one_loop_turn_travel_as_one_frame_and_split_back() -> N
     for (_, request), (_, back) in zip(sent, got, strict=True):
         assert (back.model, back.keys) == (request.model, request.keys)
         assert [ids.tolist() for ids in back.sequences] == request.sequences  # type: ignore[union-attr]
+
+
+class _Written:
+    """A transport that keeps each write."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return False
+
+
+async def test_the_calls_of_one_loop_turn_are_written_as_that_turn_ends() -> None:
+    """A front-end's handlers queue their calls during a turn of its loop; the turn's end sends them as one
+    EMBEDS frame, written right then, not a turn later (a lone request waited a turn of each process's loop
+    for that, both ways)."""
+    import asyncio
+
+    from embedserver.server.engine_client import EngineClient
+    from embedserver.service.requests import PreparedRequest
+
+    client, transport = EngineClient(), _Written()
+    client.connection_made(transport)  # type: ignore[arg-type]
+    requests = [PreparedRequest("m", [[7, n]], None) for n in range(3)]
+    calls = [asyncio.ensure_future(client.call(ipc.EMBED, *ipc.pack_request(r))) for r in requests]
+    await asyncio.sleep(0)  # a turn: the handlers' calls queue, the frame is due as the turn ends
+    assert transport.writes == []
+    await asyncio.sleep(0)  # the next turn: the frame, already on its way
+    receiver = Collect()
+    receiver.data_received(b"".join(transport.writes))
+    assert len(transport.writes) == 1 and [frame[0] for frame in receiver.frames] == [ipc.EMBEDS]
+    ((_, _, meta, payload),) = receiver.frames
+    assert [back.sequences[0].tolist() for _, back in ipc.unpack_embeds(meta, payload)] == [  # type: ignore[union-attr]
+        [7, 0],
+        [7, 1],
+        [7, 2],
+    ]
+    client.connection_lost(None)
+    assert all(isinstance(e, Exception) for e in await asyncio.gather(*calls, return_exceptions=True))
