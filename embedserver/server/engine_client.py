@@ -70,7 +70,6 @@ class EngineClient(ipc.FrameProtocol):
         calls, self._embeds = self._embeds, {}
         if calls:
             self.send(ipc.EMBEDS, 0, *ipc.pack_embeds([(id_, *call) for id_, call in calls.items()]))
-            self.flush()
 
     def _answered(self, id_: int, kind: int, meta: Any, payload: bytes | memoryview) -> None:
         future = self._waiting.pop(id_, None)

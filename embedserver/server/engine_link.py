@@ -115,7 +115,6 @@ class EngineLink(ipc.FrameProtocol):
     def _send_results(self) -> None:
         answers, self._results = self._results, []
         self.send(ipc.RESULTS, 0, *ipc.pack_results(answers))
-        self.flush()
         now, arrived = time.perf_counter(), self._arrived
         observe_many(self.metrics.engine_call_seconds, [now - arrived.pop(id_, now) for id_, _, _ in answers])
 

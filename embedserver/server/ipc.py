@@ -118,12 +118,9 @@ class FrameProtocol(asyncio.Protocol):
         self._outgoing.append(encoded)
 
     def flush(self) -> None:
-        """Write the frames queued this loop turn now (also called at the turn's end). A sender that gathers a
-        turn's calls or answers into one frame at the turn's end writes it at once: it is the end of the turn
-        already, and waiting for the flush scheduled behind it cost a lone request one more turn of each
-        process's loop on its way."""
+        """Write the frames queued this loop turn now (also called at the turn's end)."""
         outgoing, self._outgoing = self._outgoing, []
-        if outgoing and self.transport is not None and not self.transport.is_closing():
+        if self.transport is not None and not self.transport.is_closing():
             self.transport.write(b"".join(outgoing))
 
 
