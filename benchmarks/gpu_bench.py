@@ -25,11 +25,12 @@ the gaps between launches: benchmarks/pass_trace.py). Before its levels each ser
 the model alone embedded, one a request and all in one, and its least cosine against the model alone's vectors
 is reported (benchmarks/server_answers.py): a faster figure from a path that computes something else shows
 there. Before its first level each server takes --warmup seconds (3 by default) of load at the first length
-and the most clients, not recorded. The load generator reads answers with orjson, and runs 32 clients a process, at most 8 processes
-(`auto`); --parsers orjson,json runs each level a second time with the standard library's parser (reported as
-NAME+json), which costs the shared host ~8x the CPU an answer, and --clients-per-process auto,16 a second time
-with 16 clients a process, as many processes as that takes up to the host's cores (NAME+c16): a load
-generator that answers its clients late lengthens every request's cycle, and a closed loop's requests/s with it.
+and the most clients, not recorded. The load generator reads answers with orjson, and runs 32 clients a
+process, at most 8 processes (`auto`); --parsers orjson,json runs each level a second time with the standard
+library's parser (reported as NAME+json), which costs the shared host ~8x the CPU an answer, and
+--clients-per-process auto,16 a second time with 16 clients a process, as many processes as that takes up to
+the host's cores (NAME+c16): a load generator that answers its clients late lengthens every request's cycle,
+and a closed loop's requests/s with it.
 Results: OUT/gpu_results.json, and a table on stdout.
 """
 
@@ -337,7 +338,7 @@ def started_server(
     import httpx
 
     # Its defaults include the access log, a line a request (into OUT/server-NAME.log): what a user's server
-    # writes. Figures before 2026-12-05 ran it with LOG_LEVEL=WARNING, which left the access log out.
+    # writes and costs.
     server_env = {"MODEL_NAME": str(model_dir), **env}
     path = [str(source) if source is not None else ""]
     trace = out_dir.resolve() / f"trace-{name}.jsonl" if trace_passes else None
@@ -459,9 +460,8 @@ def _result_name(name: str, round_: int, client: LoadClient, clients: tuple[Load
 def warm_up(server: ServerUnderTest, model_dir: Path, length: str, clients: int, seconds: float) -> None:
     """Load a server for `seconds` before its first level, not recorded, so that its first level measures
     what the later ones do and not one-time costs: the device's buffer cache growing to the working set of
-    overlapped passes, each process's first requests. In one H100 run whose first level was 256 clients of
-    16-token texts (docs/perf/2026-12-05-h100-access-log.json, entry 4), that level read 7,552 req/s where the
-    same tree's later ones read 8,813 and 10,241 and an identical server's 8,484-10,547."""
+    overlapped passes, each process's first requests (on an H100, a first level of 256 clients read 7,552
+    req/s where the same tree's later ones read 8,813-10,241: docs/perf/log.md)."""
     seed = zlib.crc32(f"warm-up/{server.name}".encode())
     pool = workload_texts(model_dir / "tokenizer.json", length, level_texts(length, clients, seconds), seed)
     bodies = [json.dumps({"input": t}).encode() for t in pool]

@@ -31,8 +31,7 @@ def percentiles(ms: list[float]) -> dict[str, float]:
 
 def server(model: str | None) -> AbstractContextManager[str]:
     """A server of our own (MODEL_NAME from --model or the environment) at its defaults, its access log
-    included, its log in results/http_bench-server.log. (Figures from before 2026-12-05 ran it at
-    LOG_LEVEL=WARNING, without the access log.)"""
+    included, its log in results/http_bench-server.log."""
     from embedserver_testing.server_process import running_server
 
     log = Path("results") / "http_bench-server.log"

@@ -22,8 +22,8 @@ from embedserver.batching.queued import QueuedRequest, WorkItem, waiting_since
 from embedserver.errors import Overloaded
 from embedserver.metrics import ModelSeries
 
-# While texts wait, requests past MAX_QUEUE_WAIT_S are looked for this often (`_sweep`): a quarter of the
-# bound, at most every _SWEEP_EVERY_S, at least every _SWEEP_FLOOR_S.
+# While texts wait, requests past MAX_QUEUE_WAIT_S are looked for this often (`_sweep_expired`): a quarter
+# of the bound, at most every _SWEEP_EVERY_S, at least every _SWEEP_FLOOR_S.
 _SWEEP_EVERY_S = 0.25
 _SWEEP_FLOOR_S = 0.01
 
@@ -39,7 +39,7 @@ class WaitingRequests:
         self._requests: deque[QueuedRequest] = deque()
         self.texts = 0
         self.tokens = 0
-        self._sweep: asyncio.TimerHandle | None = None  # the next `_sweep`, while texts wait
+        self._sweep: asyncio.TimerHandle | None = None  # the next `_sweep_expired`, while texts wait
 
     def add(self, request: QueuedRequest, tokens: int) -> None:
         """A request admitted by the worker, its texts waiting from now."""

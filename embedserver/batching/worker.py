@@ -8,12 +8,12 @@ waiting.py). The worker wakes on the first item. When the MLX thread is idle it 
 would only add latency); while a batch runs, the next one keeps filling until shortly before the running one
 is expected to end (from recent passes of its padded shape; at least BATCH_WAIT_MS), or until it is full.
 It takes what waits (dropping the texts whose caller is gone, failing with 429 queue_timeout the requests
-past MAX_QUEUE_WAIT_S: waiting.py), sorts by
-length and cuts batches by count, by padded-token budget (MAX_BATCH_TOKENS, and where passes are slow what the
-model computes in half of MAX_QUEUE_WAIT_S: `PassBudget`), and where padding short texts to a much longer one
-would cost more than another pass (`plan_batches`, a pure function). Forward passes run on the MLX thread; up to two
-batches are handed to it at once, so the next one is ready the moment the current one ends. On CUDA passes
-overlap instead (`_run_overlapped`): the MLX thread only launches them and a collector thread waits for each.
+past MAX_QUEUE_WAIT_S: waiting.py), sorts by length and cuts batches by count, by padded-token budget
+(MAX_BATCH_TOKENS, and where passes are slow what the model computes in half of MAX_QUEUE_WAIT_S:
+`PassBudget`), and where padding short texts to a much longer one would cost more than another pass
+(`plan_batches`, a pure function). Forward passes run on the MLX thread; up to two batches are handed to it at
+once, so the next one is ready the moment the current one ends. On CUDA passes overlap instead
+(`_run_overlapped`): the MLX thread only launches them and a collector thread waits for each.
 
 Why the late cut: cut early, the next batch held only what arrived in its first milliseconds and then
 waited behind the running one while everything else queued for the batch after; under steady load batches
