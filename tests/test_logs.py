@@ -187,3 +187,22 @@ def test_an_access_line_goes_through_logging_when_anything_else_would_see_it(
     finally:
         handler.removeFilter(dropped)
     assert "dropped" not in handler.stream.getvalue() and "filtered" not in handler.stream.getvalue()
+
+
+def test_an_access_line_whose_write_fails_never_fails_the_request(
+    configured: logging.StreamHandler[io.StringIO],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A log stream that refuses writes (a closed pipe) is reported as `logging` reports it, on stderr, and the
+    request's code goes on."""
+    handler = _configured("text")
+
+    class Closed(io.StringIO):
+        def write(self, text: str) -> int:
+            raise BrokenPipeError("the log's reader went away")
+
+    handler.setStream(Closed())  # type: ignore[arg-type]
+    monkeypatch.setattr(logging, "raiseExceptions", True)
+    logs.log_access(logging.getLogger("embedserver.access"), "lost", FIELDS)
+    assert "BrokenPipeError" in capsys.readouterr().err
