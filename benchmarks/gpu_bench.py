@@ -393,6 +393,15 @@ def load_clients(parsers: str, per_process: str) -> tuple[LoadClient, ...]:
     return tuple(LoadClient(parser, spread) for parser in parsers.split(",") for spread in spreads)
 
 
+def level_bodies(model_dir: Path, length: str, clients: int, seconds: float, seed: str) -> list[bytes]:
+    """Request bodies of fresh random texts for a load of `clients` for `seconds` (no cache hits), one text a
+    request, drawn from `seed`."""
+    pool = workload_texts(
+        model_dir / "tokenizer.json", length, level_texts(length, clients, seconds), zlib.crc32(seed.encode())
+    )
+    return [json.dumps({"input": t}).encode() for t in pool]
+
+
 def run_level(
     server: ServerUnderTest,
     model_dir: Path,
@@ -409,11 +418,7 @@ def run_level(
 
     url = server.url
     seconds = duration if clients > 1 else duration / 2
-    # Fresh random texts for every level: no cache hits.
-    pool = workload_texts(
-        model_dir / "tokenizer.json", length, level_texts(length, clients, seconds), zlib.crc32(seed.encode())
-    )
-    bodies = [json.dumps({"input": t}).encode() for t in pool]
+    bodies = level_bodies(model_dir, length, clients, seconds, seed)
     before = httpx.get(f"{url}/metrics").text
     # Which processes and threads were busy over the level, the load generator's start-up included (the
     # engine's event loop is "[main]", MLX's thread "[mlx0]").
@@ -462,9 +467,7 @@ def warm_up(server: ServerUnderTest, model_dir: Path, length: str, clients: int,
     what the later ones do and not one-time costs: the device's buffer cache growing to the working set of
     overlapped passes, each process's first requests (on an H100, a first level of 256 clients read 7,552
     req/s where the same tree's later ones read 8,813-10,241: docs/perf/log.md)."""
-    seed = zlib.crc32(f"warm-up/{server.name}".encode())
-    pool = workload_texts(model_dir / "tokenizer.json", length, level_texts(length, clients, seconds), seed)
-    bodies = [json.dumps({"input": t}).encode() for t in pool]
+    bodies = level_bodies(model_dir, length, clients, seconds, f"warm-up/{server.name}")
     r = run_load(
         f"{server.url}/v1/embeddings", bodies, clients, seconds, processes=LoadClient().processes(clients)
     )

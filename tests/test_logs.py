@@ -91,13 +91,13 @@ def test_warnings_are_rate_limited_and_count_what_they_held(caplog: pytest.LogCa
 
 
 @pytest.fixture
-def configured() -> Iterator[logging.StreamHandler[io.StringIO]]:
-    """configure_logging's own set-up writing to a buffer, the process's logging restored afterwards (pytest
-    puts handlers of its own on the root logger, which force=True takes off)."""
+def restored_logging() -> Iterator[None]:
+    """The process's logging as it was after the test, which calls configure_logging itself (in its own call
+    phase: pytest puts handlers of its own on the root logger then, which force=True takes off)."""
     root = logging.root
     saved = (root.handlers[:], root.level, logs._installed[:])
     try:
-        yield _configured("text")
+        yield
     finally:
         root.handlers[:], logs._installed[:] = saved[0], saved[2]
         root.setLevel(saved[1])
@@ -115,7 +115,7 @@ FIELDS = {"method": "POST", "status": 200, "texts": 1, "tokens": None, "request_
 
 @pytest.mark.parametrize("fmt", ["text", "json"])
 def test_an_access_line_written_directly_is_the_line_logging_would_write(
-    fmt: str, configured: logging.StreamHandler[io.StringIO], monkeypatch: pytest.MonkeyPatch
+    fmt: str, restored_logging: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The access log's own path writes, byte for byte, what the configured handler makes of the same record:
     local time to the millisecond, level, logger and message as text; the same object, fields included, as
@@ -148,7 +148,7 @@ def test_an_access_line_written_directly_is_the_line_logging_would_write(
 
 
 def test_an_access_line_goes_through_logging_when_anything_else_would_see_it(
-    configured: logging.StreamHandler[io.StringIO],
+    restored_logging: None,
 ) -> None:
     """A handler, a filter or a level added after configure_logging sees (or drops) access lines as before:
     the direct path is only taken where the configured handler alone would get the record."""
@@ -190,7 +190,7 @@ def test_an_access_line_goes_through_logging_when_anything_else_would_see_it(
 
 
 def test_an_access_line_whose_write_fails_never_fails_the_request(
-    configured: logging.StreamHandler[io.StringIO],
+    restored_logging: None,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
