@@ -4,7 +4,7 @@ mixed workload. Every request is one text never sent before (the cache never ans
 
     python -m benchmarks.gpu_bench --out results/ [--shape 0.6b] [--model DIR] [--duration 10]
         [--lengths 16,128,512,mixed] [--concurrency 1,32,256,512] [--skip model,st,server]
-        [--server NAME=PATH[,SETTING=VALUE...] ...] [--env SETTING=VALUE ...] [--rounds R] [--trace]
+        [--server NAME=PATH[,SETTING=VALUE...] ...] [--env SETTING=VALUE ...] [--rounds R] [--trace [NAME,...]]
         [--parsers orjson,json] [--clients-per-process auto,16] [--warmup 3]
 
 The model alone runs a full batch a pass at a time (what a lone batch waits; the server's `% model` column
@@ -21,7 +21,8 @@ host's drift over the run touches every server alike (round R > 1 of NAME is rep
 a server setting for every server run. For each level: requests/s, tokens/s, p50/p99 at the client, the
 server's own stage means from /metrics over that level, and the GPU's peak memory (nvidia-smi) while the
 server ran. --trace adds each level's passes as the server's MLX thread saw them (their rate, its busy share,
-the gaps between launches: benchmarks/pass_trace.py). Before its levels each server embeds a few of the texts
+the gaps between launches: benchmarks/pass_trace.py); the recording costs the server some CPU, so --trace NAME
+records only that server's, beside an untraced copy. Before its levels each server embeds a few of the texts
 the model alone embedded, one a request and all in one, and its least cosine against the model alone's vectors
 is reported (benchmarks/server_answers.py): a faster figure from a path that computes something else shows
 there. Before its first level each server takes --warmup seconds (3 by default) of load at the first length
@@ -42,11 +43,12 @@ import json
 import math
 import os
 import re
+import signal
 import subprocess
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -332,9 +334,9 @@ def started_server(
     trace_passes: bool = False,
 ) -> Iterator[ServerUnderTest]:
     """The server from `source` (None: this tree) with its defaults and `env`, serving `model_dir`, its log in
-    OUT/server-NAME.log; on the way out, its last /metrics goes to OUT/server-NAME-metrics.txt and its GPU
-    memory peak into its results. With
-    `trace_passes`, it records its passes to OUT/trace-NAME.jsonl (benchmarks/pass_trace.py)."""
+    OUT/server-NAME.log; on the way out, its last /metrics goes to OUT/server-NAME-metrics.txt, and its GPU
+    memory peak and exit status into its results. With `trace_passes`, it records its passes to
+    OUT/trace-NAME.jsonl (benchmarks/pass_trace.py)."""
     import httpx
 
     # Its defaults include the access log, a line a request (into OUT/server-NAME.log): what a user's server
@@ -361,7 +363,16 @@ def started_server(
         (out_dir.resolve() / f"server-{name}-metrics.txt").write_text(httpx.get(f"{url}/metrics").text)
     server.results["gpu_memory_peak_gb"] = round(peak.get("gb", 0.0), 2) or None
     server.results["server_gpu_memory_peak_gb"] = round(peak.get("process_gb", 0.0), 2) or None
+    # A server stopped by SIGTERM exits 0, or by that signal (uvicorn re-raises it), once it has drained;
+    # anything else (an abort as native libraries unload, the shutdown watchdog's 1) is what an orchestrator
+    # would see at every rollout.
+    server.results["exit_status"] = process.returncode
+    if process.returncode not in CLEAN_EXITS:
+        log(f"server {name}: exited with status {process.returncode} after SIGTERM; see {server_log}")
 
+
+# How a server that drained after SIGTERM exits (Popen's status: a negative number is the signal that ended it).
+CLEAN_EXITS = (0, -signal.SIGTERM)
 
 # Busiest processes and threads a level's console line names.
 _BUSIEST_SHOWN = 4
@@ -485,7 +496,7 @@ def bench_servers(
     duration: float,
     rounds: int,
     out_dir: Path,
-    trace_passes: bool = False,
+    traced: Collection[str] = (),
     reference: tuple[list[str], np.ndarray] | None = None,
     clients: tuple[LoadClient, ...] = (LoadClient(),),
     warmup: float = 0.0,
@@ -493,7 +504,8 @@ def bench_servers(
     """Every server started at once, then each level run on each server in turn, the order reversed every
     round, so a host that drifts during the run (neighbouring runs here differ by up to 20%) moves every
     server's figures alike. Results by server name; round R > 1 of server NAME is "NAME.R". With
-    `trace_passes`, each level has its passes' summary (benchmarks/pass_trace.py) under "passes". With
+    `traced`, the servers of those names record their passes, and each of their levels has its passes'
+    summary (benchmarks/pass_trace.py) under "passes". With
     `reference` (texts and the model alone's vectors for them), each server's answers for those texts are
     compared with it first (benchmarks/server_answers.py: "answers_vs_model_cosine_min", the least of
     "answers_vs_model_cosine", which has the texts sent one a request and all in one apart). With more than
@@ -502,7 +514,7 @@ def bench_servers(
     results: dict[str, Any] = {}
     with ExitStack() as stack:
         running = [
-            stack.enter_context(started_server(name, source, model_dir, env, out_dir, trace_passes))
+            stack.enter_context(started_server(name, source, model_dir, env, out_dir, name in traced))
             for name, source, env in servers
         ]
         if reference is not None:
@@ -526,13 +538,14 @@ def bench_servers(
                         level = run_level(server, model_dir, length, level_clients, duration, seed, client)
                         entry = results.setdefault(key, {**server.results, "lengths": {}})
                         entry["lengths"].setdefault(length, []).append(level)
-    for server in running:  # memory peaks and traces are complete once the servers have stopped
+    # Memory peaks, exit statuses and traces are complete once the servers have stopped.
+    for server in running:
         events = pass_trace.read(server.trace) if server.trace is not None and server.trace.exists() else []
         timeline = pass_trace.Timeline(events)
         names = (_result_name(server.name, r, c, clients) for r in range(1, rounds + 1) for c in clients)
         for key in names:
             entry = results[key]
-            entry |= {k: v for k, v in server.results.items() if k.endswith("_peak_gb")}
+            entry |= {k: v for k, v in server.results.items() if k.endswith("_peak_gb") or k == "exit_status"}
             for level in (level for levels in entry["lengths"].values() for level in levels):
                 window = level.pop("_window", None)
                 if window is not None:
@@ -641,8 +654,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--trace",
-        action="store_true",
-        help="record each server's passes (benchmarks/pass_trace.py): the MLX thread's busy share a level",
+        nargs="?",
+        const="*",
+        default="",
+        help="record the servers' passes (benchmarks/pass_trace.py): the MLX thread's busy share a level; "
+        "alone, every server's; with a comma list of server names, theirs only (what the recording costs: "
+        "one server traced beside the same tree untraced)",
     )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -655,6 +672,10 @@ def main() -> None:
         log("writing random weights", model_dir)
         write_random_qwen3(model_dir, shape=args.shape, dtype="bfloat16", layout="hf")
     servers = [item.split("=", 1) for item in args.server] or [["server", ""]]
+    names = [name for name, _ in servers]
+    traced = names if args.trace == "*" else list(filter(None, args.trace.split(",")))
+    if unknown := sorted(set(traced) - set(names)):
+        parser.error(f"--trace names no server: {', '.join(unknown)}")
     texts = {length: workload_texts(model_dir / "tokenizer.json", length, 2048, seed=1) for length in lengths}
     results: dict[str, Any] = {"shape": args.shape, "date": time.strftime("%Y-%m-%d"), "server": {}}
     try:
@@ -691,7 +712,7 @@ def main() -> None:
             args.duration,
             args.rounds,
             args.out,
-            args.trace,
+            traced,
             reference,
             load_clients(args.parsers, args.clients_per_process),
             args.warmup,

@@ -325,7 +325,7 @@ def test_the_gpu_benchmark_alternates_servers_level_by_level(tiny_qwen3: Path, t
     printed = _run_benchmark(
         "benchmarks.gpu_bench",
         *("--out", str(tmp_path), "--model", str(tiny_qwen3), "--skip", "model,st", "--rounds", "2"),
-        *("--server", "a=", "--server", "b=,MAX_BATCH_SIZE=8", "--trace", "--parsers", "orjson,json"),
+        *("--server", "a=", "--server", "b=,MAX_BATCH_SIZE=8", "--trace", "a", "--parsers", "orjson,json"),
         *("--lengths", "16", "--concurrency", "1,2", "--duration", "0.6", "--warmup", "0.4"),
         timeout=300,
     )
@@ -343,10 +343,17 @@ def test_the_gpu_benchmark_alternates_servers_level_by_level(tiny_qwen3: Path, t
         assert [level["concurrency"] for level in levels] == [1, 2]
         assert all(level["requests"] > 0 and level["errors"] == 0 for level in levels)
         assert {level["client_parser"] for level in levels} == {"json" if "+json" in name else "orjson"}
-        # --trace: each server recorded its batches (passes overlap on CUDA only, so here only the cuts).
-        assert all("passes" in level for level in levels)
+        # --trace a: that server recorded its batches (passes overlap on CUDA only, so here only the cuts),
+        # the other did not.
+        assert all(("passes" in level) == name.startswith("a") for level in levels)
+    assert any(event[0] == "cut" for event in pass_trace.read(tmp_path / "trace-a.jsonl"))
+    assert not (tmp_path / "trace-b.jsonl").exists()
+    # Each server drained and exited cleanly on SIGTERM (0, or the signal uvicorn re-raises), not aborted.
+    from benchmarks.gpu_bench import CLEAN_EXITS
+
+    statuses = {name: server["exit_status"] for name, server in results.items()}
+    assert all(status in CLEAN_EXITS for status in statuses.values()), statuses
     for name in ("a", "b"):
-        assert any(event[0] == "cut" for event in pass_trace.read(tmp_path / f"trace-{name}.jsonl"))
         # The servers' defaults, the access log's line a request included.
         assert "embedserver.access: POST /v1/embeddings 200" in (tmp_path / f"server-{name}.log").read_text()
 
