@@ -82,6 +82,15 @@ def busiest(before: Snapshot, seconds: float, floor: float = 1.0) -> dict[str, f
     return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
+def cpu_set(listed: str) -> set[int]:
+    """The CPUs of a kernel CPU list such as "0-7,16" (sysfs, cpuset and taskset all write them so)."""
+    cpus: set[int] = set()
+    for part in filter(None, listed.strip().split(",")):
+        first, _, last = part.partition("-")
+        cpus.update(range(int(first), int(last or first) + 1))
+    return cpus
+
+
 def main() -> None:
     seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 5.0
     processes, threads = census(seconds)

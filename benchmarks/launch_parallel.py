@@ -49,6 +49,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.cpu_census import cpu_set
 from benchmarks.pass_phases import bench_runner
 
 CPUS = Path("/sys/devices/system/cpu")
@@ -117,14 +118,10 @@ def core_of(cpu: int, cpus: Path = CPUS) -> set[int]:
     """The CPUs that share `cpu`'s physical core (its SMT siblings, itself included); {cpu} where the kernel
     does not say."""
     try:
-        listed = (cpus / f"cpu{cpu}" / "topology" / "thread_siblings_list").read_text().strip()
+        listed = (cpus / f"cpu{cpu}" / "topology" / "thread_siblings_list").read_text()
     except OSError:
         return {cpu}
-    siblings: set[int] = set()
-    for part in listed.split(","):
-        first, _, last = part.partition("-")
-        siblings.update(range(int(first), int(last or first) + 1))
-    return siblings | {cpu}
+    return cpu_set(listed) | {cpu}
 
 
 def _placement(pin: str, cpus: set[int]) -> tuple[set[int], set[int]]:

@@ -493,3 +493,36 @@ def test_start_cost_times_each_warmed_shape_once_and_sums_them_by_length(
     assert result["by_length"]["16"]["first_s"] == pytest.approx(result["first_passes_s"], abs=0.002)
     assert result["load_s"] > 0 and result["ready_s"] >= result["first_passes_s"]
     assert re.search(r"^ +16 +1 +[\d.]+ +[\d.]+$", text, re.M), text
+
+
+def test_lone_pass_times_the_same_pass_on_the_main_thread_and_on_the_mlx_thread(tiny_qwen3: Path) -> None:
+    """Both placements run, alternating, each in a process of its own; the MLX thread's pass is also timed as
+    its event loop waits for it, which includes the pass. Pinned, each placement reports the CPUs it ran on."""
+    cpu = min(os.sched_getaffinity(0))
+    args = ["--tokens", "16", "--passes", "5", "--rounds", "2", "--cpus", str(cpu), "--loop-cpus", str(cpu)]
+    run = subprocess.run(
+        [sys.executable, "-m", "benchmarks.lone_pass", str(tiny_qwen3), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert run.returncode == 0, run.stderr
+    rounds = re.findall(r"round (\d), (\w+): pass p50", run.stdout)
+    assert rounds == [("1", "main"), ("1", "mlx"), ("2", "mlx"), ("2", "main")], run.stdout
+    result = json.loads(run.stdout.splitlines()[-1])
+    assert result["cpus"] == [cpu] and result["loop_cpus"] == [cpu] and result["tokens"] == 16
+    for entry in result["runs"]:
+        assert entry["pass_p50_ms"] > 0
+        if entry["placement"] == "mlx":
+            assert entry["wait_p50_ms"] >= entry["pass_p50_ms"]
+        assert entry["ran_on"] == [cpu]
+
+
+def test_cpu_lists_and_the_gpus_sysfs_device() -> None:
+    from benchmarks.cpu_census import cpu_set
+    from benchmarks.lone_pass import pci_device
+
+    assert cpu_set("0-3,8,10-11\n") == {0, 1, 2, 3, 8, 10, 11}
+    assert cpu_set("5") == {5} and cpu_set("") == set()
+    assert pci_device("00000000:1B:00.0") == Path("/sys/bus/pci/devices/0000:1b:00.0")

@@ -1,0 +1,206 @@
+"""What a lone request's pass costs on the server's MLX thread against the same pass on a process's main
+thread, and what handing it to that thread and back costs: the part of one client's latency that is neither
+the model nor HTTP.
+
+  python -m benchmarks.lone_pass MODEL_DIR [--tokens 128] [--passes 200] [--rounds 2] [--cpus LIST|gpu]
+      [--loop-cpus LIST]
+
+Each placement runs in a process of its own, loaded, readied (a lone text's pass compiled, as the server's
+defaults run it) and timed on one thread, since MLX work stays on the thread that owns it:
+- `main`: the process's main thread runs the passes.
+- `mlx`: the server's MLX thread (`embedserver.runtime.device.mlx_executor`) runs them, each sent from an
+  asyncio event loop as the batch worker sends a lone pass; the pass is timed on that thread, and the wait
+  the loop sees includes the hand-over both ways.
+A pass every millisecond or so, as a lone client's next request follows its answer: each thread sleeps 1 ms
+between passes. The placements' processes alternate (main, mlx, then mlx, main, ...) --rounds times, so a
+host's drift touches both. --cpus pins the thread that runs the passes to those CPUs (a list such as
+0-7,16; `gpu`: the CPUs the kernel lists as local to the GPU's PCI device, its NUMA node), --loop-cpus the
+`mlx` placement's event loop: whether where the scheduler puts the two threads is what costs the time.
+Prints each process's p50s and a JSON line.
+
+On an H100 (2026-12-05, 128 tokens, the probe this grew from): the main thread 3.5-3.8 ms, the MLX thread
+4.1 ms, and 4.5 ms as its event loop saw it. On the 2-core VM (the tiny model, 16 tokens, CPU): 0.92 ms
+against 1.23, and 1.09 with the MLX thread on one CPU and its loop on the other (docs/perf/log.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.cpu_census import cpu_set
+
+PLACEMENTS = ("main", "mlx")
+# Between passes, as a lone client's next request follows its answer.
+_GAP_S = 0.001
+# The CPUs the passes' thread may run on, as it read them once pinned (reported with the results).
+_ran_on: set[int] = set()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("model", type=Path)
+    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--passes", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--cpus", default="", help="pin the passes' thread: a CPU list, or gpu")
+    parser.add_argument("--loop-cpus", default="", help="pin the mlx placement's event loop: a CPU list")
+    parser.add_argument("--placement", choices=PLACEMENTS, help=argparse.SUPPRESS)  # a child process
+    args = parser.parse_args()
+    cpus = cpu_list(args.cpus) if args.cpus else None
+    if args.placement:
+        if args.loop_cpus and args.placement == "mlx":
+            os.sched_setaffinity(0, cpu_list(args.loop_cpus))  # this thread runs the event loop
+        _child(args.model, args.placement, args.tokens, args.passes, cpus)
+        return
+    runs: list[dict[str, Any]] = []
+    for round_ in range(args.rounds):
+        for placement in PLACEMENTS if round_ % 2 == 0 else PLACEMENTS[::-1]:
+            command = [
+                sys.executable,
+                "-m",
+                "benchmarks.lone_pass",
+                str(args.model),
+                "--placement",
+                placement,
+            ]
+            command += ["--tokens", str(args.tokens), "--passes", str(args.passes)]
+            command += ["--cpus", args.cpus, "--loop-cpus", args.loop_cpus]
+            done = subprocess.run(command, capture_output=True, text=True, check=False)
+            lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+            if done.returncode != 0 or not lines:
+                raise SystemExit(f"{placement} failed (status {done.returncode}):\n{done.stderr[-3000:]}")
+            run = json.loads(lines[-1])
+            runs.append(run)
+            waited = f", the loop waited {run['wait_p50_ms']:.3f}" if "wait_p50_ms" in run else ""
+            print(
+                f"round {round_ + 1}, {placement}: pass p50 {run['pass_p50_ms']:.3f} ms{waited}", flush=True
+            )
+    summary = {
+        placement: {
+            key: round(statistics.median(run[key] for run in runs if run["placement"] == placement), 3)
+            for key in ("pass_p50_ms", "wait_p50_ms")
+            if any(key in run for run in runs if run["placement"] == placement)
+        }
+        for placement in PLACEMENTS
+    }
+    print(f"median over rounds: {summary}")
+    loop_cpus = sorted(cpu_list(args.loop_cpus)) if args.loop_cpus else None
+    print(
+        json.dumps(
+            {
+                "tokens": args.tokens,
+                "cpus": sorted(cpus) if cpus else None,
+                "loop_cpus": loop_cpus,
+                "runs": runs,
+            }
+        )
+    )
+
+
+def cpu_list(spec: str) -> set[int]:
+    """CPUs from a list such as "0-7,16", or from the GPU's PCI device ("gpu")."""
+    return cpu_set(_gpu_local_cpus() if spec == "gpu" else spec)
+
+
+def _gpu_local_cpus() -> str:
+    """The kernel's list of CPUs local to the first GPU nvidia-smi names (its PCI device's NUMA node)."""
+    try:
+        bus = subprocess.run(
+            ["nvidia-smi", "--query-gpu=pci.bus_id", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()[0]
+    except (OSError, subprocess.CalledProcessError, IndexError) as exc:
+        raise SystemExit(f"--cpus gpu: no GPU from nvidia-smi ({exc})") from exc
+    return (pci_device(bus) / "local_cpulist").read_text()
+
+
+def pci_device(bus_id: str) -> Path:
+    """The sysfs directory of the PCI device nvidia-smi names as `bus_id`: nvidia-smi writes an 8-digit
+    domain in upper case ("00000000:1B:00.0"), sysfs a 4-digit one in lower case."""
+    domain, rest = bus_id.split(":", 1)
+    return Path("/sys/bus/pci/devices") / f"{domain[-4:]}:{rest}".lower()
+
+
+def _ready(model: Path, tokens: int, passes: int, cpus: set[int] | None) -> tuple[Any, list[np.ndarray]]:
+    """On the thread that will run the passes: pinned, the model loaded and readied as the server readies it
+    for one text, and the passes' token ids (random: a pass's time does not depend on them)."""
+    if cpus:
+        os.sched_setaffinity(0, cpus)  # on Linux, 0 is the calling thread
+    _ran_on.update(os.sched_getaffinity(0))
+    # Before MLX: on Linux CPU, MLX multiplies with the BLAS loaded before it (embedserver/tuning/blas.py).
+    import embedserver.runtime  # noqa: F401  (readies the process for MLX: BLAS preload, MLX settings)
+    from embedserver.catalog import ModelSpec
+    from embedserver.runtime.device_policy import DevicePlan, ready_for_device
+    from embedserver.runtime.loader import load_runner
+
+    runner = ready_for_device(
+        load_runner(ModelSpec(name="lone", source=str(model))), DevicePlan(max_batch=1, max_tokens=tokens)
+    )
+    rng = np.random.default_rng(0)
+    ids = [
+        rng.integers(1, runner.tokenizer.vocab_size, size=tokens, dtype=np.int32) for _ in range(passes + 5)
+    ]
+    for sequence in ids[-5:]:  # not timed: the first passes on this thread
+        runner.embed([sequence])
+    return runner, ids[:passes]
+
+
+def _timed(runner: Any, sequence: np.ndarray) -> float:
+    started = time.perf_counter()
+    runner.embed([sequence])
+    return time.perf_counter() - started
+
+
+def _child(model: Path, placement: str, tokens: int, passes: int, cpus: set[int] | None) -> None:
+    result: dict[str, Any] = {"placement": placement}
+    if placement == "main":
+        runner, ids = _ready(model, tokens, passes, cpus)
+        times = []
+        for sequence in ids:
+            times.append(_timed(runner, sequence))
+            time.sleep(_GAP_S)
+    else:
+        times, waits = asyncio.run(_on_mlx_thread(model, tokens, passes, cpus))
+        result["wait_p50_ms"] = round(1000 * statistics.median(waits), 3)
+    result["pass_p50_ms"] = round(1000 * statistics.median(times), 3)
+    result["ran_on"] = sorted(_ran_on)
+    print(json.dumps(result), flush=True)
+    from embedserver.runtime.device import hard_exit
+
+    hard_exit(0)  # MLX used from a thread other than the main one may abort in its static destructors
+
+
+async def _on_mlx_thread(
+    model: Path, tokens: int, passes: int, cpus: set[int] | None
+) -> tuple[list[float], list[float]]:
+    from embedserver.runtime.device import mlx_executor
+
+    loop = asyncio.get_running_loop()
+    thread = mlx_executor()
+    runner, ids = await loop.run_in_executor(thread, _ready, model, tokens, passes, cpus)
+    times, waits = [], []
+    for sequence in ids:
+        sent = time.perf_counter()
+        times.append(await loop.run_in_executor(thread, _timed, runner, sequence))
+        waits.append(time.perf_counter() - sent)
+        await asyncio.sleep(_GAP_S)
+    return times, waits
+
+
+if __name__ == "__main__":
+    main()
