@@ -68,21 +68,7 @@ def main() -> None:
     runs: list[dict[str, Any]] = []
     for round_ in range(args.rounds):
         for placement in PLACEMENTS if round_ % 2 == 0 else PLACEMENTS[::-1]:
-            command = [
-                sys.executable,
-                "-m",
-                "benchmarks.lone_pass",
-                str(args.model),
-                "--placement",
-                placement,
-            ]
-            command += ["--tokens", str(args.tokens), "--passes", str(args.passes)]
-            command += ["--cpus", args.cpus, "--loop-cpus", args.loop_cpus]
-            done = subprocess.run(command, capture_output=True, text=True, check=False)
-            lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-            if done.returncode != 0 or not lines:
-                raise SystemExit(f"{placement} failed (status {done.returncode}):\n{done.stderr[-3000:]}")
-            run = json.loads(lines[-1])
+            run = _in_process(args, placement)
             runs.append(run)
             waited = f", the loop waited {run['wait_p50_ms']:.3f}" if "wait_p50_ms" in run else ""
             print(
@@ -108,6 +94,19 @@ def main() -> None:
             }
         )
     )
+
+
+def _in_process(args: argparse.Namespace, placement: str) -> dict[str, Any]:
+    """One placement's passes in a process of its own: its results line."""
+    command = [sys.executable, "-m", "benchmarks.lone_pass", str(args.model), "--placement", placement]
+    command += ["--tokens", str(args.tokens), "--passes", str(args.passes)]
+    command += ["--cpus", args.cpus, "--loop-cpus", args.loop_cpus]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        raise SystemExit(f"{placement} failed (status {done.returncode}):\n{done.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(lines[-1])
+    return result
 
 
 def cpu_list(spec: str) -> set[int]:
