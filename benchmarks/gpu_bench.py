@@ -21,8 +21,8 @@ host's drift over the run touches every server alike (round R > 1 of NAME is rep
 a server setting for every server run. For each level: requests/s, tokens/s, p50/p99 at the client, the
 server's own stage means from /metrics over that level, and the GPU's peak memory (nvidia-smi) while the
 server ran. --trace adds each level's passes as the server's MLX thread saw them (their rate, its busy share,
-the gaps between launches: benchmarks/pass_trace.py); the recording costs the server some CPU, so --trace NAME
-records only that server's, beside an untraced copy. Before its levels each server embeds a few of the texts
+the gaps between launches: benchmarks/pass_trace.py); --trace NAME records only that server's, so it runs
+beside an untraced copy (on two H100 hosts the recording cost no more than two copies of one tree differ by). Before its levels each server embeds a few of the texts
 the model alone embedded, one a request and all in one, and its least cosine against the model alone's vectors
 is reported (benchmarks/server_answers.py): a faster figure from a path that computes something else shows
 there. Before its first level each server takes --warmup seconds (3 by default) of load at the first length
