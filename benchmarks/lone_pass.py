@@ -18,7 +18,7 @@ host's drift touches both. --cpus pins the thread that runs the passes to those 
 `mlx` placement's event loop: whether where the scheduler puts the two threads is what costs the time.
 Prints each process's p50s and a JSON line.
 
-On an H100 (2026-12-05, 128 tokens, the probe this grew from): the main thread 3.5-3.8 ms, the MLX thread
+On an H100 (2026-12-05, 128 tokens, medians of round p50s): the main thread 3.5-3.8 ms, the MLX thread
 4.1 ms, and 4.5 ms as its event loop saw it. On the 2-core VM (the tiny model, 16 tokens, CPU): 0.92 ms
 against 1.23, and 1.09 with the MLX thread on one CPU and its loop on the other (docs/perf/log.md).
 """
