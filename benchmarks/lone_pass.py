@@ -19,8 +19,9 @@ host's drift touches both. --cpus pins the thread that runs the passes to those 
 Prints each process's p50s and a JSON line.
 
 On an H100 (2026-12-05, 128 tokens, medians of round p50s): the main thread 3.5-3.8 ms, the MLX thread
-4.1 ms, and 4.5 ms as its event loop saw it. On the 2-core VM (the tiny model, 16 tokens, CPU): 0.92 ms
-against 1.23, and 1.09 with the MLX thread on one CPU and its loop on the other (docs/perf/log.md).
+4.1 ms, and 4.5 ms as its event loop saw it. On the 2-core VM (the tiny model, 16 tokens, CPU): 0.90-0.97 ms
+against 1.17-1.23, and 0.92 with the MLX thread on one CPU and its loop on the other, though a whole server so
+pinned answered a lone client no faster there (docs/perf/log.md).
 """
 
 from __future__ import annotations
