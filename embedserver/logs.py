@@ -72,7 +72,8 @@ def log_access(logger: logging.Logger, message: str, fields: dict[str, Any]) -> 
         entry = _json_entry(created, msecs, "INFO", logger.name, message) | fields
         line = json.dumps(entry, default=str)
     else:
-        line = f"{_local_second(int(created))},{msecs:03d} INFO {logger.name}: {message}"
+        asctime = f"{_local_second(int(created))},{msecs:03d}"  # logging.Formatter's default, to the ms
+        line = FORMAT % {"asctime": asctime, "levelname": "INFO", "name": logger.name, "message": message}
     try:
         with handler.lock:  # type: ignore[union-attr]  # an RLock once the handler exists
             handler.stream.write(line + handler.terminator)
