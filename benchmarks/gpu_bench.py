@@ -22,16 +22,16 @@ a server setting for every server run. For each level: requests/s, tokens/s, p50
 server's own stage means from /metrics over that level, and the GPU's peak memory (nvidia-smi) while the
 server ran. --trace adds each level's passes as the server's MLX thread saw them (their rate, its busy share,
 the gaps between launches: benchmarks/pass_trace.py); --trace NAME records only that server's, so it runs
-beside an untraced copy (on two H100 hosts the recording cost no more than two copies of one tree differ by). Before its levels each server embeds a few of the texts
-the model alone embedded, one a request and all in one, and its least cosine against the model alone's vectors
-is reported (benchmarks/server_answers.py): a faster figure from a path that computes something else shows
-there. Before its first level each server takes --warmup seconds (3 by default) of load at the first length
-and the most clients, not recorded. The load generator reads answers with orjson, and runs 32 clients a
-process, at most 8 processes (`auto`); --parsers orjson,json runs each level a second time with the standard
-library's parser (reported as NAME+json), which costs the shared host ~8x the CPU an answer, and
---clients-per-process auto,16 a second time with 16 clients a process, as many processes as that takes up to
-the host's cores (NAME+c16): a load generator that answers its clients late lengthens every request's cycle,
-and a closed loop's requests/s with it.
+beside an untraced copy (on two H100 hosts the recording cost no more than two copies of one tree differ by).
+Before its levels each server embeds a few of the texts the model alone embedded, one a request and all in
+one, and its least cosine against the model alone's vectors is reported (benchmarks/server_answers.py): a
+faster figure from a path that computes something else shows there. Before its first level each server takes
+--warmup seconds (3 by default) of load at the first length and the most clients, not recorded. The load
+generator reads answers with orjson, and runs 32 clients a process, at most 8 processes (`auto`); --parsers
+orjson,json runs each level a second time with the standard library's parser (reported as NAME+json), which
+costs the shared host ~8x the CPU an answer, and --clients-per-process auto,16 a second time with 16 clients a
+process, as many processes as that takes up to the host's cores (NAME+c16): a load generator that answers its
+clients late lengthens every request's cycle, and a closed loop's requests/s with it.
 Results: OUT/gpu_results.json, and a table on stdout.
 """
 
@@ -371,7 +371,8 @@ def started_server(
         log(f"server {name}: exited with status {process.returncode} after SIGTERM; see {server_log}")
 
 
-# How a server that drained after SIGTERM exits (Popen's status: a negative number is the signal that ended it).
+# How a server that drained after SIGTERM exits (Popen's status: a negative number is the signal that ended
+# it).
 CLEAN_EXITS = (0, -signal.SIGTERM)
 
 # Busiest processes and threads a level's console line names.
@@ -381,7 +382,8 @@ _BUSIEST_SHOWN = 4
 @dataclass(frozen=True)
 class LoadClient:
     """How the load generator runs a level: the parser it reads answers with (loadgen.PARSERS), and how many
-    clients each of its processes runs (0, `auto`: 32, at most 8 processes, as every earlier figure was taken)."""
+    clients each of its processes runs (0, `auto`: 32, at most 8 processes, as every earlier figure was
+    taken)."""
 
     parser: str = "orjson"
     per_process: int = 0
