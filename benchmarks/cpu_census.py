@@ -1,6 +1,7 @@
 """Where the machine's CPU goes while a benchmark runs: per process, and per thread name within each (Linux
 /proc). `python -m benchmarks.cpu_census SECONDS` prints core-percentages, highest first, and the total
-against the number of cores, to tell a saturated machine from an idle one."""
+against the number of cores, to tell a saturated machine from an idle one, and the share a hypervisor stole
+(gave its other guests while this one had work)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import sys
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import NamedTuple
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -59,18 +61,42 @@ def census(seconds: float) -> tuple[dict[str, float], dict[tuple[str, str], floa
     return since(before, seconds)
 
 
-def machine_ticks() -> tuple[int, int]:
-    """(busy, total) CPU ticks of the whole machine so far, all cores (/proc/stat): counts what processes that
-    have exited used too, such as a load generator's workers."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    return sum(fields) - idle, sum(fields)
+class Ticks(NamedTuple):
+    """The whole machine's CPU ticks so far, all cores (/proc/stat)."""
+
+    busy: int
+    total: int
+    # Time the hypervisor gave this machine's virtual CPUs to others while they had work: a neighbour's load.
+    steal: int
 
 
-def machine_busy_percent(before: tuple[int, int]) -> float:
-    """The share of all the machine's cores that was busy since `before` (machine_ticks), in percent."""
-    busy, total = machine_ticks()
-    return round(100 * (busy - before[0]) / max(1, total - before[1]), 1)
+def machine_ticks() -> Ticks:
+    """The machine's ticks so far: counts what processes that have exited used too, such as a load
+    generator's workers."""
+    fields = [int(x) for x in _proc_stat().split()[1:]]
+    # user nice system idle iowait irq softirq steal; guest time after them is counted in user already.
+    counted = fields[:8]
+    idle = counted[3] + (counted[4] if len(counted) > 4 else 0)  # idle + iowait
+    steal = counted[7] if len(counted) > 7 else 0
+    return Ticks(sum(counted) - idle, sum(counted), steal)
+
+
+def _proc_stat() -> str:
+    """/proc/stat's first line: the ticks of all the machine's cores together."""
+    return Path("/proc/stat").read_text().split("\n", 1)[0]
+
+
+def machine_busy_percent(before: Ticks) -> float:
+    """The share of all the machine's cores that was busy since `before` (machine_ticks), in percent; time
+    stolen by the hypervisor counts as busy."""
+    now = machine_ticks()
+    return round(100 * (now.busy - before.busy) / max(1, now.total - before.total), 1)
+
+
+def machine_steal_percent(before: Ticks) -> float:
+    """The share of all the machine's cores the hypervisor gave to others since `before`, in percent."""
+    now = machine_ticks()
+    return round(100 * (now.steal - before.steal) / max(1, now.total - before.total), 1)
 
 
 def busiest(before: Snapshot, seconds: float, floor: float = 1.0) -> dict[str, float]:
@@ -93,10 +119,12 @@ def cpu_set(listed: str) -> set[int]:
 
 def main() -> None:
     seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 5.0
+    machine = machine_ticks()
     processes, threads = census(seconds)
     total = sum(processes.values())
     cores = os.cpu_count() or 1
-    print(f"CPU over {seconds:.0f} s: {total:.0f}% of {cores * 100}% ({cores} cores)")
+    stolen = machine_steal_percent(machine)
+    print(f"CPU over {seconds:.0f} s: {total:.0f}% of {cores * 100}% ({cores} cores), {stolen}% stolen")
     for label, used in sorted(processes.items(), key=lambda kv: -kv[1])[:20]:
         print(f"{used:7.1f}%  {label}")
         for (owner, name), t_used in sorted(threads.items(), key=lambda kv: -kv[1]):

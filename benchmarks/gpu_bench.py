@@ -32,7 +32,10 @@ orjson,json runs each level a second time with the standard library's parser (re
 costs the shared host ~8x the CPU an answer, and --clients-per-process auto,16 a second time with 16 clients a
 process, as many processes as that takes up to the host's cores (NAME+c16): a load generator that answers its
 clients late lengthens every request's cycle, and a closed loop's requests/s with it.
-Results: OUT/gpu_results.json, and a table on stdout.
+Results name the host (its CPU and how its CPUs sit around the GPU, the driver, the packages:
+benchmarks/host_facts.py), each server's commit and a digest of its sources (copies of one tree share it),
+and for each level the share of the CPUs a hypervisor gave to others. Results: OUT/gpu_results.json, and a
+table on stdout.
 """
 
 from __future__ import annotations
@@ -57,7 +60,14 @@ from typing import Any
 import numpy as np
 
 from benchmarks import pass_trace
-from benchmarks.cpu_census import busiest, machine_busy_percent, machine_ticks, threads_now
+from benchmarks.cpu_census import (
+    busiest,
+    machine_busy_percent,
+    machine_steal_percent,
+    machine_ticks,
+    threads_now,
+)
+from benchmarks.host_facts import host_facts, tree_code
 from benchmarks.loadgen import run_load
 from benchmarks.server_answers import cosine_min
 from embedserver_testing.python_path import first_on_path
@@ -356,8 +366,11 @@ def started_server(
         server_process(server_env, server_log, 600, cwd=source) as (url, process),
         gpu_memory_peak(process.pid) as peak,
     ):
+        # The code it ran: the commit where the tree is a checkout, and a digest of its sources that tells
+        # copies of one tree from different trees anywhere.
+        code = tree_code(source or Path(__file__).resolve().parents[1])
         server = ServerUnderTest(
-            name, url, process.pid, {"source": str(source or "."), "env": env, "lengths": {}}, trace
+            name, url, process.pid, {"source": str(source or "."), **code, "env": env, "lengths": {}}, trace
         )
         yield server
         (out_dir.resolve() / f"server-{name}-metrics.txt").write_text(httpx.get(f"{url}/metrics").text)
@@ -448,7 +461,7 @@ def run_level(
     ended = time.perf_counter()
     cpu = busiest(threads, ended - started)
     # The whole machine's share of its cores, the load generator included (its processes have exited by now).
-    host_cpu = machine_busy_percent(machine)
+    host_cpu, stolen = machine_busy_percent(machine), machine_steal_percent(machine)
     summary = r.summary() | level_means(httpx.get(f"{url}/metrics").text, since=before)
     # The load ran for the last `seconds` (the load generator's start-up came first); the first half second
     # of it is left out too, as the driver's sample period reaches back that far.
@@ -457,6 +470,8 @@ def run_level(
         summary["gpu_busy_percent"] = round(sum(under_load) / len(under_load), 1)
     summary["cpu_percent"] = cpu
     summary["host_cpu_percent"] = host_cpu
+    # A virtual machine's CPUs given to its neighbours while they had work: a host that drifts shows here.
+    summary["host_steal_percent"] = stolen
     summary["client_parser"] = client.parser
     summary["client_processes"] = client.processes(clients)
     if server.trace is not None:  # summarized once the server has stopped and written all of it
@@ -680,13 +695,9 @@ def main() -> None:
         parser.error(f"--trace names no server: {', '.join(unknown)}")
     texts = {length: workload_texts(model_dir / "tokenizer.json", length, 2048, seed=1) for length in lengths}
     results: dict[str, Any] = {"shape": args.shape, "date": time.strftime("%Y-%m-%d"), "server": {}}
-    try:
-        results["gpu"] = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True
-        ).stdout.strip()
-    except OSError:
-        results["gpu"] = "none"
-    results["cpu_cores"] = os.cpu_count()
+    results["host"] = host_facts()
+    results["gpu"] = ", ".join(gpu["name"] for gpu in results["host"]["gpus"]) or "none"
+    log("host:", json.dumps(results["host"]))
     reference = None
     if "model" not in skip:
         results["model"] = bench_model(model_dir, texts)

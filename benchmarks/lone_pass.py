@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.cpu_census import cpu_set
+from benchmarks.host_facts import gpu_local_cpus, host_facts
 
 PLACEMENTS = ("main", "mlx")
 # Between passes, as a lone client's next request follows its answer.
@@ -88,6 +89,7 @@ def main() -> None:
     print(
         json.dumps(
             {
+                "host": host_facts(),
                 "tokens": args.tokens,
                 "cpus": sorted(cpus) if cpus else None,
                 "loop_cpus": loop_cpus,
@@ -112,28 +114,7 @@ def _in_process(args: argparse.Namespace, placement: str) -> dict[str, Any]:
 
 def cpu_list(spec: str) -> set[int]:
     """CPUs from a list such as "0-7,16", or from the GPU's PCI device ("gpu")."""
-    return cpu_set(_gpu_local_cpus() if spec == "gpu" else spec)
-
-
-def _gpu_local_cpus() -> str:
-    """The kernel's list of CPUs local to the first GPU nvidia-smi names (its PCI device's NUMA node)."""
-    try:
-        bus = subprocess.run(
-            ["nvidia-smi", "--query-gpu=pci.bus_id", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.split()[0]
-    except (OSError, subprocess.CalledProcessError, IndexError) as exc:
-        raise SystemExit(f"--cpus gpu: no GPU from nvidia-smi ({exc})") from exc
-    return (pci_device(bus) / "local_cpulist").read_text()
-
-
-def pci_device(bus_id: str) -> Path:
-    """The sysfs directory of the PCI device nvidia-smi names as `bus_id`: nvidia-smi writes an 8-digit
-    domain in upper case ("00000000:1B:00.0"), sysfs a 4-digit one in lower case."""
-    domain, rest = bus_id.split(":", 1)
-    return Path("/sys/bus/pci/devices") / f"{domain[-4:]}:{rest}".lower()
+    return gpu_local_cpus() if spec == "gpu" else cpu_set(spec)
 
 
 def _ready(model: Path, tokens: int, passes: int, cpus: set[int] | None) -> tuple[Any, list[np.ndarray]]:

@@ -278,6 +278,12 @@ def test_the_gpu_benchmark_runs_end_to_end_on_any_device(tiny_qwen3: Path, tmp_p
     against = re.search(r"^ +server +16 +4 .* (\S+) +(\S+)$", printed, re.M)
     assert against is not None and against.group(1) == "-" and float(against.group(2)) > 0, printed
     assert set(results["model"]["lengths"]) == {"16", "mixed"}
+    # The host and the code are named: this machine's CPUs, no GPU, and this tree's sources.
+    from benchmarks.host_facts import sources_digest
+
+    assert results["host"]["cpus"] == os.cpu_count() and results["gpu"] == "none"
+    assert results["server"]["server"]["sources"] == sources_digest(ROOT)
+    assert "commit" in results["server"]["server"]
     # The server's answers for the model alone's first texts, alone and in one request, are its vectors
     # (float32 on CPU: equal to rounding).
     assert results["server"]["server"]["answers_vs_model_cosine_min"] > 0.9999
@@ -291,6 +297,7 @@ def test_the_gpu_benchmark_runs_end_to_end_on_any_device(tiny_qwen3: Path, tmp_p
         # The machine was busy (the server and the clients at least), and the load generator's own CPU is
         # counted although its processes have exited.
         assert 0 < level["host_cpu_percent"] <= 100 and level["busiest_client_cpu_percent"] > 0
+        assert 0 <= level["host_steal_percent"] <= level["host_cpu_percent"]
         # The census saw the busy server: its engine process's event loop among the threads.
         assert any(name.endswith("[main]") and "embedserver" in name for name in level["cpu_percent"])
     # The console names the busiest few threads a level; the file keeps them all.
@@ -512,6 +519,7 @@ def test_lone_pass_times_the_same_pass_on_the_main_thread_and_on_the_mlx_thread(
     assert rounds == [("1", "main"), ("1", "mlx"), ("2", "mlx"), ("2", "main")], run.stdout
     result = json.loads(run.stdout.splitlines()[-1])
     assert result["cpus"] == [cpu] and result["loop_cpus"] == [cpu] and result["tokens"] == 16
+    assert result["host"]["cpus"] == os.cpu_count()
     for entry in result["runs"]:
         assert entry["pass_p50_ms"] > 0
         if entry["placement"] == "mlx":
@@ -521,8 +529,12 @@ def test_lone_pass_times_the_same_pass_on_the_main_thread_and_on_the_mlx_thread(
 
 def test_cpu_lists_and_the_gpus_sysfs_device() -> None:
     from benchmarks.cpu_census import cpu_set
-    from benchmarks.lone_pass import pci_device
+    from benchmarks.host_facts import cpu_text, pci_device
 
     assert cpu_set("0-3,8,10-11\n") == {0, 1, 2, 3, 8, 10, 11}
     assert cpu_set("5") == {5} and cpu_set("") == set()
+    assert (
+        cpu_text({0, 1, 2, 3, 8, 10, 11}) == "0-3,8,10-11" and cpu_text({5}) == "5" and cpu_text(set()) == ""
+    )
+    assert cpu_set(cpu_text(set(range(0, 64, 3)) | {1, 2})) == set(range(0, 64, 3)) | {1, 2}
     assert pci_device("00000000:1B:00.0") == Path("/sys/bus/pci/devices/0000:1b:00.0")
