@@ -3,7 +3,7 @@ thread, and what handing it to that thread and back costs: the part of one clien
 the model nor HTTP.
 
   python -m benchmarks.lone_pass MODEL_DIR [--tokens 128] [--passes 200] [--rounds 2] [--cpus LIST|gpu]
-      [--loop-cpus LIST]
+      [--loop-cpus LIST] [--placements main,mlx[,spin]]
 
 Each placement runs in a process of its own, loaded, readied (a lone text's pass compiled, as the server's
 defaults run it) and timed on one thread, since MLX work stays on the thread that owns it:
@@ -11,6 +11,8 @@ defaults run it) and timed on one thread, since MLX work stays on the thread tha
 - `mlx`: the server's MLX thread (`embedserver.runtime.device.mlx_executor`) runs them, each sent from an
   asyncio event loop as the batch worker sends a lone pass; the pass is timed on that thread, and the wait
   the loop sees includes the hand-over both ways.
+- `spin`: the main thread again, spinning through the gap between passes where `main` sleeps: whether a
+  CPU left idle (its sleep states, a virtual machine's halted CPU) makes the next pass's launch slower.
 A pass every millisecond or so, as a lone client's next request follows its answer: each thread sleeps 1 ms
 between passes. The placements' processes alternate (main, mlx, then mlx, main, ...) --rounds times, so a
 host's drift touches both. --cpus pins the thread that runs the passes to those CPUs (a list such as
@@ -19,9 +21,12 @@ host's drift touches both. --cpus pins the thread that runs the passes to those 
 Prints each process's p50s and a JSON line.
 
 On an H100 (2026-12-05, 128 tokens, medians of round p50s): the main thread 3.5-3.8 ms, the MLX thread
-4.1 ms, and 4.5 ms as its event loop saw it. On the 2-core VM (the tiny model, 16 tokens, CPU): 0.90-0.97 ms
-against 1.17-1.23, and 0.92 with the MLX thread on one CPU and its loop on the other, though a whole server so
-pinned answered a lone client no faster there (docs/perf/log.md).
+4.1 ms, and 4.5 ms as its event loop saw it. On the 2-core VM (the tiny model, 16 tokens, CPU): 0.88-0.97 ms
+against 1.13-1.33, and 0.92 with the MLX thread on one CPU and its loop on the other; but there the server's
+own MLX thread took 0.93-1.08 ms a lone client's pass (the mean of its `/metrics` forward times, where these
+are medians), nearer the main thread's, so `mlx` overstates the server's cost on CPU. Spinning instead of sleeping made the VM's CPU passes
+slower (1.47-1.65 ms against 0.88-0.90: MLX's CPU backend computes on threads of its own, which the
+spinning thread crowds on two CPUs); on a GPU the passes' thread only launches, which is what `spin` asks.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ import numpy as np
 from benchmarks.cpu_census import cpu_set
 from benchmarks.host_facts import gpu_local_cpus, host_facts
 
-PLACEMENTS = ("main", "mlx")
+PLACEMENTS = ("main", "mlx", "spin")
 # Between passes, as a lone client's next request follows its answer.
 _GAP_S = 0.001
 # The CPUs the passes' thread may run on, as it read them once pinned (reported with the results).
@@ -59,8 +64,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--cpus", default="", help="pin the passes' thread: a CPU list, or gpu")
     parser.add_argument("--loop-cpus", default="", help="pin the mlx placement's event loop: a CPU list")
+    parser.add_argument("--placements", default="main,mlx", help=f"which of {', '.join(PLACEMENTS)} to run")
     parser.add_argument("--placement", choices=PLACEMENTS, help=argparse.SUPPRESS)  # a child process
     args = parser.parse_args()
+    placements = tuple(args.placements.split(","))
+    if unknown := sorted(set(placements) - set(PLACEMENTS)):
+        parser.error(f"--placements: no placement {', '.join(unknown)}")
     cpus = cpu_list(args.cpus) if args.cpus else None
     if args.placement:
         if args.loop_cpus and args.placement == "mlx":
@@ -69,7 +78,7 @@ def main() -> None:
         return
     runs: list[dict[str, Any]] = []
     for round_ in range(args.rounds):
-        for placement in PLACEMENTS if round_ % 2 == 0 else PLACEMENTS[::-1]:
+        for placement in placements if round_ % 2 == 0 else placements[::-1]:
             run = _in_process(args, placement)
             runs.append(run)
             waited = f", the loop waited {run['wait_p50_ms']:.3f}" if "wait_p50_ms" in run else ""
@@ -82,7 +91,7 @@ def main() -> None:
             for key in ("pass_p50_ms", "wait_p50_ms")
             if any(key in run for run in runs if run["placement"] == placement)
         }
-        for placement in PLACEMENTS
+        for placement in placements
     }
     print(f"median over rounds: {summary}")
     loop_cpus = sorted(cpu_list(args.loop_cpus)) if args.loop_cpus else None
@@ -147,14 +156,24 @@ def _timed(runner: Any, sequence: np.ndarray) -> float:
     return time.perf_counter() - started
 
 
+def _spin(seconds: float) -> None:
+    """Wait `seconds` on the CPU, never leaving it idle."""
+    until = time.perf_counter() + seconds
+    while time.perf_counter() < until:
+        pass
+
+
 def _child(model: Path, placement: str, tokens: int, passes: int, cpus: set[int] | None) -> None:
     result: dict[str, Any] = {"placement": placement}
-    if placement == "main":
+    if placement in ("main", "spin"):
         runner, ids = _ready(model, tokens, passes, cpus)
         times = []
         for sequence in ids:
             times.append(_timed(runner, sequence))
-            time.sleep(_GAP_S)
+            if placement == "spin":
+                _spin(_GAP_S)
+            else:
+                time.sleep(_GAP_S)
     else:
         times, waits = asyncio.run(_on_mlx_thread(model, tokens, passes, cpus))
         result["wait_p50_ms"] = round(1000 * statistics.median(waits), 3)

@@ -503,10 +503,12 @@ def test_start_cost_times_each_warmed_shape_once_and_sums_them_by_length(
 
 
 def test_lone_pass_times_the_same_pass_on_the_main_thread_and_on_the_mlx_thread(tiny_qwen3: Path) -> None:
-    """Both placements run, alternating, each in a process of its own; the MLX thread's pass is also timed as
-    its event loop waits for it, which includes the pass. Pinned, each placement reports the CPUs it ran on."""
+    """The placements asked for run, alternating, each in a process of its own; the MLX thread's pass is also
+    timed as its event loop waits for it, which includes the pass. Pinned, each placement reports the CPUs it
+    ran on."""
     cpu = min(os.sched_getaffinity(0))
     args = ["--tokens", "16", "--passes", "5", "--rounds", "2", "--cpus", str(cpu), "--loop-cpus", str(cpu)]
+    args += ["--placements", "main,mlx,spin"]
     run = subprocess.run(
         [sys.executable, "-m", "benchmarks.lone_pass", str(tiny_qwen3), *args],
         cwd=ROOT,
@@ -516,7 +518,7 @@ def test_lone_pass_times_the_same_pass_on_the_main_thread_and_on_the_mlx_thread(
     )
     assert run.returncode == 0, run.stderr
     rounds = re.findall(r"round (\d), (\w+): pass p50", run.stdout)
-    assert rounds == [("1", "main"), ("1", "mlx"), ("2", "mlx"), ("2", "main")], run.stdout
+    assert rounds == [("1", "main"), ("1", "mlx"), ("1", "spin"), ("2", "spin"), ("2", "mlx"), ("2", "main")]
     result = json.loads(run.stdout.splitlines()[-1])
     assert result["cpus"] == [cpu] and result["loop_cpus"] == [cpu] and result["tokens"] == 16
     assert result["host"]["cpus"] == os.cpu_count()
