@@ -10,7 +10,8 @@ mixed workload. Every request is one text never sent before (the cache never ans
 The model alone runs a full batch a pass at a time (what a lone batch waits; the server's `% model` column
 is against it) and back to back with the next pass queued before the running one is read, as the engine runs
 passes under load on CUDA (`tokens_per_s_overlapped`: what the engine sustains; elsewhere the engine runs a
-pass at a time and the two figures are one), and one text.
+pass at a time and the two figures are one), and one text: back to back (`one_text_ms`) and a new text each
+1 ms after the last pass, as a lone client's come (`one_text_spaced_ms`).
 
 Random weights of the chosen shape are written under --work once; --model runs a model directory of your own
 instead. --server runs the server from a source tree (PATH put first on PYTHONPATH), with settings of its
@@ -158,6 +159,24 @@ def back_to_back(runner: Any, batch: list[np.ndarray], passes: int) -> None:
     waiting()
 
 
+# A lone client's passes: each a new text, after a pause as long as its answer's way back and its next request's
+# way in take.
+_SPACED_PASSES = 100
+_SPACED_GAP_S = 0.001
+
+
+def spaced_passes(runner: Any, texts: list[np.ndarray], gap_s: float = _SPACED_GAP_S) -> float:
+    """The median time of a pass of one text, each text in turn after `gap_s` with nothing running: what the
+    model alone takes for a lone client, where `one_text_ms` runs one text back to back."""
+    times = []
+    for ids in texts:
+        time.sleep(gap_s)
+        started = time.perf_counter()
+        runner.embed([ids])
+        times.append(time.perf_counter() - started)
+    return float(np.median(times))
+
+
 def bench_model(model_dir: Path, texts: dict[str, list[str]]) -> dict[str, Any]:
     """The model alone, as the server's defaults run it: batches of real texts and a lone text."""
     # Before MLX: on Linux CPU, MLX multiplies with the BLAS loaded before it (embedserver/tuning/blas.py).
@@ -189,17 +208,19 @@ def bench_model(model_dir: Path, texts: dict[str, list[str]]) -> dict[str, Any]:
             else dt
         )
         one = timed(lambda e=encoded[:1]: runner.embed(e), repeat=20)
+        spaced = spaced_passes(runner, encoded[:_SPACED_PASSES])
         out["lengths"][length] = {
             "batch": batch,
             "tokens_per_s": round(tokens / dt),
             "tokens_per_s_overlapped": round(tokens / streamed),
             "texts_per_s": round(batch / dt, 1),
             "one_text_ms": round(one * 1000, 3),
+            "one_text_spaced_ms": round(spaced * 1000, 3),
         }
         overlapped = f", {tokens / streamed:,.0f} back to back" if runner.overlap_passes else ""
         log(
             f"model alone, {length} tokens: batch {batch} {tokens / dt:,.0f} tok/s a pass at a time{overlapped}; "
-            f"one text {one * 1000:.2f} ms"
+            f"one text {one * 1000:.2f} ms back to back, {spaced * 1000:.2f} ms spaced"
         )
     out["peak_memory_gb"] = round(mx.get_peak_memory() / 1e9, 2)
     vectors = runner.embed(runner.tokenizer.encode_batch(checked_texts(texts)))

@@ -278,6 +278,9 @@ def test_the_gpu_benchmark_runs_end_to_end_on_any_device(tiny_qwen3: Path, tmp_p
     against = re.search(r"^ +server +16 +4 .* (\S+) +(\S+)$", printed, re.M)
     assert against is not None and against.group(1) == "-" and float(against.group(2)) > 0, printed
     assert set(results["model"]["lengths"]) == {"16", "mixed"}
+    assert all(
+        m["one_text_ms"] > 0 and m["one_text_spaced_ms"] > 0 for m in results["model"]["lengths"].values()
+    )
     # The host and the code are named: this machine's CPUs, no GPU, and this tree's sources.
     from benchmarks.host_facts import sources_digest
 
