@@ -138,7 +138,10 @@ def _gpus() -> list[dict[str, str]]:
         return []
     gpus = []
     for line in done.stdout.splitlines() if done.returncode == 0 else []:
-        name, driver, bus = (part.strip() for part in line.split(","))
+        parts = [part.strip() for part in line.split(",")]
+        if len(parts) != 3:  # not a GPU's line (a warning, say): a benchmark must not fail on it
+            continue
+        name, driver, bus = parts
         gpu = {"name": name, "driver": driver, "bus_id": bus}
         device = pci_device(bus)
         for key, file in (("numa_node", "numa_node"), ("local_cpus", "local_cpulist")):

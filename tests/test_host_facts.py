@@ -33,12 +33,13 @@ def test_the_host_facts_read_each_gpu_from_nvidia_smi(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """nvidia-smi's CSV line a GPU becomes its name, driver and bus id (the NUMA node and local CPUs come
-    from the bus id's sysfs device, absent for this made-up one)."""
+    from the bus id's sysfs device, absent for this made-up one); a line that is no GPU's is left out."""
     smi = tmp_path / "nvidia-smi"
     smi.write_text(
         "#!/bin/sh\n"
         'echo "NVIDIA H100 80GB HBM3, 580.65.06, 00000000:1B:00.0"\n'
         'echo "NVIDIA H100 80GB HBM3, 580.65.06, 00000000:9A:00.0"\n'
+        'echo "WARNING: infoROM is corrupted"\n'
     )
     smi.chmod(smi.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
