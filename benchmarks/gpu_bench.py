@@ -68,7 +68,7 @@ from benchmarks.cpu_census import (
     machine_ticks,
     threads_now,
 )
-from benchmarks.host_facts import host_facts, tree_code
+from benchmarks.host_facts import host_facts, host_line, tree_code
 from benchmarks.loadgen import run_load
 from benchmarks.server_answers import cosine_min
 from embedserver_testing.python_path import first_on_path
@@ -616,7 +616,8 @@ def table(results: dict[str, Any]) -> str:
         ("forward_mean_ms", 7),
         ("texts_per_pass", 6),
     )
-    lines = [
+    lines = [host_line(results["host"])] if "host" in results else []
+    lines += [
         f"{'server':>8} {'length':>6} {'clients':>7} {'req/s':>9} {'tok/s':>10} {'p50 ms':>8} {'p99 ms':>8}"
         f" {'server':>7} {'engine':>7} {'link':>6} {'queue':>7} {'pass':>7} {'texts':>6} {'busy %':>6} {'gpu %':>6}"
         f" {'host %':>6} {'gen %':>6} {'x ST':>6} {'% model':>7}"
@@ -718,7 +719,7 @@ def main() -> None:
     results: dict[str, Any] = {"shape": args.shape, "date": time.strftime("%Y-%m-%d"), "server": {}}
     results["host"] = host_facts()
     results["gpu"] = ", ".join(gpu["name"] for gpu in results["host"]["gpus"]) or "none"
-    log("host:", json.dumps(results["host"]))
+    log("host:", host_line(results["host"]))
     reference = None
     if "model" not in skip:
         results["model"] = bench_model(model_dir, texts)

@@ -50,6 +50,15 @@ def host_facts() -> dict[str, Any]:
     return facts
 
 
+def host_line(facts: dict[str, Any]) -> str:
+    """`host_facts` in one line, for a results table's head."""
+    gpus = facts.get("gpus") or []
+    gpu = f"{gpus[0]['name']} (driver {gpus[0]['driver']})" if gpus else "no GPU"
+    local = f"; the GPU's local CPUs {gpus[0]['local_cpus']}" if gpus and "local_cpus" in gpus[0] else ""
+    layout = f"{facts['cpus']} CPUs, {facts['cores']} cores, {facts['sockets']} socket(s)"
+    return f"{gpu} on {facts['cpu_model']}: {layout}, {len(facts['numa_nodes'])} NUMA node(s){local}"
+
+
 def tree_code(tree: Path) -> dict[str, str | None]:
     """A source tree's commit (None outside a git checkout, such as a copied tree; "-dirty" when tracked files
     differ from it) and a digest of its server sources, equal for trees that serve the same code."""

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.cpu_census import Ticks, cpu_set, machine_busy_percent, machine_steal_percent, machine_ticks
-from benchmarks.host_facts import host_facts, sources_digest, tree_code
+from benchmarks.host_facts import host_facts, host_line, sources_digest, tree_code
 
 
 def test_the_host_facts_name_this_machines_cpus_and_packages(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -43,11 +43,15 @@ def test_the_host_facts_read_each_gpu_from_nvidia_smi(
     )
     smi.chmod(smi.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
-    gpus = host_facts()["gpus"]
+    facts = host_facts()
+    gpus = facts["gpus"]
     assert gpus == [
         {"name": "NVIDIA H100 80GB HBM3", "driver": "580.65.06", "bus_id": "00000000:1B:00.0"},
         {"name": "NVIDIA H100 80GB HBM3", "driver": "580.65.06", "bus_id": "00000000:9A:00.0"},
     ]
+    # The table's head names the first GPU and the CPU around it.
+    assert host_line(facts).startswith(f"NVIDIA H100 80GB HBM3 (driver 580.65.06) on {facts['cpu_model']}: ")
+    assert f"{os.cpu_count()} CPUs" in host_line(facts)
 
 
 def _git(repo: Path, *args: str) -> str:
