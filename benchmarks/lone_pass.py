@@ -24,9 +24,10 @@ On an H100 (2026-12-05, 128 tokens, medians of round p50s): the main thread 3.5-
 4.1 ms, and 4.5 ms as its event loop saw it. On the 2-core VM (the tiny model, 16 tokens, CPU): 0.88-0.97 ms
 against 1.13-1.33, and 0.92 with the MLX thread on one CPU and its loop on the other; but there the server's
 own MLX thread took 0.93-1.08 ms a lone client's pass (the mean of its `/metrics` forward times, where these
-are medians), nearer the main thread's, so `mlx` overstates the server's cost on CPU. Spinning instead of sleeping made the VM's CPU passes
-slower (1.47-1.65 ms against 0.88-0.90: MLX's CPU backend computes on threads of its own, which the
-spinning thread crowds on two CPUs); on a GPU the passes' thread only launches, which is what `spin` asks.
+are medians), nearer the main thread's, so `mlx` overstates the server's cost on CPU. Spinning instead of
+sleeping made the VM's CPU passes slower (1.47-1.65 ms against 0.88-0.90: MLX's CPU backend computes on
+threads of its own, which the spinning thread crowds on two CPUs); on a GPU the passes' thread only
+launches, which is what `spin` asks.
 """
 
 from __future__ import annotations
