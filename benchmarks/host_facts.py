@@ -25,18 +25,20 @@ from benchmarks.cpu_census import cpu_set
 # What a server's behaviour comes from, for the sources digest: its code, its kernels' device code and its
 # model catalog.
 _SOURCE_SUFFIXES = (".py", ".cuh", ".toml")
+CPUS = Path("/sys/devices/system/cpu")
 
 
 def host_facts() -> dict[str, Any]:
     """This host's CPU, its layout around the GPUs, and the software that computes a pass."""
     cpuinfo = _cpuinfo()
+    cores, sockets = cpu_layout()
     facts: dict[str, Any] = {
-        "cpu_model": cpuinfo[0].get("model name") if cpuinfo else platform.processor() or None,
+        "cpu_model": (cpuinfo[0].get("model name") if cpuinfo else None) or platform.processor() or None,
         "cpus": os.cpu_count(),
         "usable_cpus": cpu_text(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         # SMT siblings share a core: a count below `cpus` means two threads a core.
-        "cores": len({(c.get("physical id"), c.get("core id")) for c in cpuinfo}) or None,
-        "sockets": len({c.get("physical id") for c in cpuinfo}) or None,
+        "cores": cores,
+        "sockets": sockets,
         "numa_nodes": _numa_nodes(),
         "load_average": [round(x, 2) for x in os.getloadavg()],
         "kernel": platform.release(),
@@ -85,6 +87,29 @@ def cpu_text(cpus: set[int]) -> str:
         else:
             runs.append([cpu, cpu])
     return ",".join(str(first) if first == last else f"{first}-{last}" for first, last in runs)
+
+
+def core_of(cpu: int, cpus: Path = CPUS) -> set[int]:
+    """The CPUs that share `cpu`'s physical core (its SMT siblings, itself included); {cpu} where the kernel
+    does not say."""
+    try:
+        listed = (cpus / f"cpu{cpu}" / "topology" / "thread_siblings_list").read_text()
+    except OSError:
+        return {cpu}
+    return cpu_set(listed) | {cpu}
+
+
+def cpu_layout(cpus: Path = CPUS) -> tuple[int | None, int | None]:
+    """(physical cores, sockets) as the kernel lists its CPUs' topology; None where it lists none."""
+    cores: set[frozenset[int]] = set()
+    packages: set[str] = set()
+    for topology in cpus.glob("cpu[0-9]*/topology"):
+        cores.add(frozenset(core_of(int(topology.parent.name[3:]), cpus)))
+        try:
+            packages.add((topology / "physical_package_id").read_text().strip())
+        except OSError:
+            continue
+    return len(cores) or None, len(packages) or None
 
 
 def pci_device(bus_id: str) -> Path:

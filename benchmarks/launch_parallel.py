@@ -49,10 +49,8 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.cpu_census import cpu_set
+from benchmarks.host_facts import core_of
 from benchmarks.pass_phases import bench_runner
-
-CPUS = Path("/sys/devices/system/cpu")
 
 
 def main() -> None:
@@ -112,16 +110,6 @@ def main() -> None:
             if pinning:
                 os.sched_setaffinity(0, everywhere)
         del runner
-
-
-def core_of(cpu: int, cpus: Path = CPUS) -> set[int]:
-    """The CPUs that share `cpu`'s physical core (its SMT siblings, itself included); {cpu} where the kernel
-    does not say."""
-    try:
-        listed = (cpus / f"cpu{cpu}" / "topology" / "thread_siblings_list").read_text()
-    except OSError:
-        return {cpu}
-    return cpu_set(listed) | {cpu}
 
 
 def _placement(pin: str, cpus: set[int]) -> tuple[set[int], set[int]]:

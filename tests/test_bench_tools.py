@@ -471,7 +471,8 @@ def test_launch_parallel_launches_beside_spinning_processes(tiny_qwen3: Path) ->
 
 
 def test_launch_parallel_places_the_launcher_on_a_core_of_its_own_or_beside_the_spinners() -> None:
-    from benchmarks.launch_parallel import _placement, core_of
+    from benchmarks.host_facts import core_of
+    from benchmarks.launch_parallel import _placement
 
     cpus = {0, 1, 2, 3}
     assert _placement("none", cpus) == (cpus, cpus)
@@ -483,7 +484,7 @@ def test_launch_parallel_places_the_launcher_on_a_core_of_its_own_or_beside_the_
 
 @pytest.mark.parametrize(("listed", "expected"), [("0,8\n", {0, 8}), ("0-1\n", {0, 1}), ("0\n", {0})])
 def test_a_cpus_core_is_its_smt_siblings(tmp_path: Path, listed: str, expected: set[int]) -> None:
-    from benchmarks.launch_parallel import core_of
+    from benchmarks.host_facts import core_of
 
     (tmp_path / "cpu0" / "topology").mkdir(parents=True)
     (tmp_path / "cpu0" / "topology" / "thread_siblings_list").write_text(listed)

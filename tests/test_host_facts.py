@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.cpu_census import Ticks, cpu_set, machine_busy_percent, machine_steal_percent, machine_ticks
-from benchmarks.host_facts import host_facts, host_line, sources_digest, tree_code
+from benchmarks.host_facts import cpu_layout, host_facts, host_line, sources_digest, tree_code
 
 
 def test_the_host_facts_name_this_machines_cpus_and_packages(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -52,6 +52,19 @@ def test_the_host_facts_read_each_gpu_from_nvidia_smi(
     # The table's head names the first GPU and the CPU around it.
     assert host_line(facts).startswith(f"NVIDIA H100 80GB HBM3 (driver 580.65.06) on {facts['cpu_model']}: ")
     assert f"{os.cpu_count()} CPUs" in host_line(facts)
+
+
+def test_the_cpu_layout_counts_smt_siblings_as_one_core_and_packages_as_sockets(tmp_path: Path) -> None:
+    """Eight CPUs as two sockets of two cores with two threads each (siblings listed as a list or a range)."""
+    siblings = {0: "0,4", 1: "1,5", 2: "2-3", 3: "2-3", 4: "0,4", 5: "1,5", 6: "6-7", 7: "6-7"}
+    for cpu, listed in siblings.items():
+        topology = tmp_path / f"cpu{cpu}" / "topology"
+        topology.mkdir(parents=True)
+        (topology / "thread_siblings_list").write_text(listed + "\n")
+        (topology / "physical_package_id").write_text("0\n" if cpu in (0, 1, 4, 5) else "1\n")
+    (tmp_path / "cpufreq").mkdir()  # not a CPU
+    assert cpu_layout(tmp_path) == (4, 2)
+    assert cpu_layout(tmp_path / "none") == (None, None)
 
 
 def _git(repo: Path, *args: str) -> str:
