@@ -86,17 +86,12 @@ def _proc_stat() -> str:
     return Path("/proc/stat").read_text().split("\n", 1)[0]
 
 
-def machine_busy_percent(before: Ticks) -> float:
-    """The share of all the machine's cores that was busy since `before` (machine_ticks), in percent; time
-    stolen by the hypervisor counts as busy."""
+def machine_shares(before: Ticks) -> tuple[float, float]:
+    """The shares of all the machine's cores since `before` (machine_ticks) that were busy (time stolen by the
+    hypervisor included) and that the hypervisor gave to others, in percent: one reading for both."""
     now = machine_ticks()
-    return round(100 * (now.busy - before.busy) / max(1, now.total - before.total), 1)
-
-
-def machine_steal_percent(before: Ticks) -> float:
-    """The share of all the machine's cores the hypervisor gave to others since `before`, in percent."""
-    now = machine_ticks()
-    return round(100 * (now.steal - before.steal) / max(1, now.total - before.total), 1)
+    span = max(1, now.total - before.total)
+    return round(100 * (now.busy - before.busy) / span, 1), round(100 * (now.steal - before.steal) / span, 1)
 
 
 def busiest(before: Snapshot, seconds: float, floor: float = 1.0) -> dict[str, float]:
@@ -123,7 +118,7 @@ def main() -> None:
     processes, threads = census(seconds)
     total = sum(processes.values())
     cores = os.cpu_count() or 1
-    stolen = machine_steal_percent(machine)
+    _, stolen = machine_shares(machine)
     print(f"CPU over {seconds:.0f} s: {total:.0f}% of {cores * 100}% ({cores} cores), {stolen}% stolen")
     for label, used in sorted(processes.items(), key=lambda kv: -kv[1])[:20]:
         print(f"{used:7.1f}%  {label}")

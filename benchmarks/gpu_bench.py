@@ -61,13 +61,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks import pass_trace
-from benchmarks.cpu_census import (
-    busiest,
-    machine_busy_percent,
-    machine_steal_percent,
-    machine_ticks,
-    threads_now,
-)
+from benchmarks.cpu_census import busiest, machine_shares, machine_ticks, threads_now
 from benchmarks.host_facts import host_facts, host_line, tree_code
 from benchmarks.loadgen import run_load
 from benchmarks.server_answers import cosine_min
@@ -482,7 +476,7 @@ def run_level(
     ended = time.perf_counter()
     cpu = busiest(threads, ended - started)
     # The whole machine's share of its cores, the load generator included (its processes have exited by now).
-    host_cpu, stolen = machine_busy_percent(machine), machine_steal_percent(machine)
+    host_cpu, stolen = machine_shares(machine)
     summary = r.summary() | level_means(httpx.get(f"{url}/metrics").text, since=before)
     # The load ran for the last `seconds` (the load generator's start-up came first); the first half second
     # of it is left out too, as the driver's sample period reaches back that far.

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.cpu_census import Ticks, cpu_set, machine_busy_percent, machine_steal_percent, machine_ticks
+from benchmarks.cpu_census import Ticks, cpu_set, machine_shares, machine_ticks
 from benchmarks.host_facts import cpu_layout, host_facts, host_line, sources_digest, tree_code
 
 
@@ -107,7 +107,7 @@ def test_the_machines_ticks_split_the_hypervisors_steal_out(monkeypatch: pytest.
     assert before == Ticks(busy=150, total=1000, steal=0)
     # 1,000 ticks later: 300 of them busy, 100 of those stolen.
     monkeypatch.setattr("benchmarks.cpu_census._proc_stat", lambda: "cpu  250 0 100 1450 100 0 0 100 120 0")
-    assert machine_busy_percent(before) == 30.0 and machine_steal_percent(before) == 10.0
+    assert machine_shares(before) == (30.0, 10.0)
     # The real file reads so too.
     monkeypatch.undo()
     now = machine_ticks()
